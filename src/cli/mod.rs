@@ -1,0 +1,388 @@
+//! Command-line definitions and output formatting; the work itself is in the library
+//! modules each subcommand calls.
+
+mod testkit;
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+use serde::Serialize;
+
+use crate::aws::{self, AwsOptions, Clients, RetryPolicy, Timeouts};
+use crate::image::DiskImage;
+use crate::progress::ProgressMode;
+use crate::snapshot::{self, DownloadOptions, UploadOptions};
+
+/// Turn an OS disk image into Amazon EC2 machine images.
+#[derive(Debug, Parser)]
+#[command(name = "ec2ami", version, about, max_term_width = 100)]
+pub struct Cli {
+    #[command(flatten)]
+    global: GlobalArgs,
+    #[command(subcommand)]
+    command: Command,
+}
+
+/// Options every command shares.
+#[derive(Debug, Args)]
+struct GlobalArgs {
+    /// AWS region (default: the standard chain: AWS_REGION, then the profile).
+    #[arg(long, global = true)]
+    region: Option<String>,
+    /// Named profile from ~/.aws/config and ~/.aws/credentials.
+    #[arg(long, global = true)]
+    profile: Option<String>,
+    /// Send every AWS request to this endpoint (e.g. a local test server).
+    #[arg(long, global = true, env = "AWS_ENDPOINT_URL")]
+    endpoint_url: Option<String>,
+    /// Output format on stdout.
+    #[arg(long = "output", global = true, value_enum, default_value_t = OutputFormat::Text)]
+    format: OutputFormat,
+    /// Print only results and errors (no progress, no info lines).
+    #[arg(short, long, global = true, conflicts_with = "verbose")]
+    quiet: bool,
+    /// More detail on stderr (-v: debug of ec2ami, -vv: debug of everything).
+    #[arg(short, long, global = true, action = clap::ArgAction::Count)]
+    verbose: u8,
+    /// Time limit for one attempt of one AWS request.
+    #[arg(long, global = true, value_name = "DURATION", default_value = "2m", value_parser = parse_duration)]
+    attempt_timeout: Duration,
+    /// Time limit for one AWS operation, all retries included.
+    #[arg(long, global = true, value_name = "DURATION", default_value = "10m", value_parser = parse_duration)]
+    operation_timeout: Duration,
+}
+
+/// Output format.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum OutputFormat {
+    /// Plain text: ids, one per line.
+    Text,
+    /// One JSON document.
+    Json,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Upload a disk image to a new EBS snapshot (EBS direct APIs); prints the snapshot id.
+    Upload(UploadArgs),
+    /// Download a snapshot to a sparse raw file, verifying every block.
+    Download(DownloadArgs),
+    /// Local AWS-protocol servers on 127.0.0.1 for tests, demos and benchmarks.
+    #[command(subcommand)]
+    Testkit(testkit::TestkitCommand),
+}
+
+#[derive(Debug, Args)]
+struct UploadArgs {
+    /// Raw disk image or block device; qcow2, VMDK, VHD and VHDX are converted with qemu-img.
+    image: PathBuf,
+    /// Snapshot description.
+    #[arg(long)]
+    description: Option<String>,
+    /// Tag the snapshot (repeatable).
+    #[arg(long = "tag", value_name = "KEY=VALUE", value_parser = parse_tag)]
+    tags: Vec<(String, String)>,
+    /// Encrypt the snapshot with the account's default EBS key (every block is written).
+    #[arg(long)]
+    encrypted: bool,
+    /// Encrypt with this KMS key (ARN); implies --encrypted.
+    #[arg(long, value_name = "ARN")]
+    kms_key_id: Option<String>,
+    /// Concurrent block uploads.
+    #[arg(long, default_value_t = snapshot::upload::DEFAULT_WORKERS, value_parser = parse_workers)]
+    workers: usize,
+    /// Keep the unfinished snapshot if the upload fails or is interrupted.
+    #[arg(long)]
+    keep_on_failure: bool,
+    /// Return after CompleteSnapshot without waiting for the snapshot to be `completed`.
+    #[arg(long)]
+    no_wait: bool,
+    /// How long to wait for the snapshot to become `completed`.
+    #[arg(long, value_name = "DURATION", default_value = "60m", value_parser = parse_duration)]
+    wait_timeout: Duration,
+    /// Where the per-block SHA-256 index is kept (default: $XDG_STATE_HOME/ec2ami/blocks).
+    #[arg(long, value_name = "DIR")]
+    index_dir: Option<PathBuf>,
+    /// Idempotency token for StartSnapshot (default: a new random one).
+    #[arg(long, value_name = "TOKEN")]
+    client_token: Option<String>,
+}
+
+#[derive(Debug, Args)]
+struct DownloadArgs {
+    /// Snapshot to download.
+    snapshot_id: String,
+    /// File to write (sparse; written to a temporary name and renamed into place).
+    #[arg(value_name = "OUTPUT")]
+    dest: PathBuf,
+    /// Replace OUTPUT if it exists.
+    #[arg(long)]
+    force: bool,
+    /// Write the whole GiB-rounded volume even if the snapshot records the image size.
+    #[arg(long)]
+    full_volume: bool,
+    /// Concurrent block downloads.
+    #[arg(long, default_value_t = snapshot::upload::DEFAULT_WORKERS, value_parser = parse_workers)]
+    workers: usize,
+}
+
+/// Parse a worker count: 1 to 1000.
+fn parse_workers(s: &str) -> Result<usize, String> {
+    match s.parse::<usize>() {
+        Ok(n) if (1..=1000).contains(&n) => Ok(n),
+        _ => Err(format!("`{s}` is not a worker count from 1 to 1000")),
+    }
+}
+
+/// Parse `KEY=VALUE`.
+fn parse_tag(s: &str) -> Result<(String, String), String> {
+    match s.split_once('=') {
+        Some((k, v)) if !k.is_empty() => Ok((k.to_string(), v.to_string())),
+        _ => Err(format!("expected KEY=VALUE, got `{s}`")),
+    }
+}
+
+/// Parse a duration: a number with an optional unit s, m, h or d (`90s`, `10m`, `2h`).
+pub fn parse_duration(s: &str) -> Result<Duration, String> {
+    let s = s.trim();
+    let (num, unit) = match s.find(|c: char| !c.is_ascii_digit() && c != '.') {
+        Some(i) => s.split_at(i),
+        None => (s, "s"),
+    };
+    let n: f64 = num
+        .parse()
+        .map_err(|_| format!("`{s}` is not a duration (e.g. 90s, 10m, 2h)"))?;
+    let mult = match unit.trim() {
+        "ms" => 0.001,
+        "s" | "sec" => 1.0,
+        "m" | "min" => 60.0,
+        "h" => 3600.0,
+        "d" => 86400.0,
+        u => return Err(format!("unknown duration unit `{u}` in `{s}` (use s, m, h or d)")),
+    };
+    if !n.is_finite() || n < 0.0 {
+        return Err(format!("`{s}` is not a positive duration"));
+    }
+    Ok(Duration::from_secs_f64(n * mult))
+}
+
+impl GlobalArgs {
+    fn aws(&self) -> AwsOptions {
+        AwsOptions {
+            region: self.region.clone(),
+            profile: self.profile.clone(),
+            endpoint_url: self.endpoint_url.clone(),
+            timeouts: Timeouts {
+                attempt: self.attempt_timeout,
+                ..Timeouts::default()
+            },
+        }
+    }
+
+    fn retry(&self) -> RetryPolicy {
+        RetryPolicy {
+            deadline: self.operation_timeout,
+            ..RetryPolicy::default()
+        }
+    }
+
+    fn progress(&self) -> ProgressMode {
+        ProgressMode::detect(self.quiet)
+    }
+
+    fn print<T: Serialize>(&self, value: &T, text: impl FnOnce() -> String) {
+        match self.format {
+            OutputFormat::Text => println!("{}", text()),
+            OutputFormat::Json => println!(
+                "{}",
+                serde_json::to_string_pretty(value).expect("reports serialise")
+            ),
+        }
+    }
+}
+
+fn init_logging(quiet: bool, verbose: u8) {
+    use tracing_subscriber::EnvFilter;
+    let default = match (quiet, verbose) {
+        (true, _) => "error",
+        (false, 0) => "warn,ec2ami=info",
+        (false, 1) => "info,ec2ami=debug",
+        _ => "debug",
+    };
+    let filter = EnvFilter::try_from_env("EC2AMI_LOG").unwrap_or_else(|_| EnvFilter::new(default));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_target(false)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .compact()
+        .init();
+}
+
+/// Resolves when the process gets Ctrl-C (SIGINT) or SIGTERM.
+pub async fn shutdown_signal() {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut term = signal(SignalKind::terminate()).ok();
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = async {
+            match term.as_mut() {
+                Some(t) => { t.recv().await; }
+                None => std::future::pending::<()>().await,
+            }
+        } => {}
+    }
+    tracing::warn!("interrupted: stopping and cleaning up");
+}
+
+/// Exit status for an interrupted command (128 + SIGINT).
+const EXIT_INTERRUPTED: u8 = 130;
+
+/// Run the command line; returns the process exit code.
+pub fn main() -> ExitCode {
+    let cli = Cli::parse();
+    init_logging(cli.global.quiet, cli.global.verbose);
+    let rt = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("error: cannot start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match rt.block_on(run(cli)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(Failure { message, interrupted }) => {
+            eprintln!("error: {message}");
+            if interrupted {
+                ExitCode::from(EXIT_INTERRUPTED)
+            } else {
+                ExitCode::FAILURE
+            }
+        }
+    }
+}
+
+/// A failed command: what to print and whether it was a signal.
+struct Failure {
+    message: String,
+    interrupted: bool,
+}
+
+impl<E: std::error::Error> From<E> for Failure {
+    fn from(e: E) -> Self {
+        Failure {
+            message: e.to_string(),
+            interrupted: false,
+        }
+    }
+}
+
+async fn connect(global: &GlobalArgs) -> Result<Clients, Failure> {
+    Ok(aws::connect(&global.aws()).await?)
+}
+
+async fn run(cli: Cli) -> Result<(), Failure> {
+    let g = &cli.global;
+    match &cli.command {
+        Command::Upload(a) => upload(g, a).await,
+        Command::Download(a) => download(g, a).await,
+        Command::Testkit(c) => testkit::run(c).await,
+    }
+}
+
+async fn upload(g: &GlobalArgs, a: &UploadArgs) -> Result<(), Failure> {
+    // Every check of the image happens before any AWS call.
+    let image = DiskImage::open(&a.image)?;
+    let clients = connect(g).await?;
+    let opts = UploadOptions {
+        description: a.description.clone(),
+        tags: a.tags.clone(),
+        encrypted: a.encrypted,
+        kms_key_arn: a.kms_key_id.clone(),
+        workers: a.workers,
+        keep_on_failure: a.keep_on_failure,
+        wait: (!a.no_wait).then_some(a.wait_timeout),
+        index_dir: a
+            .index_dir
+            .clone()
+            .unwrap_or_else(snapshot::index::default_dir),
+        client_token: a.client_token.clone(),
+        pending_timeout_minutes: None,
+        retry: g.retry(),
+        progress: g.progress(),
+    };
+    match snapshot::upload(&clients, image, &opts, shutdown_signal()).await {
+        Ok(report) => {
+            tracing::info!(
+                "uploaded {} blocks ({} skipped) to {} in {:.1}s",
+                report.blocks_written,
+                report.blocks_skipped,
+                report.snapshot_id,
+                report.seconds
+            );
+            g.print(&report, || report.snapshot_id.clone());
+            Ok(())
+        }
+        Err(e) => Err(Failure {
+            interrupted: e.interrupted(),
+            message: e.to_string(),
+        }),
+    }
+}
+
+async fn download(g: &GlobalArgs, a: &DownloadArgs) -> Result<(), Failure> {
+    let clients = connect(g).await?;
+    let opts = DownloadOptions {
+        workers: a.workers,
+        force: a.force,
+        full_volume: a.full_volume,
+        retry: g.retry(),
+        progress: g.progress(),
+    };
+    match snapshot::download(&clients, &a.snapshot_id, &a.dest, &opts, shutdown_signal()).await {
+        Ok(report) => {
+            g.print(&report, || report.output.display().to_string());
+            Ok(())
+        }
+        Err(e) => Err(Failure {
+            interrupted: e.interrupted(),
+            message: e.to_string(),
+        }),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory;
+
+    #[test]
+    fn cli_definition_is_consistent() {
+        Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn durations_parse() {
+        assert_eq!(parse_duration("90").unwrap(), Duration::from_secs(90));
+        assert_eq!(parse_duration("90s").unwrap(), Duration::from_secs(90));
+        assert_eq!(parse_duration("10m").unwrap(), Duration::from_secs(600));
+        assert_eq!(parse_duration("2h").unwrap(), Duration::from_secs(7200));
+        assert_eq!(parse_duration("1.5s").unwrap(), Duration::from_millis(1500));
+        assert_eq!(parse_duration("250ms").unwrap(), Duration::from_millis(250));
+        assert!(parse_duration("ten").is_err());
+        assert!(parse_duration("5y").is_err());
+    }
+
+    #[test]
+    fn tags_parse() {
+        assert_eq!(parse_tag("a=b=c").unwrap(), ("a".into(), "b=c".into()));
+        assert_eq!(parse_tag("k=").unwrap(), ("k".into(), "".into()));
+        assert!(parse_tag("=v").is_err());
+        assert!(parse_tag("novalue").is_err());
+    }
+}

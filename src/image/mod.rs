@@ -1,0 +1,427 @@
+//! Disk images in: open and check a raw image or block device, detect other formats by
+//! their magic and convert them to a temporary sparse raw file with `qemu-img`.
+
+pub mod extents;
+
+use std::fs::{File, OpenOptions};
+use std::io;
+use std::os::unix::fs::{FileExt, FileTypeExt};
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+pub use extents::{BlockPlan, Extent, Extents, PlannedBlock};
+
+/// Largest EBS snapshot: 64 TiB.
+pub const MAX_IMAGE_SIZE: u64 = 64 << 40;
+
+/// Disk image formats recognised by their magic.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Format {
+    /// Raw blocks, used as is.
+    Raw,
+    /// QEMU copy-on-write v2/v3.
+    Qcow2,
+    /// VMware (sparse extent or descriptor).
+    Vmdk,
+    /// Microsoft Virtual Hard Disk (fixed or dynamic).
+    Vhd,
+    /// Microsoft VHDX.
+    Vhdx,
+}
+
+impl Format {
+    /// The name `qemu-img -f` takes.
+    pub fn qemu_name(self) -> &'static str {
+        match self {
+            Format::Raw => "raw",
+            Format::Qcow2 => "qcow2",
+            Format::Vmdk => "vmdk",
+            Format::Vhd => "vpc",
+            Format::Vhdx => "vhdx",
+        }
+    }
+}
+
+impl std::fmt::Display for Format {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Format::Raw => "raw",
+            Format::Qcow2 => "qcow2",
+            Format::Vmdk => "VMDK",
+            Format::Vhd => "VHD",
+            Format::Vhdx => "VHDX",
+        })
+    }
+}
+
+/// Why an image cannot be used. Every one of these is found before any AWS call.
+#[derive(Debug, thiserror::Error)]
+pub enum ImageError {
+    /// Missing or unreadable.
+    #[error("cannot open {path}: {source}")]
+    Open {
+        /// The image path.
+        path: PathBuf,
+        /// The OS error.
+        source: io::Error,
+    },
+    /// A directory, socket, FIFO...
+    #[error("{path} is not a regular file or block device")]
+    NotAFile {
+        /// The image path.
+        path: PathBuf,
+    },
+    /// Zero bytes.
+    #[error("{path} is empty: there is nothing to upload")]
+    Empty {
+        /// The image path.
+        path: PathBuf,
+    },
+    /// Larger than EBS allows.
+    #[error("{path} is {size} bytes, more than the 64 TiB EBS snapshot limit")]
+    TooLarge {
+        /// The image path.
+        path: PathBuf,
+        /// Its size.
+        size: u64,
+    },
+    /// Not raw and qemu-img is not there to convert it.
+    #[error(
+        "{path} is a {format} image and qemu-img is not installed to convert it; install \
+         qemu-utils, or convert it yourself: qemu-img convert -f {qemu} -O raw {path} image.raw"
+    )]
+    NeedsConversion {
+        /// The image path.
+        path: PathBuf,
+        /// Its format.
+        format: Format,
+        /// The qemu-img name of the format.
+        qemu: &'static str,
+    },
+    /// qemu-img failed.
+    #[error("converting {path} ({format}) to raw with qemu-img failed: {detail}")]
+    Conversion {
+        /// The image path.
+        path: PathBuf,
+        /// Its format.
+        format: Format,
+        /// What qemu-img said.
+        detail: String,
+    },
+    /// Reading failed.
+    #[error("reading {path} at offset {offset}: {source}")]
+    Read {
+        /// The image path.
+        path: PathBuf,
+        /// Where.
+        offset: u64,
+        /// The OS error.
+        source: io::Error,
+    },
+}
+
+/// An opened, checked disk image ready to be read block by block.
+#[derive(Debug)]
+pub struct DiskImage {
+    path: PathBuf,
+    file: File,
+    size: u64,
+    format: Format,
+    block_device: bool,
+    bytes_read: AtomicU64,
+    // Keeps a converted temporary raw file alive; it is deleted on drop.
+    _converted: Option<tempfile::TempPath>,
+}
+
+impl DiskImage {
+    /// Open and check `path`, converting non-raw formats to a temporary raw file
+    /// (in `$TMPDIR`) with qemu-img.
+    pub fn open(path: &Path) -> Result<Arc<DiskImage>, ImageError> {
+        let (file, size, block_device) = open_checked(path)?;
+        let format = detect_format(&file, size).map_err(|source| ImageError::Read {
+            path: path.to_owned(),
+            offset: 0,
+            source,
+        })?;
+        if format == Format::Raw {
+            return Ok(Arc::new(DiskImage {
+                path: path.to_owned(),
+                file,
+                size,
+                format,
+                block_device,
+                bytes_read: AtomicU64::new(0),
+                _converted: None,
+            }));
+        }
+        drop(file);
+        let converted = convert_to_raw(path, format)?;
+        let (file, size, _) = open_checked(&converted)?;
+        Ok(Arc::new(DiskImage {
+            path: path.to_owned(),
+            file,
+            size,
+            format,
+            block_device: false,
+            bytes_read: AtomicU64::new(0),
+            _converted: Some(converted),
+        }))
+    }
+
+    /// The path given by the user.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Size in bytes of the raw image.
+    pub fn size(&self) -> u64 {
+        self.size
+    }
+
+    /// The format it came in.
+    pub fn format(&self) -> Format {
+        self.format
+    }
+
+    /// Bytes read so far (holes are never read; tests check it).
+    pub fn bytes_read(&self) -> u64 {
+        self.bytes_read.load(Ordering::Relaxed)
+    }
+
+    /// Data extents (the whole image for a block device).
+    pub fn extents(&self) -> Extents<'_> {
+        Extents::new(&self.file, self.size, !self.block_device)
+    }
+
+    /// The blocks to process for a volume of `total_blocks` blocks of `block_size` bytes.
+    pub fn plan(
+        &self,
+        block_size: u64,
+        total_blocks: u64,
+        every_block: bool,
+    ) -> BlockPlan<Extents<'_>> {
+        BlockPlan::new(self.extents(), block_size, total_blocks, every_block)
+    }
+
+    /// Fill `buf` from `offset`: bytes past the end of the image read as zeros.
+    pub fn read_block(&self, offset: u64, buf: &mut [u8]) -> Result<(), ImageError> {
+        let avail = self.size.saturating_sub(offset).min(buf.len() as u64) as usize;
+        let (data, tail) = buf.split_at_mut(avail);
+        self.file
+            .read_exact_at(data, offset)
+            .map_err(|source| ImageError::Read {
+                path: self.path.clone(),
+                offset,
+                source,
+            })?;
+        tail.fill(0);
+        self.bytes_read.fetch_add(avail as u64, Ordering::Relaxed);
+        Ok(())
+    }
+}
+
+fn open_checked(path: &Path) -> Result<(File, u64, bool), ImageError> {
+    let open_err = |source| ImageError::Open {
+        path: path.to_owned(),
+        source,
+    };
+    let meta = std::fs::metadata(path).map_err(open_err)?;
+    let ft = meta.file_type();
+    if !(ft.is_file() || ft.is_block_device()) {
+        return Err(ImageError::NotAFile {
+            path: path.to_owned(),
+        });
+    }
+    let file = OpenOptions::new().read(true).open(path).map_err(open_err)?;
+    let size = if ft.is_block_device() {
+        use std::io::Seek;
+        (&file).seek(io::SeekFrom::End(0)).map_err(open_err)?
+    } else {
+        meta.len()
+    };
+    if size == 0 {
+        return Err(ImageError::Empty {
+            path: path.to_owned(),
+        });
+    }
+    if size > MAX_IMAGE_SIZE {
+        return Err(ImageError::TooLarge {
+            path: path.to_owned(),
+            size,
+        });
+    }
+    Ok((file, size, ft.is_block_device()))
+}
+
+/// Detect the image format from its first and last 512 bytes.
+pub fn detect_format(file: &File, size: u64) -> io::Result<Format> {
+    let mut head = [0u8; 512];
+    let n = read_up_to(file, &mut head, 0)?;
+    let head = &head[..n];
+    if head.starts_with(b"QFI\xfb") {
+        return Ok(Format::Qcow2);
+    }
+    if head.starts_with(b"KDMV") || head.starts_with(b"COWD") {
+        return Ok(Format::Vmdk);
+    }
+    if head.starts_with(b"# Disk DescriptorFile") {
+        return Ok(Format::Vmdk);
+    }
+    if head.starts_with(b"vhdxfile") {
+        return Ok(Format::Vhdx);
+    }
+    // Dynamic VHDs start with a copy of the footer; fixed ones only end with it.
+    if head.starts_with(b"conectix") {
+        return Ok(Format::Vhd);
+    }
+    if size >= 512 {
+        let mut tail = [0u8; 512];
+        let n = read_up_to(file, &mut tail, size - 512)?;
+        if n == 512 && tail.starts_with(b"conectix") {
+            return Ok(Format::Vhd);
+        }
+    }
+    Ok(Format::Raw)
+}
+
+fn read_up_to(file: &File, buf: &mut [u8], offset: u64) -> io::Result<usize> {
+    let mut done = 0;
+    while done < buf.len() {
+        match file.read_at(&mut buf[done..], offset + done as u64) {
+            Ok(0) => break,
+            Ok(n) => done += n,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(done)
+}
+
+/// The qemu-img to use: `EC2AMI_QEMU_IMG` or `qemu-img` on the PATH.
+fn qemu_img() -> Option<PathBuf> {
+    if let Some(p) = std::env::var_os("EC2AMI_QEMU_IMG") {
+        let p = PathBuf::from(p);
+        return p.is_file().then_some(p);
+    }
+    let path = std::env::var_os("PATH")?;
+    std::env::split_paths(&path)
+        .map(|d| d.join("qemu-img"))
+        .find(|p| p.is_file())
+}
+
+fn convert_to_raw(path: &Path, format: Format) -> Result<tempfile::TempPath, ImageError> {
+    let Some(qemu) = qemu_img() else {
+        return Err(ImageError::NeedsConversion {
+            path: path.to_owned(),
+            format,
+            qemu: format.qemu_name(),
+        });
+    };
+    let conv_err = |detail: String| ImageError::Conversion {
+        path: path.to_owned(),
+        format,
+        detail,
+    };
+    let tmp = tempfile::Builder::new()
+        .prefix("ec2ami-")
+        .suffix(".raw")
+        .tempfile()
+        .map_err(|e| conv_err(format!("cannot create a temporary file: {e}")))?
+        .into_temp_path();
+    tracing::info!(
+        "converting {} ({format}) to raw at {} with qemu-img",
+        path.display(),
+        tmp.display()
+    );
+    // qemu-img writes holes for zero runs (-S default), so the raw copy stays sparse.
+    let out = Command::new(&qemu)
+        .args(["convert", "-q", "-f", format.qemu_name(), "-O", "raw"])
+        .arg(path)
+        .arg(&*tmp)
+        .output()
+        .map_err(|e| conv_err(format!("cannot run {}: {e}", qemu.display())))?;
+    if !out.status.success() {
+        let msg = String::from_utf8_lossy(&out.stderr).trim().to_string();
+        return Err(conv_err(if msg.is_empty() {
+            format!("qemu-img exited with {}", out.status)
+        } else {
+            msg
+        }));
+    }
+    Ok(tmp)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::Write;
+
+    fn file_with(bytes: &[u8]) -> tempfile::NamedTempFile {
+        let mut f = tempfile::NamedTempFile::new().unwrap();
+        f.write_all(bytes).unwrap();
+        f
+    }
+
+    #[test]
+    fn detects_formats_by_magic() {
+        let cases: &[(&[u8], Format)] = &[
+            (b"QFI\xfb\0\0\0\x03", Format::Qcow2),
+            (b"KDMV\x01\0\0\0", Format::Vmdk),
+            (b"# Disk DescriptorFile\n", Format::Vmdk),
+            (b"vhdxfile", Format::Vhdx),
+            (b"conectix", Format::Vhd),
+            (b"\xebX\x90FreeBSD", Format::Raw),
+        ];
+        for (bytes, want) in cases {
+            let mut data = bytes.to_vec();
+            data.resize(4096, 0);
+            let f = file_with(&data);
+            let got = detect_format(f.as_file(), 4096).unwrap();
+            assert_eq!(got, *want, "{bytes:?}");
+        }
+    }
+
+    #[test]
+    fn fixed_vhd_is_found_by_its_footer() {
+        let mut data = vec![0u8; 8192];
+        data[8192 - 512..8192 - 504].copy_from_slice(b"conectix");
+        let f = file_with(&data);
+        assert_eq!(detect_format(f.as_file(), 8192).unwrap(), Format::Vhd);
+    }
+
+    #[test]
+    fn bad_inputs_are_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        assert!(matches!(
+            DiskImage::open(dir.path()).unwrap_err(),
+            ImageError::NotAFile { .. }
+        ));
+        let empty = file_with(b"");
+        assert!(matches!(
+            DiskImage::open(empty.path()).unwrap_err(),
+            ImageError::Empty { .. }
+        ));
+        assert!(matches!(
+            DiskImage::open(&dir.path().join("missing")).unwrap_err(),
+            ImageError::Open { .. }
+        ));
+        // ext4 caps files at 16 TiB; tmpfs takes a sparse 64 TiB + 1 file.
+        let huge = tempfile::NamedTempFile::new_in("/dev/shm").unwrap();
+        huge.as_file().set_len(MAX_IMAGE_SIZE + 1).unwrap();
+        let err = DiskImage::open(huge.path()).unwrap_err();
+        assert!(matches!(err, ImageError::TooLarge { .. }), "{err}");
+    }
+
+    #[test]
+    fn read_block_pads_past_the_end_and_counts() {
+        let f = file_with(&[7u8; 1000]);
+        let img = DiskImage::open(f.path()).unwrap();
+        let mut buf = vec![9u8; 512];
+        img.read_block(768, &mut buf).unwrap();
+        assert!(buf[..232].iter().all(|&b| b == 7));
+        assert!(buf[232..].iter().all(|&b| b == 0));
+        assert_eq!(img.bytes_read(), 232);
+    }
+}

@@ -1,0 +1,14 @@
+//! ec2ami: turn an operating-system disk image into tested, public, discoverable
+//! Amazon EC2 machine images.
+//!
+//! The modules follow the pipeline: [`image`] reads disk images, [`snapshot`] moves
+//! them to and from EBS snapshots; [`aws`] builds the SDK clients and holds the one
+//! retry layer; [`cli`] is the command line; [`testkit`] is the local AWS-protocol
+//! world the tests and benchmarks run against.
+
+pub mod aws;
+pub mod cli;
+pub mod image;
+pub mod progress;
+pub mod snapshot;
+pub mod testkit;

@@ -1,0 +1,419 @@
+//! Download a snapshot to a sparse file: list its blocks (every page), fetch them
+//! concurrently, verify each block's SHA-256, write non-zero blocks in place (absent
+//! and zero blocks stay holes) into a temporary file renamed into place at the end.
+
+use std::fs::File;
+use std::future::Future;
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Instant;
+
+use aws_sdk_ebs::types::Block;
+use bytes::Bytes;
+use futures_util::{TryStreamExt, stream};
+use serde::Serialize;
+
+use super::checksum;
+use super::{IMAGE_SIZE_TAG, check_block_size, local_error, secs};
+use crate::aws::{AwsError, Clients, ErrorClass, RetryPolicy};
+use crate::progress::{Progress, ProgressMode};
+
+/// How to download.
+#[derive(Debug, Clone)]
+pub struct DownloadOptions {
+    /// Concurrent block downloads.
+    pub workers: usize,
+    /// Replace an existing output file.
+    pub force: bool,
+    /// Write the whole volume even when the snapshot records a smaller image size.
+    pub full_volume: bool,
+    /// Retry policy for every call.
+    pub retry: RetryPolicy,
+    /// How progress is shown.
+    pub progress: ProgressMode,
+}
+
+impl Default for DownloadOptions {
+    fn default() -> Self {
+        DownloadOptions {
+            workers: super::upload::DEFAULT_WORKERS,
+            force: false,
+            full_volume: false,
+            retry: RetryPolicy::default(),
+            progress: ProgressMode::Quiet,
+        }
+    }
+}
+
+/// What a download did.
+#[derive(Debug, Clone, Serialize)]
+pub struct DownloadReport {
+    /// The snapshot read.
+    pub snapshot_id: String,
+    /// The file written.
+    pub output: PathBuf,
+    /// Its size in bytes.
+    pub size_bytes: u64,
+    /// Block size of the snapshot.
+    pub block_size: u64,
+    /// Blocks the snapshot holds (fetched and verified).
+    pub blocks_read: u64,
+    /// Of those, blocks that were all zero (left as holes).
+    pub blocks_zero: u64,
+    /// Wall time.
+    pub seconds: f64,
+}
+
+/// Why a download failed. The partial output is always removed.
+#[derive(Debug, thiserror::Error)]
+pub enum DownloadError {
+    /// The output exists and `force` was not given.
+    #[error("{0} already exists; pass --force to replace it")]
+    Exists(PathBuf),
+    /// Local file trouble.
+    #[error("{what} {path}: {source}")]
+    Io {
+        /// What was being done.
+        what: &'static str,
+        /// The file.
+        path: PathBuf,
+        /// The OS error.
+        source: std::io::Error,
+    },
+    /// An AWS call failed (checksum mismatches that persist are reported here too).
+    #[error("downloading {snapshot_id}: {source}")]
+    Aws {
+        /// The snapshot.
+        snapshot_id: String,
+        /// The failure.
+        source: AwsError,
+    },
+    /// The snapshot's layout is unusable.
+    #[error("downloading {snapshot_id}: {message}")]
+    Protocol {
+        /// The snapshot.
+        snapshot_id: String,
+        /// What is wrong.
+        message: String,
+    },
+    /// Ctrl-C or SIGTERM.
+    #[error("download of {0} interrupted; nothing was written")]
+    Interrupted(String),
+}
+
+impl DownloadError {
+    /// True when interrupted by a signal.
+    pub fn interrupted(&self) -> bool {
+        matches!(self, DownloadError::Interrupted(_))
+    }
+}
+
+/// One page of ListSnapshotBlocks.
+struct Page {
+    blocks: Vec<Block>,
+    next: Option<String>,
+    volume_size_gib: Option<i64>,
+    block_size: Option<i32>,
+}
+
+/// Download `snapshot_id` to `output`.
+pub async fn download(
+    clients: &Clients,
+    snapshot_id: &str,
+    output: &Path,
+    opts: &DownloadOptions,
+    shutdown: impl Future<Output = ()>,
+) -> Result<DownloadReport, DownloadError> {
+    let t0 = Instant::now();
+    if !opts.force && output.symlink_metadata().is_ok() {
+        return Err(DownloadError::Exists(output.to_owned()));
+    }
+    let dir = match output.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p.to_owned(),
+        _ => PathBuf::from("."),
+    };
+    let name = output
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_else(|| "download".into());
+    let tmp = tempfile::Builder::new()
+        .prefix(&format!(".{name}.ec2ami-partial-"))
+        .tempfile_in(&dir)
+        .map_err(|source| DownloadError::Io {
+            what: "cannot create a temporary file in",
+            path: dir.clone(),
+            source,
+        })?;
+
+    let work = fetch_all(clients, snapshot_id, tmp.as_file(), opts);
+    let mut report = tokio::select! {
+        r = work => r?,
+        _ = shutdown => return Err(DownloadError::Interrupted(snapshot_id.to_string())),
+    };
+    let io_err = |what, source| DownloadError::Io {
+        what,
+        path: output.to_owned(),
+        source,
+    };
+    tmp.as_file()
+        .sync_all()
+        .map_err(|e| io_err("cannot sync", e))?;
+    let persisted = if opts.force {
+        tmp.persist(output)
+    } else {
+        tmp.persist_noclobber(output)
+    };
+    persisted.map_err(|e| io_err("cannot rename the download to", e.error))?;
+    report.output = output.to_owned();
+    report.seconds = secs(t0.elapsed());
+    Ok(report)
+}
+
+async fn fetch_all(
+    clients: &Clients,
+    snapshot_id: &str,
+    file: &File,
+    opts: &DownloadOptions,
+) -> Result<DownloadReport, DownloadError> {
+    let aws = |source| DownloadError::Aws {
+        snapshot_id: snapshot_id.to_string(),
+        source,
+    };
+    let protocol = |message| DownloadError::Protocol {
+        snapshot_id: snapshot_id.to_string(),
+        message,
+    };
+    let recorded_size = image_size_tag(clients, snapshot_id, &opts.retry).await;
+    let first = list_page(clients, snapshot_id, None, &opts.retry)
+        .await
+        .map_err(aws)?;
+    let block_size = check_block_size(first.block_size.map(i64::from)).map_err(protocol)?;
+    let volume_bytes = first
+        .volume_size_gib
+        .filter(|&g| g > 0)
+        .ok_or_else(|| protocol("ListSnapshotBlocks answered no volume size".into()))?
+        as u64
+        * (1 << 30);
+    let size = match recorded_size {
+        Some(s) if !opts.full_volume && s > 0 && s <= volume_bytes => s,
+        _ => volume_bytes,
+    };
+    file.set_len(size).map_err(|source| DownloadError::Io {
+        what: "cannot size",
+        path: PathBuf::from("the temporary download"),
+        source,
+    })?;
+
+    let progress = Arc::new(Progress::new(opts.progress, "download", 0));
+    let zero = Arc::new(AtomicU64::new(0));
+    // Pages are fetched lazily, one ahead of the blocks being fetched: block tokens
+    // expire, and a listing of a 64 TiB snapshot need not be held in memory.
+    let pages = stream::try_unfold(Some(first), |state| async move {
+        let Some(page) = state else {
+            return Ok(None);
+        };
+        let next = match &page.next {
+            Some(token) => Some(
+                list_page(clients, snapshot_id, Some(token.clone()), &opts.retry).await?,
+            ),
+            None => None,
+        };
+        Ok(Some((page.blocks, next)))
+    });
+    let blocks = pages
+        .map_ok(|blocks| stream::iter(blocks.into_iter().map(Ok::<_, AwsError>)))
+        .try_flatten();
+    let ctx = Fetch {
+        clients,
+        snapshot_id,
+        file,
+        block_size,
+        size,
+        retry: &opts.retry,
+        progress: &progress,
+        zero: &zero,
+    };
+    let count = blocks
+        .map_err(aws)
+        .map_ok(|b| ctx.fetch(b))
+        .try_buffer_unordered(opts.workers.max(1))
+        .try_fold(0u64, |n, ()| async move { Ok(n + 1) })
+        .await?;
+    progress.finish();
+    Ok(DownloadReport {
+        snapshot_id: snapshot_id.to_string(),
+        output: PathBuf::new(),
+        size_bytes: size,
+        block_size,
+        blocks_read: count,
+        blocks_zero: zero.load(Ordering::Relaxed),
+        seconds: 0.0,
+    })
+}
+
+/// The image size recorded by `ec2ami upload`, if the snapshot carries it. Best effort:
+/// without it (or without ec2:DescribeSnapshots) the whole volume is written.
+async fn image_size_tag(clients: &Clients, snapshot_id: &str, retry: &RetryPolicy) -> Option<u64> {
+    let r = retry
+        .run("DescribeSnapshots", || async {
+            clients
+                .ec2
+                .describe_snapshots()
+                .snapshot_ids(snapshot_id)
+                .send()
+                .await
+                .map_err(|e| AwsError::from_sdk("DescribeSnapshots", e))
+        })
+        .await;
+    match r {
+        Ok(out) => out
+            .snapshots()
+            .first()?
+            .tags()
+            .iter()
+            .find(|t| t.key() == Some(IMAGE_SIZE_TAG))?
+            .value()?
+            .parse()
+            .ok(),
+        Err(e) => {
+            tracing::warn!("cannot read the tags of {snapshot_id} ({e}): writing the whole volume");
+            None
+        }
+    }
+}
+
+async fn list_page(
+    clients: &Clients,
+    snapshot_id: &str,
+    token: Option<String>,
+    retry: &RetryPolicy,
+) -> Result<Page, AwsError> {
+    let out = retry
+        .run(&format!("ListSnapshotBlocks {snapshot_id}"), || async {
+            clients
+                .ebs
+                .list_snapshot_blocks()
+                .snapshot_id(snapshot_id)
+                .max_results(10_000)
+                .set_next_token(token.clone())
+                .send()
+                .await
+                .map_err(|e| AwsError::from_sdk("ListSnapshotBlocks", e))
+        })
+        .await?;
+    Ok(Page {
+        next: out.next_token().filter(|t| !t.is_empty()).map(str::to_string),
+        volume_size_gib: out.volume_size(),
+        block_size: out.block_size(),
+        blocks: out.blocks.unwrap_or_default(),
+    })
+}
+
+/// Shared state of the block fetchers.
+struct Fetch<'a> {
+    clients: &'a Clients,
+    snapshot_id: &'a str,
+    file: &'a File,
+    block_size: u64,
+    size: u64,
+    retry: &'a RetryPolicy,
+    progress: &'a Progress,
+    zero: &'a AtomicU64,
+}
+
+impl Fetch<'_> {
+    async fn fetch(&self, block: Block) -> Result<(), DownloadError> {
+        let aws = |source| DownloadError::Aws {
+            snapshot_id: self.snapshot_id.to_string(),
+            source,
+        };
+        let (Some(index), Some(token)) = (block.block_index(), block.block_token()) else {
+            return Err(DownloadError::Protocol {
+                snapshot_id: self.snapshot_id.to_string(),
+                message: "ListSnapshotBlocks listed a block without index or token".into(),
+            });
+        };
+        let index = index as u64;
+        let what = format!("GetSnapshotBlock {} block {index}", self.snapshot_id);
+        let data = self
+            .retry
+            .run(&what, || self.get_verified(index, token))
+            .await
+            .map_err(aws)?;
+        self.progress.inc_total(self.block_size);
+        self.progress.inc(self.block_size);
+        if checksum::is_zero(&data) {
+            self.zero.fetch_add(1, Ordering::Relaxed);
+            return Ok(());
+        }
+        let offset = index * self.block_size;
+        let keep = self.size.saturating_sub(offset).min(data.len() as u64) as usize;
+        if !checksum::is_zero(&data[keep..]) {
+            return Err(DownloadError::Protocol {
+                snapshot_id: self.snapshot_id.to_string(),
+                message: format!(
+                    "block {index} holds data beyond the recorded image size ({} bytes); \
+                     use --full-volume",
+                    self.size
+                ),
+            });
+        }
+        self.file
+            .write_all_at(&data[..keep], offset)
+            .map_err(|source| DownloadError::Io {
+                what: "cannot write to",
+                path: PathBuf::from("the temporary download"),
+                source,
+            })
+    }
+
+    /// One attempt: fetch the block and check its length and SHA-256. A mismatch is
+    /// retried like a network error (the data may have been damaged in transit).
+    async fn get_verified(&self, index: u64, token: &str) -> Result<Bytes, AwsError> {
+        let out = self
+            .clients
+            .ebs
+            .get_snapshot_block()
+            .snapshot_id(self.snapshot_id)
+            .block_index(index as i32)
+            .block_token(token)
+            .send()
+            .await
+            .map_err(|e| AwsError::from_sdk("GetSnapshotBlock", e))?;
+        let expected = out.checksum().map(str::to_string);
+        let data = out
+            .block_data
+            .collect()
+            .await
+            .map_err(|e| {
+                local_error(
+                    "GetSnapshotBlock",
+                    ErrorClass::Transient,
+                    format!("block {index}: reading the body: {e}"),
+                )
+            })?
+            .into_bytes();
+        let bad = |msg: String| {
+            local_error(
+                "GetSnapshotBlock",
+                ErrorClass::Transient,
+                format!("block {index}: {msg}"),
+            )
+        };
+        if data.len() as u64 != self.block_size {
+            return Err(bad(format!(
+                "{} bytes received, the block size is {}",
+                data.len(),
+                self.block_size
+            )));
+        }
+        let got = checksum::to_base64(&checksum::block_digest(&data));
+        match expected {
+            Some(want) if want == got => Ok(data),
+            Some(want) => Err(bad(format!("checksum mismatch: expected {want}, got {got}"))),
+            None => Err(bad("the answer carried no checksum".into())),
+        }
+    }
+}

@@ -1,0 +1,84 @@
+//! EBS direct APIs: upload a disk image to a new snapshot, download a snapshot to a
+//! sparse file, and the per-block SHA-256 index of what was uploaded.
+
+pub mod checksum;
+pub mod download;
+pub mod index;
+pub mod upload;
+mod wait;
+
+use std::time::Duration;
+
+use crate::aws::{AwsError, ErrorClass};
+
+pub use download::{DownloadError, DownloadOptions, DownloadReport, download};
+pub use upload::{UploadError, UploadOptions, UploadReport, upload};
+pub use wait::wait_for_completed;
+
+/// Tag key marking every resource ec2ami creates (clean-up finds its own by it).
+pub const OWNERSHIP_TAG: &str = "ec2ami:managed-by";
+/// Value of [`OWNERSHIP_TAG`].
+pub const OWNERSHIP_VALUE: &str = "ec2ami";
+/// Tag recording the size in bytes of the raw image a snapshot was made from, so a
+/// download gives back exactly the image, not the whole GiB-rounded volume.
+pub const IMAGE_SIZE_TAG: &str = "ec2ami:image-size";
+
+/// The block size AWS uses (and the only one it has ever answered).
+pub const AWS_BLOCK_SIZE: u64 = 512 * 1024;
+
+/// Check a block size answered by the service: a positive multiple of 512, at most 64 MiB.
+pub fn check_block_size(size: Option<i64>) -> Result<u64, String> {
+    match size {
+        Some(s) if s > 0 && s % 512 == 0 && s <= 64 << 20 => Ok(s as u64),
+        Some(s) => Err(format!(
+            "the service answered a block size of {s} bytes; EBS uses {AWS_BLOCK_SIZE} \
+             (a positive multiple of 512 is required)"
+        )),
+        None => Err("the service answered no block size".to_string()),
+    }
+}
+
+/// Volume size in GiB for an image of `bytes` (rounded up, at least 1).
+pub fn volume_size_gib(bytes: u64) -> u64 {
+    bytes.div_ceil(1 << 30).max(1)
+}
+
+/// An error of ours (not AWS's) for an operation, to go through the same retry layer.
+pub(crate) fn local_error(operation: &'static str, class: ErrorClass, msg: String) -> AwsError {
+    AwsError {
+        operation,
+        code: None,
+        message: None,
+        status: None,
+        class,
+        detail: Some(msg),
+    }
+}
+
+/// Render seconds for reports.
+pub(crate) fn secs(d: Duration) -> f64 {
+    (d.as_secs_f64() * 1000.0).round() / 1000.0
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn block_size_must_be_a_positive_multiple_of_512() {
+        assert_eq!(check_block_size(Some(524288)), Ok(524288));
+        assert_eq!(check_block_size(Some(512)), Ok(512));
+        assert!(check_block_size(Some(0)).is_err());
+        assert!(check_block_size(Some(-512)).is_err());
+        assert!(check_block_size(Some(1000)).is_err());
+        assert!(check_block_size(None).is_err());
+    }
+
+    #[test]
+    fn volume_size_rounds_up_to_gib() {
+        assert_eq!(volume_size_gib(1), 1);
+        assert_eq!(volume_size_gib(1 << 30), 1);
+        assert_eq!(volume_size_gib((1 << 30) + 1), 2);
+        assert_eq!(volume_size_gib(64 << 40), 65536);
+    }
+}

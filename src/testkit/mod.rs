@@ -1,0 +1,11 @@
+//! Test support: a local AWS-protocol world on 127.0.0.1 (moto, a fault-injecting
+//! recording proxy, a strict EBS direct endpoint).
+
+mod http_util;
+pub mod moto;
+pub mod proxy;
+pub mod strict_ebs;
+
+pub use moto::MotoServer;
+pub use proxy::{Fault, FaultProxy, FaultRule, ProxyConfig, RecordedRequest};
+pub use strict_ebs::{SnapshotView, StrictEbs, StrictEbsConfig};

@@ -1,0 +1,723 @@
+//! A fault-injecting, recording HTTP/1.1 proxy on 127.0.0.1 in front of a local AWS
+//! endpoint (moto or [`StrictEbs`](super::StrictEbs)).
+//!
+//! Every request is classified (service and region from the SigV4 credential scope,
+//! AWS operation name from the path, `Action` parameter or `X-Amz-Target` header),
+//! possibly answered with an injected fault, otherwise forwarded unchanged to the
+//! upstream, and recorded. With `moto_fixups`, moto's non-AWS EBS answers are corrected
+//! on the way back.
+
+use std::io;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
+
+use bytes::Bytes;
+use http_body_util::{BodyExt, Either, Full};
+use hyper::body::Incoming;
+use hyper::header::{CONTENT_LENGTH, CONTENT_TYPE, HeaderMap, HeaderValue};
+use hyper::{Request, Response, Uri};
+use hyper_util::client::legacy::Client;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::rt::{TokioExecutor, TokioTimer};
+use serde_json::{Value, json};
+use tokio::task::JoinHandle;
+
+use super::http_util::{self, BoxError, ConnCtx};
+
+/// Request bodies larger than this are refused (413).
+const MAX_REQUEST_BODY: usize = 64 * 1024 * 1024;
+/// Request bodies up to this size are kept in [`RecordedRequest::body`].
+const KEEP_BODY: usize = 64 * 1024;
+/// EBS block size AWS reports.
+const AWS_BLOCK_SIZE: u64 = 524_288;
+/// Headers that belong to one hop and are never forwarded.
+const HOP_BY_HOP: &[&str] = &[
+    "connection",
+    "keep-alive",
+    "proxy-connection",
+    "proxy-authenticate",
+    "proxy-authorization",
+    "te",
+    "trailer",
+    "transfer-encoding",
+    "upgrade",
+    "expect",
+];
+const EBS_OPERATIONS: &[&str] = &[
+    "StartSnapshot",
+    "PutSnapshotBlock",
+    "CompleteSnapshot",
+    "ListSnapshotBlocks",
+    "GetSnapshotBlock",
+    "ListChangedBlocks",
+];
+
+/// Configuration of a [`FaultProxy`].
+#[derive(Clone, Debug)]
+pub struct ProxyConfig {
+    /// Upstream base URL on the loopback interface, e.g. `http://127.0.0.1:5000`.
+    pub upstream: String,
+    /// Correct moto's non-AWS EBS answers (block size, index types and order, 500s).
+    pub moto_fixups: bool,
+    /// Fault rules, tried in order; at most one fault applies per request.
+    pub rules: Vec<FaultRule>,
+    /// Seed of the random draws for rate-based rules.
+    pub seed: u64,
+}
+
+impl ProxyConfig {
+    /// A config forwarding to `upstream` with no fixups, no rules and seed 0.
+    pub fn new(upstream: impl Into<String>) -> Self {
+        ProxyConfig {
+            upstream: upstream.into(),
+            moto_fixups: false,
+            rules: Vec::new(),
+            seed: 0,
+        }
+    }
+}
+
+/// A fault the proxy can inject instead of (or around) forwarding a request.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Fault {
+    /// A service-appropriate throttling answer (not forwarded).
+    Throttle,
+    /// A service-appropriate error answer with this HTTP status (not forwarded).
+    Status(u16),
+    /// Close the connection (TCP RST) without any response; the request is not forwarded.
+    Reset,
+    /// Forward the request, then close the connection without answering.
+    DropResponse,
+    /// Sleep this long, then forward normally.
+    Delay(Duration),
+    /// A service-appropriate 403/400 access-denied answer (not forwarded).
+    AccessDenied,
+}
+
+impl Fault {
+    /// Short label used in [`RecordedRequest::fault`].
+    pub fn label(&self) -> String {
+        match self {
+            Fault::Throttle => "Throttle".into(),
+            Fault::Status(s) => format!("Status({s})"),
+            Fault::Reset => "Reset".into(),
+            Fault::DropResponse => "DropResponse".into(),
+            Fault::Delay(d) => format!("Delay({}ms)", d.as_millis()),
+            Fault::AccessDenied => "AccessDenied".into(),
+        }
+    }
+}
+
+/// When to inject a fault.
+#[derive(Clone, Debug)]
+pub struct FaultRule {
+    /// AWS operation name to match (`PutSnapshotBlock`, `DescribeSnapshots`, ...); `None` = any.
+    pub operation: Option<String>,
+    /// The fault to inject.
+    pub fault: Fault,
+    /// Probability (0.0..=1.0) that a matching request gets the fault (ignored with `first_n`).
+    pub rate: f64,
+    /// If set, the fault applies to exactly the first n matching requests.
+    pub first_n: Option<u64>,
+}
+
+impl FaultRule {
+    /// A rule applying `fault` to the first `n` requests of `operation` (`None` = any).
+    pub fn first_n(operation: Option<&str>, fault: Fault, n: u64) -> Self {
+        FaultRule {
+            operation: operation.map(str::to_string),
+            fault,
+            rate: 0.0,
+            first_n: Some(n),
+        }
+    }
+
+    /// A rule applying `fault` to each request of `operation` with probability `rate`.
+    pub fn with_rate(operation: Option<&str>, fault: Fault, rate: f64) -> Self {
+        FaultRule {
+            operation: operation.map(str::to_string),
+            fault,
+            rate,
+            first_n: None,
+        }
+    }
+}
+
+/// One request seen by the proxy.
+#[derive(Clone, Debug)]
+pub struct RecordedRequest {
+    /// Service from the SigV4 credential scope (`ebs`, `ec2`, ...) or `unknown`.
+    pub service: String,
+    /// Region from the SigV4 credential scope or `unknown`.
+    pub region: String,
+    /// AWS operation name or `Unknown`.
+    pub operation: String,
+    /// HTTP method.
+    pub method: String,
+    /// URL path.
+    pub path: String,
+    /// Raw query string (empty if none).
+    pub query: String,
+    /// Request headers as received.
+    pub headers: Vec<(String, String)>,
+    /// Request body length.
+    pub body_len: usize,
+    /// Request body, kept when at most 64 KiB.
+    pub body: Option<Bytes>,
+    /// HTTP status sent to the client, 0 if no response was sent.
+    pub status: u16,
+    /// Label of the injected fault, if any.
+    pub fault: Option<String>,
+}
+
+impl RecordedRequest {
+    /// First value of a request header (case-insensitive name).
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(k, _)| k.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.as_str())
+    }
+}
+
+/// A running proxy; dropping it stops the server and its connections.
+pub struct FaultProxy {
+    port: u16,
+    inner: Arc<ProxyInner>,
+    task: JoinHandle<()>,
+}
+
+struct RuleState {
+    rule: FaultRule,
+    used: u64,
+}
+
+struct ProxyInner {
+    upstream: String,
+    moto_fixups: bool,
+    rules: Mutex<Vec<RuleState>>,
+    rng: Mutex<fastrand::Rng>,
+    requests: Mutex<Vec<RecordedRequest>>,
+    client: Client<HttpConnector, Full<Bytes>>,
+}
+
+type ProxyBody = Either<Full<Bytes>, Incoming>;
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// Check that `upstream` is an `http://` URL on a loopback address; return `http://host:port`.
+fn loopback_base(upstream: &str) -> io::Result<String> {
+    let bad = |why: &str| {
+        io::Error::new(
+            io::ErrorKind::InvalidInput,
+            format!("proxy upstream {upstream:?}: {why}"),
+        )
+    };
+    let uri: Uri = upstream.parse().map_err(|_| bad("not a URL"))?;
+    if uri.scheme_str() != Some("http") {
+        return Err(bad("only http:// is supported"));
+    }
+    let host = uri.host().ok_or_else(|| bad("no host"))?;
+    let bare = host.trim_start_matches('[').trim_end_matches(']');
+    let loopback = bare == "localhost"
+        || bare
+            .parse::<std::net::IpAddr>()
+            .is_ok_and(|ip| ip.is_loopback());
+    if !loopback {
+        return Err(bad("only loopback upstreams are allowed"));
+    }
+    if !matches!(uri.path(), "" | "/") {
+        return Err(bad("the upstream must not have a path"));
+    }
+    let authority = uri.authority().ok_or_else(|| bad("no authority"))?;
+    Ok(format!("http://{authority}"))
+}
+
+fn rules_state(rules: Vec<FaultRule>) -> Vec<RuleState> {
+    rules
+        .into_iter()
+        .map(|rule| RuleState { rule, used: 0 })
+        .collect()
+}
+
+impl FaultProxy {
+    /// Start the proxy on an ephemeral 127.0.0.1 port, on the current tokio runtime.
+    pub async fn start(config: ProxyConfig) -> io::Result<FaultProxy> {
+        let upstream = loopback_base(&config.upstream)?;
+        let listener = http_util::bind_loopback(0).await?;
+        let port = listener.local_addr()?.port();
+        let mut connector = HttpConnector::new();
+        connector.set_nodelay(true);
+        connector.enforce_http(true);
+        let client = Client::builder(TokioExecutor::new())
+            .pool_timer(TokioTimer::new())
+            .pool_idle_timeout(Duration::from_secs(30))
+            .pool_max_idle_per_host(256)
+            .build(connector);
+        let inner = Arc::new(ProxyInner {
+            upstream,
+            moto_fixups: config.moto_fixups,
+            rules: Mutex::new(rules_state(config.rules)),
+            rng: Mutex::new(fastrand::Rng::with_seed(config.seed)),
+            requests: Mutex::new(Vec::new()),
+            client,
+        });
+        let handler_inner = inner.clone();
+        let handler = Arc::new(move |req: Request<Incoming>, ctx: ConnCtx| {
+            let inner = handler_inner.clone();
+            async move { inner.handle(req, ctx).await }
+        });
+        let task = http_util::serve(listener, handler);
+        Ok(FaultProxy { port, inner, task })
+    }
+
+    /// Base URL, `http://127.0.0.1:PORT`.
+    pub fn url(&self) -> String {
+        format!("http://127.0.0.1:{}", self.port)
+    }
+
+    /// The listening port.
+    pub fn port(&self) -> u16 {
+        self.port
+    }
+
+    /// A copy of every recorded request, in completion order.
+    pub fn requests(&self) -> Vec<RecordedRequest> {
+        lock(&self.inner.requests).clone()
+    }
+
+    /// Number of recorded requests of `operation` (faulted ones included).
+    pub fn count(&self, operation: &str) -> usize {
+        lock(&self.inner.requests)
+            .iter()
+            .filter(|r| r.operation == operation)
+            .count()
+    }
+
+    /// Replace the fault rules (their first_n counters start again at 0).
+    pub fn set_rules(&self, rules: Vec<FaultRule>) {
+        *lock(&self.inner.rules) = rules_state(rules);
+    }
+
+    /// Forget every recorded request.
+    pub fn clear_requests(&self) {
+        lock(&self.inner.requests).clear();
+    }
+}
+
+impl Drop for FaultProxy {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+impl std::fmt::Debug for FaultProxy {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("FaultProxy")
+            .field("port", &self.port)
+            .field("upstream", &self.inner.upstream)
+            .finish()
+    }
+}
+
+/// Wire protocol of a request, which decides the shape of injected errors.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Proto {
+    RestJson,
+    Ec2Query,
+    AwsQuery,
+    AwsJson,
+}
+
+/// The AWS operation name of a request.
+fn classify(parts: &hyper::http::request::Parts, body: &Bytes) -> (String, bool) {
+    if let Some(target) = parts
+        .headers
+        .get("x-amz-target")
+        .and_then(|v| v.to_str().ok())
+    {
+        let op = target.rsplit('.').next().unwrap_or(target);
+        return (op.to_string(), false);
+    }
+    let path = parts.uri.path();
+    let segs: Vec<&str> = path.trim_start_matches('/').split('/').collect();
+    let m = parts.method.as_str();
+    let ebs = match (m, segs.as_slice()) {
+        ("POST", ["snapshots"]) => Some("StartSnapshot"),
+        ("PUT", ["snapshots", _, "blocks", _]) => Some("PutSnapshotBlock"),
+        ("POST", ["snapshots", "completion", _]) => Some("CompleteSnapshot"),
+        ("GET", ["snapshots", _, "blocks"]) => Some("ListSnapshotBlocks"),
+        ("GET", ["snapshots", _, "blocks", _]) => Some("GetSnapshotBlock"),
+        ("GET", ["snapshots", _, "changedblocks"]) => Some("ListChangedBlocks"),
+        _ => None,
+    };
+    if let Some(op) = ebs {
+        return (op.to_string(), false);
+    }
+    let mut params = http_util::parse_form(parts.uri.query().unwrap_or(""));
+    let is_form = parts
+        .headers
+        .get(CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|ct| ct.contains("x-www-form-urlencoded"));
+    if is_form && let Ok(text) = std::str::from_utf8(body) {
+        params.extend(http_util::parse_form(text));
+    }
+    match params.into_iter().find(|(k, _)| k == "Action") {
+        Some((_, action)) if !action.is_empty() => (action, true),
+        _ => ("Unknown".to_string(), false),
+    }
+}
+
+fn protocol(service: &str, parts: &hyper::http::request::Parts, op: &str, has_action: bool) -> Proto {
+    if parts.headers.contains_key("x-amz-target") {
+        return Proto::AwsJson;
+    }
+    if EBS_OPERATIONS.contains(&op) {
+        return Proto::RestJson;
+    }
+    if has_action {
+        return if service == "ec2" || service == "unknown" {
+            Proto::Ec2Query
+        } else {
+            Proto::AwsQuery
+        };
+    }
+    match service {
+        "ec2" => Proto::Ec2Query,
+        "ssm" => Proto::AwsJson,
+        _ => Proto::RestJson,
+    }
+}
+
+/// (status, code, message, reason) of an injected error for a protocol.
+fn fault_error(proto: Proto, fault: &Fault) -> (u16, &'static str, &'static str, Option<&'static str>) {
+    match (proto, fault) {
+        (Proto::RestJson, Fault::Throttle) => (429, "ThrottlingException", "Rate exceeded", None),
+        (Proto::RestJson, Fault::AccessDenied) => (
+            403,
+            "AccessDeniedException",
+            "User is not authorized to perform this action",
+            Some("UNAUTHORIZED_ACCOUNT"),
+        ),
+        (Proto::RestJson, Fault::Status(s)) => match *s {
+            429 => (429, "ThrottlingException", "Rate exceeded", None),
+            403 => (403, "AccessDeniedException", "Access denied", Some("UNAUTHORIZED_ACCOUNT")),
+            404 => (404, "ResourceNotFoundException", "The snapshot was not found", Some("SNAPSHOT_NOT_FOUND")),
+            409 => (409, "ConflictException", "Conflict", None),
+            s if (400..500).contains(&s) => (s, "ValidationException", "Injected client error", Some("INVALID_PARAMETER_VALUE")),
+            s => (s, "InternalServerException", "Internal server error (injected)", None),
+        },
+        (Proto::Ec2Query, Fault::Throttle) => (503, "RequestLimitExceeded", "Request limit exceeded.", None),
+        (Proto::Ec2Query, Fault::AccessDenied) => (
+            403,
+            "UnauthorizedOperation",
+            "You are not authorized to perform this operation.",
+            None,
+        ),
+        (Proto::Ec2Query, Fault::Status(s)) => match *s {
+            503 => (503, "Unavailable", "The server is overloaded and can't handle the request.", None),
+            s if (400..500).contains(&s) => (s, "InvalidParameterValue", "Injected client error", None),
+            s => (s, "InternalError", "An internal error has occurred.", None),
+        },
+        (Proto::AwsJson, Fault::Throttle) => (400, "ThrottlingException", "Rate exceeded", None),
+        (Proto::AwsJson, Fault::AccessDenied) => (
+            400,
+            "AccessDeniedException",
+            "User is not authorized to perform this action",
+            None,
+        ),
+        (Proto::AwsJson, Fault::Status(s)) => match *s {
+            s if (400..500).contains(&s) => (s, "ValidationException", "Injected client error", None),
+            s => (s, "InternalServerError", "Internal server error (injected)", None),
+        },
+        (Proto::AwsQuery, Fault::Throttle) => (400, "Throttling", "Rate exceeded", None),
+        (Proto::AwsQuery, Fault::AccessDenied) => (403, "AccessDenied", "User is not authorized to perform this action", None),
+        (Proto::AwsQuery, Fault::Status(s)) => match *s {
+            503 => (503, "ServiceUnavailable", "Service unavailable (injected)", None),
+            s if (400..500).contains(&s) => (s, "InvalidParameterValue", "Injected client error", None),
+            s => (s, "InternalFailure", "Internal failure (injected)", None),
+        },
+        // Reset, DropResponse and Delay never produce an answer of their own.
+        (_, _) => (500, "InternalFailure", "unexpected fault", None),
+    }
+}
+
+fn error_response(proto: Proto, fault: &Fault) -> Response<Full<Bytes>> {
+    let (status, code, message, reason) = fault_error(proto, fault);
+    let rid = http_util::request_id();
+    match proto {
+        Proto::RestJson => {
+            let mut body = json!({ "message": message, "Message": message });
+            if let Some(r) = reason {
+                body["reason"] = json!(r);
+                body["Reason"] = json!(r);
+            }
+            http_util::full_response(
+                status,
+                &[
+                    ("content-type", "application/json".into()),
+                    ("x-amzn-errortype", code.into()),
+                    ("x-amzn-requestid", rid),
+                ],
+                body.to_string(),
+            )
+        }
+        Proto::AwsJson => http_util::full_response(
+            status,
+            &[
+                ("content-type", "application/x-amz-json-1.1".into()),
+                ("x-amzn-errortype", code.into()),
+                ("x-amzn-requestid", rid),
+            ],
+            json!({ "__type": code, "message": message }).to_string(),
+        ),
+        Proto::Ec2Query => http_util::full_response(
+            status,
+            &[("content-type", "text/xml;charset=UTF-8".into())],
+            format!(
+                "<?xml version=\"1.0\" encoding=\"UTF-8\"?>\n<Response><Errors><Error><Code>{code}</Code><Message>{}</Message></Error></Errors><RequestID>{rid}</RequestID></Response>",
+                http_util::xml_escape(message)
+            ),
+        ),
+        Proto::AwsQuery => {
+            let kind = if status >= 500 { "Receiver" } else { "Sender" };
+            http_util::full_response(
+                status,
+                &[
+                    ("content-type", "text/xml".into()),
+                    ("x-amzn-requestid", rid.clone()),
+                ],
+                format!(
+                    "<ErrorResponse><Error><Type>{kind}</Type><Code>{code}</Code><Message>{}</Message></Error><RequestId>{rid}</RequestId></ErrorResponse>",
+                    http_util::xml_escape(message)
+                ),
+            )
+        }
+    }
+}
+
+fn strip_hop_by_hop(headers: &mut HeaderMap) {
+    // Also drop headers named by `Connection`.
+    let named: Vec<String> = headers
+        .get_all(hyper::header::CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(',').map(|s| s.trim().to_ascii_lowercase()))
+        .filter(|s| !s.is_empty())
+        .collect();
+    for h in HOP_BY_HOP.iter().copied().chain(named.iter().map(String::as_str)) {
+        headers.remove(h);
+    }
+}
+
+/// Rewrite moto's EBS answer into what AWS answers. Returns (status, body, is_json).
+fn moto_fixup(op: &str, status: u16, body: &Bytes) -> Option<(u16, Bytes)> {
+    if status == 500 {
+        let body = json!({
+            "message": "The snapshot was not found",
+            "Message": "The snapshot was not found",
+            "reason": "SNAPSHOT_NOT_FOUND",
+            "Reason": "SNAPSHOT_NOT_FOUND",
+        });
+        return Some((404, Bytes::from(body.to_string())));
+    }
+    if !(200..300).contains(&status) {
+        return None;
+    }
+    let mut v: Value = serde_json::from_slice(body).ok()?;
+    let list_key = match op {
+        "ListSnapshotBlocks" => Some("Blocks"),
+        "ListChangedBlocks" => Some("ChangedBlocks"),
+        _ => None,
+    };
+    if let Some(obj) = v.as_object_mut() {
+        if obj.contains_key("BlockSize") {
+            obj.insert("BlockSize".into(), json!(AWS_BLOCK_SIZE));
+        }
+        if let Some(key) = list_key
+            && let Some(Value::Array(items)) = obj.get_mut(key)
+        {
+            for item in items.iter_mut() {
+                if let Some(idx) = item.get("BlockIndex").and_then(Value::as_str)
+                    && let Ok(n) = idx.parse::<u64>()
+                {
+                    item["BlockIndex"] = json!(n);
+                }
+            }
+            items.sort_by_key(|i| i.get("BlockIndex").and_then(Value::as_u64).unwrap_or(u64::MAX));
+        }
+    }
+    let status = if op == "StartSnapshot" { 201 } else { status };
+    Some((status, Bytes::from(v.to_string())))
+}
+
+impl ProxyInner {
+    fn pick_fault(&self, op: &str) -> Option<Fault> {
+        let mut rules = lock(&self.rules);
+        for rs in rules.iter_mut() {
+            if rs.rule.operation.as_deref().is_some_and(|o| o != op) {
+                continue;
+            }
+            match rs.rule.first_n {
+                Some(n) => {
+                    if rs.used < n {
+                        rs.used += 1;
+                        return Some(rs.rule.fault.clone());
+                    }
+                }
+                None => {
+                    if rs.rule.rate > 0.0 && lock(&self.rng).f64() < rs.rule.rate {
+                        return Some(rs.rule.fault.clone());
+                    }
+                }
+            }
+        }
+        None
+    }
+
+    fn record(&self, rec: RecordedRequest) {
+        lock(&self.requests).push(rec);
+    }
+
+    async fn handle(
+        &self,
+        req: Request<Incoming>,
+        ctx: ConnCtx,
+    ) -> Result<Response<ProxyBody>, BoxError> {
+        let (parts, body) = req.into_parts();
+        let (service, region) = http_util::credential_scope(&parts.headers)
+            .unwrap_or_else(|| ("unknown".to_string(), "unknown".to_string()));
+        let body = match http_util::read_body(body, &parts.headers, MAX_REQUEST_BODY).await {
+            Ok(b) => b,
+            Err(http_util::BodyError::TooLarge(n)) => {
+                let resp = http_util::full_response(
+                    413,
+                    &[("content-type", "text/plain".into())],
+                    format!("request body larger than {n} bytes"),
+                );
+                return Ok(resp.map(Either::Left));
+            }
+            Err(e) => return Err(Box::new(e)),
+        };
+        let (op, has_action) = classify(&parts, &body);
+        let proto = protocol(&service, &parts, &op, has_action);
+        let fault = self.pick_fault(&op);
+        let mut rec = RecordedRequest {
+            service,
+            region,
+            operation: op.clone(),
+            method: parts.method.to_string(),
+            path: parts.uri.path().to_string(),
+            query: parts.uri.query().unwrap_or("").to_string(),
+            headers: parts
+                .headers
+                .iter()
+                .map(|(k, v)| (k.to_string(), String::from_utf8_lossy(v.as_bytes()).into_owned()))
+                .collect(),
+            body_len: body.len(),
+            body: (body.len() <= KEEP_BODY).then(|| body.clone()),
+            status: 0,
+            fault: fault.as_ref().map(Fault::label),
+        };
+        match &fault {
+            Some(f @ (Fault::Throttle | Fault::Status(_) | Fault::AccessDenied)) => {
+                let resp = error_response(proto, f);
+                rec.status = resp.status().as_u16();
+                self.record(rec);
+                return Ok(resp.map(Either::Left));
+            }
+            Some(Fault::Reset) => {
+                self.record(rec);
+                ctx.arm_reset();
+                return Err("injected fault: connection reset".into());
+            }
+            Some(Fault::Delay(d)) => tokio::time::sleep(*d).await,
+            Some(Fault::DropResponse) | None => {}
+        }
+        let resp = self.forward(&parts, body, &op).await;
+        if fault == Some(Fault::DropResponse) {
+            // Let the upstream finish its answer (so its connection can be reused), then
+            // close ours without answering.
+            if let Ok(resp) = resp {
+                let _ = resp.into_body().collect().await;
+            }
+            self.record(rec);
+            return Err("injected fault: response dropped".into());
+        }
+        let resp = match resp {
+            Ok(r) => r,
+            Err(e) => {
+                let r = http_util::full_response(
+                    502,
+                    &[("content-type", "text/plain".into())],
+                    format!("proxy: upstream {} failed: {e}", self.upstream),
+                )
+                .map(Either::Left);
+                rec.status = 502;
+                self.record(rec);
+                return Ok(r);
+            }
+        };
+        rec.status = resp.status().as_u16();
+        self.record(rec);
+        Ok(resp)
+    }
+
+    async fn forward(
+        &self,
+        parts: &hyper::http::request::Parts,
+        body: Bytes,
+        op: &str,
+    ) -> Result<Response<ProxyBody>, BoxError> {
+        let path_and_query = parts
+            .uri
+            .path_and_query()
+            .map_or("/", |p| p.as_str());
+        let uri: Uri = format!("{}{}", self.upstream, path_and_query).parse()?;
+        let mut headers = parts.headers.clone();
+        strip_hop_by_hop(&mut headers);
+        if !body.is_empty() || headers.contains_key(CONTENT_LENGTH) {
+            headers.insert(CONTENT_LENGTH, HeaderValue::from(body.len()));
+        }
+        let mut req = Request::builder()
+            .method(parts.method.clone())
+            .uri(uri)
+            .body(Full::new(body))?;
+        *req.headers_mut() = headers;
+        let resp = self.client.request(req).await?;
+        let (mut rparts, rbody) = resp.into_parts();
+        strip_hop_by_hop(&mut rparts.headers);
+        let status = rparts.status.as_u16();
+        let fixable = self.moto_fixups
+            && EBS_OPERATIONS.contains(&op)
+            && (status == 500
+                || matches!(
+                    op,
+                    "StartSnapshot" | "ListSnapshotBlocks" | "ListChangedBlocks" | "CompleteSnapshot"
+                ));
+        if !fixable {
+            return Ok(Response::from_parts(rparts, Either::Right(rbody)));
+        }
+        let data = rbody.collect().await?.to_bytes();
+        let (new_status, new_body) = match moto_fixup(op, status, &data) {
+            Some(x) => x,
+            None => (status, data),
+        };
+        if new_status == 404 && status == 500 {
+            rparts
+                .headers
+                .insert("x-amzn-errortype", HeaderValue::from_static("ResourceNotFoundException"));
+        }
+        rparts.status = hyper::StatusCode::from_u16(new_status).unwrap_or(rparts.status);
+        if serde_json::from_slice::<serde::de::IgnoredAny>(&new_body).is_ok() {
+            rparts
+                .headers
+                .insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
+        }
+        rparts.headers.insert(CONTENT_LENGTH, HeaderValue::from(new_body.len()));
+        Ok(Response::from_parts(rparts, Either::Left(Full::new(new_body))))
+    }
+}
