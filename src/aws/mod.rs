@@ -13,9 +13,9 @@ use std::time::Duration;
 use aws_config::BehaviorVersion;
 use aws_config::retry::RetryConfig;
 use aws_config::timeout::TimeoutConfig;
+use aws_config::{Region, SdkConfig};
 use aws_sdk_ebs::error::ProvideErrorMetadata;
 use aws_smithy_runtime_api::client::result::SdkError;
-use aws_config::{Region, SdkConfig};
 
 pub use retry::RetryPolicy;
 
@@ -162,9 +162,7 @@ impl AwsError {
         R: HasStatus + fmt::Debug,
     {
         let (class, detail, status) = match &err {
-            SdkError::ConstructionFailure(_) => {
-                (ErrorClass::Permanent, Some(chain(&err)), None)
-            }
+            SdkError::ConstructionFailure(_) => (ErrorClass::Permanent, Some(chain(&err)), None),
             SdkError::TimeoutError(_) => (
                 ErrorClass::Transient,
                 Some("timed out (attempt timeout)".to_string()),
@@ -190,7 +188,10 @@ impl AwsError {
             _ => (ErrorClass::Transient, Some(chain(&err)), None),
         };
         let (code, message) = match err.as_service_error() {
-            Some(e) => (e.code().map(str::to_string), e.message().map(str::to_string)),
+            Some(e) => (
+                e.code().map(str::to_string),
+                e.message().map(str::to_string),
+            ),
             None => (None, None),
         };
         AwsError {
@@ -317,7 +318,10 @@ mod tests {
             ErrorClass::Throttling
         );
         assert_eq!(classify_code(None, 429), ErrorClass::Throttling);
-        assert_eq!(classify_code(Some("InternalError"), 500), ErrorClass::Transient);
+        assert_eq!(
+            classify_code(Some("InternalError"), 500),
+            ErrorClass::Transient
+        );
         assert_eq!(classify_code(None, 502), ErrorClass::Transient);
         assert_eq!(
             classify_code(Some("AccessDeniedException"), 403),
@@ -343,7 +347,10 @@ mod tests {
             detail: None,
         };
         let s = e.to_string();
-        assert!(s.starts_with("StartSnapshot: AccessDeniedException: not allowed"), "{s}");
+        assert!(
+            s.starts_with("StartSnapshot: AccessDeniedException: not allowed"),
+            "{s}"
+        );
         assert!(s.contains("policy allows StartSnapshot"), "{s}");
     }
 }

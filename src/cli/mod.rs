@@ -160,7 +160,11 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
         "m" | "min" => 60.0,
         "h" => 3600.0,
         "d" => 86400.0,
-        u => return Err(format!("unknown duration unit `{u}` in `{s}` (use s, m, h or d)")),
+        u => {
+            return Err(format!(
+                "unknown duration unit `{u}` in `{s}` (use s, m, h or d)"
+            ));
+        }
     };
     if !n.is_finite() || n < 0.0 {
         return Err(format!("`{s}` is not a positive duration"));
@@ -256,7 +260,10 @@ pub fn main() -> ExitCode {
     };
     match rt.block_on(run(cli)) {
         Ok(()) => ExitCode::SUCCESS,
-        Err(Failure { message, interrupted }) => {
+        Err(Failure {
+            message,
+            interrupted,
+        }) => {
             eprintln!("error: {message}");
             if interrupted {
                 ExitCode::from(EXIT_INTERRUPTED)

@@ -215,9 +215,9 @@ async fn fetch_all(
             return Ok(None);
         };
         let next = match &page.next {
-            Some(token) => Some(
-                list_page(clients, snapshot_id, Some(token.clone()), &opts.retry).await?,
-            ),
+            Some(token) => {
+                Some(list_page(clients, snapshot_id, Some(token.clone()), &opts.retry).await?)
+            }
             None => None,
         };
         Ok(Some((page.blocks, next)))
@@ -304,7 +304,10 @@ async fn list_page(
         })
         .await?;
     Ok(Page {
-        next: out.next_token().filter(|t| !t.is_empty()).map(str::to_string),
+        next: out
+            .next_token()
+            .filter(|t| !t.is_empty())
+            .map(str::to_string),
         volume_size_gib: out.volume_size(),
         block_size: out.block_size(),
         blocks: out.blocks.unwrap_or_default(),
@@ -412,7 +415,9 @@ impl Fetch<'_> {
         let got = checksum::to_base64(&checksum::block_digest(&data));
         match expected {
             Some(want) if want == got => Ok(data),
-            Some(want) => Err(bad(format!("checksum mismatch: expected {want}, got {got}"))),
+            Some(want) => Err(bad(format!(
+                "checksum mismatch: expected {want}, got {got}"
+            ))),
             None => Err(bad("the answer carried no checksum".into())),
         }
     }

@@ -537,9 +537,7 @@ async fn complete(
                 .changed_blocks_count(blocks as i32)
                 .checksum(sum)
                 .checksum_algorithm(ChecksumAlgorithm::ChecksumAlgorithmSha256)
-                .checksum_aggregation_method(
-                    ChecksumAggregationMethod::ChecksumAggregationLinear,
-                )
+                .checksum_aggregation_method(ChecksumAggregationMethod::ChecksumAggregationLinear)
                 .send()
                 .await
                 .map_err(|e| AwsError::from_sdk("CompleteSnapshot", e))

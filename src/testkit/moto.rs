@@ -123,17 +123,24 @@ impl MotoServer {
         let out = log.reopen().map_err(Attempt::Fatal)?;
         let err = log.reopen().map_err(Attempt::Fatal)?;
         let mut cmd = Command::new(python);
-        cmd.args(["-m", "moto.server", "-H", "127.0.0.1", "-p", &port.to_string()])
-            .stdin(Stdio::null())
-            .stdout(Stdio::from(out))
-            .stderr(Stdio::from(err))
-            .env("MOTO_EC2_LOAD_DEFAULT_AMIS", "false")
-            .env("AWS_EC2_METADATA_DISABLED", "true")
-            .env("AWS_ACCESS_KEY_ID", DUMMY_ACCESS_KEY)
-            .env("AWS_SECRET_ACCESS_KEY", DUMMY_SECRET_KEY)
-            .env("AWS_DEFAULT_REGION", "us-east-1")
-            .env("PYTHONUNBUFFERED", "1")
-            .process_group(0);
+        cmd.args([
+            "-m",
+            "moto.server",
+            "-H",
+            "127.0.0.1",
+            "-p",
+            &port.to_string(),
+        ])
+        .stdin(Stdio::null())
+        .stdout(Stdio::from(out))
+        .stderr(Stdio::from(err))
+        .env("MOTO_EC2_LOAD_DEFAULT_AMIS", "false")
+        .env("AWS_EC2_METADATA_DISABLED", "true")
+        .env("AWS_ACCESS_KEY_ID", DUMMY_ACCESS_KEY)
+        .env("AWS_SECRET_ACCESS_KEY", DUMMY_SECRET_KEY)
+        .env("AWS_DEFAULT_REGION", "us-east-1")
+        .env("PYTHONUNBUFFERED", "1")
+        .process_group(0);
         for k in AWS_ENV_TO_REMOVE {
             cmd.env_remove(k);
         }
@@ -159,10 +166,13 @@ impl MotoServer {
                     {
                         format!("{INSTALL_HINT} (moto exited with {status}); log tail:\n{tail}")
                     } else {
-                        format!("moto exited with {status} before answering on 127.0.0.1:{port}; log tail:\n{tail}")
+                        format!(
+                            "moto exited with {status} before answering on 127.0.0.1:{port}; log tail:\n{tail}"
+                        )
                     };
                     let e = io::Error::other(msg);
-                    let race = tail.contains("Address already in use") || tail.contains("is in use by another program");
+                    let race = tail.contains("Address already in use")
+                        || tail.contains("is in use by another program");
                     return Err(if race {
                         Attempt::PortRace(e)
                     } else {
@@ -303,7 +313,8 @@ mod tests {
 
     #[test]
     fn missing_python_is_reported() {
-        let err = MotoServer::start_with_python("/nonexistent/python-for-ec2ami-tests").unwrap_err();
+        let err =
+            MotoServer::start_with_python("/nonexistent/python-for-ec2ami-tests").unwrap_err();
         assert!(err.to_string().contains(INSTALL_HINT), "{err}");
     }
 

@@ -371,7 +371,12 @@ fn classify(parts: &hyper::http::request::Parts, body: &Bytes) -> (String, bool)
     }
 }
 
-fn protocol(service: &str, parts: &hyper::http::request::Parts, op: &str, has_action: bool) -> Proto {
+fn protocol(
+    service: &str,
+    parts: &hyper::http::request::Parts,
+    op: &str,
+    has_action: bool,
+) -> Proto {
     if parts.headers.contains_key("x-amz-target") {
         return Proto::AwsJson;
     }
@@ -393,7 +398,10 @@ fn protocol(service: &str, parts: &hyper::http::request::Parts, op: &str, has_ac
 }
 
 /// (status, code, message, reason) of an injected error for a protocol.
-fn fault_error(proto: Proto, fault: &Fault) -> (u16, &'static str, &'static str, Option<&'static str>) {
+fn fault_error(
+    proto: Proto,
+    fault: &Fault,
+) -> (u16, &'static str, &'static str, Option<&'static str>) {
     match (proto, fault) {
         (Proto::RestJson, Fault::Throttle) => (429, "ThrottlingException", "Rate exceeded", None),
         (Proto::RestJson, Fault::AccessDenied) => (
@@ -404,13 +412,35 @@ fn fault_error(proto: Proto, fault: &Fault) -> (u16, &'static str, &'static str,
         ),
         (Proto::RestJson, Fault::Status(s)) => match *s {
             429 => (429, "ThrottlingException", "Rate exceeded", None),
-            403 => (403, "AccessDeniedException", "Access denied", Some("UNAUTHORIZED_ACCOUNT")),
-            404 => (404, "ResourceNotFoundException", "The snapshot was not found", Some("SNAPSHOT_NOT_FOUND")),
+            403 => (
+                403,
+                "AccessDeniedException",
+                "Access denied",
+                Some("UNAUTHORIZED_ACCOUNT"),
+            ),
+            404 => (
+                404,
+                "ResourceNotFoundException",
+                "The snapshot was not found",
+                Some("SNAPSHOT_NOT_FOUND"),
+            ),
             409 => (409, "ConflictException", "Conflict", None),
-            s if (400..500).contains(&s) => (s, "ValidationException", "Injected client error", Some("INVALID_PARAMETER_VALUE")),
-            s => (s, "InternalServerException", "Internal server error (injected)", None),
+            s if (400..500).contains(&s) => (
+                s,
+                "ValidationException",
+                "Injected client error",
+                Some("INVALID_PARAMETER_VALUE"),
+            ),
+            s => (
+                s,
+                "InternalServerException",
+                "Internal server error (injected)",
+                None,
+            ),
         },
-        (Proto::Ec2Query, Fault::Throttle) => (503, "RequestLimitExceeded", "Request limit exceeded.", None),
+        (Proto::Ec2Query, Fault::Throttle) => {
+            (503, "RequestLimitExceeded", "Request limit exceeded.", None)
+        }
         (Proto::Ec2Query, Fault::AccessDenied) => (
             403,
             "UnauthorizedOperation",
@@ -418,8 +448,15 @@ fn fault_error(proto: Proto, fault: &Fault) -> (u16, &'static str, &'static str,
             None,
         ),
         (Proto::Ec2Query, Fault::Status(s)) => match *s {
-            503 => (503, "Unavailable", "The server is overloaded and can't handle the request.", None),
-            s if (400..500).contains(&s) => (s, "InvalidParameterValue", "Injected client error", None),
+            503 => (
+                503,
+                "Unavailable",
+                "The server is overloaded and can't handle the request.",
+                None,
+            ),
+            s if (400..500).contains(&s) => {
+                (s, "InvalidParameterValue", "Injected client error", None)
+            }
             s => (s, "InternalError", "An internal error has occurred.", None),
         },
         (Proto::AwsJson, Fault::Throttle) => (400, "ThrottlingException", "Rate exceeded", None),
@@ -430,14 +467,33 @@ fn fault_error(proto: Proto, fault: &Fault) -> (u16, &'static str, &'static str,
             None,
         ),
         (Proto::AwsJson, Fault::Status(s)) => match *s {
-            s if (400..500).contains(&s) => (s, "ValidationException", "Injected client error", None),
-            s => (s, "InternalServerError", "Internal server error (injected)", None),
+            s if (400..500).contains(&s) => {
+                (s, "ValidationException", "Injected client error", None)
+            }
+            s => (
+                s,
+                "InternalServerError",
+                "Internal server error (injected)",
+                None,
+            ),
         },
         (Proto::AwsQuery, Fault::Throttle) => (400, "Throttling", "Rate exceeded", None),
-        (Proto::AwsQuery, Fault::AccessDenied) => (403, "AccessDenied", "User is not authorized to perform this action", None),
+        (Proto::AwsQuery, Fault::AccessDenied) => (
+            403,
+            "AccessDenied",
+            "User is not authorized to perform this action",
+            None,
+        ),
         (Proto::AwsQuery, Fault::Status(s)) => match *s {
-            503 => (503, "ServiceUnavailable", "Service unavailable (injected)", None),
-            s if (400..500).contains(&s) => (s, "InvalidParameterValue", "Injected client error", None),
+            503 => (
+                503,
+                "ServiceUnavailable",
+                "Service unavailable (injected)",
+                None,
+            ),
+            s if (400..500).contains(&s) => {
+                (s, "InvalidParameterValue", "Injected client error", None)
+            }
             s => (s, "InternalFailure", "Internal failure (injected)", None),
         },
         // Reset, DropResponse and Delay never produce an answer of their own.
@@ -508,7 +564,11 @@ fn strip_hop_by_hop(headers: &mut HeaderMap) {
         .flat_map(|v| v.split(',').map(|s| s.trim().to_ascii_lowercase()))
         .filter(|s| !s.is_empty())
         .collect();
-    for h in HOP_BY_HOP.iter().copied().chain(named.iter().map(String::as_str)) {
+    for h in HOP_BY_HOP
+        .iter()
+        .copied()
+        .chain(named.iter().map(String::as_str))
+    {
         headers.remove(h);
     }
 }
@@ -547,7 +607,11 @@ fn moto_fixup(op: &str, status: u16, body: &Bytes) -> Option<(u16, Bytes)> {
                     item["BlockIndex"] = json!(n);
                 }
             }
-            items.sort_by_key(|i| i.get("BlockIndex").and_then(Value::as_u64).unwrap_or(u64::MAX));
+            items.sort_by_key(|i| {
+                i.get("BlockIndex")
+                    .and_then(Value::as_u64)
+                    .unwrap_or(u64::MAX)
+            });
         }
     }
     let status = if op == "StartSnapshot" { 201 } else { status };
@@ -615,7 +679,12 @@ impl ProxyInner {
             headers: parts
                 .headers
                 .iter()
-                .map(|(k, v)| (k.to_string(), String::from_utf8_lossy(v.as_bytes()).into_owned()))
+                .map(|(k, v)| {
+                    (
+                        k.to_string(),
+                        String::from_utf8_lossy(v.as_bytes()).into_owned(),
+                    )
+                })
                 .collect(),
             body_len: body.len(),
             body: (body.len() <= KEEP_BODY).then(|| body.clone()),
@@ -672,10 +741,7 @@ impl ProxyInner {
         body: Bytes,
         op: &str,
     ) -> Result<Response<ProxyBody>, BoxError> {
-        let path_and_query = parts
-            .uri
-            .path_and_query()
-            .map_or("/", |p| p.as_str());
+        let path_and_query = parts.uri.path_and_query().map_or("/", |p| p.as_str());
         let uri: Uri = format!("{}{}", self.upstream, path_and_query).parse()?;
         let mut headers = parts.headers.clone();
         strip_hop_by_hop(&mut headers);
@@ -696,7 +762,10 @@ impl ProxyInner {
             && (status == 500
                 || matches!(
                     op,
-                    "StartSnapshot" | "ListSnapshotBlocks" | "ListChangedBlocks" | "CompleteSnapshot"
+                    "StartSnapshot"
+                        | "ListSnapshotBlocks"
+                        | "ListChangedBlocks"
+                        | "CompleteSnapshot"
                 ));
         if !fixable {
             return Ok(Response::from_parts(rparts, Either::Right(rbody)));
@@ -707,9 +776,10 @@ impl ProxyInner {
             None => (status, data),
         };
         if new_status == 404 && status == 500 {
-            rparts
-                .headers
-                .insert("x-amzn-errortype", HeaderValue::from_static("ResourceNotFoundException"));
+            rparts.headers.insert(
+                "x-amzn-errortype",
+                HeaderValue::from_static("ResourceNotFoundException"),
+            );
         }
         rparts.status = hyper::StatusCode::from_u16(new_status).unwrap_or(rparts.status);
         if serde_json::from_slice::<serde::de::IgnoredAny>(&new_body).is_ok() {
@@ -717,7 +787,12 @@ impl ProxyInner {
                 .headers
                 .insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
         }
-        rparts.headers.insert(CONTENT_LENGTH, HeaderValue::from(new_body.len()));
-        Ok(Response::from_parts(rparts, Either::Left(Full::new(new_body))))
+        rparts
+            .headers
+            .insert(CONTENT_LENGTH, HeaderValue::from(new_body.len()));
+        Ok(Response::from_parts(
+            rparts,
+            Either::Left(Full::new(new_body)),
+        ))
     }
 }

@@ -267,7 +267,9 @@ impl Drop for StrictEbs {
 
 impl std::fmt::Debug for StrictEbs {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("StrictEbs").field("port", &self.port).finish()
+        f.debug_struct("StrictEbs")
+            .field("port", &self.port)
+            .finish()
     }
 }
 
@@ -432,26 +434,39 @@ impl Inner {
             Some((service, _)) if service == expected_service => {}
             Some((service, _)) => {
                 let err = if is_ec2 {
-                    ApiError::ec2(401, "AuthFailure", format!("Credential should be scoped to correct service: 'ec2', not '{service}'"))
+                    ApiError::ec2(
+                        401,
+                        "AuthFailure",
+                        format!(
+                            "Credential should be scoped to correct service: 'ec2', not '{service}'"
+                        ),
+                    )
                 } else {
                     ApiError {
                         status: 403,
                         code: "InvalidSignatureException",
                         reason: None,
-                        message: format!("Credential should be scoped to correct service: 'ebs', not '{service}'"),
+                        message: format!(
+                            "Credential should be scoped to correct service: 'ebs', not '{service}'"
+                        ),
                     }
                 };
                 return self.reject(op, is_ec2, err);
             }
             None => {
                 let err = if is_ec2 {
-                    ApiError::ec2(401, "AuthFailure", "AWS was not able to validate the provided access credentials (no SigV4 Authorization header)")
+                    ApiError::ec2(
+                        401,
+                        "AuthFailure",
+                        "AWS was not able to validate the provided access credentials (no SigV4 Authorization header)",
+                    )
                 } else {
                     ApiError {
                         status: 403,
                         code: "MissingAuthenticationTokenException",
                         reason: None,
-                        message: "Missing Authentication Token (no SigV4 Authorization header)".into(),
+                        message: "Missing Authentication Token (no SigV4 Authorization header)"
+                            .into(),
                     }
                 };
                 return self.reject(op, is_ec2, err);
@@ -468,14 +483,22 @@ impl Inner {
             let result = match action.as_str() {
                 "DescribeSnapshots" => self.describe_snapshots(&params),
                 "DeleteSnapshot" => self.delete_snapshot(&params),
-                "" => Err(ApiError::ec2(400, "MissingAction", "The request must contain the parameter Action")),
+                "" => Err(ApiError::ec2(
+                    400,
+                    "MissingAction",
+                    "The request must contain the parameter Action",
+                )),
                 other => Err(ApiError::ec2(
                     400,
                     "InvalidAction",
                     format!("The action {other} is not valid for this web service."),
                 )),
             };
-            let name = if action.is_empty() { "Ec2Query".to_string() } else { action };
+            let name = if action.is_empty() {
+                "Ec2Query".to_string()
+            } else {
+                action
+            };
             return match result {
                 Ok(r) => r,
                 Err(e) => self.reject(&name, true, e),
@@ -531,26 +554,43 @@ impl Inner {
             match obj.get(name) {
                 None | Some(Value::Null) => Ok(None),
                 Some(Value::String(s)) => Ok(Some(s.clone())),
-                Some(v) => Err(ApiError::invalid(format!("{name} must be a string, got {v}"))),
+                Some(v) => Err(ApiError::invalid(format!(
+                    "{name} must be a string, got {v}"
+                ))),
             }
         };
         let description = opt_str("Description")?;
-        if description.as_ref().is_some_and(|d| d.chars().count() > 255) {
-            return Err(ApiError::invalid("Description is longer than 255 characters"));
+        if description
+            .as_ref()
+            .is_some_and(|d| d.chars().count() > 255)
+        {
+            return Err(ApiError::invalid(
+                "Description is longer than 255 characters",
+            ));
         }
         let client_token = opt_str("ClientToken")?;
-        if client_token.as_ref().is_some_and(|t| t.is_empty() || t.len() > 255) {
+        if client_token
+            .as_ref()
+            .is_some_and(|t| t.is_empty() || t.len() > 255)
+        {
             return Err(ApiError::invalid("ClientToken must be 1 to 255 characters"));
         }
         let kms_key_arn = opt_str("KmsKeyArn")?;
-        if kms_key_arn.as_ref().is_some_and(|k| k.is_empty() || k.len() > 2048) {
+        if kms_key_arn
+            .as_ref()
+            .is_some_and(|k| k.is_empty() || k.len() > 2048)
+        {
             return Err(ApiError::invalid("KmsKeyArn must be 1 to 2048 characters"));
         }
         let parent = opt_str("ParentSnapshotId")?;
         let encrypted = match obj.get("Encrypted") {
             None | Some(Value::Null) => None,
             Some(Value::Bool(b)) => Some(*b),
-            Some(v) => return Err(ApiError::invalid(format!("Encrypted must be a boolean, got {v}"))),
+            Some(v) => {
+                return Err(ApiError::invalid(format!(
+                    "Encrypted must be a boolean, got {v}"
+                )));
+            }
         };
         if parent.is_some() && encrypted.is_some() {
             return Err(ApiError::invalid(
@@ -561,7 +601,11 @@ impl Inner {
             None | Some(Value::Null) => {}
             Some(v) => match v.as_u64() {
                 Some(t) if (10..=4320).contains(&t) => {}
-                _ => return Err(ApiError::invalid(format!("Timeout must be 10 to 4320 minutes, got {v}"))),
+                _ => {
+                    return Err(ApiError::invalid(format!(
+                        "Timeout must be 10 to 4320 minutes, got {v}"
+                    )));
+                }
             },
         }
         let mut tags = Vec::new();
@@ -569,24 +613,41 @@ impl Inner {
             None | Some(Value::Null) => {}
             Some(Value::Array(items)) => {
                 if items.len() > 50 {
-                    return Err(ApiError::validation("INVALID_TAG", "at most 50 tags are allowed"));
+                    return Err(ApiError::validation(
+                        "INVALID_TAG",
+                        "at most 50 tags are allowed",
+                    ));
                 }
                 for t in items {
                     let key = t.get("Key").and_then(Value::as_str);
                     let value = t.get("Value").and_then(Value::as_str).unwrap_or("");
                     let Some(key) = key else {
-                        return Err(ApiError::validation("INVALID_TAG", format!("tag without a Key: {t}")));
+                        return Err(ApiError::validation(
+                            "INVALID_TAG",
+                            format!("tag without a Key: {t}"),
+                        ));
                     };
                     if key.is_empty() || key.chars().count() > 127 || key.starts_with("aws:") {
-                        return Err(ApiError::validation("INVALID_TAG", format!("invalid tag key '{key}'")));
+                        return Err(ApiError::validation(
+                            "INVALID_TAG",
+                            format!("invalid tag key '{key}'"),
+                        ));
                     }
                     if value.chars().count() > 255 {
-                        return Err(ApiError::validation("INVALID_TAG", format!("tag value for '{key}' is longer than 255 characters")));
+                        return Err(ApiError::validation(
+                            "INVALID_TAG",
+                            format!("tag value for '{key}' is longer than 255 characters"),
+                        ));
                     }
                     tags.push((key.to_string(), value.to_string()));
                 }
             }
-            Some(v) => return Err(ApiError::validation("INVALID_TAG", format!("Tags must be a list, got {v}"))),
+            Some(v) => {
+                return Err(ApiError::validation(
+                    "INVALID_TAG",
+                    format!("Tags must be a list, got {v}"),
+                ));
+            }
         }
 
         let mut st = self.lock();
@@ -608,14 +669,22 @@ impl Inner {
         let mut blocks = BTreeMap::new();
         let mut parent_encrypted = false;
         if let Some(pid) = &parent {
-            let p = st.snapshots.get(pid).ok_or_else(|| ApiError::snapshot_not_found(pid))?;
+            let p = st
+                .snapshots
+                .get(pid)
+                .ok_or_else(|| ApiError::snapshot_not_found(pid))?;
             if p.status != Status::Completed {
-                return Err(ApiError::invalid(format!("parent snapshot {pid} is not completed")));
+                return Err(ApiError::invalid(format!(
+                    "parent snapshot {pid} is not completed"
+                )));
             }
             if p.volume_size > volume_size {
                 return Err(ApiError::validation(
                     "INVALID_VOLUME_SIZE",
-                    format!("VolumeSize {volume_size} is smaller than the parent snapshot's {}", p.volume_size),
+                    format!(
+                        "VolumeSize {volume_size} is smaller than the parent snapshot's {}",
+                        p.volume_size
+                    ),
                 ));
             }
             blocks = p.blocks.clone();
@@ -682,7 +751,11 @@ impl Inner {
         }
         match header(parts, "x-amz-checksum-algorithm") {
             Some("SHA256") => {}
-            Some(a) => return Err(ApiError::invalid(format!("unsupported x-amz-Checksum-Algorithm '{a}'"))),
+            Some(a) => {
+                return Err(ApiError::invalid(format!(
+                    "unsupported x-amz-Checksum-Algorithm '{a}'"
+                )));
+            }
             None => return Err(ApiError::invalid("missing x-amz-Checksum-Algorithm header")),
         }
         let checksum = header(parts, "x-amz-checksum")
@@ -713,7 +786,14 @@ impl Inner {
                     s.status.as_str()
                 )));
             }
-            s.blocks.insert(index, Block { data, digest, token });
+            s.blocks.insert(
+                index,
+                Block {
+                    data,
+                    digest,
+                    token,
+                },
+            );
             s.written.insert(index);
             s.put_requests += 1;
         }
@@ -757,10 +837,9 @@ impl Inner {
     fn complete_snapshot(&self, parts: &hyper::http::request::Parts, id: &str) -> ApiResult {
         let count = header(parts, "x-amz-changedblockscount")
             .ok_or_else(|| ApiError::invalid("missing x-amz-ChangedBlocksCount header"))?;
-        let count: u64 = count
-            .trim()
-            .parse()
-            .map_err(|_| ApiError::invalid(format!("invalid x-amz-ChangedBlocksCount '{count}'")))?;
+        let count: u64 = count.trim().parse().map_err(|_| {
+            ApiError::invalid(format!("invalid x-amz-ChangedBlocksCount '{count}'"))
+        })?;
         let checksum = header(parts, "x-amz-checksum").map(str::to_string);
         if checksum.is_some() {
             match header(parts, "x-amz-checksum-algorithm") {
@@ -798,7 +877,9 @@ impl Inner {
                     )));
                 }
                 Status::Error => {
-                    return Err(ApiError::invalid(format!("snapshot {id} is in the error state")));
+                    return Err(ApiError::invalid(format!(
+                        "snapshot {id} is in the error state"
+                    )));
                 }
                 Status::Pending => {}
             }
@@ -896,7 +977,9 @@ impl Inner {
                     .get(fid)
                     .ok_or_else(|| ApiError::snapshot_not_found(fid))?;
                 if f.status != Status::Completed {
-                    return Err(ApiError::invalid(format!("snapshot {fid} is not completed")));
+                    return Err(ApiError::invalid(format!(
+                        "snapshot {fid} is not completed"
+                    )));
                 }
                 let mut cur = second.parent.clone();
                 let mut related = false;
@@ -975,15 +1058,19 @@ impl Inner {
                     format!("block index {index} is past the end of the volume"),
                 ));
             }
-            let token = q.get("blockToken").ok_or_else(|| {
-                ApiError::validation("INVALID_BLOCK_TOKEN", "missing blockToken")
-            })?;
-            let b = s.blocks.get(&index).filter(|b| &b.token == token).ok_or_else(|| {
-                ApiError::validation(
-                    "INVALID_BLOCK_TOKEN",
-                    format!("the block token does not match block {index} of {id}"),
-                )
-            })?;
+            let token = q
+                .get("blockToken")
+                .ok_or_else(|| ApiError::validation("INVALID_BLOCK_TOKEN", "missing blockToken"))?;
+            let b = s
+                .blocks
+                .get(&index)
+                .filter(|b| &b.token == token)
+                .ok_or_else(|| {
+                    ApiError::validation(
+                        "INVALID_BLOCK_TOKEN",
+                        format!("the block token does not match block {index} of {id}"),
+                    )
+                })?;
             (b.data.clone(), b.digest)
         };
         let data = data.ok_or_else(|| {
@@ -1034,7 +1121,14 @@ impl Inner {
         for (name, _) in filters.values() {
             let known = matches!(
                 name.as_str(),
-                "snapshot-id" | "status" | "description" | "volume-size" | "owner-id" | "encrypted" | "tag-key" | "volume-id"
+                "snapshot-id"
+                    | "status"
+                    | "description"
+                    | "volume-size"
+                    | "owner-id"
+                    | "encrypted"
+                    | "tag-key"
+                    | "volume-id"
             ) || name.starts_with("tag:");
             if !known {
                 return Err(ApiError::ec2(
@@ -1109,7 +1203,11 @@ impl Inner {
                 "<startTime>{}</startTime>",
                 http_util::iso8601(s.start_time)
             ));
-            let progress = if s.status == Status::Completed { "100%" } else { "0%" };
+            let progress = if s.status == Status::Completed {
+                "100%"
+            } else {
+                "0%"
+            };
             xml.push_str(&format!("<progress>{progress}</progress>"));
             xml.push_str(&format!("<ownerId>{OWNER_ID}</ownerId>"));
             xml.push_str(&format!("<volumeSize>{}</volumeSize>", s.volume_size));
@@ -1143,7 +1241,11 @@ impl Inner {
     fn delete_snapshot(&self, params: &[(String, String)]) -> ApiResult {
         let get = |k: &str| params.iter().find(|(n, _)| n == k).map(|(_, v)| v.as_str());
         let id = get("SnapshotId").ok_or_else(|| {
-            ApiError::ec2(400, "MissingParameter", "The request must contain the parameter SnapshotId")
+            ApiError::ec2(
+                400,
+                "MissingParameter",
+                "The request must contain the parameter SnapshotId",
+            )
         })?;
         if get("DryRun") == Some("true") {
             return Err(ApiError::ec2(
@@ -1207,4 +1309,606 @@ fn start_output(s: &Snap) -> Value {
         out["ParentSnapshotId"] = json!(p);
     }
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::testkit::http_util::test_client::{TestClient, auth, client, send};
+
+    fn block(fill: u8) -> Bytes {
+        Bytes::from(vec![fill; BLOCK_SIZE as usize])
+    }
+
+    fn sha_b64(data: &[u8]) -> String {
+        B64.encode(Sha256::digest(data))
+    }
+
+    fn ebs_headers() -> Vec<(&'static str, String)> {
+        vec![("authorization", auth("ebs"))]
+    }
+
+    async fn start(c: &TestClient, base: &str, body: Value) -> (u16, Value) {
+        let (st, _, b) = send(
+            c,
+            "POST",
+            &format!("{base}/snapshots"),
+            &ebs_headers(),
+            body.to_string(),
+        )
+        .await
+        .unwrap();
+        (st, serde_json::from_slice(&b).unwrap_or(Value::Null))
+    }
+
+    async fn put(
+        c: &TestClient,
+        base: &str,
+        id: &str,
+        idx: u64,
+        data: Bytes,
+        checksum: &str,
+    ) -> (u16, HeaderMapLite, Value) {
+        let mut h = ebs_headers();
+        h.push(("x-amz-Data-Length", data.len().to_string()));
+        h.push(("x-amz-Checksum", checksum.to_string()));
+        h.push(("x-amz-Checksum-Algorithm", "SHA256".to_string()));
+        h.push(("content-type", "application/octet-stream".to_string()));
+        let (st, hd, b) = send(
+            c,
+            "PUT",
+            &format!("{base}/snapshots/{id}/blocks/{idx}"),
+            &h,
+            data,
+        )
+        .await
+        .unwrap();
+        let hd = hd
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_str().unwrap_or("").to_string()))
+            .collect();
+        (st, hd, serde_json::from_slice(&b).unwrap_or(Value::Null))
+    }
+
+    type HeaderMapLite = Vec<(String, String)>;
+
+    async fn complete(
+        c: &TestClient,
+        base: &str,
+        id: &str,
+        count: u64,
+        checksum: Option<&str>,
+    ) -> (u16, Value) {
+        let mut h = ebs_headers();
+        h.push(("x-amz-ChangedBlocksCount", count.to_string()));
+        if let Some(cs) = checksum {
+            h.push(("x-amz-Checksum", cs.to_string()));
+            h.push(("x-amz-Checksum-Algorithm", "SHA256".to_string()));
+            h.push(("x-amz-Checksum-Aggregation-Method", "LINEAR".to_string()));
+        }
+        let (st, _, b) = send(
+            c,
+            "POST",
+            &format!("{base}/snapshots/completion/{id}"),
+            &h,
+            "",
+        )
+        .await
+        .unwrap();
+        (st, serde_json::from_slice(&b).unwrap_or(Value::Null))
+    }
+
+    async fn get_json(c: &TestClient, url: &str) -> (u16, Value) {
+        let (st, _, b) = send(c, "GET", url, &ebs_headers(), "").await.unwrap();
+        (st, serde_json::from_slice(&b).unwrap_or(Value::Null))
+    }
+
+    fn aggregate(blocks: &[&Bytes]) -> String {
+        let mut h = Sha256::new();
+        for b in blocks {
+            h.update(Sha256::digest(b));
+        }
+        B64.encode(h.finalize())
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn full_upload_roundtrip_and_rejections() {
+        let ebs = StrictEbs::start(StrictEbsConfig::default()).await.unwrap();
+        let base = ebs.url();
+        let c = client();
+
+        let req = json!({"VolumeSize": 1, "Description": "a <test>", "ClientToken": "tok-1",
+                         "Tags": [{"Key": "Name", "Value": "x&y"}]});
+        let (st, out) = start(&c, &base, req.clone()).await;
+        assert_eq!(st, 201, "{out}");
+        let id = out["SnapshotId"].as_str().unwrap().to_string();
+        assert!(id.starts_with("snap-") && id.len() == 22, "{id}");
+        assert_eq!(out["BlockSize"], json!(524288));
+        assert_eq!(out["Status"], json!("pending"));
+        assert_eq!(out["OwnerId"], json!(OWNER_ID));
+        // Idempotent retry, then a conflicting reuse of the token.
+        let (st, again) = start(&c, &base, req).await;
+        assert_eq!((st, again["SnapshotId"].as_str()), (201, Some(id.as_str())));
+        let (st, _) = start(&c, &base, json!({"VolumeSize": 2, "ClientToken": "tok-1"})).await;
+        assert_eq!(st, 409);
+        assert_eq!(ebs.snapshot_ids(), vec![id.clone()]);
+        // StartSnapshot validation.
+        let (st, e) = start(&c, &base, json!({"VolumeSize": 0})).await;
+        assert_eq!(
+            (st, e["Reason"].as_str()),
+            (400, Some("INVALID_VOLUME_SIZE"))
+        );
+        let (st, _) = start(&c, &base, json!({"VolumeSize": 65537})).await;
+        assert_eq!(st, 400);
+        let (st, _) = start(
+            &c,
+            &base,
+            json!({"VolumeSize": 1, "Encrypted": true, "ParentSnapshotId": id}),
+        )
+        .await;
+        assert_eq!(st, 400);
+
+        let (b3, b1, b0) = (block(3), block(1), block(0));
+        let (st, h, body) = put(&c, &base, &id, 3, b3.clone(), &sha_b64(&b3)).await;
+        assert_eq!((st, body), (201, json!({})));
+        assert!(
+            h.iter()
+                .any(|(k, v)| k == "x-amz-checksum" && *v == sha_b64(&b3))
+        );
+        // Wrong checksum: rejected.
+        let (st, _, e) = put(&c, &base, &id, 1, b1.clone(), &sha_b64(&b0)).await;
+        assert_eq!(st, 400);
+        assert_eq!(e["Reason"], json!("INVALID_PARAMETER_VALUE"));
+        assert!(
+            ebs.rejections().last().unwrap().contains("checksum"),
+            "{:?}",
+            ebs.rejections()
+        );
+        // Rewrite of block 1 (first with junk, then real data).
+        let (st, _, _) = put(&c, &base, &id, 1, b0.clone(), &sha_b64(&b0)).await;
+        assert_eq!(st, 201);
+        let (st, _, _) = put(&c, &base, &id, 1, b1.clone(), &sha_b64(&b1)).await;
+        assert_eq!(st, 201);
+        // Index past the end of a 1 GiB volume (2048 blocks).
+        let (st, _, e) = put(&c, &base, &id, 2048, b0.clone(), &sha_b64(&b0)).await;
+        assert_eq!((st, e["Reason"].as_str()), (400, Some("INVALID_BLOCK")));
+        // Short block.
+        let short = Bytes::from(vec![0u8; 4096]);
+        let (st, _, _) = put(&c, &base, &id, 5, short.clone(), &sha_b64(&short)).await;
+        assert_eq!(st, 400);
+        // Unknown snapshot.
+        let (st, _, e) = put(
+            &c,
+            &base,
+            "snap-00000000000000000",
+            0,
+            b0.clone(),
+            &sha_b64(&b0),
+        )
+        .await;
+        assert_eq!(
+            (st, e["Reason"].as_str()),
+            (404, Some("SNAPSHOT_NOT_FOUND"))
+        );
+        // Missing Authorization.
+        let (st, h, _) = send(&c, "GET", &format!("{base}/snapshots/{id}/blocks"), &[], "")
+            .await
+            .unwrap();
+        assert_eq!(st, 403);
+        assert_eq!(h["x-amzn-errortype"], "MissingAuthenticationTokenException");
+
+        // Listing a pending snapshot is refused.
+        let (st, _) = get_json(&c, &format!("{base}/snapshots/{id}/blocks")).await;
+        assert_eq!(st, 400);
+
+        // Complete with the aggregate checksum over blocks 1 and 3 in index order.
+        let (st, out) = complete(&c, &base, &id, 2, Some(&aggregate(&[&b1, &b3]))).await;
+        assert_eq!((st, out), (202, json!({"Status": "completed"})));
+        let view = ebs.snapshot(&id).unwrap();
+        assert_eq!(view.status, "completed");
+        assert_eq!(view.put_requests, 3);
+        assert_eq!(view.description.as_deref(), Some("a <test>"));
+        assert_eq!(view.tags, vec![("Name".to_string(), "x&y".to_string())]);
+        assert_eq!(view.blocks.keys().copied().collect::<Vec<_>>(), vec![1, 3]);
+        assert_eq!(view.blocks[&1], b1);
+        assert_eq!(view.block_checksums[&3], sha_b64(&b3));
+        // Writing after completion is refused.
+        let (st, _, _) = put(&c, &base, &id, 4, b0.clone(), &sha_b64(&b0)).await;
+        assert_eq!(st, 400);
+
+        let (st, list) = get_json(&c, &format!("{base}/snapshots/{id}/blocks")).await;
+        assert_eq!(st, 200);
+        let blocks = list["Blocks"].as_array().unwrap();
+        assert_eq!(
+            blocks
+                .iter()
+                .map(|b| b["BlockIndex"].as_u64().unwrap())
+                .collect::<Vec<_>>(),
+            vec![1, 3]
+        );
+        assert!(list.get("NextToken").is_none());
+        assert_eq!(list["BlockSize"], json!(524288));
+        assert_eq!(list["VolumeSize"], json!(1));
+        let token = blocks[1]["BlockToken"].as_str().unwrap();
+        let enc = |t: &str| {
+            t.replace('+', "%2B")
+                .replace('/', "%2F")
+                .replace('=', "%3D")
+        };
+        let (st, h, data) = send(
+            &c,
+            "GET",
+            &format!("{base}/snapshots/{id}/blocks/3?blockToken={}", enc(token)),
+            &ebs_headers(),
+            "",
+        )
+        .await
+        .unwrap();
+        assert_eq!(st, 200);
+        assert_eq!(data, b3);
+        assert_eq!(h["x-amz-data-length"], "524288");
+        assert_eq!(h["x-amz-checksum"], sha_b64(&b3).as_str());
+        assert_eq!(h["x-amz-checksum-algorithm"], "SHA256");
+        // A token of another block does not open block 1.
+        let (st, body) = get_json(
+            &c,
+            &format!("{base}/snapshots/{id}/blocks/1?blockToken={}", enc(token)),
+        )
+        .await;
+        assert_eq!(
+            (st, body["Reason"].as_str()),
+            (400, Some("INVALID_BLOCK_TOKEN"))
+        );
+        assert!(
+            ebs.rejections()
+                .iter()
+                .any(|r| r.starts_with("GetSnapshotBlock"))
+        );
+        assert!(
+            ebs.rejections()
+                .iter()
+                .all(|r| !r.contains("StartSnapshot: 201"))
+        );
+    }
+
+    #[tokio::test]
+    async fn complete_rejects_wrong_aggregate_and_count() {
+        let ebs = StrictEbs::start(StrictEbsConfig::default()).await.unwrap();
+        let base = ebs.url();
+        let c = client();
+        let mut ids = Vec::new();
+        for _ in 0..3 {
+            let (_, out) = start(&c, &base, json!({"VolumeSize": 1})).await;
+            ids.push(out["SnapshotId"].as_str().unwrap().to_string());
+        }
+        let (a, b) = (block(7), block(9));
+        for id in &ids {
+            put(&c, &base, id, 0, a.clone(), &sha_b64(&a)).await;
+            put(&c, &base, id, 9, b.clone(), &sha_b64(&b)).await;
+        }
+        // Wrong order of digests -> mismatch -> error state.
+        let (st, e) = complete(&c, &base, &ids[0], 2, Some(&aggregate(&[&b, &a]))).await;
+        assert_eq!(
+            (st, e["Reason"].as_str()),
+            (400, Some("INVALID_PARAMETER_VALUE"))
+        );
+        assert_eq!(ebs.snapshot(&ids[0]).unwrap().status, "error");
+        assert!(
+            ebs.rejections()
+                .iter()
+                .any(|r| r.starts_with("CompleteSnapshot") && r.contains("aggregate"))
+        );
+        // Wrong count.
+        let (st, _) = complete(&c, &base, &ids[1], 3, None).await;
+        assert_eq!(st, 400);
+        assert_eq!(ebs.snapshot(&ids[1]).unwrap().status, "error");
+        // Right count and checksum; a retry of the completion is idempotent.
+        let (st, _) = complete(&c, &base, &ids[2], 2, Some(&aggregate(&[&a, &b]))).await;
+        assert_eq!(st, 202);
+        let (st, _) = complete(&c, &base, &ids[2], 2, Some(&aggregate(&[&a, &b]))).await;
+        assert_eq!(st, 202);
+        // Unknown snapshot.
+        let (st, e) = complete(&c, &base, "snap-0123456789abcdef0", 0, None).await;
+        assert_eq!(
+            (st, e["Reason"].as_str()),
+            (404, Some("SNAPSHOT_NOT_FOUND"))
+        );
+    }
+
+    #[tokio::test]
+    async fn list_pagination_and_tokens() {
+        let ebs = StrictEbs::start(StrictEbsConfig {
+            discard_data: true,
+            page_size: 3,
+        })
+        .await
+        .unwrap();
+        let base = ebs.url();
+        let c = client();
+        let (_, out) = start(&c, &base, json!({"VolumeSize": 1})).await;
+        let id = out["SnapshotId"].as_str().unwrap().to_string();
+        let data = block(0x5a);
+        let cs = sha_b64(&data);
+        let indexes = [100u64, 2, 7, 55, 0, 1000, 31];
+        for i in indexes {
+            let (st, _, _) = put(&c, &base, &id, i, data.clone(), &cs).await;
+            assert_eq!(st, 201);
+        }
+        let (st, _) = complete(&c, &base, &id, indexes.len() as u64, None).await;
+        assert_eq!(st, 202);
+        let view = ebs.snapshot(&id).unwrap();
+        assert!(view.blocks.is_empty(), "discard_data keeps no data");
+        assert_eq!(view.block_checksums.len(), 7);
+
+        let mut seen = Vec::new();
+        let mut url = format!("{base}/snapshots/{id}/blocks");
+        let mut pages = 0;
+        loop {
+            let (st, page) = get_json(&c, &url).await;
+            assert_eq!(st, 200, "{page}");
+            pages += 1;
+            let blocks = page["Blocks"].as_array().unwrap();
+            assert!(blocks.len() <= 3);
+            seen.extend(blocks.iter().map(|b| b["BlockIndex"].as_u64().unwrap()));
+            match page.get("NextToken").and_then(Value::as_str) {
+                Some(t) => url = format!("{base}/snapshots/{id}/blocks?pageToken={t}"),
+                None => break,
+            }
+        }
+        assert_eq!(pages, 3);
+        assert_eq!(seen, vec![0, 2, 7, 31, 55, 100, 1000]);
+        // startingBlockIndex.
+        let (_, page) = get_json(
+            &c,
+            &format!("{base}/snapshots/{id}/blocks?startingBlockIndex=50"),
+        )
+        .await;
+        let got: Vec<u64> = page["Blocks"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|b| b["BlockIndex"].as_u64().unwrap())
+            .collect();
+        assert_eq!(got, vec![55, 100, 1000]);
+        // Bad maxResults and page tokens.
+        let (st, e) = get_json(&c, &format!("{base}/snapshots/{id}/blocks?maxResults=5")).await;
+        assert_eq!(
+            (st, e["Reason"].as_str()),
+            (400, Some("INVALID_PARAMETER_VALUE"))
+        );
+        let (st, e) = get_json(
+            &c,
+            &format!("{base}/snapshots/{id}/blocks?pageToken=garbage"),
+        )
+        .await;
+        assert_eq!(
+            (st, e["Reason"].as_str()),
+            (400, Some("INVALID_PAGE_TOKEN"))
+        );
+        let other = page_token("list", "snap-other", 3);
+        let (st, _) = get_json(
+            &c,
+            &format!("{base}/snapshots/{id}/blocks?pageToken={other}"),
+        )
+        .await;
+        assert_eq!(st, 400);
+        // Data was discarded: reading a block is refused with a clear reason.
+        let token = page["Blocks"][0]["BlockToken"]
+            .as_str()
+            .unwrap()
+            .replace('+', "%2B")
+            .replace('/', "%2F")
+            .replace('=', "%3D");
+        let (st, _) = get_json(
+            &c,
+            &format!("{base}/snapshots/{id}/blocks/55?blockToken={token}"),
+        )
+        .await;
+        assert_eq!(st, 400);
+        assert!(ebs.rejections().last().unwrap().contains("discard"));
+    }
+
+    #[tokio::test]
+    async fn parent_snapshots_and_changed_blocks() {
+        let ebs = StrictEbs::start(StrictEbsConfig::default()).await.unwrap();
+        let base = ebs.url();
+        let c = client();
+        let (_, out) = start(&c, &base, json!({"VolumeSize": 1})).await;
+        let parent = out["SnapshotId"].as_str().unwrap().to_string();
+        let (a, b) = (block(1), block(2));
+        put(&c, &base, &parent, 0, a.clone(), &sha_b64(&a)).await;
+        put(&c, &base, &parent, 1, a.clone(), &sha_b64(&a)).await;
+        // Child of a pending parent is refused.
+        let (st, _) = start(
+            &c,
+            &base,
+            json!({"VolumeSize": 1, "ParentSnapshotId": parent}),
+        )
+        .await;
+        assert_eq!(st, 400);
+        complete(&c, &base, &parent, 2, None).await;
+        let (st, out) = start(
+            &c,
+            &base,
+            json!({"VolumeSize": 2, "ParentSnapshotId": parent}),
+        )
+        .await;
+        assert_eq!(st, 201, "{out}");
+        assert_eq!(out["ParentSnapshotId"].as_str(), Some(parent.as_str()));
+        let child = out["SnapshotId"].as_str().unwrap().to_string();
+        put(&c, &base, &child, 1, b.clone(), &sha_b64(&b)).await;
+        put(&c, &base, &child, 3000, b.clone(), &sha_b64(&b)).await;
+        // Only blocks written to the child count.
+        let (st, _) = complete(&c, &base, &child, 2, Some(&aggregate(&[&b, &b]))).await;
+        assert_eq!(st, 202);
+        assert_eq!(ebs.snapshot(&child).unwrap().blocks.len(), 3);
+        let (st, out) = get_json(
+            &c,
+            &format!("{base}/snapshots/{child}/changedblocks?firstSnapshotId={parent}"),
+        )
+        .await;
+        assert_eq!(st, 200, "{out}");
+        let changed: Vec<u64> = out["ChangedBlocks"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|b| b["BlockIndex"].as_u64().unwrap())
+            .collect();
+        assert_eq!(changed, vec![1, 3000]);
+        assert!(out["ChangedBlocks"][1].get("FirstBlockToken").is_none());
+        let (st, e) = get_json(
+            &c,
+            &format!("{base}/snapshots/{parent}/changedblocks?firstSnapshotId={child}"),
+        )
+        .await;
+        assert_eq!(
+            (st, e["Reason"].as_str()),
+            (400, Some("UNRELATED_SNAPSHOTS"))
+        );
+    }
+
+    async fn ec2(c: &TestClient, base: &str, form: &str) -> (u16, String) {
+        let h = vec![
+            ("authorization", auth("ec2")),
+            (
+                "content-type",
+                "application/x-www-form-urlencoded".to_string(),
+            ),
+        ];
+        let (st, _, b) = send(c, "POST", &format!("{base}/"), &h, form.to_string())
+            .await
+            .unwrap();
+        (st, String::from_utf8_lossy(&b).into_owned())
+    }
+
+    #[tokio::test]
+    async fn ec2_describe_and_delete_snapshots() {
+        let ebs = StrictEbs::start(StrictEbsConfig::default()).await.unwrap();
+        let base = ebs.url();
+        let c = client();
+        let (_, out) = start(&c, &base, json!({"VolumeSize": 8, "Description": "d<&>", "Tags": [{"Key": "k", "Value": "v\"1"}]})).await;
+        let id = out["SnapshotId"].as_str().unwrap().to_string();
+        let (_, out) = start(&c, &base, json!({"VolumeSize": 2})).await;
+        let id2 = out["SnapshotId"].as_str().unwrap().to_string();
+
+        let (st, xml) = ec2(
+            &c,
+            &base,
+            &format!("Action=DescribeSnapshots&Version=2016-11-15&SnapshotId.1={id}"),
+        )
+        .await;
+        assert_eq!(st, 200, "{xml}");
+        assert!(xml.contains(
+            "<DescribeSnapshotsResponse xmlns=\"http://ec2.amazonaws.com/doc/2016-11-15/\">"
+        ));
+        assert!(xml.contains(&format!("<snapshotId>{id}</snapshotId>")));
+        assert!(!xml.contains(&id2));
+        assert!(xml.contains("<status>pending</status>"));
+        assert!(xml.contains("<volumeSize>8</volumeSize>"));
+        assert!(xml.contains("<description>d&lt;&amp;&gt;</description>"));
+        assert!(xml.contains("<item><key>k</key><value>v&quot;1</value></item>"));
+        assert!(xml.contains("<volumeId>vol-ffffffff</volumeId>"));
+        // Filters.
+        let (_, xml) = ec2(
+            &c,
+            &base,
+            "Action=DescribeSnapshots&Filter.1.Name=tag%3Ak&Filter.1.Value.1=v%221",
+        )
+        .await;
+        assert!(xml.contains(&id) && !xml.contains(&id2), "{xml}");
+        let (st, xml) = ec2(
+            &c,
+            &base,
+            "Action=DescribeSnapshots&Filter.1.Name=bogus&Filter.1.Value.1=x",
+        )
+        .await;
+        assert_eq!(st, 400, "{xml}");
+        // Unknown id.
+        let (st, xml) = ec2(
+            &c,
+            &base,
+            "Action=DescribeSnapshots&SnapshotId.1=snap-0000000000000000f",
+        )
+        .await;
+        assert_eq!(st, 400);
+        assert!(
+            xml.contains("<Code>InvalidSnapshot.NotFound</Code>"),
+            "{xml}"
+        );
+        // Delete.
+        let (st, xml) = ec2(&c, &base, &format!("Action=DeleteSnapshot&SnapshotId={id}")).await;
+        assert_eq!(st, 200);
+        assert!(xml.contains("<return>true</return>"));
+        assert_eq!(ebs.snapshot_ids(), vec![id2.clone()]);
+        let (st, _) = ec2(&c, &base, &format!("Action=DeleteSnapshot&SnapshotId={id}")).await;
+        assert_eq!(st, 400);
+        let (st, xml) = ec2(&c, &base, "Action=RunInstances").await;
+        assert_eq!(st, 400);
+        assert!(xml.contains("InvalidAction"));
+        // EC2 request signed for the wrong service.
+        let h = vec![("authorization", auth("ebs"))];
+        let (st, _, _) = send(
+            &c,
+            "POST",
+            &format!("{base}/"),
+            &h,
+            "Action=DescribeSnapshots",
+        )
+        .await
+        .unwrap();
+        assert_eq!(st, 401);
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn concurrent_puts_are_fast_and_correct() {
+        let ebs = Arc::new(
+            StrictEbs::start(StrictEbsConfig {
+                discard_data: true,
+                ..Default::default()
+            })
+            .await
+            .unwrap(),
+        );
+        let base = ebs.url();
+        let c = client();
+        let (_, out) = start(&c, &base, json!({"VolumeSize": 1})).await;
+        let id = out["SnapshotId"].as_str().unwrap().to_string();
+        let data = block(0xab);
+        let cs = sha_b64(&data);
+        let n: u64 = std::env::var("TK_PUTS")
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(256);
+        let t0 = std::time::Instant::now();
+        let mut tasks = tokio::task::JoinSet::new();
+        for w in 0..32u64 {
+            let (c, base, id, data, cs) = (
+                c.clone(),
+                base.clone(),
+                id.clone(),
+                data.clone(),
+                cs.clone(),
+            );
+            tasks.spawn(async move {
+                let mut i = w;
+                while i < n {
+                    let (st, _, _) = put(&c, &base, &id, i, data.clone(), &cs).await;
+                    assert_eq!(st, 201);
+                    i += 32;
+                }
+            });
+        }
+        while let Some(r) = tasks.join_next().await {
+            r.unwrap();
+        }
+        let secs = t0.elapsed().as_secs_f64();
+        eprintln!(
+            "strict EBS: {n} puts of 512 KiB in {secs:.2}s = {:.0} MiB/s",
+            n as f64 * 0.5 / secs
+        );
+        let (st, _) = complete(&c, &base, &id, n, None).await;
+        assert_eq!(st, 202);
+        assert_eq!(ebs.snapshot(&id).unwrap().put_requests, n);
+        assert!(ebs.rejections().is_empty());
+    }
 }

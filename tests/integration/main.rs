@@ -1,0 +1,7 @@
+//! Integration tests: the real `ec2ami` binary against a local AWS-protocol world on
+//! 127.0.0.1 (moto and the strict EBS endpoint, behind the recording fault proxy).
+
+mod bad_input;
+mod common;
+mod faults;
+mod roundtrip;
