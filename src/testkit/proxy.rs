@@ -796,3 +796,294 @@ impl ProxyInner {
         ))
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::testkit::http_util::test_client::{TestClient, auth, client, send};
+    use crate::testkit::{MotoServer, StrictEbs, StrictEbsConfig};
+    use base64::Engine as _;
+    use sha2::Digest as _;
+
+    fn ebs_h() -> Vec<(&'static str, String)> {
+        vec![("authorization", auth("ebs"))]
+    }
+
+    async fn start_snapshot(c: &TestClient, base: &str) -> (u16, HeaderMap, Value) {
+        let (st, h, b) = send(c, "POST", &format!("{base}/snapshots"), &ebs_h(), r#"{"VolumeSize":1}"#)
+            .await
+            .unwrap();
+        (st, h, serde_json::from_slice(&b).unwrap_or(Value::Null))
+    }
+
+    async fn put_block(c: &TestClient, base: &str, id: &str, idx: u64, fill: u8) -> u16 {
+        let data = Bytes::from(vec![fill; 524_288]);
+        let cs = base64::engine::general_purpose::STANDARD.encode(sha2::Sha256::digest(&data));
+        let mut h = ebs_h();
+        h.push(("x-amz-data-length", data.len().to_string()));
+        h.push(("x-amz-checksum", cs));
+        h.push(("x-amz-checksum-algorithm", "SHA256".into()));
+        let (st, _, _) = send(c, "PUT", &format!("{base}/snapshots/{id}/blocks/{idx}"), &h, data)
+            .await
+            .unwrap();
+        st
+    }
+
+    async fn strict_and_proxy(rules: Vec<FaultRule>) -> (StrictEbs, FaultProxy) {
+        let ebs = StrictEbs::start(StrictEbsConfig::default()).await.unwrap();
+        let mut cfg = ProxyConfig::new(ebs.url());
+        cfg.rules = rules;
+        cfg.seed = 42;
+        let proxy = FaultProxy::start(cfg).await.unwrap();
+        (ebs, proxy)
+    }
+
+    #[tokio::test]
+    async fn forwards_and_records() {
+        let (ebs, proxy) = strict_and_proxy(vec![]).await;
+        let c = client();
+        let (st, _, out) = start_snapshot(&c, &proxy.url()).await;
+        assert_eq!(st, 201, "{out}");
+        let id = out["SnapshotId"].as_str().unwrap().to_string();
+        assert_eq!(put_block(&c, &proxy.url(), &id, 4, 1).await, 201);
+        assert_eq!(ebs.snapshot(&id).unwrap().put_requests, 1);
+        let reqs = proxy.requests();
+        assert_eq!(reqs.len(), 2);
+        let r = &reqs[0];
+        assert_eq!((r.service.as_str(), r.region.as_str(), r.operation.as_str()), ("ebs", "us-east-1", "StartSnapshot"));
+        assert_eq!((r.method.as_str(), r.path.as_str(), r.status), ("POST", "/snapshots", 201));
+        assert_eq!(r.body.as_deref(), Some(&br#"{"VolumeSize":1}"#[..]));
+        assert!(r.header("Authorization").is_some());
+        let p = &reqs[1];
+        assert_eq!((p.operation.as_str(), p.body_len, p.body.is_none()), ("PutSnapshotBlock", 524_288, true));
+        assert_eq!(proxy.count("PutSnapshotBlock"), 1);
+        // Operation names of the other protocols.
+        let h = vec![
+            ("authorization", auth("ec2")),
+            ("content-type", "application/x-www-form-urlencoded".to_string()),
+        ];
+        let (st, _, _) = send(&c, "POST", &format!("{}/", proxy.url()), &h, format!("Action=DescribeSnapshots&SnapshotId.1={id}"))
+            .await
+            .unwrap();
+        assert_eq!(st, 200);
+        let h = vec![("authorization", auth("ssm")), ("x-amz-target", "AmazonSSM.PutParameter".to_string())];
+        send(&c, "POST", &format!("{}/", proxy.url()), &h, "{}").await.unwrap();
+        let reqs = proxy.requests();
+        assert_eq!(reqs[2].operation, "DescribeSnapshots");
+        assert_eq!(reqs[3].operation, "PutParameter");
+        assert_eq!(reqs[3].service, "ssm");
+        proxy.clear_requests();
+        assert!(proxy.requests().is_empty());
+        // No upstream connection to non-loopback addresses.
+        let err = FaultProxy::start(ProxyConfig::new("http://10.1.2.3:80")).await.unwrap_err();
+        assert_eq!(err.kind(), io::ErrorKind::InvalidInput);
+        assert!(FaultProxy::start(ProxyConfig::new("https://127.0.0.1:80")).await.is_err());
+    }
+
+    #[tokio::test]
+    async fn injects_service_shaped_errors() {
+        let (ebs, proxy) = strict_and_proxy(vec![
+            FaultRule::first_n(Some("StartSnapshot"), Fault::Throttle, 2),
+            FaultRule::first_n(Some("StartSnapshot"), Fault::Status(503), 1),
+            FaultRule::first_n(Some("StartSnapshot"), Fault::AccessDenied, 1),
+            FaultRule::first_n(Some("DescribeSnapshots"), Fault::Throttle, 1),
+            FaultRule::first_n(Some("DescribeSnapshots"), Fault::Status(500), 1),
+            FaultRule::first_n(Some("DescribeSnapshots"), Fault::AccessDenied, 1),
+            FaultRule::first_n(Some("PutParameter"), Fault::Throttle, 1),
+            FaultRule::first_n(Some("PutParameter"), Fault::Status(500), 1),
+        ])
+        .await;
+        let c = client();
+        let base = proxy.url();
+        // EBS (restJson1).
+        let (st, h, b) = start_snapshot(&c, &base).await;
+        assert_eq!((st, &h["x-amzn-errortype"]), (429, &"ThrottlingException".parse::<HeaderValue>().unwrap()));
+        assert_eq!(b["message"], json!("Rate exceeded"));
+        start_snapshot(&c, &base).await;
+        let (st, h, _) = start_snapshot(&c, &base).await;
+        assert_eq!((st, h["x-amzn-errortype"].to_str().unwrap()), (503, "InternalServerException"));
+        let (st, h, b) = start_snapshot(&c, &base).await;
+        assert_eq!((st, h["x-amzn-errortype"].to_str().unwrap()), (403, "AccessDeniedException"));
+        assert_eq!(b["Reason"], json!("UNAUTHORIZED_ACCOUNT"));
+        assert_eq!(b["reason"], json!("UNAUTHORIZED_ACCOUNT"));
+        assert!(ebs.snapshot_ids().is_empty(), "faulted requests must not be forwarded");
+        let (st, _, _) = start_snapshot(&c, &base).await;
+        assert_eq!(st, 201);
+        assert_eq!(ebs.snapshot_ids().len(), 1);
+        // EC2 (query, XML).
+        let h = vec![
+            ("authorization", auth("ec2")),
+            ("content-type", "application/x-www-form-urlencoded".to_string()),
+        ];
+        let url = format!("{base}/");
+        let (st, _, b) = send(&c, "POST", &url, &h, "Action=DescribeSnapshots").await.unwrap();
+        let xml = String::from_utf8_lossy(&b).into_owned();
+        assert_eq!(st, 503);
+        assert!(xml.contains("<Response><Errors><Error><Code>RequestLimitExceeded</Code><Message>Request limit exceeded.</Message></Error></Errors><RequestID>"), "{xml}");
+        let (st, _, b) = send(&c, "POST", &url, &h, "Action=DescribeSnapshots").await.unwrap();
+        assert_eq!(st, 500);
+        assert!(String::from_utf8_lossy(&b).contains("<Code>InternalError</Code>"));
+        let (st, _, b) = send(&c, "POST", &url, &h, "Action=DescribeSnapshots").await.unwrap();
+        assert_eq!(st, 403);
+        assert!(String::from_utf8_lossy(&b).contains("<Code>UnauthorizedOperation</Code>"));
+        // SSM (awsJson1.1).
+        let h = vec![("authorization", auth("ssm")), ("x-amz-target", "AmazonSSM.PutParameter".to_string())];
+        let (st, hd, b) = send(&c, "POST", &url, &h, "{}").await.unwrap();
+        assert_eq!((st, hd["x-amzn-errortype"].to_str().unwrap()), (400, "ThrottlingException"));
+        let v: Value = serde_json::from_slice(&b).unwrap();
+        assert_eq!(v, json!({"__type": "ThrottlingException", "message": "Rate exceeded"}));
+        let (st, _, b) = send(&c, "POST", &url, &h, "{}").await.unwrap();
+        assert_eq!(st, 500);
+        assert!(String::from_utf8_lossy(&b).contains("InternalServerError"));
+        // Recorded with their faults and statuses.
+        let faults: Vec<(String, u16, Option<String>)> =
+            proxy.requests().into_iter().map(|r| (r.operation, r.status, r.fault)).collect();
+        assert_eq!(faults[0], ("StartSnapshot".into(), 429, Some("Throttle".into())));
+        assert_eq!(faults[2], ("StartSnapshot".into(), 503, Some("Status(503)".into())));
+        assert_eq!(faults[4], ("StartSnapshot".into(), 201, None));
+        assert_eq!(proxy.count("StartSnapshot"), 5);
+    }
+
+    #[tokio::test]
+    async fn reset_drop_and_delay() {
+        let (ebs, proxy) = strict_and_proxy(vec![FaultRule::first_n(Some("StartSnapshot"), Fault::Reset, 1)]).await;
+        let c = client();
+        let base = proxy.url();
+        assert!(send(&c, "POST", &format!("{base}/snapshots"), &ebs_h(), r#"{"VolumeSize":1}"#).await.is_err());
+        assert!(ebs.snapshot_ids().is_empty(), "a reset request is not forwarded");
+        assert_eq!(proxy.requests()[0].status, 0);
+        assert_eq!(proxy.requests()[0].fault.as_deref(), Some("Reset"));
+
+        proxy.set_rules(vec![FaultRule::first_n(None, Fault::DropResponse, 1)]);
+        assert!(send(&c, "POST", &format!("{base}/snapshots"), &ebs_h(), r#"{"VolumeSize":1}"#).await.is_err());
+        assert_eq!(ebs.snapshot_ids().len(), 1, "a dropped response was processed upstream");
+        assert_eq!(proxy.requests()[1].status, 0);
+
+        proxy.set_rules(vec![FaultRule::with_rate(Some("StartSnapshot"), Fault::Delay(Duration::from_millis(300)), 1.0)]);
+        let t0 = std::time::Instant::now();
+        let (st, _, _) = start_snapshot(&c, &base).await;
+        assert_eq!(st, 201);
+        assert!(t0.elapsed() >= Duration::from_millis(300));
+        assert_eq!(proxy.requests()[2].fault.as_deref(), Some("Delay(300ms)"));
+        // After the faults, a fresh connection works normally.
+        proxy.set_rules(vec![]);
+        let (st, _, _) = start_snapshot(&c, &base).await;
+        assert_eq!(st, 201);
+    }
+
+    #[tokio::test]
+    async fn rate_rules_are_seeded() {
+        let run = |seed: u64| async move {
+            let ebs = StrictEbs::start(StrictEbsConfig::default()).await.unwrap();
+            let mut cfg = ProxyConfig::new(ebs.url());
+            cfg.seed = seed;
+            cfg.rules = vec![FaultRule::with_rate(Some("ListSnapshotBlocks"), Fault::Status(500), 0.3)];
+            let proxy = FaultProxy::start(cfg).await.unwrap();
+            let c = client();
+            let mut statuses = Vec::new();
+            for _ in 0..100 {
+                let (st, _, _) = send(&c, "GET", &format!("{}/snapshots/snap-x/blocks", proxy.url()), &ebs_h(), "")
+                    .await
+                    .unwrap();
+                statuses.push(st);
+            }
+            statuses
+        };
+        let a = run(7).await;
+        let faulted = a.iter().filter(|s| **s == 500).count();
+        assert!((15..=45).contains(&faulted), "{faulted} of 100 at rate 0.3");
+        assert!(a.iter().all(|s| *s == 500 || *s == 404));
+        assert_eq!(a, run(7).await, "same seed, same faults");
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn sustains_concurrent_keepalive_load() {
+        let (_ebs, proxy) = strict_and_proxy(vec![]).await;
+        let c = client();
+        let base = proxy.url();
+        let (_, _, out) = start_snapshot(&c, &base).await;
+        let id = out["SnapshotId"].as_str().unwrap().to_string();
+        let per_task = 20;
+        let t0 = std::time::Instant::now();
+        let mut tasks = tokio::task::JoinSet::new();
+        for w in 0..64u64 {
+            let (c, base, id) = (c.clone(), base.clone(), id.clone());
+            tasks.spawn(async move {
+                for i in 0..per_task {
+                    let st = if i % 4 == 0 {
+                        put_block(&c, &base, &id, w * 30 + i, w as u8).await
+                    } else {
+                        send(&c, "GET", &format!("{base}/snapshots/{id}/blocks"), &ebs_h(), "").await.unwrap().0
+                    };
+                    assert!(st == 201 || st == 400, "{st}");
+                }
+            });
+        }
+        while let Some(r) = tasks.join_next().await {
+            r.unwrap();
+        }
+        let n = 64 * per_task as usize;
+        let secs = t0.elapsed().as_secs_f64();
+        eprintln!("proxy: {n} requests over 64 connections in {secs:.2}s = {:.0} req/s", n as f64 / secs);
+        assert_eq!(proxy.requests().len(), n + 1);
+    }
+
+    #[test]
+    fn moto_fixups_make_moto_answer_like_aws() {
+        let moto = match MotoServer::start() {
+            Ok(m) => m,
+            Err(e) if e.to_string().contains("moto is not installed") => {
+                eprintln!("skipping: {e}");
+                return;
+            }
+            Err(e) => panic!("{e}"),
+        };
+        let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
+        rt.block_on(async {
+            let mut cfg = ProxyConfig::new(moto.url());
+            cfg.moto_fixups = true;
+            let proxy = FaultProxy::start(cfg).await.unwrap();
+            let c = client();
+            let base = proxy.url();
+            let (st, h, out) = start_snapshot(&c, &base).await;
+            assert_eq!(st, 201, "{out}");
+            assert_eq!(h["content-type"], "application/json");
+            assert_eq!(out["BlockSize"], json!(524_288));
+            let id = out["SnapshotId"].as_str().unwrap().to_string();
+            for idx in [11u64, 3, 7] {
+                assert_eq!(put_block(&c, &base, &id, idx, idx as u8).await, 201);
+            }
+            let mut h = ebs_h();
+            h.push(("x-amz-changedblockscount", "3".into()));
+            let (st, _, b) = send(&c, "POST", &format!("{base}/snapshots/completion/{id}"), &h, "").await.unwrap();
+            assert_eq!(st, 202, "{}", String::from_utf8_lossy(&b));
+            let (st, _, b) = send(&c, "GET", &format!("{base}/snapshots/{id}/blocks"), &ebs_h(), "").await.unwrap();
+            assert_eq!(st, 200);
+            let v: Value = serde_json::from_slice(&b).unwrap();
+            assert_eq!(v["BlockSize"], json!(524_288));
+            let idx: Vec<Value> = v["Blocks"].as_array().unwrap().iter().map(|b| b["BlockIndex"].clone()).collect();
+            assert_eq!(idx, vec![json!(3), json!(7), json!(11)]);
+            // moto's KeyError 500 becomes AWS's 404.
+            let (st, h, b) = send(&c, "GET", &format!("{base}/snapshots/snap-00000000000000000/blocks"), &ebs_h(), "")
+                .await
+                .unwrap();
+            assert_eq!((st, h["x-amzn-errortype"].to_str().unwrap()), (404, "ResourceNotFoundException"));
+            let v: Value = serde_json::from_slice(&b).unwrap();
+            assert_eq!(v["reason"], json!("SNAPSHOT_NOT_FOUND"));
+            assert_eq!(h["content-length"].to_str().unwrap(), b.len().to_string());
+            // EC2 calls pass through; reset works.
+            let h = vec![
+                ("authorization", auth("ec2")),
+                ("content-type", "application/x-www-form-urlencoded".to_string()),
+            ];
+            let (st, _, b) = send(&c, "POST", &format!("{base}/"), &h, format!("Action=DescribeSnapshots&Version=2016-11-15&SnapshotId.1={id}"))
+                .await
+                .unwrap();
+            assert_eq!(st, 200, "{}", String::from_utf8_lossy(&b));
+            assert!(String::from_utf8_lossy(&b).contains(&id));
+            moto.reset().unwrap();
+            let (st, _, _) = send(&c, "GET", &format!("{base}/snapshots/{id}/blocks"), &ebs_h(), "").await.unwrap();
+            assert_eq!(st, 404);
+        });
+    }
+}

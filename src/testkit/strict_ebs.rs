@@ -1875,10 +1875,7 @@ mod tests {
         let id = out["SnapshotId"].as_str().unwrap().to_string();
         let data = block(0xab);
         let cs = sha_b64(&data);
-        let n: u64 = std::env::var("TK_PUTS")
-            .ok()
-            .and_then(|v| v.parse().ok())
-            .unwrap_or(256);
+        let n: u64 = 256;
         let t0 = std::time::Instant::now();
         let mut tasks = tokio::task::JoinSet::new();
         for w in 0..32u64 {
