@@ -319,22 +319,26 @@ pub async fn upload(
     shutdown: impl Future<Output = ()>,
 ) -> Result<UploadReport, UploadError> {
     let t0 = Instant::now();
-    let encrypted = opts.encrypted || opts.kms_key_arn.is_some();
-    let volume_gib = volume_size_gib(image.size());
-    let (snapshot_id, block_size) = start_snapshot(clients, &image, opts, encrypted, volume_gib)
-        .await
-        .map_err(|failure| UploadError {
-            failure,
-            cleanup: Cleanup::NothingStarted,
-        })?;
+    let job = Job {
+        clients,
+        encrypted: opts.encrypted || opts.kms_key_arn.is_some(),
+        volume_gib: volume_size_gib(image.size()),
+        image,
+        opts,
+    };
+    let (snapshot_id, block_size) = job.start_snapshot().await.map_err(|failure| UploadError {
+        failure,
+        cleanup: Cleanup::NothingStarted,
+    })?;
     tracing::info!(
-        "started snapshot {snapshot_id} ({volume_gib} GiB) in {}",
+        "started snapshot {snapshot_id} ({} GiB) in {}",
+        job.volume_gib,
         clients.region()
     );
 
     let mut index = None;
     let result = tokio::select! {
-        r = fill_and_complete(clients, &image, opts, encrypted, volume_gib, &snapshot_id, block_size, &mut index) => r,
+        r = job.fill_and_complete(&snapshot_id, block_size, &mut index) => r,
         _ = shutdown => Err(UploadFailure::Interrupted),
     };
     match result {
@@ -349,168 +353,185 @@ pub async fn upload(
     }
 }
 
-async fn start_snapshot(
-    clients: &Clients,
-    image: &DiskImage,
-    opts: &UploadOptions,
+/// One upload: what every step needs.
+struct Job<'a> {
+    clients: &'a Clients,
+    image: Arc<DiskImage>,
+    opts: &'a UploadOptions,
     encrypted: bool,
     volume_gib: u64,
-) -> Result<(String, Option<i64>), UploadFailure> {
-    let mut tags = vec![
-        Tag::builder()
-            .key(OWNERSHIP_TAG)
-            .value(OWNERSHIP_VALUE)
-            .build(),
-        Tag::builder()
-            .key(IMAGE_SIZE_TAG)
-            .value(image.size().to_string())
-            .build(),
-    ];
-    tags.extend(
-        opts.tags
-            .iter()
-            .map(|(k, v)| Tag::builder().key(k).value(v).build()),
-    );
-    // One token for every attempt: a retried StartSnapshot whose first answer was lost
-    // returns the same snapshot instead of making a second one.
-    let token = opts
-        .client_token
-        .clone()
-        .unwrap_or_else(|| uuid::Uuid::new_v4().to_string());
-    let out = opts
-        .retry
-        .run("StartSnapshot", || async {
-            let mut req = clients
-                .ebs
-                .start_snapshot()
-                .volume_size(volume_gib as i64)
-                .set_tags(Some(tags.clone()))
-                .client_token(&token)
-                .set_description(opts.description.clone())
-                .set_timeout(opts.pending_timeout_minutes);
-            if encrypted {
-                req = req
-                    .encrypted(true)
-                    .set_kms_key_arn(opts.kms_key_arn.clone());
-            }
-            req.send()
-                .await
-                .map_err(|e| AwsError::from_sdk("StartSnapshot", e))
-        })
-        .await?;
-    let id = out
-        .snapshot_id()
-        .ok_or_else(|| UploadFailure::Protocol("StartSnapshot answered no snapshot id".into()))?;
-    Ok((id.to_string(), out.block_size().map(i64::from)))
 }
 
-async fn fill_and_complete(
-    clients: &Clients,
-    image: &Arc<DiskImage>,
-    opts: &UploadOptions,
-    encrypted: bool,
-    volume_gib: u64,
-    snapshot_id: &str,
-    block_size: Option<i64>,
-    index_slot: &mut Option<IndexWriter>,
-) -> Result<UploadReport, UploadFailure> {
-    // The block size comes from StartSnapshot's answer, so it is checked here, where a
-    // bad one still gets the snapshot cleaned up.
-    let block_size = check_block_size(block_size).map_err(UploadFailure::Protocol)?;
-    let total_blocks = (volume_gib << 30) / block_size;
-    let header = IndexHeader {
-        snapshot_id: snapshot_id.to_string(),
-        block_size,
-        volume_size_gib: volume_gib,
-        image_size: image.size(),
-        encrypted,
-    };
-    let index_err = |source| UploadFailure::Index {
-        path: opts.index_dir.clone(),
-        source,
-    };
-    *index_slot = Some(IndexWriter::create(&opts.index_dir, &header).map_err(index_err)?);
+impl Job<'_> {
+    async fn start_snapshot(&self) -> Result<(String, Option<i64>), UploadFailure> {
+        let Job {
+            clients,
+            image,
+            opts,
+            encrypted,
+            volume_gib,
+        } = self;
+        let (encrypted, volume_gib) = (*encrypted, *volume_gib);
+        let mut tags = vec![
+            Tag::builder()
+                .key(OWNERSHIP_TAG)
+                .value(OWNERSHIP_VALUE)
+                .build(),
+            Tag::builder()
+                .key(IMAGE_SIZE_TAG)
+                .value(image.size().to_string())
+                .build(),
+        ];
+        tags.extend(
+            opts.tags
+                .iter()
+                .map(|(k, v)| Tag::builder().key(k).value(v).build()),
+        );
+        // One token for every attempt: a retried StartSnapshot whose first answer was lost
+        // returns the same snapshot instead of making a second one.
+        let token = opts
+            .client_token
+            .clone()
+            .unwrap_or_else(|| uuid::Uuid::new_v4().to_string());
+        let out = opts
+            .retry
+            .run("StartSnapshot", || async {
+                let mut req = clients
+                    .ebs
+                    .start_snapshot()
+                    .volume_size(volume_gib as i64)
+                    .set_tags(Some(tags.clone()))
+                    .client_token(&token)
+                    .set_description(opts.description.clone())
+                    .set_timeout(opts.pending_timeout_minutes);
+                if encrypted {
+                    req = req
+                        .encrypted(true)
+                        .set_kms_key_arn(opts.kms_key_arn.clone());
+                }
+                req.send()
+                    .await
+                    .map_err(|e| AwsError::from_sdk("StartSnapshot", e))
+            })
+            .await?;
+        let id = out.snapshot_id().ok_or_else(|| {
+            UploadFailure::Protocol("StartSnapshot answered no snapshot id".into())
+        })?;
+        Ok((id.to_string(), out.block_size().map(i64::from)))
+    }
 
-    // Count the plan first (lseek only, no reads) so progress has a total.
-    let planned = image
-        .plan(block_size, total_blocks, encrypted)
-        .try_fold(0u64, |n, b| b.map(|_| n + 1))
-        .map_err(|e| image_read_error(image, e))?;
-    let progress = Progress::new(opts.progress, "upload", planned * block_size);
-    let workers = opts.workers.max(1);
-    let zero_block = Bytes::from(vec![0u8; block_size as usize]);
-    let zero_digest = checksum::block_digest(&zero_block);
-    let ctx = Arc::new(Blocks {
-        clients: clients.clone(),
-        image: image.clone(),
-        snapshot_id: snapshot_id.to_string(),
-        block_size,
-        encrypted,
-        slots: Semaphore::new(workers),
-        pool: BufferPool {
-            block_size: block_size as usize,
-            free: Mutex::new(Vec::with_capacity(workers)),
-        },
-        zero_block,
-        zero_digest,
-        retry: opts.retry,
-        started: Instant::now(),
-        progress,
-    });
+    async fn fill_and_complete(
+        &self,
+        snapshot_id: &str,
+        block_size: Option<i64>,
+        index_slot: &mut Option<IndexWriter>,
+    ) -> Result<UploadReport, UploadFailure> {
+        let Job {
+            clients,
+            image,
+            opts,
+            encrypted,
+            volume_gib,
+        } = self;
+        let (encrypted, volume_gib) = (*encrypted, *volume_gib);
+        // The block size comes from StartSnapshot's answer, so it is checked here, where a
+        // bad one still gets the snapshot cleaned up.
+        let block_size = check_block_size(block_size).map_err(UploadFailure::Protocol)?;
+        let total_blocks = (volume_gib << 30) / block_size;
+        let header = IndexHeader {
+            snapshot_id: snapshot_id.to_string(),
+            block_size,
+            volume_size_gib: volume_gib,
+            image_size: image.size(),
+            encrypted,
+        };
+        let index_err = |source| UploadFailure::Index {
+            path: opts.index_dir.clone(),
+            source,
+        };
+        *index_slot = Some(IndexWriter::create(&opts.index_dir, &header).map_err(index_err)?);
 
-    // `buffered` keeps results in block order (the aggregate checksum needs ascending
-    // indexes) while up to `window` blocks are in flight; the semaphore bounds the
-    // requests (and buffers) actually in progress to `workers`.
-    let window = workers * 8;
-    let plan = image.plan(block_size, total_blocks, encrypted);
-    let results = stream::iter(plan).map(|planned| {
-        let ctx = ctx.clone();
-        async move {
-            let block = planned.map_err(|e| image_read_error(&ctx.image, e))?;
-            ctx.process(block).await
-        }
-    });
-    let mut results = std::pin::pin!(results.buffered(window));
-    let mut aggregate = LinearAggregate::new();
-    let mut zero = 0u64;
-    let index = index_slot.as_mut().expect("index created above");
-    while let Some(done) = results.next().await {
-        let done = done?;
-        match done.digest {
-            Some(d) => {
-                aggregate.push(&d);
-                index.push(done.index, &d).map_err(index_err)?;
+        // Count the plan first (lseek only, no reads) so progress has a total.
+        let planned = image
+            .plan(block_size, total_blocks, encrypted)
+            .try_fold(0u64, |n, b| b.map(|_| n + 1))
+            .map_err(|e| image_read_error(image, e))?;
+        let progress = Progress::new(opts.progress, "upload", planned * block_size);
+        let workers = opts.workers.max(1);
+        let zero_block = Bytes::from(vec![0u8; block_size as usize]);
+        let zero_digest = checksum::block_digest(&zero_block);
+        let ctx = Arc::new(Blocks {
+            clients: (*clients).clone(),
+            image: image.clone(),
+            snapshot_id: snapshot_id.to_string(),
+            block_size,
+            encrypted,
+            slots: Semaphore::new(workers),
+            pool: BufferPool {
+                block_size: block_size as usize,
+                free: Mutex::new(Vec::with_capacity(workers)),
+            },
+            zero_block,
+            zero_digest,
+            retry: opts.retry,
+            started: Instant::now(),
+            progress,
+        });
+
+        // `buffered` keeps results in block order (the aggregate checksum needs ascending
+        // indexes) while up to `window` blocks are in flight; the semaphore bounds the
+        // requests (and buffers) actually in progress to `workers`.
+        let window = workers * 8;
+        let plan = image.plan(block_size, total_blocks, encrypted);
+        let results = stream::iter(plan).map(|planned| {
+            let ctx = ctx.clone();
+            async move {
+                let block = planned.map_err(|e| image_read_error(&ctx.image, e))?;
+                ctx.process(block).await
             }
-            None => zero += 1,
+        });
+        let mut results = std::pin::pin!(results.buffered(window));
+        let mut aggregate = LinearAggregate::new();
+        let mut zero = 0u64;
+        let index = index_slot.as_mut().expect("index created above");
+        while let Some(done) = results.next().await {
+            let done = done?;
+            match done.digest {
+                Some(d) => {
+                    aggregate.push(&d);
+                    index.push(done.index, &d).map_err(index_err)?;
+                }
+                None => zero += 1,
+            }
         }
+        index.flush().map_err(index_err)?;
+        let written = aggregate.blocks();
+        let sum = aggregate.finish();
+        complete(clients, snapshot_id, written, &sum, &opts.retry).await?;
+        if let Some(deadline) = opts.wait {
+            wait_for_completed(clients, snapshot_id, deadline, &opts.retry).await?;
+        }
+        ctx.progress.finish();
+        let index_path = index_slot
+            .take()
+            .expect("index created above")
+            .finish(&sum, written)
+            .map_err(index_err)?;
+        Ok(UploadReport {
+            snapshot_id: snapshot_id.to_string(),
+            region: clients.region().to_string(),
+            size_bytes: image.size(),
+            volume_size_gib: volume_gib,
+            block_size,
+            blocks_written: written,
+            blocks_skipped: total_blocks - written,
+            blocks_zero: zero,
+            bytes_read: image.bytes_read(),
+            checksum: sum,
+            seconds: 0.0,
+            index_path,
+        })
     }
-    index.flush().map_err(index_err)?;
-    let written = aggregate.blocks();
-    let sum = aggregate.finish();
-    complete(clients, snapshot_id, written, &sum, &opts.retry).await?;
-    if let Some(deadline) = opts.wait {
-        wait_for_completed(clients, snapshot_id, deadline, &opts.retry).await?;
-    }
-    ctx.progress.finish();
-    let index_path = index_slot
-        .take()
-        .expect("index created above")
-        .finish(&sum, written)
-        .map_err(index_err)?;
-    Ok(UploadReport {
-        snapshot_id: snapshot_id.to_string(),
-        region: clients.region().to_string(),
-        size_bytes: image.size(),
-        volume_size_gib: volume_gib,
-        block_size,
-        blocks_written: written,
-        blocks_skipped: total_blocks - written,
-        blocks_zero: zero,
-        bytes_read: image.bytes_read(),
-        checksum: sum,
-        seconds: 0.0,
-        index_path,
-    })
 }
 
 fn image_read_error(image: &DiskImage, source: std::io::Error) -> UploadFailure {
