@@ -272,10 +272,9 @@ impl Blocks {
             (self.zero_block.clone(), self.zero_digest)
         };
         self.put(block.index, &data, &digest).await?;
-        if block.has_data {
-            if let Ok(buf) = data.try_into_mut() {
-                self.pool.give(buf);
-            }
+        // Back to the pool when no one else holds it (the shared zero block always is).
+        if let Ok(buf) = data.try_into_mut() {
+            self.pool.give(buf);
         }
         self.progress.inc(bs);
         Ok(Done {

@@ -95,9 +95,18 @@ enum Attempt {
 
 impl MotoServer {
     /// Start moto's server on a free 127.0.0.1 port and wait (deadline 30 s) until it answers HTTP.
+    ///
+    /// This blocks the calling thread; from async code use [`MotoServer::start_async`].
     pub fn start() -> io::Result<MotoServer> {
         let python = std::env::var("EC2AMI_PYTHON").unwrap_or_else(|_| "python3".to_string());
         Self::start_with_python(&python)
+    }
+
+    /// [`MotoServer::start`] on tokio's blocking pool, for async callers.
+    pub async fn start_async() -> io::Result<MotoServer> {
+        tokio::task::spawn_blocking(Self::start)
+            .await
+            .map_err(|e| io::Error::other(format!("moto launcher task failed: {e}")))?
     }
 
     /// Like [`MotoServer::start`] with an explicit Python interpreter.

@@ -573,7 +573,7 @@ fn strip_hop_by_hop(headers: &mut HeaderMap) {
     }
 }
 
-/// Rewrite moto's EBS answer into what AWS answers. Returns (status, body, is_json).
+/// Rewrite moto's EBS answer into what AWS answers: the new (status, body), if any.
 fn moto_fixup(op: &str, status: u16, body: &Bytes) -> Option<(u16, Bytes)> {
     if status == 500 {
         let body = json!({
@@ -810,9 +810,15 @@ mod tests {
     }
 
     async fn start_snapshot(c: &TestClient, base: &str) -> (u16, HeaderMap, Value) {
-        let (st, h, b) = send(c, "POST", &format!("{base}/snapshots"), &ebs_h(), r#"{"VolumeSize":1}"#)
-            .await
-            .unwrap();
+        let (st, h, b) = send(
+            c,
+            "POST",
+            &format!("{base}/snapshots"),
+            &ebs_h(),
+            r#"{"VolumeSize":1}"#,
+        )
+        .await
+        .unwrap();
         (st, h, serde_json::from_slice(&b).unwrap_or(Value::Null))
     }
 
@@ -823,9 +829,15 @@ mod tests {
         h.push(("x-amz-data-length", data.len().to_string()));
         h.push(("x-amz-checksum", cs));
         h.push(("x-amz-checksum-algorithm", "SHA256".into()));
-        let (st, _, _) = send(c, "PUT", &format!("{base}/snapshots/{id}/blocks/{idx}"), &h, data)
-            .await
-            .unwrap();
+        let (st, _, _) = send(
+            c,
+            "PUT",
+            &format!("{base}/snapshots/{id}/blocks/{idx}"),
+            &h,
+            data,
+        )
+        .await
+        .unwrap();
         st
     }
 
@@ -850,24 +862,47 @@ mod tests {
         let reqs = proxy.requests();
         assert_eq!(reqs.len(), 2);
         let r = &reqs[0];
-        assert_eq!((r.service.as_str(), r.region.as_str(), r.operation.as_str()), ("ebs", "us-east-1", "StartSnapshot"));
-        assert_eq!((r.method.as_str(), r.path.as_str(), r.status), ("POST", "/snapshots", 201));
+        assert_eq!(
+            (r.service.as_str(), r.region.as_str(), r.operation.as_str()),
+            ("ebs", "us-east-1", "StartSnapshot")
+        );
+        assert_eq!(
+            (r.method.as_str(), r.path.as_str(), r.status),
+            ("POST", "/snapshots", 201)
+        );
         assert_eq!(r.body.as_deref(), Some(&br#"{"VolumeSize":1}"#[..]));
         assert!(r.header("Authorization").is_some());
         let p = &reqs[1];
-        assert_eq!((p.operation.as_str(), p.body_len, p.body.is_none()), ("PutSnapshotBlock", 524_288, true));
+        assert_eq!(
+            (p.operation.as_str(), p.body_len, p.body.is_none()),
+            ("PutSnapshotBlock", 524_288, true)
+        );
         assert_eq!(proxy.count("PutSnapshotBlock"), 1);
         // Operation names of the other protocols.
         let h = vec![
             ("authorization", auth("ec2")),
-            ("content-type", "application/x-www-form-urlencoded".to_string()),
+            (
+                "content-type",
+                "application/x-www-form-urlencoded".to_string(),
+            ),
         ];
-        let (st, _, _) = send(&c, "POST", &format!("{}/", proxy.url()), &h, format!("Action=DescribeSnapshots&SnapshotId.1={id}"))
+        let (st, _, _) = send(
+            &c,
+            "POST",
+            &format!("{}/", proxy.url()),
+            &h,
+            format!("Action=DescribeSnapshots&SnapshotId.1={id}"),
+        )
+        .await
+        .unwrap();
+        assert_eq!(st, 200);
+        let h = vec![
+            ("authorization", auth("ssm")),
+            ("x-amz-target", "AmazonSSM.PutParameter".to_string()),
+        ];
+        send(&c, "POST", &format!("{}/", proxy.url()), &h, "{}")
             .await
             .unwrap();
-        assert_eq!(st, 200);
-        let h = vec![("authorization", auth("ssm")), ("x-amz-target", "AmazonSSM.PutParameter".to_string())];
-        send(&c, "POST", &format!("{}/", proxy.url()), &h, "{}").await.unwrap();
         let reqs = proxy.requests();
         assert_eq!(reqs[2].operation, "DescribeSnapshots");
         assert_eq!(reqs[3].operation, "PutParameter");
@@ -875,9 +910,15 @@ mod tests {
         proxy.clear_requests();
         assert!(proxy.requests().is_empty());
         // No upstream connection to non-loopback addresses.
-        let err = FaultProxy::start(ProxyConfig::new("http://10.1.2.3:80")).await.unwrap_err();
+        let err = FaultProxy::start(ProxyConfig::new("http://10.1.2.3:80"))
+            .await
+            .unwrap_err();
         assert_eq!(err.kind(), io::ErrorKind::InvalidInput);
-        assert!(FaultProxy::start(ProxyConfig::new("https://127.0.0.1:80")).await.is_err());
+        assert!(
+            FaultProxy::start(ProxyConfig::new("https://127.0.0.1:80"))
+                .await
+                .is_err()
+        );
     }
 
     #[tokio::test]
@@ -897,69 +938,146 @@ mod tests {
         let base = proxy.url();
         // EBS (restJson1).
         let (st, h, b) = start_snapshot(&c, &base).await;
-        assert_eq!((st, &h["x-amzn-errortype"]), (429, &"ThrottlingException".parse::<HeaderValue>().unwrap()));
+        assert_eq!(
+            (st, &h["x-amzn-errortype"]),
+            (429, &"ThrottlingException".parse::<HeaderValue>().unwrap())
+        );
         assert_eq!(b["message"], json!("Rate exceeded"));
         start_snapshot(&c, &base).await;
         let (st, h, _) = start_snapshot(&c, &base).await;
-        assert_eq!((st, h["x-amzn-errortype"].to_str().unwrap()), (503, "InternalServerException"));
+        assert_eq!(
+            (st, h["x-amzn-errortype"].to_str().unwrap()),
+            (503, "InternalServerException")
+        );
         let (st, h, b) = start_snapshot(&c, &base).await;
-        assert_eq!((st, h["x-amzn-errortype"].to_str().unwrap()), (403, "AccessDeniedException"));
+        assert_eq!(
+            (st, h["x-amzn-errortype"].to_str().unwrap()),
+            (403, "AccessDeniedException")
+        );
         assert_eq!(b["Reason"], json!("UNAUTHORIZED_ACCOUNT"));
         assert_eq!(b["reason"], json!("UNAUTHORIZED_ACCOUNT"));
-        assert!(ebs.snapshot_ids().is_empty(), "faulted requests must not be forwarded");
+        assert!(
+            ebs.snapshot_ids().is_empty(),
+            "faulted requests must not be forwarded"
+        );
         let (st, _, _) = start_snapshot(&c, &base).await;
         assert_eq!(st, 201);
         assert_eq!(ebs.snapshot_ids().len(), 1);
         // EC2 (query, XML).
         let h = vec![
             ("authorization", auth("ec2")),
-            ("content-type", "application/x-www-form-urlencoded".to_string()),
+            (
+                "content-type",
+                "application/x-www-form-urlencoded".to_string(),
+            ),
         ];
         let url = format!("{base}/");
-        let (st, _, b) = send(&c, "POST", &url, &h, "Action=DescribeSnapshots").await.unwrap();
+        let (st, _, b) = send(&c, "POST", &url, &h, "Action=DescribeSnapshots")
+            .await
+            .unwrap();
         let xml = String::from_utf8_lossy(&b).into_owned();
         assert_eq!(st, 503);
         assert!(xml.contains("<Response><Errors><Error><Code>RequestLimitExceeded</Code><Message>Request limit exceeded.</Message></Error></Errors><RequestID>"), "{xml}");
-        let (st, _, b) = send(&c, "POST", &url, &h, "Action=DescribeSnapshots").await.unwrap();
+        let (st, _, b) = send(&c, "POST", &url, &h, "Action=DescribeSnapshots")
+            .await
+            .unwrap();
         assert_eq!(st, 500);
         assert!(String::from_utf8_lossy(&b).contains("<Code>InternalError</Code>"));
-        let (st, _, b) = send(&c, "POST", &url, &h, "Action=DescribeSnapshots").await.unwrap();
+        let (st, _, b) = send(&c, "POST", &url, &h, "Action=DescribeSnapshots")
+            .await
+            .unwrap();
         assert_eq!(st, 403);
         assert!(String::from_utf8_lossy(&b).contains("<Code>UnauthorizedOperation</Code>"));
         // SSM (awsJson1.1).
-        let h = vec![("authorization", auth("ssm")), ("x-amz-target", "AmazonSSM.PutParameter".to_string())];
+        let h = vec![
+            ("authorization", auth("ssm")),
+            ("x-amz-target", "AmazonSSM.PutParameter".to_string()),
+        ];
         let (st, hd, b) = send(&c, "POST", &url, &h, "{}").await.unwrap();
-        assert_eq!((st, hd["x-amzn-errortype"].to_str().unwrap()), (400, "ThrottlingException"));
+        assert_eq!(
+            (st, hd["x-amzn-errortype"].to_str().unwrap()),
+            (400, "ThrottlingException")
+        );
         let v: Value = serde_json::from_slice(&b).unwrap();
-        assert_eq!(v, json!({"__type": "ThrottlingException", "message": "Rate exceeded"}));
+        assert_eq!(
+            v,
+            json!({"__type": "ThrottlingException", "message": "Rate exceeded"})
+        );
         let (st, _, b) = send(&c, "POST", &url, &h, "{}").await.unwrap();
         assert_eq!(st, 500);
         assert!(String::from_utf8_lossy(&b).contains("InternalServerError"));
         // Recorded with their faults and statuses.
-        let faults: Vec<(String, u16, Option<String>)> =
-            proxy.requests().into_iter().map(|r| (r.operation, r.status, r.fault)).collect();
-        assert_eq!(faults[0], ("StartSnapshot".into(), 429, Some("Throttle".into())));
-        assert_eq!(faults[2], ("StartSnapshot".into(), 503, Some("Status(503)".into())));
+        let faults: Vec<(String, u16, Option<String>)> = proxy
+            .requests()
+            .into_iter()
+            .map(|r| (r.operation, r.status, r.fault))
+            .collect();
+        assert_eq!(
+            faults[0],
+            ("StartSnapshot".into(), 429, Some("Throttle".into()))
+        );
+        assert_eq!(
+            faults[2],
+            ("StartSnapshot".into(), 503, Some("Status(503)".into()))
+        );
         assert_eq!(faults[4], ("StartSnapshot".into(), 201, None));
         assert_eq!(proxy.count("StartSnapshot"), 5);
     }
 
     #[tokio::test]
     async fn reset_drop_and_delay() {
-        let (ebs, proxy) = strict_and_proxy(vec![FaultRule::first_n(Some("StartSnapshot"), Fault::Reset, 1)]).await;
+        let (ebs, proxy) = strict_and_proxy(vec![FaultRule::first_n(
+            Some("StartSnapshot"),
+            Fault::Reset,
+            1,
+        )])
+        .await;
         let c = client();
         let base = proxy.url();
-        assert!(send(&c, "POST", &format!("{base}/snapshots"), &ebs_h(), r#"{"VolumeSize":1}"#).await.is_err());
-        assert!(ebs.snapshot_ids().is_empty(), "a reset request is not forwarded");
+        let err = send(
+            &c,
+            "POST",
+            &format!("{base}/snapshots"),
+            &ebs_h(),
+            r#"{"VolumeSize":1}"#,
+        )
+        .await
+        .unwrap_err();
+        assert!(
+            format!("{err:?}").contains("ConnectionReset"),
+            "expected a TCP reset: {err:?}"
+        );
+        assert!(
+            ebs.snapshot_ids().is_empty(),
+            "a reset request is not forwarded"
+        );
         assert_eq!(proxy.requests()[0].status, 0);
         assert_eq!(proxy.requests()[0].fault.as_deref(), Some("Reset"));
 
         proxy.set_rules(vec![FaultRule::first_n(None, Fault::DropResponse, 1)]);
-        assert!(send(&c, "POST", &format!("{base}/snapshots"), &ebs_h(), r#"{"VolumeSize":1}"#).await.is_err());
-        assert_eq!(ebs.snapshot_ids().len(), 1, "a dropped response was processed upstream");
+        assert!(
+            send(
+                &c,
+                "POST",
+                &format!("{base}/snapshots"),
+                &ebs_h(),
+                r#"{"VolumeSize":1}"#
+            )
+            .await
+            .is_err()
+        );
+        assert_eq!(
+            ebs.snapshot_ids().len(),
+            1,
+            "a dropped response was processed upstream"
+        );
         assert_eq!(proxy.requests()[1].status, 0);
 
-        proxy.set_rules(vec![FaultRule::with_rate(Some("StartSnapshot"), Fault::Delay(Duration::from_millis(300)), 1.0)]);
+        proxy.set_rules(vec![FaultRule::with_rate(
+            Some("StartSnapshot"),
+            Fault::Delay(Duration::from_millis(300)),
+            1.0,
+        )]);
         let t0 = std::time::Instant::now();
         let (st, _, _) = start_snapshot(&c, &base).await;
         assert_eq!(st, 201);
@@ -977,14 +1095,24 @@ mod tests {
             let ebs = StrictEbs::start(StrictEbsConfig::default()).await.unwrap();
             let mut cfg = ProxyConfig::new(ebs.url());
             cfg.seed = seed;
-            cfg.rules = vec![FaultRule::with_rate(Some("ListSnapshotBlocks"), Fault::Status(500), 0.3)];
+            cfg.rules = vec![FaultRule::with_rate(
+                Some("ListSnapshotBlocks"),
+                Fault::Status(500),
+                0.3,
+            )];
             let proxy = FaultProxy::start(cfg).await.unwrap();
             let c = client();
             let mut statuses = Vec::new();
             for _ in 0..100 {
-                let (st, _, _) = send(&c, "GET", &format!("{}/snapshots/snap-x/blocks", proxy.url()), &ebs_h(), "")
-                    .await
-                    .unwrap();
+                let (st, _, _) = send(
+                    &c,
+                    "GET",
+                    &format!("{}/snapshots/snap-x/blocks", proxy.url()),
+                    &ebs_h(),
+                    "",
+                )
+                .await
+                .unwrap();
                 statuses.push(st);
             }
             statuses
@@ -1013,7 +1141,16 @@ mod tests {
                     let st = if i % 4 == 0 {
                         put_block(&c, &base, &id, w * 30 + i, w as u8).await
                     } else {
-                        send(&c, "GET", &format!("{base}/snapshots/{id}/blocks"), &ebs_h(), "").await.unwrap().0
+                        send(
+                            &c,
+                            "GET",
+                            &format!("{base}/snapshots/{id}/blocks"),
+                            &ebs_h(),
+                            "",
+                        )
+                        .await
+                        .unwrap()
+                        .0
                     };
                     assert!(st == 201 || st == 400, "{st}");
                 }
@@ -1024,7 +1161,10 @@ mod tests {
         }
         let n = 64 * per_task as usize;
         let secs = t0.elapsed().as_secs_f64();
-        eprintln!("proxy: {n} requests over 64 connections in {secs:.2}s = {:.0} req/s", n as f64 / secs);
+        eprintln!(
+            "proxy: {n} requests over 64 connections in {secs:.2}s = {:.0} req/s",
+            n as f64 / secs
+        );
         assert_eq!(proxy.requests().len(), n + 1);
     }
 
@@ -1038,7 +1178,11 @@ mod tests {
             }
             Err(e) => panic!("{e}"),
         };
-        let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_all()
+            .build()
+            .unwrap();
         rt.block_on(async {
             let mut cfg = ProxyConfig::new(moto.url());
             cfg.moto_fixups = true;
@@ -1055,34 +1199,81 @@ mod tests {
             }
             let mut h = ebs_h();
             h.push(("x-amz-changedblockscount", "3".into()));
-            let (st, _, b) = send(&c, "POST", &format!("{base}/snapshots/completion/{id}"), &h, "").await.unwrap();
+            let (st, _, b) = send(
+                &c,
+                "POST",
+                &format!("{base}/snapshots/completion/{id}"),
+                &h,
+                "",
+            )
+            .await
+            .unwrap();
             assert_eq!(st, 202, "{}", String::from_utf8_lossy(&b));
-            let (st, _, b) = send(&c, "GET", &format!("{base}/snapshots/{id}/blocks"), &ebs_h(), "").await.unwrap();
+            let (st, _, b) = send(
+                &c,
+                "GET",
+                &format!("{base}/snapshots/{id}/blocks"),
+                &ebs_h(),
+                "",
+            )
+            .await
+            .unwrap();
             assert_eq!(st, 200);
             let v: Value = serde_json::from_slice(&b).unwrap();
             assert_eq!(v["BlockSize"], json!(524_288));
-            let idx: Vec<Value> = v["Blocks"].as_array().unwrap().iter().map(|b| b["BlockIndex"].clone()).collect();
+            let idx: Vec<Value> = v["Blocks"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|b| b["BlockIndex"].clone())
+                .collect();
             assert_eq!(idx, vec![json!(3), json!(7), json!(11)]);
             // moto's KeyError 500 becomes AWS's 404.
-            let (st, h, b) = send(&c, "GET", &format!("{base}/snapshots/snap-00000000000000000/blocks"), &ebs_h(), "")
-                .await
-                .unwrap();
-            assert_eq!((st, h["x-amzn-errortype"].to_str().unwrap()), (404, "ResourceNotFoundException"));
+            let (st, h, b) = send(
+                &c,
+                "GET",
+                &format!("{base}/snapshots/snap-00000000000000000/blocks"),
+                &ebs_h(),
+                "",
+            )
+            .await
+            .unwrap();
+            assert_eq!(
+                (st, h["x-amzn-errortype"].to_str().unwrap()),
+                (404, "ResourceNotFoundException")
+            );
             let v: Value = serde_json::from_slice(&b).unwrap();
             assert_eq!(v["reason"], json!("SNAPSHOT_NOT_FOUND"));
             assert_eq!(h["content-length"].to_str().unwrap(), b.len().to_string());
             // EC2 calls pass through; reset works.
             let h = vec![
                 ("authorization", auth("ec2")),
-                ("content-type", "application/x-www-form-urlencoded".to_string()),
+                (
+                    "content-type",
+                    "application/x-www-form-urlencoded".to_string(),
+                ),
             ];
-            let (st, _, b) = send(&c, "POST", &format!("{base}/"), &h, format!("Action=DescribeSnapshots&Version=2016-11-15&SnapshotId.1={id}"))
-                .await
-                .unwrap();
+            let (st, _, b) = send(
+                &c,
+                "POST",
+                &format!("{base}/"),
+                &h,
+                format!("Action=DescribeSnapshots&Version=2016-11-15&SnapshotId.1={id}"),
+            )
+            .await
+            .unwrap();
             assert_eq!(st, 200, "{}", String::from_utf8_lossy(&b));
             assert!(String::from_utf8_lossy(&b).contains(&id));
             moto.reset().unwrap();
-            let (st, _, _) = send(&c, "GET", &format!("{base}/snapshots/{id}/blocks"), &ebs_h(), "").await.unwrap();
+            let (st, _, _) = send(
+                &c,
+                "GET",
+                &format!("{base}/snapshots/{id}/blocks"),
+                &ebs_h(),
+                "",
+            )
+            .await
+            .unwrap();
             assert_eq!(st, 404);
         });
     }

@@ -1297,7 +1297,11 @@ fn start_output(s: &Snap) -> Value {
         "VolumeSize": s.volume_size,
         "BlockSize": BLOCK_SIZE,
         "Tags": s.tags.iter().map(|(k, v)| json!({"Key": k, "Value": v})).collect::<Vec<_>>(),
-        "SseType": if s.encrypted { "sse-ebs" } else { "none" },
+        "SseType": match (s.encrypted, s.kms_key_arn.is_some()) {
+            (true, true) => "sse-kms",
+            (true, false) => "sse-ebs",
+            (false, _) => "none",
+        },
     });
     if let Some(d) = &s.description {
         out["Description"] = json!(d);

@@ -254,3 +254,69 @@ async fn a_damaged_block_is_refused_on_download() {
         .collect();
     assert!(stray.is_empty(), "temporary file left behind");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn snapshot_not_found_right_after_start_is_retried() {
+    // AWS may answer ResourceNotFoundException to the first blocks of a snapshot it has
+    // just started; that is retried. Any other 4xx is not.
+    let world = World::strict(StrictEbsConfig::default()).await;
+    let image = world.path("nf.raw");
+    write_file(&image, &random_bytes(27, 2 * MIB as usize));
+    world.proxy.set_rules(vec![FaultRule::first_n(
+        Some("PutSnapshotBlock"),
+        Fault::Status(404),
+        3,
+    )]);
+    let report = world.upload(&image, &["--workers", "1"]).await;
+    assert_eq!(report["blocks_written"], 4);
+    assert_eq!(faulted(&world, "Status(404)"), 3);
+    assert_eq!(world.proxy.count("PutSnapshotBlock"), 4 + 3);
+
+    world.proxy.clear_requests();
+    world.proxy.set_rules(vec![FaultRule::first_n(
+        Some("PutSnapshotBlock"),
+        Fault::Status(400),
+        1,
+    )]);
+    let run = world
+        .run(&["upload", image.to_str().unwrap(), "--workers", "1"])
+        .await;
+    run.assert_failed_with("ValidationException");
+    assert_eq!(world.proxy.count("PutSnapshotBlock"), 1, "never retried");
+    assert_eq!(world.proxy.count("DeleteSnapshot"), 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stalled_server_hits_the_attempt_timeout_and_is_retried() {
+    // The first PutSnapshotBlock stalls far longer than --attempt-timeout: the attempt
+    // is abandoned and retried instead of hanging forever.
+    let world = World::strict(StrictEbsConfig::default()).await;
+    let image = world.path("stall.raw");
+    write_file(&image, &random_bytes(28, MIB as usize));
+    world.proxy.set_rules(vec![FaultRule::first_n(
+        Some("PutSnapshotBlock"),
+        Fault::Delay(Duration::from_secs(30)),
+        1,
+    )]);
+    let run = world
+        .run(&[
+            "--output",
+            "json",
+            "upload",
+            image.to_str().unwrap(),
+            "--workers",
+            "1",
+            "--attempt-timeout",
+            "1s",
+        ])
+        .await;
+    run.assert_ok();
+    let report: serde_json::Value = serde_json::from_str(&run.stdout).unwrap();
+    assert_eq!(report["blocks_written"], 2);
+    // The stalled attempt was abandoned and retried, and the log says why.
+    assert!(
+        run.stderr.contains("retrying PutSnapshotBlock") && run.stderr.contains("timed out"),
+        "{}",
+        run.stderr
+    );
+}

@@ -7,8 +7,11 @@ use ec2ami::testkit::StrictEbsConfig;
 
 use crate::common::*;
 
-/// The images every round trip covers: (name, size, written chunks).
-fn cases() -> Vec<(&'static str, u64, Vec<(u64, Vec<u8>)>)> {
+/// An image to build: name, size, and (offset, bytes) written into it.
+type Case = (&'static str, u64, Vec<(u64, Vec<u8>)>);
+
+/// The images every round trip covers.
+fn cases() -> Vec<Case> {
     vec![
         (
             "dense-random",
