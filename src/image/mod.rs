@@ -110,6 +110,14 @@ pub enum ImageError {
         /// What qemu-img said.
         detail: String,
     },
+    /// Finding the data extents (SEEK_DATA/SEEK_HOLE) failed.
+    #[error("cannot map the data extents of {path}: {source}")]
+    Extents {
+        /// The image path.
+        path: PathBuf,
+        /// The OS error.
+        source: io::Error,
+    },
     /// Reading failed.
     #[error("reading {path} at offset {offset}: {source}")]
     Read {

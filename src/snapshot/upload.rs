@@ -363,14 +363,8 @@ struct Job<'a> {
 
 impl Job<'_> {
     async fn start_snapshot(&self) -> Result<(String, Option<i64>), UploadFailure> {
-        let Job {
-            clients,
-            image,
-            opts,
-            encrypted,
-            volume_gib,
-        } = self;
-        let (encrypted, volume_gib) = (*encrypted, *volume_gib);
+        let (clients, image, opts) = (self.clients, &self.image, self.opts);
+        let (encrypted, volume_gib) = (self.encrypted, self.volume_gib);
         let mut tags = vec![
             Tag::builder()
                 .key(OWNERSHIP_TAG)
@@ -425,14 +419,8 @@ impl Job<'_> {
         block_size: Option<i64>,
         index_slot: &mut Option<IndexWriter>,
     ) -> Result<UploadReport, UploadFailure> {
-        let Job {
-            clients,
-            image,
-            opts,
-            encrypted,
-            volume_gib,
-        } = self;
-        let (encrypted, volume_gib) = (*encrypted, *volume_gib);
+        let (clients, image, opts) = (self.clients, &self.image, self.opts);
+        let (encrypted, volume_gib) = (self.encrypted, self.volume_gib);
         // The block size comes from StartSnapshot's answer, so it is checked here, where a
         // bad one still gets the snapshot cleaned up.
         let block_size = check_block_size(block_size).map_err(UploadFailure::Protocol)?;
@@ -460,7 +448,7 @@ impl Job<'_> {
         let zero_block = Bytes::from(vec![0u8; block_size as usize]);
         let zero_digest = checksum::block_digest(&zero_block);
         let ctx = Arc::new(Blocks {
-            clients: (*clients).clone(),
+            clients: clients.clone(),
             image: image.clone(),
             snapshot_id: snapshot_id.to_string(),
             block_size,
@@ -534,9 +522,8 @@ impl Job<'_> {
 }
 
 fn image_read_error(image: &DiskImage, source: std::io::Error) -> UploadFailure {
-    UploadFailure::Image(ImageError::Read {
+    UploadFailure::Image(ImageError::Extents {
         path: image.path().to_owned(),
-        offset: 0,
         source,
     })
 }
