@@ -9,6 +9,7 @@
 use std::fmt;
 use std::future::Future;
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -165,6 +166,10 @@ pub enum UploadFailure {
     /// Ctrl-C or SIGTERM.
     #[error("interrupted")]
     Interrupted,
+    /// Not attempted because another block had already failed (never reported: the
+    /// failure that caused it is).
+    #[error("stopped after another block failed")]
+    Abandoned,
 }
 
 /// An upload that did not finish, with what became of its snapshot.
@@ -228,6 +233,9 @@ struct Blocks {
     retry: RetryPolicy,
     started: Instant,
     progress: Progress,
+    /// Set by the first block that fails, while it still holds its worker slot, so no
+    /// block that gets a slot afterwards sends anything.
+    failed: AtomicBool,
 }
 
 /// Outcome of one planned block.
@@ -244,6 +252,17 @@ const NOT_FOUND_GRACE: Duration = Duration::from_secs(60);
 impl Blocks {
     async fn process(self: Arc<Self>, block: PlannedBlock) -> Result<Done, UploadFailure> {
         let _slot = self.slots.acquire().await.expect("semaphore never closed");
+        if self.failed.load(Ordering::Acquire) {
+            return Err(UploadFailure::Abandoned);
+        }
+        let r = self.clone().read_and_put(block).await;
+        if r.is_err() {
+            self.failed.store(true, Ordering::Release);
+        }
+        r
+    }
+
+    async fn read_and_put(self: Arc<Self>, block: PlannedBlock) -> Result<Done, UploadFailure> {
         let bs = self.block_size;
         let (data, digest) = if block.has_data {
             let mut buf = self.pool.take();
@@ -463,6 +482,7 @@ impl Job<'_> {
             retry: opts.retry,
             started: Instant::now(),
             progress,
+            failed: AtomicBool::new(false),
         });
 
         // `buffered` keeps results in block order (the aggregate checksum needs ascending
@@ -482,7 +502,15 @@ impl Job<'_> {
         let mut zero = 0u64;
         let index = index_slot.as_mut().expect("index created above");
         while let Some(done) = results.next().await {
-            let done = done?;
+            let done = match done {
+                Ok(d) => d,
+                // Results come in block order, so an abandoned block can come before the
+                // failure that made it abandoned: report that failure.
+                Err(UploadFailure::Abandoned) => {
+                    return Err(first_real_failure(&mut results).await);
+                }
+                Err(e) => return Err(e),
+            };
             match done.digest {
                 Some(d) => {
                     aggregate.push(&d);
@@ -519,6 +547,21 @@ impl Job<'_> {
             index_path,
         })
     }
+}
+
+/// The first failure in `results` that is not [`UploadFailure::Abandoned`] (there is one:
+/// blocks are abandoned only after one failed).
+async fn first_real_failure<S>(results: &mut S) -> UploadFailure
+where
+    S: futures_util::Stream<Item = Result<Done, UploadFailure>> + Unpin,
+{
+    while let Some(r) = results.next().await {
+        match r {
+            Err(UploadFailure::Abandoned) | Ok(_) => continue,
+            Err(e) => return e,
+        }
+    }
+    UploadFailure::Abandoned
 }
 
 fn image_read_error(image: &DiskImage, source: std::io::Error) -> UploadFailure {
