@@ -6,6 +6,7 @@
 //! retry layer; [`cli`] is the command line; [`testkit`] is the local AWS-protocol
 //! world the tests and benchmarks run against.
 
+pub mod ami;
 pub mod aws;
 pub mod cli;
 pub mod image;

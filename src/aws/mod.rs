@@ -62,9 +62,31 @@ pub struct Clients {
     pub ebs: aws_sdk_ebs::Client,
     /// EC2.
     pub ec2: aws_sdk_ec2::Client,
+    /// SSM (parameters).
+    pub ssm: aws_sdk_ssm::Client,
 }
 
 impl Clients {
+    /// Clients for `config` (which must name a region).
+    pub fn from_config(config: SdkConfig) -> Clients {
+        Clients {
+            ebs: aws_sdk_ebs::Client::new(&config),
+            ec2: aws_sdk_ec2::Client::new(&config),
+            ssm: aws_sdk_ssm::Client::new(&config),
+            config,
+        }
+    }
+
+    /// The same credentials, endpoint and timeouts, in another region.
+    pub fn in_region(&self, region: &str) -> Clients {
+        Clients::from_config(
+            self.config
+                .to_builder()
+                .region(Region::new(region.to_string()))
+                .build(),
+        )
+    }
+
     /// The region these clients talk to.
     pub fn region(&self) -> &str {
         self.config.region().map(|r| r.as_ref()).unwrap_or("?")
@@ -97,11 +119,7 @@ pub async fn connect(opts: &AwsOptions) -> Result<Clients, AwsError> {
             "no AWS region: pass --region or set AWS_REGION (or a region in your profile)",
         ));
     }
-    Ok(Clients {
-        ebs: aws_sdk_ebs::Client::new(&config),
-        ec2: aws_sdk_ec2::Client::new(&config),
-        config,
-    })
+    Ok(Clients::from_config(config))
 }
 
 /// Whether an error is worth another attempt.

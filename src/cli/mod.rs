@@ -1,6 +1,7 @@
 //! Command-line definitions and output formatting; the work itself is in the library
 //! modules each subcommand calls.
 
+mod images;
 mod testkit;
 
 use std::path::PathBuf;
@@ -69,6 +70,12 @@ enum Command {
     Upload(UploadArgs),
     /// Download a snapshot to a sparse raw file, verifying every block.
     Download(DownloadArgs),
+    /// Register an AMI from a snapshot (reuses one of the same name and snapshot); prints its id.
+    Register(images::RegisterArgs),
+    /// Copy an AMI to other regions and wait until every copy is available.
+    Copy(images::CopyArgs),
+    /// Share AMIs (public, accounts, organizations, OUs) in every region they exist in.
+    Share(images::ShareArgs),
     /// Local AWS-protocol servers on 127.0.0.1 for tests, demos and benchmarks.
     #[command(subcommand)]
     Testkit(testkit::TestkitCommand),
@@ -298,6 +305,9 @@ async fn run(cli: Cli) -> Result<(), Failure> {
     match &cli.command {
         Command::Upload(a) => upload(g, a).await,
         Command::Download(a) => download(g, a).await,
+        Command::Register(a) => images::register(g, a).await,
+        Command::Copy(a) => images::copy(g, a).await,
+        Command::Share(a) => images::share(g, a).await,
         Command::Testkit(c) => testkit::run(c).await,
     }
 }

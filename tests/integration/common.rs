@@ -134,14 +134,11 @@ impl World {
             .credentials_provider(aws_sdk_ebs::config::Credentials::new(
                 "testing", "testing", None, None, "test",
             ))
-            .retry_config(aws_config::retry::RetryConfig::disabled())
+            // The checks ride out the faults a test injects for ec2ami.
+            .retry_config(aws_config::retry::RetryConfig::standard().with_max_attempts(10))
             .load()
             .await;
-        ec2ami::aws::Clients {
-            ebs: aws_sdk_ebs::Client::new(&config),
-            ec2: aws_sdk_ec2::Client::new(&config),
-            config,
-        }
+        ec2ami::aws::Clients::from_config(config)
     }
 
     /// Snapshots carrying ec2ami's ownership tag, as EC2 lists them.

@@ -1,0 +1,241 @@
+//! Copy an AMI to other regions, concurrently, and wait until every copy is available.
+//! A copy that already exists (found by its source tag) is reused; each CopyImage
+//! carries a ClientToken derived from the source image and region, so even a retry
+//! after a lost answer makes no second copy.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use aws_sdk_ec2::types::{ResourceType, Tag, TagSpecification};
+use futures_util::future::join_all;
+use serde::Serialize;
+use sha2::{Digest, Sha256};
+use tokio::sync::Semaphore;
+
+use super::{
+    AmiError, SOURCE_IMAGE_TAG, SOURCE_REGION_TAG, describe_one, describe_own, filter, permanent,
+    wait_available,
+};
+use crate::aws::{AwsError, Clients, RetryPolicy};
+use crate::snapshot::{OWNERSHIP_TAG, OWNERSHIP_VALUE};
+
+/// At most this many copies run into one destination region at once (AWS allows ~5).
+pub const COPIES_PER_REGION: usize = 5;
+
+/// Limits concurrent copies per destination region; share one across many images.
+#[derive(Debug, Default, Clone)]
+pub struct CopyLimiter {
+    per_region: Arc<Mutex<HashMap<String, Arc<Semaphore>>>>,
+}
+
+impl CopyLimiter {
+    fn region(&self, region: &str) -> Arc<Semaphore> {
+        self.per_region
+            .lock()
+            .expect("limiter lock")
+            .entry(region.to_string())
+            .or_insert_with(|| Arc::new(Semaphore::new(COPIES_PER_REGION)))
+            .clone()
+    }
+}
+
+/// How to copy.
+#[derive(Debug, Clone)]
+pub struct CopyOptions {
+    /// Destination regions (the source region is skipped).
+    pub regions: Vec<String>,
+    /// Regions whose failure is only a warning.
+    pub best_effort: Vec<String>,
+    /// How long to wait for each copy to become available.
+    pub wait: Duration,
+    /// Retry policy.
+    pub retry: RetryPolicy,
+    /// Per-destination concurrency.
+    pub limiter: CopyLimiter,
+}
+
+/// One destination's result.
+#[derive(Debug, Clone, Serialize)]
+pub struct CopyOutcome {
+    /// Destination region.
+    pub region: String,
+    /// The copy, if there is one.
+    pub image_id: Option<String>,
+    /// True when the copy already existed.
+    pub reused: bool,
+    /// Why it failed, if it did.
+    pub error: Option<String>,
+    /// A failure here is only a warning.
+    pub best_effort: bool,
+}
+
+/// The ClientToken of the copy of `image_id` into `region`: the same on every run.
+pub fn copy_token(image_id: &str, region: &str) -> String {
+    let d = Sha256::digest(format!("ec2ami-copy:{image_id}:{region}").as_bytes());
+    d.iter().take(16).map(|b| format!("{b:02x}")).collect()
+}
+
+/// Copy `image_id` from `home`'s region to every region of `opts`, wait until each
+/// copy is available, and report each region. Fails if a region that is not best
+/// effort failed (after every region has finished).
+pub async fn copy_to_regions(
+    home: &Clients,
+    image_id: &str,
+    opts: &CopyOptions,
+) -> Result<Vec<CopyOutcome>, AmiError> {
+    let source = describe_one(home, image_id, &opts.retry)
+        .await?
+        .ok_or_else(|| AmiError::Invalid(format!("{image_id} not found in {}", home.region())))?;
+    // A copy of a pending image fails: wait for the source first.
+    wait_available(home, image_id, opts.wait, &opts.retry).await?;
+    let name = source.name().unwrap_or_default().to_string();
+    let mut tags: Vec<Tag> = source
+        .tags()
+        .iter()
+        .filter(|t| !matches!(t.key(), Some(k) if k == SOURCE_IMAGE_TAG || k == SOURCE_REGION_TAG))
+        .cloned()
+        .collect();
+    if !tags.iter().any(|t| t.key() == Some(OWNERSHIP_TAG)) {
+        tags.push(
+            Tag::builder()
+                .key(OWNERSHIP_TAG)
+                .value(OWNERSHIP_VALUE)
+                .build(),
+        );
+    }
+    tags.push(Tag::builder().key(SOURCE_IMAGE_TAG).value(image_id).build());
+    tags.push(
+        Tag::builder()
+            .key(SOURCE_REGION_TAG)
+            .value(home.region())
+            .build(),
+    );
+    let job = CopyJob {
+        home,
+        image_id,
+        name: &name,
+        description: source.description(),
+        tags: &tags,
+        opts,
+    };
+    let targets = opts.regions.iter().filter(|r| r.as_str() != home.region());
+    let outcomes: Vec<CopyOutcome> = join_all(targets.map(|r| job.one(r))).await;
+    let failed: Vec<String> = outcomes
+        .iter()
+        .filter_map(|o| {
+            let e = o.error.as_ref()?;
+            if o.best_effort {
+                tracing::warn!("copy to best-effort region {} failed: {e}", o.region);
+                None
+            } else {
+                Some(format!("copy of {image_id} to {} failed: {e}", o.region))
+            }
+        })
+        .collect();
+    if failed.is_empty() {
+        Ok(outcomes)
+    } else {
+        Err(AmiError::Regions(failed))
+    }
+}
+
+struct CopyJob<'a> {
+    home: &'a Clients,
+    image_id: &'a str,
+    name: &'a str,
+    description: Option<&'a str>,
+    tags: &'a [Tag],
+    opts: &'a CopyOptions,
+}
+
+impl CopyJob<'_> {
+    async fn one(&self, region: &str) -> CopyOutcome {
+        let best_effort = self.opts.best_effort.iter().any(|r| r == region);
+        match self.copy(region).await {
+            Ok((id, reused)) => CopyOutcome {
+                region: region.to_string(),
+                image_id: Some(id),
+                reused,
+                error: None,
+                best_effort,
+            },
+            Err((id, e)) => CopyOutcome {
+                region: region.to_string(),
+                image_id: id,
+                reused: false,
+                error: Some(e.to_string()),
+                best_effort,
+            },
+        }
+    }
+
+    async fn copy(&self, region: &str) -> Result<(String, bool), (Option<String>, AmiError)> {
+        let retry = &self.opts.retry;
+        let dest = self.home.in_region(region);
+        let existing = describe_own(
+            &dest,
+            vec![filter(&format!("tag:{SOURCE_IMAGE_TAG}"), self.image_id)],
+            retry,
+        )
+        .await
+        .map_err(|e| (None, e.into()))?;
+        let (id, reused) = match existing.iter().find_map(|i| i.image_id()) {
+            Some(id) => (id.to_string(), true),
+            None => {
+                let slot = self.opts.limiter.region(region);
+                let _permit = slot.acquire().await.expect("never closed");
+                let id = self.start(&dest).await.map_err(|e| (None, e.into()))?;
+                tracing::info!("copying {} to {region}: {id}", self.image_id);
+                (id, false)
+            }
+        };
+        wait_available(&dest, &id, self.opts.wait, retry)
+            .await
+            .map_err(|e| (Some(id.clone()), e))?;
+        Ok((id, reused))
+    }
+
+    async fn start(&self, dest: &Clients) -> Result<String, AwsError> {
+        let token = copy_token(self.image_id, dest.region());
+        let out = self
+            .opts
+            .retry
+            .run(&format!("CopyImage to {}", dest.region()), || async {
+                dest.ec2
+                    .copy_image()
+                    .source_image_id(self.image_id)
+                    .source_region(self.home.region())
+                    .name(self.name)
+                    .set_description(self.description.map(str::to_string))
+                    .client_token(&token)
+                    .tag_specifications(
+                        TagSpecification::builder()
+                            .resource_type(ResourceType::Image)
+                            .set_tags(Some(self.tags.to_vec()))
+                            .build(),
+                    )
+                    .send()
+                    .await
+                    .map_err(|e| AwsError::from_sdk("CopyImage", e))
+            })
+            .await?;
+        out.image_id()
+            .map(str::to_string)
+            .ok_or_else(|| permanent("CopyImage", "answered no image id".into()))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn copy_tokens_are_stable_and_distinct() {
+        let a = copy_token("ami-1", "eu-west-1");
+        assert_eq!(a, copy_token("ami-1", "eu-west-1"));
+        assert_eq!(a.len(), 32);
+        assert_ne!(a, copy_token("ami-1", "eu-west-2"));
+        assert_ne!(a, copy_token("ami-2", "eu-west-1"));
+    }
+}

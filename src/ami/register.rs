@@ -1,0 +1,377 @@
+//! Register an AMI from a snapshot, with the defaults a release engineer expects, and
+//! reuse an existing AMI of the same name made from the same snapshot.
+
+use std::time::Duration;
+
+use aws_sdk_ec2::types::{
+    ArchitectureValues, BlockDeviceMapping, BootModeValues, EbsBlockDevice, Image,
+    ImdsSupportValues, ResourceType, Tag, TagSpecification, TpmSupportValues, VolumeType,
+};
+use aws_smithy_types::DateTime;
+use serde::Serialize;
+
+use super::{
+    AmiError, Arch, BootMode, Imds, SOURCE_SNAPSHOT_TAG, find_by_name, permanent, tag,
+    wait_available,
+};
+use crate::aws::{AwsError, Clients, RetryPolicy};
+use crate::snapshot::{OWNERSHIP_TAG, OWNERSHIP_VALUE};
+
+/// What an AMI should be.
+#[derive(Debug, Clone)]
+pub struct ImageSpec {
+    /// Name (unique per account and region).
+    pub name: String,
+    /// Description.
+    pub description: Option<String>,
+    /// Architecture.
+    pub arch: Arch,
+    /// Boot mode; `None`: uefi on arm64, legacy-bios on x86_64.
+    pub boot_mode: Option<BootMode>,
+    /// ENA networking.
+    pub ena: bool,
+    /// Intel 82599 VF networking (`sriovNetSupport=simple`).
+    pub sriov: bool,
+    /// NitroTPM v2.0 (needs UEFI).
+    pub tpm: bool,
+    /// IMDS versions accepted.
+    pub imds: Imds,
+    /// Root device name.
+    pub root_device: String,
+    /// Root volume type.
+    pub volume_type: String,
+    /// Root volume size in GiB; `None`: the snapshot's size, at least 10 GiB.
+    pub volume_size_gib: Option<i32>,
+    /// When EC2 should mark the image deprecated.
+    pub deprecate_at: Option<DateTime>,
+    /// Extra tags.
+    pub tags: Vec<(String, String)>,
+}
+
+impl ImageSpec {
+    /// A spec with the release engineer's defaults for `name` and `arch`.
+    pub fn new(name: impl Into<String>, arch: Arch) -> Self {
+        ImageSpec {
+            name: name.into(),
+            description: None,
+            arch,
+            boot_mode: None,
+            ena: false,
+            sriov: false,
+            tpm: false,
+            imds: Imds::V2,
+            root_device: "/dev/sda1".into(),
+            volume_type: "gp3".into(),
+            volume_size_gib: None,
+            deprecate_at: None,
+            tags: Vec::new(),
+        }
+    }
+
+    /// The boot mode used: the one asked for, else uefi on arm64, legacy-bios on x86_64.
+    pub fn effective_boot_mode(&self) -> BootMode {
+        self.boot_mode.unwrap_or(match self.arch {
+            Arch::Arm64 => BootMode::Uefi,
+            Arch::X86_64 => BootMode::LegacyBios,
+        })
+    }
+
+    /// Check what AWS would refuse, before any request.
+    pub fn validate(&self) -> Result<(), AmiError> {
+        let bad = |m: String| Err(AmiError::Invalid(m));
+        let n = self.name.len();
+        if !(3..=128).contains(&n) {
+            return bad(format!(
+                "AMI name `{}` must be 3 to 128 characters",
+                self.name
+            ));
+        }
+        if let Some(c) = self
+            .name
+            .chars()
+            .find(|c| !(c.is_ascii_alphanumeric() || "()[] ./-'@_".contains(*c)))
+        {
+            return bad(format!(
+                "AMI name `{}` has `{c}`: only letters, digits and ( ) [ ] space . / - ' @ _ are allowed",
+                self.name
+            ));
+        }
+        if self.arch == Arch::Arm64 && self.effective_boot_mode() == BootMode::LegacyBios {
+            return bad("arm64 images cannot boot in legacy-bios mode".into());
+        }
+        if self.tpm && self.effective_boot_mode() == BootMode::LegacyBios {
+            return bad("--tpm needs a UEFI boot mode (uefi or uefi-preferred)".into());
+        }
+        if self
+            .volume_size_gib
+            .is_some_and(|s| !(1..=65536).contains(&s))
+        {
+            return bad("--volume-size must be 1 to 65536 GiB".into());
+        }
+        if !VolumeType::values().contains(&self.volume_type.as_str()) {
+            return bad(format!("unknown volume type `{}`", self.volume_type));
+        }
+        Ok(())
+    }
+}
+
+/// The result of [`register`].
+#[derive(Debug, Clone, Serialize)]
+pub struct Registered {
+    /// Region.
+    pub region: String,
+    /// The AMI.
+    pub image_id: String,
+    /// The snapshot it was made from.
+    pub snapshot_id: String,
+    /// True when an existing AMI (same name, same snapshot) was reused.
+    pub reused: bool,
+}
+
+/// The snapshot an image was made from: our tag, else its root device mapping.
+pub fn source_snapshot(img: &Image) -> Option<String> {
+    if let Some(s) = tag(img, SOURCE_SNAPSHOT_TAG) {
+        return Some(s.to_string());
+    }
+    let root = img.root_device_name();
+    img.block_device_mappings()
+        .iter()
+        .find(|m| m.device_name() == root)
+        .and_then(|m| m.ebs())
+        .and_then(|e| e.snapshot_id())
+        .map(str::to_string)
+}
+
+/// Register `snapshot_id` as the AMI `spec` describes (or reuse the one that already
+/// is), then wait until it is available.
+pub async fn register(
+    clients: &Clients,
+    snapshot_id: &str,
+    spec: &ImageSpec,
+    wait: Duration,
+    retry: &RetryPolicy,
+) -> Result<Registered, AmiError> {
+    spec.validate()?;
+    let region = clients.region().to_string();
+    let done = |image_id: String, reused| Registered {
+        region: region.clone(),
+        image_id,
+        snapshot_id: snapshot_id.to_string(),
+        reused,
+    };
+    if let Some(existing) = reusable(clients, snapshot_id, spec, retry).await? {
+        tracing::info!("{existing} in {region} is already `{}`: reused", spec.name);
+        wait_available(clients, &existing, wait, retry).await?;
+        return Ok(done(existing, true));
+    }
+    let snapshot_gib = snapshot_size(clients, snapshot_id, retry).await?;
+    let size = spec.volume_size_gib.unwrap_or(snapshot_gib.max(10));
+    if size < snapshot_gib {
+        return Err(AmiError::Invalid(format!(
+            "--volume-size {size} GiB is smaller than the snapshot ({snapshot_gib} GiB)"
+        )));
+    }
+    let result = retry
+        .run("RegisterImage", || async {
+            request(clients, snapshot_id, spec, size)
+                .send()
+                .await
+                .map_err(|e| AwsError::from_sdk("RegisterImage", e))
+        })
+        .await;
+    let image_id = match result {
+        Ok(out) => out
+            .image_id()
+            .ok_or_else(|| permanent("RegisterImage", "answered no image id".into()))?
+            .to_string(),
+        // A retried RegisterImage whose first answer was lost finds its own image.
+        Err(e) if e.has_code("InvalidAMIName.Duplicate") => {
+            match reusable(clients, snapshot_id, spec, retry).await? {
+                Some(id) => id,
+                None => return Err(e.into()),
+            }
+        }
+        Err(e) => return Err(e.into()),
+    };
+    tracing::info!("registered {image_id} `{}` in {region}", spec.name);
+    if let Some(at) = spec.deprecate_at {
+        deprecate(clients, &image_id, at, retry).await?;
+    }
+    wait_available(clients, &image_id, wait, retry).await?;
+    Ok(done(image_id, false))
+}
+
+/// An existing AMI of that name made from that snapshot; an error if the name is taken
+/// by another snapshot's image.
+async fn reusable(
+    clients: &Clients,
+    snapshot_id: &str,
+    spec: &ImageSpec,
+    retry: &RetryPolicy,
+) -> Result<Option<String>, AmiError> {
+    let Some(img) = find_by_name(clients, &spec.name, retry).await? else {
+        return Ok(None);
+    };
+    let image_id = img.image_id().unwrap_or_default().to_string();
+    match source_snapshot(&img) {
+        Some(s) if s == snapshot_id => Ok(Some(image_id)),
+        other => Err(AmiError::NameTaken {
+            name: spec.name.clone(),
+            region: clients.region().to_string(),
+            image_id,
+            existing: other.unwrap_or_else(|| "an unknown snapshot".into()),
+            wanted: snapshot_id.to_string(),
+        }),
+    }
+}
+
+async fn snapshot_size(
+    clients: &Clients,
+    snapshot_id: &str,
+    retry: &RetryPolicy,
+) -> Result<i32, AmiError> {
+    let out = retry
+        .run(&format!("DescribeSnapshots {snapshot_id}"), || async {
+            clients
+                .ec2
+                .describe_snapshots()
+                .snapshot_ids(snapshot_id)
+                .send()
+                .await
+                .map_err(|e| AwsError::from_sdk("DescribeSnapshots", e))
+        })
+        .await?;
+    let snap = out.snapshots().first().ok_or_else(|| {
+        AmiError::Invalid(format!(
+            "snapshot {snapshot_id} not found in {}",
+            clients.region()
+        ))
+    })?;
+    if let Some(state) = snap.state().filter(|s| s.as_str() != "completed") {
+        return Err(AmiError::Invalid(format!(
+            "snapshot {snapshot_id} is {}, not completed",
+            state.as_str()
+        )));
+    }
+    Ok(snap.volume_size().unwrap_or(1))
+}
+
+fn request(
+    clients: &Clients,
+    snapshot_id: &str,
+    spec: &ImageSpec,
+    size: i32,
+) -> aws_sdk_ec2::operation::register_image::builders::RegisterImageFluentBuilder {
+    let mut tags = vec![
+        Tag::builder()
+            .key(OWNERSHIP_TAG)
+            .value(OWNERSHIP_VALUE)
+            .build(),
+        Tag::builder()
+            .key(SOURCE_SNAPSHOT_TAG)
+            .value(snapshot_id)
+            .build(),
+    ];
+    tags.extend(
+        spec.tags
+            .iter()
+            .map(|(k, v)| Tag::builder().key(k).value(v).build()),
+    );
+    let mut req = clients
+        .ec2
+        .register_image()
+        .name(&spec.name)
+        .set_description(spec.description.clone())
+        .architecture(ArchitectureValues::from(spec.arch.to_string().as_str()))
+        .root_device_name(&spec.root_device)
+        .virtualization_type("hvm")
+        .block_device_mappings(
+            BlockDeviceMapping::builder()
+                .device_name(&spec.root_device)
+                .ebs(
+                    EbsBlockDevice::builder()
+                        .snapshot_id(snapshot_id)
+                        .volume_type(VolumeType::from(spec.volume_type.as_str()))
+                        .volume_size(size)
+                        .delete_on_termination(true)
+                        .build(),
+                )
+                .build(),
+        )
+        .ena_support(spec.ena)
+        .boot_mode(BootModeValues::from(
+            spec.effective_boot_mode().to_string().as_str(),
+        ))
+        .tag_specifications(
+            TagSpecification::builder()
+                .resource_type(ResourceType::Image)
+                .set_tags(Some(tags))
+                .build(),
+        );
+    if spec.sriov {
+        req = req.sriov_net_support("simple");
+    }
+    if spec.tpm {
+        req = req.tpm_support(TpmSupportValues::V20);
+    }
+    if spec.imds == Imds::V2 {
+        req = req.imds_support(ImdsSupportValues::V20);
+    }
+    req
+}
+
+/// Set the time EC2 marks `image_id` deprecated.
+pub async fn deprecate(
+    clients: &Clients,
+    image_id: &str,
+    at: DateTime,
+    retry: &RetryPolicy,
+) -> Result<(), AwsError> {
+    retry
+        .run(&format!("EnableImageDeprecation {image_id}"), || async {
+            clients
+                .ec2
+                .enable_image_deprecation()
+                .image_id(image_id)
+                .deprecate_at(at)
+                .send()
+                .await
+                .map_err(|e| AwsError::from_sdk("EnableImageDeprecation", e))
+        })
+        .await?;
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_follow_the_architecture() {
+        let x = ImageSpec::new("MyOS 15.0 amd64", Arch::X86_64);
+        assert_eq!(x.effective_boot_mode(), BootMode::LegacyBios);
+        assert_eq!(x.imds, Imds::V2);
+        assert_eq!(x.volume_type, "gp3");
+        assert_eq!(x.root_device, "/dev/sda1");
+        let a = ImageSpec::new("MyOS 15.0 arm64", Arch::Arm64);
+        assert_eq!(a.effective_boot_mode(), BootMode::Uefi);
+        assert!(x.validate().is_ok() && a.validate().is_ok());
+    }
+
+    #[test]
+    fn impossible_specs_are_refused() {
+        let mut s = ImageSpec::new("ok name", Arch::Arm64);
+        s.boot_mode = Some(BootMode::LegacyBios);
+        assert!(s.validate().is_err());
+        let mut s = ImageSpec::new("ok name", Arch::X86_64);
+        s.tpm = true;
+        assert!(s.validate().is_err(), "TPM needs UEFI");
+        s.boot_mode = Some(BootMode::UefiPreferred);
+        assert!(s.validate().is_ok());
+        assert!(ImageSpec::new("ab", Arch::X86_64).validate().is_err());
+        assert!(ImageSpec::new("bad*name", Arch::X86_64).validate().is_err());
+        let mut s = ImageSpec::new("ok name", Arch::X86_64);
+        s.volume_type = "gp9".into();
+        assert!(s.validate().is_err());
+    }
+}

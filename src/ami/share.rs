@@ -1,0 +1,214 @@
+//! Share AMIs (public, accounts, organizations, OUs) in every region where they exist,
+//! or revoke that; when AWS refuses, say why and what to do.
+
+use aws_sdk_ec2::types::{LaunchPermission, LaunchPermissionModifications, PermissionGroup};
+use futures_util::future::join_all;
+use serde::Serialize;
+
+use super::{AmiError, RegionalImage};
+use crate::aws::{AwsError, Clients, RetryPolicy};
+
+/// Who gets (or loses) launch permission.
+#[derive(Debug, Clone, Default)]
+pub struct ShareSpec {
+    /// Everyone (group `all`).
+    pub public: bool,
+    /// AWS account ids.
+    pub accounts: Vec<String>,
+    /// Organization ARNs.
+    pub orgs: Vec<String>,
+    /// Organizational unit ARNs.
+    pub ous: Vec<String>,
+    /// Remove instead of add.
+    pub revoke: bool,
+}
+
+impl ShareSpec {
+    /// The launch permissions named.
+    pub fn permissions(&self) -> Vec<LaunchPermission> {
+        let mut p = Vec::new();
+        if self.public {
+            p.push(
+                LaunchPermission::builder()
+                    .group(PermissionGroup::All)
+                    .build(),
+            );
+        }
+        p.extend(
+            self.accounts
+                .iter()
+                .map(|a| LaunchPermission::builder().user_id(a).build()),
+        );
+        p.extend(
+            self.orgs
+                .iter()
+                .map(|a| LaunchPermission::builder().organization_arn(a).build()),
+        );
+        p.extend(self.ous.iter().map(|a| {
+            LaunchPermission::builder()
+                .organizational_unit_arn(a)
+                .build()
+        }));
+        p
+    }
+
+    /// Check the ids and ARNs before any request.
+    pub fn validate(&self) -> Result<(), AmiError> {
+        if self.permissions().is_empty() {
+            return Err(AmiError::Invalid(
+                "nothing to share: give --public, --account, --org or --ou".into(),
+            ));
+        }
+        if let Some(a) = self
+            .accounts
+            .iter()
+            .find(|a| a.len() != 12 || !a.chars().all(|c| c.is_ascii_digit()))
+        {
+            return Err(AmiError::Invalid(format!(
+                "`{a}` is not an AWS account id (12 digits)"
+            )));
+        }
+        if let Some(a) = self
+            .orgs
+            .iter()
+            .chain(&self.ous)
+            .find(|a| !a.starts_with("arn:aws"))
+        {
+            return Err(AmiError::Invalid(format!("`{a}` is not an ARN")));
+        }
+        Ok(())
+    }
+}
+
+/// One regional image's result.
+#[derive(Debug, Clone, Serialize)]
+pub struct Shared {
+    /// Region.
+    pub region: String,
+    /// AMI.
+    pub image_id: String,
+    /// Why it failed, if it did.
+    pub error: Option<String>,
+}
+
+/// Apply `spec` to every image in `images` (each in its region), concurrently. Fails
+/// after all are done if any failed, naming each.
+pub async fn share(
+    home: &Clients,
+    images: &[RegionalImage],
+    spec: &ShareSpec,
+    retry: &RetryPolicy,
+) -> Result<Vec<Shared>, AmiError> {
+    spec.validate()?;
+    let perms = spec.permissions();
+    let mods = if spec.revoke {
+        LaunchPermissionModifications::builder()
+            .set_remove(Some(perms))
+            .build()
+    } else {
+        LaunchPermissionModifications::builder()
+            .set_add(Some(perms))
+            .build()
+    };
+    let results = join_all(images.iter().map(|img| {
+        let mods = mods.clone();
+        async move {
+            let clients = home.in_region(&img.region);
+            let r = retry
+                .run(
+                    &format!("ModifyImageAttribute {} in {}", img.image_id, img.region),
+                    || async {
+                        clients
+                            .ec2
+                            .modify_image_attribute()
+                            .image_id(&img.image_id)
+                            .launch_permission(mods.clone())
+                            .send()
+                            .await
+                            .map_err(|e| AwsError::from_sdk("ModifyImageAttribute", e))
+                    },
+                )
+                .await;
+            let error = match r {
+                Ok(_) => None,
+                Err(e) => Some(explain(&clients, spec, e, retry).await),
+            };
+            Shared {
+                region: img.region.clone(),
+                image_id: img.image_id.clone(),
+                error,
+            }
+        }
+    }))
+    .await;
+    let failed: Vec<String> = results
+        .iter()
+        .filter_map(|s| {
+            s.error
+                .as_ref()
+                .map(|e| format!("{} in {}: {e}", s.image_id, s.region))
+        })
+        .collect();
+    if failed.is_empty() {
+        Ok(results)
+    } else {
+        Err(AmiError::Regions(failed))
+    }
+}
+
+/// Say why making an image public failed and what to do.
+async fn explain(clients: &Clients, spec: &ShareSpec, e: AwsError, retry: &RetryPolicy) -> String {
+    if !spec.public || spec.revoke {
+        return e.to_string();
+    }
+    if e.has_code("ResourceLimitExceeded") {
+        return format!(
+            "{e} -- the account's quota of public AMIs in {} is reached (5 on new \
+             accounts): make older images private or deregister them, or ask for more \
+             under Service Quotas > Amazon EC2 > Public AMIs",
+            clients.region()
+        );
+    }
+    let state = retry
+        .run("GetImageBlockPublicAccessState", || async {
+            clients
+                .ec2
+                .get_image_block_public_access_state()
+                .send()
+                .await
+                .map_err(|e| AwsError::from_sdk("GetImageBlockPublicAccessState", e))
+        })
+        .await;
+    match state {
+        Ok(s) if s.image_block_public_access_state() == Some("block-new-sharing") => format!(
+            "{e} -- block public access for AMIs is on in {r}: turn it off with \
+             `aws ec2 disable-image-block-public-access --region {r}` (it takes up to \
+             10 minutes), then run this again",
+            r = clients.region()
+        ),
+        _ => e.to_string(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn specs_are_checked() {
+        assert!(ShareSpec::default().validate().is_err());
+        let s = ShareSpec {
+            accounts: vec!["12345".into()],
+            ..ShareSpec::default()
+        };
+        assert!(s.validate().is_err());
+        let s = ShareSpec {
+            public: true,
+            accounts: vec!["123456789012".into()],
+            orgs: vec!["arn:aws:organizations::123456789012:organization/o-abc".into()],
+            ..ShareSpec::default()
+        };
+        assert!(s.validate().is_ok());
+        assert_eq!(s.permissions().len(), 3);
+    }
+}

@@ -1,0 +1,226 @@
+//! `ec2ami register`, `copy` and `share`.
+
+use std::time::Duration;
+
+use aws_smithy_types::DateTime;
+use aws_smithy_types::date_time::Format;
+use clap::Args;
+
+use super::{Failure, GlobalArgs, connect, parse_duration, parse_tag};
+use crate::ami::{self, Arch, BootMode, CopyLimiter, CopyOptions, ImageSpec, Imds, ShareSpec};
+
+#[derive(Debug, Args)]
+pub struct RegisterArgs {
+    /// The snapshot holding the disk image (from `ec2ami upload`).
+    snapshot_id: String,
+    /// AMI name (unique in the account and region).
+    #[arg(long)]
+    name: String,
+    /// AMI description.
+    #[arg(long)]
+    description: Option<String>,
+    /// Architecture: x86_64 or arm64.
+    #[arg(long, default_value = "x86_64")]
+    arch: Arch,
+    /// Boot mode: legacy-bios, uefi or uefi-preferred (default: uefi on arm64,
+    /// legacy-bios on x86_64).
+    #[arg(long)]
+    boot_mode: Option<BootMode>,
+    /// ENA networking support.
+    #[arg(long)]
+    ena: bool,
+    /// Intel 82599 VF networking (sriovNetSupport=simple).
+    #[arg(long)]
+    sriov: bool,
+    /// NitroTPM v2.0 (needs a UEFI boot mode).
+    #[arg(long)]
+    tpm: bool,
+    /// Instance metadata: v2.0 (IMDSv2 only) or optional.
+    #[arg(long, default_value = "v2.0")]
+    imds: Imds,
+    /// Root device name.
+    #[arg(long, default_value = "/dev/sda1")]
+    root_device: String,
+    /// Root volume type.
+    #[arg(long, default_value = "gp3")]
+    volume_type: String,
+    /// Root volume size in GiB (default: the snapshot's size, at least 10).
+    #[arg(long, value_name = "GIB")]
+    volume_size: Option<i32>,
+    /// Deprecate the image at this time (2027-06-30 or RFC 3339).
+    #[arg(long, value_name = "DATE", value_parser = parse_date, conflicts_with = "deprecate_in")]
+    deprecate_at: Option<DateTime>,
+    /// Deprecate the image this long from now (e.g. 730d).
+    #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
+    deprecate_in: Option<Duration>,
+    /// Tag the AMI (repeatable).
+    #[arg(long = "tag", value_name = "KEY=VALUE", value_parser = parse_tag)]
+    tags: Vec<(String, String)>,
+    /// How long to wait for the AMI to become available.
+    #[arg(long, value_name = "DURATION", default_value = "30m", value_parser = parse_duration)]
+    wait_timeout: Duration,
+}
+
+#[derive(Debug, Args)]
+pub struct CopyArgs {
+    /// The AMI to copy (in --region).
+    image_id: String,
+    /// Destination regions: `all` (every enabled region) or a comma-separated list.
+    #[arg(long, value_delimiter = ',', required = true)]
+    to: Vec<String>,
+    /// Regions where a failed copy is only a warning.
+    #[arg(long, value_delimiter = ',', value_name = "REGION,...")]
+    best_effort: Vec<String>,
+    /// How long to wait for every copy to become available.
+    #[arg(long, value_name = "DURATION", default_value = "60m", value_parser = parse_duration)]
+    wait_timeout: Duration,
+}
+
+#[derive(Debug, Args)]
+pub struct ShareArgs {
+    /// AMIs (in --region); their copies in the other regions are shared too.
+    #[arg(required = true)]
+    image_ids: Vec<String>,
+    /// Make public (launch permission for everyone).
+    #[arg(long)]
+    public: bool,
+    /// Share with this AWS account (repeatable).
+    #[arg(long = "account", value_name = "ID")]
+    accounts: Vec<String>,
+    /// Share with this organization (ARN, repeatable).
+    #[arg(long = "org", value_name = "ARN")]
+    orgs: Vec<String>,
+    /// Share with this organizational unit (ARN, repeatable).
+    #[arg(long = "ou", value_name = "ARN")]
+    ous: Vec<String>,
+    /// Remove these permissions instead of adding them.
+    #[arg(long)]
+    revoke: bool,
+    /// Regions to look for copies in: `all` or a comma-separated list.
+    #[arg(long, value_delimiter = ',', default_value = "all")]
+    regions: Vec<String>,
+}
+
+/// Parse `YYYY-MM-DD` (midnight UTC) or an RFC 3339 time.
+pub fn parse_date(s: &str) -> Result<DateTime, String> {
+    let full = if s.len() == 10 {
+        format!("{s}T00:00:00Z")
+    } else {
+        s.to_string()
+    };
+    DateTime::from_str(&full, Format::DateTime)
+        .map_err(|_| format!("`{s}` is not a date (2027-06-30 or 2027-06-30T12:00:00Z)"))
+}
+
+/// The line FreeBSD's release scripts grep, as bsdec2-image-upload prints it.
+pub fn created_line(region: &str, image_id: &str) -> String {
+    format!("Created AMI in {region} region: {image_id}")
+}
+
+pub async fn register(g: &GlobalArgs, a: &RegisterArgs) -> Result<(), Failure> {
+    let deprecate_at = match (a.deprecate_at, a.deprecate_in) {
+        (Some(at), _) => Some(at),
+        (None, Some(d)) => Some(DateTime::from(std::time::SystemTime::now() + d)),
+        (None, None) => None,
+    };
+    let spec = ImageSpec {
+        description: a.description.clone(),
+        boot_mode: a.boot_mode,
+        ena: a.ena,
+        sriov: a.sriov,
+        tpm: a.tpm,
+        imds: a.imds,
+        root_device: a.root_device.clone(),
+        volume_type: a.volume_type.clone(),
+        volume_size_gib: a.volume_size,
+        deprecate_at,
+        tags: a.tags.clone(),
+        ..ImageSpec::new(a.name.clone(), a.arch)
+    };
+    spec.validate()?;
+    let clients = connect(g).await?;
+    let r = ami::register(&clients, &a.snapshot_id, &spec, a.wait_timeout, &g.retry()).await?;
+    g.print(&r, || r.image_id.clone());
+    Ok(())
+}
+
+pub async fn copy(g: &GlobalArgs, a: &CopyArgs) -> Result<(), Failure> {
+    let clients = connect(g).await?;
+    let retry = g.retry();
+    let regions = ami::resolve_regions(&clients, &a.to, &retry).await?;
+    let best_effort = ami::resolve_regions(&clients, &a.best_effort, &retry).await?;
+    let opts = CopyOptions {
+        regions,
+        best_effort,
+        wait: a.wait_timeout,
+        retry,
+        limiter: CopyLimiter::default(),
+    };
+    let outcomes = ami::copy_to_regions(&clients, &a.image_id, &opts).await?;
+    g.print(&outcomes, || {
+        std::iter::once(created_line(clients.region(), &a.image_id))
+            .chain(outcomes.iter().filter_map(|o| {
+                o.image_id
+                    .as_ref()
+                    .filter(|_| o.error.is_none())
+                    .map(|id| created_line(&o.region, id))
+            }))
+            .collect::<Vec<_>>()
+            .join("\n")
+    });
+    Ok(())
+}
+
+pub async fn share(g: &GlobalArgs, a: &ShareArgs) -> Result<(), Failure> {
+    let spec = ShareSpec {
+        public: a.public,
+        accounts: a.accounts.clone(),
+        orgs: a.orgs.clone(),
+        ous: a.ous.clone(),
+        revoke: a.revoke,
+    };
+    spec.validate()?;
+    let clients = connect(g).await?;
+    let retry = g.retry();
+    let regions = ami::resolve_regions(&clients, &a.regions, &retry).await?;
+    let mut images = Vec::new();
+    for id in &a.image_ids {
+        let found = ami::locate(&clients, id, &regions, &retry).await?;
+        if !found.iter().any(|i| i.region == clients.region()) {
+            return Err(Failure::from(ami::AmiError::Invalid(format!(
+                "{id} not found in {}",
+                clients.region()
+            ))));
+        }
+        images.extend(found);
+    }
+    let done = ami::share(&clients, &images, &spec, &retry).await?;
+    let verb = if a.revoke { "revoked" } else { "shared" };
+    g.print(&done, || {
+        done.iter()
+            .map(|s| format!("{} {} {verb}", s.region, s.image_id))
+            .collect::<Vec<_>>()
+            .join("\n")
+    });
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn dates_parse() {
+        assert_eq!(parse_date("2027-06-30").unwrap().secs(), 1_814_313_600);
+        assert!(parse_date("2027-06-30T12:00:00Z").is_ok());
+        assert!(parse_date("next week").is_err());
+    }
+
+    #[test]
+    fn created_line_is_bsdec2s() {
+        assert_eq!(
+            created_line("us-east-1", "ami-0123456789abcdef0"),
+            "Created AMI in us-east-1 region: ami-0123456789abcdef0"
+        );
+    }
+}

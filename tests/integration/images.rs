@@ -1,0 +1,329 @@
+//! register, copy and share against moto in several regions, through the recording
+//! proxy. moto keeps only an AMI's name and description, so the attributes are checked
+//! on the RegisterImage requests the proxy saw.
+
+use ec2ami::testkit::{Fault, FaultRule};
+
+use crate::common::*;
+
+/// Form parameters of the recorded requests of `operation`.
+fn params_of(world: &World, operation: &str) -> Vec<Vec<(String, String)>> {
+    world
+        .proxy
+        .requests()
+        .into_iter()
+        .filter(|r| r.operation == operation && (200..300).contains(&r.status))
+        .map(|r| {
+            let body = String::from_utf8_lossy(r.body.as_ref().unwrap()).into_owned();
+            body.split('&')
+                .map(|kv| {
+                    let (k, v) = kv.split_once('=').unwrap_or((kv, ""));
+                    (k.to_string(), urldecode(v))
+                })
+                .collect()
+        })
+        .collect()
+}
+
+fn urldecode(s: &str) -> String {
+    let b = s.as_bytes();
+    let (mut out, mut i) = (Vec::new(), 0);
+    while i < b.len() {
+        if b[i] == b'%' && i + 2 < b.len() {
+            out.push(u8::from_str_radix(&s[i + 1..i + 3], 16).unwrap());
+            i += 3;
+        } else {
+            out.push(if b[i] == b'+' { b' ' } else { b[i] });
+            i += 1;
+        }
+    }
+    String::from_utf8(out).unwrap()
+}
+
+fn get<'a>(params: &'a [(String, String)], key: &str) -> Option<&'a str> {
+    params
+        .iter()
+        .find(|(k, _)| k == key)
+        .map(|(_, v)| v.as_str())
+}
+
+async fn uploaded_snapshot(world: &World) -> String {
+    let image = world.path("os.raw");
+    write_file(&image, &random_bytes(40, 3 * MIB as usize));
+    let report = world.upload(&image, &[]).await;
+    report["snapshot_id"].as_str().unwrap().to_string()
+}
+
+/// The AMI `image_id` as moto describes it in `region`.
+async fn describe(world: &World, region: &str, image_id: &str) -> aws_sdk_ec2::types::Image {
+    let clients = world.clients().await.in_region(region);
+    clients
+        .ec2
+        .describe_images()
+        .image_ids(image_id)
+        .send()
+        .await
+        .unwrap()
+        .images()
+        .first()
+        .cloned()
+        .unwrap_or_else(|| panic!("{image_id} not in {region}"))
+}
+
+async fn own_images(world: &World, region: &str) -> Vec<aws_sdk_ec2::types::Image> {
+    let clients = world.clients().await.in_region(region);
+    clients
+        .ec2
+        .describe_images()
+        .owners("self")
+        .send()
+        .await
+        .unwrap()
+        .images()
+        .to_vec()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn register_sends_every_attribute_and_reruns_reuse() {
+    let world = World::moto().await;
+    let snap = uploaded_snapshot(&world).await;
+    world.proxy.clear_requests();
+    let name = "MyOS 15.0-CURRENT-amd64-20261122 UEFI-PREFERRED base UFS";
+    let args = [
+        "register",
+        &snap,
+        "--name",
+        name,
+        "--description",
+        "MyOS/amd64 CURRENT@4f1e2d3",
+        "--boot-mode",
+        "uefi-preferred",
+        "--ena",
+        "--sriov",
+        "--tpm",
+        "--deprecate-at",
+        "2028-11-22",
+        "--tag",
+        "branch=CURRENT",
+    ];
+    let run = world.run(&args).await;
+    run.assert_ok();
+    let ami = run.stdout.trim().to_string();
+    assert!(ami.starts_with("ami-"), "{ami}");
+
+    let reg = params_of(&world, "RegisterImage");
+    assert_eq!(reg.len(), 1);
+    let p = &reg[0];
+    for (k, v) in [
+        ("Name", name),
+        ("Description", "MyOS/amd64 CURRENT@4f1e2d3"),
+        ("Architecture", "x86_64"),
+        ("RootDeviceName", "/dev/sda1"),
+        ("VirtualizationType", "hvm"),
+        ("BootMode", "uefi-preferred"),
+        ("EnaSupport", "true"),
+        ("SriovNetSupport", "simple"),
+        ("TpmSupport", "v2.0"),
+        ("ImdsSupport", "v2.0"),
+        ("BlockDeviceMapping.1.DeviceName", "/dev/sda1"),
+        ("BlockDeviceMapping.1.Ebs.SnapshotId", snap.as_str()),
+        ("BlockDeviceMapping.1.Ebs.VolumeType", "gp3"),
+        ("BlockDeviceMapping.1.Ebs.VolumeSize", "10"),
+        ("BlockDeviceMapping.1.Ebs.DeleteOnTermination", "true"),
+    ] {
+        assert_eq!(get(p, k), Some(v), "{k} in {p:?}");
+    }
+    let dep = params_of(&world, "EnableImageDeprecation");
+    assert_eq!(get(&dep[0], "ImageId"), Some(ami.as_str()));
+    assert!(
+        get(&dep[0], "DeprecateAt")
+            .unwrap()
+            .starts_with("2028-11-22T00:00:00")
+    );
+    // Tags reach the image (moto keeps them thanks to the harness's fixup).
+    let img = describe(&world, REGION, &ami).await;
+    let tag = |k: &str| {
+        img.tags()
+            .iter()
+            .find(|t| t.key() == Some(k))
+            .and_then(|t| t.value())
+            .map(str::to_string)
+    };
+    assert_eq!(tag("branch").as_deref(), Some("CURRENT"));
+    assert_eq!(tag(ec2ami::ami::SOURCE_SNAPSHOT_TAG), Some(snap.clone()));
+
+    // Again: the same AMI, nothing registered.
+    world.proxy.clear_requests();
+    let again = world.run(&args).await;
+    again.assert_ok();
+    assert_eq!(again.stdout.trim(), ami);
+    assert_eq!(world.proxy.count("RegisterImage"), 0);
+
+    // The name taken by another snapshot's image: a clear error, nothing registered.
+    let other = world
+        .run(&["register", "snap-0123456789abcdef0", "--name", name])
+        .await;
+    other.assert_failed_with("already exists");
+    assert_eq!(world.proxy.count("RegisterImage"), 0);
+    assert_eq!(own_images(&world, REGION).await.len(), 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn arm64_defaults_and_impossible_specs() {
+    let world = World::moto().await;
+    let snap = uploaded_snapshot(&world).await;
+    world.proxy.clear_requests();
+    world
+        .run(&["register", &snap, "--name", "MyOS arm64", "--arch", "arm64"])
+        .await
+        .assert_ok();
+    let p = &params_of(&world, "RegisterImage")[0];
+    assert_eq!(get(p, "BootMode"), Some("uefi"));
+    assert_eq!(get(p, "Architecture"), Some("arm64"));
+    assert_eq!(get(p, "ImdsSupport"), Some("v2.0"));
+
+    world.proxy.clear_requests();
+    for (args, needle) in [
+        (vec!["--tpm"], "needs a UEFI boot mode"),
+        (
+            vec!["--arch", "arm64", "--boot-mode", "legacy-bios"],
+            "legacy-bios",
+        ),
+        (vec!["--volume-type", "gp9"], "unknown volume type"),
+        (vec!["--arch", "amd64"], "unknown architecture"),
+    ] {
+        let mut full = vec!["register", snap.as_str(), "--name", "MyOS x"];
+        full.extend(args);
+        world.run(&full).await.assert_failed_with(needle);
+    }
+    assert!(
+        world.proxy.requests().is_empty(),
+        "refused before any request"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn copy_to_regions_then_share_and_revoke() {
+    let world = World::moto().await;
+    let snap = uploaded_snapshot(&world).await;
+    let run = world
+        .run(&["register", &snap, "--name", "MyOS copy test", "--ena"])
+        .await;
+    run.assert_ok();
+    let ami = run.stdout.trim().to_string();
+    world.proxy.clear_requests();
+    // 10 % throttling on everything: the result must be the same.
+    world
+        .proxy
+        .set_rules(vec![FaultRule::with_rate(None, Fault::Throttle, 0.10)]);
+
+    let run = world
+        .run(&["copy", &ami, "--to", "us-west-2,eu-west-1,us-east-1"])
+        .await;
+    run.assert_ok();
+    let lines: Vec<&str> = run.stdout.lines().collect();
+    assert_eq!(lines.len(), 3, "{}", run.stdout);
+    assert_eq!(lines[0], format!("Created AMI in us-east-1 region: {ami}"));
+    let mut copies = std::collections::BTreeMap::new();
+    for line in &lines[1..] {
+        let rest = line.strip_prefix("Created AMI in ").unwrap();
+        let (region, id) = rest.split_once(" region: ").unwrap();
+        copies.insert(region.to_string(), id.to_string());
+    }
+    assert_eq!(
+        copies.keys().cloned().collect::<Vec<_>>(),
+        vec!["eu-west-1", "us-west-2"]
+    );
+    let cp = params_of(&world, "CopyImage");
+    assert_eq!(cp.len(), 2, "one CopyImage per region");
+    for p in &cp {
+        assert_eq!(get(p, "SourceImageId"), Some(ami.as_str()));
+        assert_eq!(get(p, "SourceRegion"), Some("us-east-1"));
+        assert_eq!(get(p, "Name"), Some("MyOS copy test"));
+        assert!(get(p, "ClientToken").is_some_and(|t| t.len() == 32));
+    }
+    for (region, id) in &copies {
+        let img = describe(&world, region, id).await;
+        assert_eq!(img.name(), Some("MyOS copy test"));
+        assert!(
+            img.tags()
+                .iter()
+                .any(|t| t.key() == Some(ec2ami::ami::SOURCE_IMAGE_TAG)
+                    && t.value() == Some(ami.as_str()))
+        );
+        assert_eq!(own_images(&world, region).await.len(), 1);
+    }
+
+    // A rerun copies nothing and prints the same lines.
+    world.proxy.clear_requests();
+    let again = world
+        .run(&["copy", &ami, "--to", "us-west-2,eu-west-1,us-east-1"])
+        .await;
+    again.assert_ok();
+    assert_eq!(again.stdout, run.stdout);
+    assert_eq!(world.proxy.count("CopyImage"), 0);
+
+    let regions = "us-east-1,us-west-2,eu-west-1";
+    world
+        .run(&["share", &ami, "--public", "--regions", regions])
+        .await
+        .assert_ok();
+    assert!(
+        describe(&world, REGION, &ami)
+            .await
+            .public()
+            .unwrap_or(false)
+    );
+    for (region, id) in &copies {
+        assert!(
+            describe(&world, region, id).await.public().unwrap_or(false),
+            "{region}"
+        );
+    }
+    world
+        .run(&["share", &ami, "--public", "--revoke", "--regions", regions])
+        .await
+        .assert_ok();
+    for (region, id) in copies.iter().chain([(&REGION.to_string(), &ami)]) {
+        assert!(
+            !describe(&world, region, id).await.public().unwrap_or(false),
+            "{region}"
+        );
+    }
+    world.proxy.set_rules(vec![]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_copy_and_share_requests_change_nothing() {
+    let world = World::moto().await;
+    let mutating = |w: &World| {
+        w.proxy
+            .requests()
+            .iter()
+            .filter(|r| !r.operation.starts_with("Describe") && !r.operation.starts_with("Get"))
+            .count()
+    };
+    world
+        .run(&["copy", "ami-0123456789abcdef0", "--to", "us-west-2,mars-1"])
+        .await
+        .assert_failed_with("mars-1");
+    world
+        .run(&["share", "ami-0123456789abcdef0", "--account", "12345"])
+        .await
+        .assert_failed_with("12 digits");
+    world
+        .run(&["share", "ami-0123456789abcdef0"])
+        .await
+        .assert_failed_with("nothing to share");
+    world
+        .run(&[
+            "share",
+            "ami-0123456789abcdef0",
+            "--public",
+            "--regions",
+            "us-east-1",
+        ])
+        .await
+        .assert_failed_with("not found");
+    assert_eq!(mutating(&world), 0);
+}
