@@ -2,9 +2,10 @@
 //! Amazon EC2 machine images.
 //!
 //! The modules follow the pipeline: [`image`] reads disk images, [`snapshot`] moves
-//! them to and from EBS snapshots; [`aws`] builds the SDK clients and holds the one
-//! retry layer; [`cli`] is the command line; [`testkit`] is the local AWS-protocol
-//! world the tests and benchmarks run against.
+//! them to and from EBS snapshots, [`ami`] registers, copies and shares machine images;
+//! [`state`] is the SQLite journal and history; [`aws`] builds the SDK clients and
+//! holds the one retry layer; [`cli`] is the command line; [`testkit`] is the local
+//! AWS-protocol world the tests and benchmarks run against.
 
 pub mod ami;
 pub mod aws;
@@ -12,4 +13,5 @@ pub mod cli;
 pub mod image;
 pub mod progress;
 pub mod snapshot;
+pub mod state;
 pub mod testkit;

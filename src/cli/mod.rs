@@ -53,6 +53,15 @@ struct GlobalArgs {
     /// Time limit for one AWS operation, all retries included.
     #[arg(long, global = true, value_name = "DURATION", default_value = "10m", value_parser = parse_duration)]
     operation_timeout: Duration,
+    /// The state database: publish journal, launched instances, boot-time history
+    /// (default: $XDG_STATE_HOME/ec2ami/state.db).
+    #[arg(
+        long = "state",
+        global = true,
+        value_name = "PATH",
+        env = "EC2AMI_STATE"
+    )]
+    state: Option<PathBuf>,
 }
 
 /// Output format.
@@ -197,6 +206,16 @@ impl GlobalArgs {
             deadline: self.operation_timeout,
             ..RetryPolicy::default()
         }
+    }
+
+    /// Open the state database.
+    #[allow(dead_code)] // the commands that use it are being written
+    fn state_db(&self) -> Result<crate::state::StateDb, Failure> {
+        let path = self
+            .state
+            .clone()
+            .unwrap_or_else(crate::state::default_path);
+        Ok(crate::state::StateDb::open(&path)?)
     }
 
     fn progress(&self) -> ProgressMode {
