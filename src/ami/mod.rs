@@ -17,7 +17,7 @@ use tokio::time::Instant;
 
 use crate::aws::{AwsError, Clients, ErrorClass, RetryPolicy};
 
-pub use copy::{CopyLimiter, CopyOptions, CopyOutcome, copy_to_regions};
+pub use copy::{CopyLimiter, CopyOptions, CopyOutcome, OnCreated, check_outcomes, copy_to_regions};
 pub use register::{ImageSpec, Registered, register};
 pub use share::{ShareSpec, share};
 
@@ -54,10 +54,11 @@ pub enum BootMode {
 }
 
 /// Instance metadata service versions an AMI's instances accept.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Default)]
 pub enum Imds {
     /// IMDSv2 only (the secure default).
     #[serde(rename = "v2.0")]
+    #[default]
     V2,
     /// v1 or v2.
     #[serde(rename = "optional")]

@@ -5,4 +5,5 @@ mod bad_input;
 mod common;
 mod faults;
 mod images;
+mod publish;
 mod roundtrip;
