@@ -100,6 +100,26 @@ impl std::fmt::Debug for MotoServer {
     }
 }
 
+/// How to start moto (see [`MotoServer::start_with`]).
+#[derive(Clone, Debug)]
+pub struct MotoOptions {
+    /// The Python interpreter that has moto (default: `$EC2AMI_PYTHON`, else `python3`).
+    pub python: String,
+    /// Load moto's Amazon-owned public AMIs and their snapshots (about 1200 per region,
+    /// under a second more per region), so that a test sees images and snapshots the
+    /// account does not own, as it would in AWS.
+    pub amazon_images: bool,
+}
+
+impl Default for MotoOptions {
+    fn default() -> Self {
+        MotoOptions {
+            python: std::env::var("EC2AMI_PYTHON").unwrap_or_else(|_| "python3".to_string()),
+            amazon_images: false,
+        }
+    }
+}
+
 /// Why one launch attempt failed.
 enum Attempt {
     /// The port was taken between our probe and moto's bind: try another.
@@ -114,8 +134,7 @@ impl MotoServer {
     ///
     /// This blocks the calling thread; from async code use [`MotoServer::start_async`].
     pub fn start() -> io::Result<MotoServer> {
-        let python = std::env::var("EC2AMI_PYTHON").unwrap_or_else(|_| "python3".to_string());
-        Self::start_with_python(&python)
+        Self::start_with(&MotoOptions::default())
     }
 
     /// [`MotoServer::start`] on tokio's blocking pool, for async callers.
@@ -127,9 +146,17 @@ impl MotoServer {
 
     /// Like [`MotoServer::start`] with an explicit Python interpreter.
     pub fn start_with_python(python: &str) -> io::Result<MotoServer> {
+        Self::start_with(&MotoOptions {
+            python: python.to_string(),
+            ..MotoOptions::default()
+        })
+    }
+
+    /// Like [`MotoServer::start`] with explicit options.
+    pub fn start_with(options: &MotoOptions) -> io::Result<MotoServer> {
         let mut last = None;
         for _ in 0..START_ATTEMPTS {
-            match Self::try_start(python) {
+            match Self::try_start(options) {
                 Ok(s) => return Ok(s),
                 Err(Attempt::PortRace(e)) => last = Some(e),
                 Err(Attempt::Fatal(e)) => return Err(e),
@@ -138,7 +165,8 @@ impl MotoServer {
         Err(last.unwrap_or_else(|| io::Error::other("moto did not start")))
     }
 
-    fn try_start(python: &str) -> Result<MotoServer, Attempt> {
+    fn try_start(options: &MotoOptions) -> Result<MotoServer, Attempt> {
+        let python = options.python.as_str();
         let port = free_port().map_err(Attempt::Fatal)?;
         let log = tempfile::Builder::new()
             .prefix("ec2ami-moto-")
@@ -154,7 +182,14 @@ impl MotoServer {
             .stdin(Stdio::null())
             .stdout(Stdio::from(out))
             .stderr(Stdio::from(err))
-            .env("MOTO_EC2_LOAD_DEFAULT_AMIS", "false")
+            .env(
+                "MOTO_EC2_LOAD_DEFAULT_AMIS",
+                if options.amazon_images {
+                    "true"
+                } else {
+                    "false"
+                },
+            )
             .env("AWS_EC2_METADATA_DISABLED", "true")
             .env("AWS_ACCESS_KEY_ID", DUMMY_ACCESS_KEY)
             .env("AWS_SECRET_ACCESS_KEY", DUMMY_SECRET_KEY)
