@@ -47,6 +47,7 @@ import time
 REQUIRED = [
     "moto.server:main",
     "moto.core.responses:ActionResult",
+    # Answers are built from model attributes found by their snake_case names.
     "moto.core.serialize:XFormedAttributePicker",
     "moto.ec2.exceptions:EC2ClientError",
     "moto.ec2.exceptions:InvalidAMIIdError",
@@ -134,13 +135,15 @@ def resolve():
         missing += [
             f"moto.ec2.models.amis:Ami(..., {a}=)" for a in AMI_ARGS if a not in params
         ]
+        if not isinstance(Moto.Ami.block_device_mappings, property):
+            missing.append("moto.ec2.models.amis:Ami.block_device_mappings as a property")
         for mixin in (Moto.AmisResponse, Moto.ElasticBlockStore):
             if not issubclass(Moto.EC2Response, mixin):
                 missing.append(f"moto.ec2.responses:EC2Response built from {mixin.__name__}")
     if missing:
         sys.stderr.write(
             f"moto_ext: moto {getattr(moto, '__version__', '?')} lacks what this extension "
-            f"patches or relies on (it needs moto 5.2): {', '.join(missing)}. "
+            f"patches or relies on (it was written for moto 5.2): {', '.join(missing)}. "
             "Update src/testkit/moto_ext.py for this moto.\n"
         )
         sys.exit(3)
