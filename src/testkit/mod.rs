@@ -6,6 +6,6 @@ pub mod moto;
 pub mod proxy;
 pub mod strict_ebs;
 
-pub use moto::MotoServer;
+pub use moto::{MotoOptions, MotoServer};
 pub use proxy::{Fault, FaultProxy, FaultRule, ProxyConfig, RecordedRequest};
 pub use strict_ebs::{SnapshotView, StrictEbs, StrictEbsConfig};
