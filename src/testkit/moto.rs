@@ -7,8 +7,12 @@
 //! snapshots; CopyImage's attributes, per-region snapshots, tags and ClientToken; image
 //! deprecation; DeregisterImage's DeleteAssociatedSnapshots and snapshots in use; the
 //! DescribeImages block-device-mapping filters; DescribeImageAttribute; image block
-//! public access; DescribeSnapshots OwnerIds. A moto that lacks what the extension
-//! patches makes the start fail with a message naming it.
+//! public access; DescribeSnapshots OwnerIds; pagination of DescribeImages,
+//! DescribeSnapshots and DescribeLaunchTemplateVersions. Harness-only additions: the
+//! `moto-ext:created-at` tag backdates an image or snapshot, and
+//! `POST /moto-api/ec2ami/generate` makes images and snapshots in bulk (benchmarks). A
+//! moto that lacks what the extension patches makes the start fail with a message
+//! naming it.
 
 use std::fs::File;
 use std::io::{self, BufRead, BufReader, Read, Seek, SeekFrom, Write};
@@ -109,6 +113,10 @@ pub struct MotoOptions {
     /// under a second more per region), so that a test sees images and snapshots the
     /// account does not own, as it would in AWS.
     pub amazon_images: bool,
+    /// Cap every page of DescribeImages, DescribeSnapshots and
+    /// DescribeLaunchTemplateVersions at this many items (the extension's harness-only
+    /// `MOTO_EXT_PAGE_SIZE`), so that a small test world still takes several pages.
+    pub page_size: Option<usize>,
 }
 
 impl Default for MotoOptions {
@@ -116,6 +124,7 @@ impl Default for MotoOptions {
         MotoOptions {
             python: std::env::var("EC2AMI_PYTHON").unwrap_or_else(|_| "python3".to_string()),
             amazon_images: false,
+            page_size: None,
         }
     }
 }
@@ -196,6 +205,10 @@ impl MotoServer {
             .env("AWS_DEFAULT_REGION", "us-east-1")
             .env("PYTHONUNBUFFERED", "1")
             .process_group(0);
+        match options.page_size {
+            Some(n) => cmd.env("MOTO_EXT_PAGE_SIZE", n.to_string()),
+            None => cmd.env_remove("MOTO_EXT_PAGE_SIZE"),
+        };
         for k in AWS_ENV_TO_REMOVE {
             cmd.env_remove(k);
         }

@@ -29,6 +29,17 @@ hold. This module changes, with AWS's semantics:
 - Image block public access per region (not in moto); ModifyImageAttribute refuses to
   make an image public while new sharing is blocked.
 - DescribeSnapshots honours OwnerIds (moto returns every owner's snapshots).
+- DescribeImages, DescribeSnapshots and DescribeLaunchTemplateVersions paginate with
+  MaxResults and NextToken as AWS does (moto answers everything, or for launch template
+  versions silently cuts the answer at 15 with no NextToken). Harness-only:
+  ``MOTO_EXT_PAGE_SIZE=N`` in moto's environment caps every such page at N items, so
+  that a small test world still needs several pages and a client that ignores NextToken
+  fails.
+- Harness-only, never in AWS: the tag ``moto-ext:created-at`` (an RFC 3339 time) on an
+  image or snapshot sets its CreationDate or StartTime (moto stamps "now"), so tests can
+  build a history of weekly images; and ``POST /moto-api/ec2ami/generate`` (JSON) makes
+  images and snapshots directly in moto's model, for benchmarks that need tens of
+  thousands of them (creating them through the API would take minutes).
 
 Everything else is moto's. When moto lacks any symbol patched or relied on here, the
 script exits non-zero before serving, naming what is missing, so that a moto upgrade
@@ -38,6 +49,8 @@ breaks the tests loudly instead of quietly testing less.
 import datetime
 import importlib
 import inspect
+import json
+import os
 import re
 import sys
 import threading
@@ -73,7 +86,13 @@ REQUIRED = [
     "moto.ec2.responses.amis:AmisResponse.describe_image_attribute",
     "moto.ec2.responses.amis:AmisResponse.modify_image_attribute",
     "moto.ec2.responses.elastic_block_store:ElasticBlockStore.describe_snapshots",
+    "moto.ec2.responses.launch_templates:LaunchTemplates.describe_launch_template_versions",
+    "moto.ec2.models.launch_templates:LaunchTemplateBackend.describe_launch_template_versions",
+    "moto.ec2.models.tags:TagBackend.create_tags",
     "moto.ec2.utils:random_ami_id",
+    "moto.ec2.utils:random_snapshot_id",
+    "moto.core:DEFAULT_ACCOUNT_ID",
+    "moto.moto_api._internal.urls:url_paths",
 ]
 
 # Keyword arguments this module passes to moto's Ami constructor.
@@ -137,7 +156,7 @@ def resolve():
         ]
         if not isinstance(Moto.Ami.block_device_mappings, property):
             missing.append("moto.ec2.models.amis:Ami.block_device_mappings as a property")
-        for mixin in (Moto.AmisResponse, Moto.ElasticBlockStore):
+        for mixin in (Moto.AmisResponse, Moto.ElasticBlockStore, Moto.LaunchTemplates):
             if not issubclass(Moto.EC2Response, mixin):
                 missing.append(f"moto.ec2.responses:EC2Response built from {mixin.__name__}")
     if missing:
@@ -720,7 +739,7 @@ def modify_image_attribute(self):
 
 
 def describe_snapshots(self):
-    """DescribeSnapshots that honours OwnerIds (self = the caller's account)."""
+    """DescribeSnapshots that honours OwnerIds (self = the caller's account) and pages."""
     owners = self._get_param("OwnerIds") or []
     snapshots = self.ec2_backend.describe_snapshots(
         snapshot_ids=self._get_param("SnapshotIds", []),
@@ -729,7 +748,167 @@ def describe_snapshots(self):
     if owners:
         wanted = {self.current_account if o == "self" else o for o in owners}
         snapshots = [s for s in snapshots if s.owner_id in wanted]
-    return Moto.ActionResult({"Snapshots": snapshots})
+    return paged(self, "Snapshots", snapshots, DESCRIBE_LIMITS)
+
+
+# ---------------------------------------------------------------------------------------
+# Pagination
+
+# Harness-only: the largest page any paginated answer has (0: no cap).
+PAGE_CAP = int(os.environ.get("MOTO_EXT_PAGE_SIZE") or 0)
+# MaxResults ranges AWS accepts.
+DESCRIBE_LIMITS = (5, 1000)
+LAUNCH_TEMPLATE_LIMITS = (1, 200)
+TOKEN_PREFIX = "moto-ext-page-"
+
+
+def paged(self, key, items, limits):
+    """The page of `items` a request asks for, as AWS answers it: at most MaxResults
+    (checked against AWS's range) and the harness's cap, with a NextToken while items
+    remain."""
+    low, high = limits
+    max_results = self._get_param("MaxResults")
+    if max_results is not None:
+        max_results = int(max_results)
+        if not low <= max_results <= high:
+            raise error(
+                "InvalidParameterValue",
+                f"Value ( {max_results} ) for parameter maxResults is invalid. "
+                f"Expecting a value between {low} and {high}.",
+            )
+    token = self._get_param("NextToken")
+    start = 0
+    if token:
+        offset = token[len(TOKEN_PREFIX):] if token.startswith(TOKEN_PREFIX) else ""
+        if not offset.isdigit():
+            raise error("InvalidParameterValue", f"Invalid value for NextToken: {token}")
+        start = int(offset)
+    sizes = [n for n in (max_results, PAGE_CAP) if n]
+    end = min(len(items), start + min(sizes)) if sizes else len(items)
+    result = {key: list(items[start:end])}
+    if end < len(items):
+        result["NextToken"] = f"{TOKEN_PREFIX}{end}"
+    return Moto.ActionResult(result)
+
+
+def describe_images(self):
+    """DescribeImages answered in pages."""
+    images = ORIGINAL["describe_images"](self).result["Images"]
+    return paged(self, "Images", images, DESCRIBE_LIMITS)
+
+
+def describe_launch_template_versions(self):
+    """DescribeLaunchTemplateVersions answered in pages (moto cuts at 15, no token)."""
+    self.error_on_dryrun()
+    found = self.ec2_backend.describe_launch_template_versions(
+        template_name=self._get_param("LaunchTemplateName"),
+        template_id=self._get_param("LaunchTemplateId"),
+        versions=self._get_param("Versions", []),
+        min_version=self._get_int_param("MinVersion"),
+        max_version=self._get_int_param("MaxVersion"),
+        max_results=sys.maxsize,
+    )
+    versions = [
+        {
+            "CreateTime": version.create_time,
+            "CreatedBy": f"arn:aws:iam::{self.current_account}:root",
+            "DefaultVersion": template.is_default(version),
+            "LaunchTemplateData": version.data,
+            "LaunchTemplateId": template.id,
+            "LaunchTemplateName": template.name,
+            "VersionDescription": version.description,
+            "VersionNumber": version.number,
+        }
+        for template, version in found
+    ]
+    return paged(self, "LaunchTemplateVersions", versions, LAUNCH_TEMPLATE_LIMITS)
+
+
+# ---------------------------------------------------------------------------------------
+# Harness-only: backdated resources and bulk generation
+
+CREATED_AT_TAG = "moto-ext:created-at"
+
+
+def create_tags(self, resource_ids, tags):
+    """TagBackend.create_tags that backdates images and snapshots tagged CREATED_AT_TAG."""
+    done = ORIGINAL["create_tags"](self, resource_ids, tags)
+    if CREATED_AT_TAG in tags:
+        when = naive_utc(tags[CREATED_AT_TAG])
+        for resource_id in resource_ids:
+            if resource_id in self.amis:
+                self.amis[resource_id].creation_date = when
+            elif resource_id in self.snapshots:
+                self.snapshots[resource_id].start_time = when
+    return done
+
+
+def naive_utc(text):
+    """An RFC 3339 time as moto keeps its own times (naive, UTC)."""
+    return parse_time(text).replace(tzinfo=None)
+
+
+def generate(request, full_url, headers):
+    """POST /moto-api/ec2ami/generate: make images and snapshots in moto's model at once.
+
+    Body: {"images": [{"region", "name", "created", "tags", "snapshots": [{"size",
+    "description", "created", "tags"}]}], "snapshots": [{"region", "size",
+    "description", "created", "tags"}]}. Answers {"images": [ids], "snapshots": [ids]}
+    in the same order. Each image maps its snapshots as /dev/sda1, /dev/sdb...
+    """
+    if request.method != "POST":
+        return 405, {}, json.dumps({"error": "POST a JSON document"})
+    body = request.get_data() if hasattr(request, "get_data") else request.body
+    spec = json.loads(body or b"{}")
+    backends = Moto.ec2_backends[spec.get("account", Moto.DEFAULT_ACCOUNT_ID)]
+    out = {"images": [], "snapshots": []}
+
+    def snapshot(backend, s):
+        snap = new_snapshot(backend, int(s.get("size", 8)), s.get("description", ""), False, None)
+        if s.get("created"):
+            snap.start_time = naive_utc(s["created"])
+        if s.get("tags"):
+            snap.add_tags(s["tags"])
+        return snap
+
+    with LOCK:
+        for s in spec.get("snapshots", []):
+            out["snapshots"].append(snapshot(backends[s["region"]], s).id)
+        for i in spec.get("images", []):
+            backend = backends[i["region"]]
+            mappings = []
+            for n, s in enumerate(i.get("snapshots", [])):
+                snap = snapshot(backend, s)
+                device = "/dev/sda1" if n == 0 else f"/dev/sd{chr(ord('a') + n)}"
+                mappings.append(
+                    {
+                        "DeviceName": device,
+                        "Ebs": {
+                            "SnapshotId": snap.id,
+                            "VolumeSize": snap.volume_size,
+                            "VolumeType": "gp3",
+                            "DeleteOnTermination": True,
+                            "Encrypted": False,
+                        },
+                    }
+                )
+            attrs = {
+                "name": i["name"],
+                "description": i.get("description"),
+                "architecture": i.get("architecture", "x86_64"),
+                "virtualization_type": "hvm",
+                "root_device_name": "/dev/sda1",
+                "root_device_type": "ebs",
+                "boot_mode": i.get("boot_mode", "uefi-preferred"),
+                "image_location": f"{backend.account_id}/{i['name']}",
+            }
+            ami = new_image(backend, Moto.random_ami_id(), mappings, attrs)
+            if i.get("created"):
+                ami.creation_date = naive_utc(i["created"])
+            if i.get("tags"):
+                ami.add_tags(i["tags"])
+            out["images"].append(ami.id)
+    return 200, {"Content-Type": "application/json"}, json.dumps(out)
 
 
 # ---------------------------------------------------------------------------------------
@@ -746,10 +925,13 @@ def install():
     ORIGINAL["delete_snapshot"] = EBSBackend.delete_snapshot
     ORIGINAL["describe_image_attribute"] = Moto.AmisResponse.describe_image_attribute
     ORIGINAL["modify_image_attribute"] = Moto.AmisResponse.modify_image_attribute
+    ORIGINAL["describe_images"] = Moto.AmisResponse.describe_images
+    ORIGINAL["create_tags"] = Moto.TagBackend.create_tags
 
     Ami.block_device_mappings = property(mappings_of)
     Ami.get_filter_value = image_filter_value
     EBSBackend.delete_snapshot = delete_snapshot
+    Moto.TagBackend.create_tags = create_tags
     for handler in (
         register_image,
         copy_image,
@@ -761,14 +943,19 @@ def install():
         enable_image_block_public_access,
         disable_image_block_public_access,
         modify_image_attribute,
+        describe_images,
     ):
         setattr(Moto.AmisResponse, handler.__name__, handler)
     Moto.ElasticBlockStore.describe_snapshots = describe_snapshots
+    Moto.LaunchTemplates.describe_launch_template_versions = describe_launch_template_versions
+    Moto.url_paths["{0}/moto-api/ec2ami/generate"] = generate
 
 
 def main(argv):
     install()
-    sys.stderr.write("moto_ext: moto patched (AMI state, deprecation, block public access)\n")
+    sys.stderr.write(
+        "moto_ext: moto patched (AMI state, deprecation, block public access, pagination)\n"
+    )
     Moto.main(argv)
 
 

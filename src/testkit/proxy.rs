@@ -121,6 +121,8 @@ pub struct FaultRule {
     pub rate: f64,
     /// If set, the fault applies to exactly the first n matching requests.
     pub first_n: Option<u64>,
+    /// Region (from the SigV4 credential scope) to match; `None` = any.
+    pub region: Option<String>,
 }
 
 impl FaultRule {
@@ -131,6 +133,7 @@ impl FaultRule {
             fault,
             rate: 0.0,
             first_n: Some(n),
+            region: None,
         }
     }
 
@@ -141,6 +144,15 @@ impl FaultRule {
             fault,
             rate,
             first_n: None,
+            region: None,
+        }
+    }
+
+    /// The same rule, for requests to `region` only.
+    pub fn in_region(self, region: &str) -> Self {
+        FaultRule {
+            region: Some(region.to_string()),
+            ..self
         }
     }
 }
@@ -621,10 +633,12 @@ fn moto_fixup(op: &str, status: u16, body: &Bytes) -> Option<(u16, Bytes)> {
 }
 
 impl ProxyInner {
-    fn pick_fault(&self, op: &str) -> Option<Fault> {
+    fn pick_fault(&self, op: &str, region: &str) -> Option<Fault> {
         let mut rules = lock(&self.rules);
         for rs in rules.iter_mut() {
-            if rs.rule.operation.as_deref().is_some_and(|o| o != op) {
+            if rs.rule.operation.as_deref().is_some_and(|o| o != op)
+                || rs.rule.region.as_deref().is_some_and(|r| r != region)
+            {
                 continue;
             }
             match rs.rule.first_n {
@@ -670,7 +684,7 @@ impl ProxyInner {
         };
         let (op, has_action) = classify(&parts, &body);
         let proto = protocol(&service, &parts, &op, has_action);
-        let fault = self.pick_fault(&op);
+        let fault = self.pick_fault(&op, &region);
         let mut rec = RecordedRequest {
             service,
             region,
