@@ -3,6 +3,7 @@
 //!
 //! The modules follow the pipeline: [`image`] reads disk images, [`snapshot`] moves
 //! them to and from EBS snapshots, [`ami`] registers, copies and shares machine images;
+//! [`params`] and [`publish`] put a release out; [`prune`] deletes what is obsolete;
 //! [`state`] is the SQLite journal and history; [`aws`] builds the SDK clients and
 //! holds the one retry layer; [`cli`] is the command line; [`testkit`] is the local
 //! AWS-protocol world the tests and benchmarks run against.
@@ -13,6 +14,7 @@ pub mod cli;
 pub mod image;
 pub mod params;
 pub mod progress;
+pub mod prune;
 pub mod publish;
 pub mod snapshot;
 pub mod state;

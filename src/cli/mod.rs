@@ -2,6 +2,7 @@
 //! modules each subcommand calls.
 
 mod images;
+mod prune;
 mod publish;
 mod testkit;
 
@@ -94,6 +95,11 @@ enum Command {
     /// Check every AMI, permission and parameter of a release: Correct, Incorrect,
     /// Missing or Unreachable.
     Validate(publish::ValidateArgs),
+    /// Delete old AMIs (every region) and the snapshots only they use, and orphaned
+    /// snapshots, by a retention policy; prints the plan, deletes only with --yes.
+    Prune(prune::PruneArgs),
+    /// Set EC2 deprecation times: one AMI and its copies, or the older images of series.
+    Deprecate(prune::DeprecateArgs),
     /// Other tools' command lines, done by ec2ami.
     #[command(subcommand)]
     Compat(publish::CompatCommand),
@@ -316,6 +322,8 @@ async fn run(cli: Cli) -> Result<(), Failure> {
         Command::Params(c) => publish::params(g, c).await,
         Command::Publish(a) => publish::publish(g, a).await,
         Command::Validate(a) => publish::validate(g, a).await,
+        Command::Prune(a) => prune::prune(g, a).await,
+        Command::Deprecate(a) => prune::deprecate(g, a).await,
         Command::Compat(c) => publish::compat(g, c).await,
         Command::Testkit(c) => testkit::run(c).await,
     }

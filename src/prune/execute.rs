@@ -1,0 +1,502 @@
+//! Carry out a prune plan: every region at once, each region's deletions paced, and the
+//! guards looked at again right before each deletion. A failure is recorded and the
+//! rest goes on; an interruption stops new deletions and says what was left undone.
+
+use std::collections::BTreeMap;
+use std::future::Future;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use futures_util::future::join_all;
+use serde::Serialize;
+use tokio::time::Instant;
+
+use super::guard::guards;
+use super::inventory::{self, ParameterSources};
+use super::plan::{Action, Plan, RegionPlan, SnapshotItem};
+use crate::aws::{AwsError, Clients, RetryPolicy};
+
+/// Default deletions per second in one region: EC2's sustained rate for mutating
+/// calls (its token bucket refills 5 per second).
+pub const DEFAULT_RATE: f64 = 5.0;
+
+/// How to carry out a plan.
+#[derive(Debug, Clone)]
+pub struct ExecuteOptions {
+    /// The retry layer for every call.
+    pub retry: RetryPolicy,
+    /// Public images may be deleted.
+    pub include_public: bool,
+    /// The SSM parameters to check again, per region.
+    pub sources: BTreeMap<String, ParameterSources>,
+    /// Deletions (deregistrations and snapshot deletions) per second in one region.
+    pub rate: f64,
+}
+
+/// What happened to one planned deletion.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Status {
+    /// Deregistered or deleted.
+    Deleted,
+    /// Someone else removed it first.
+    AlreadyGone,
+    /// Not deleted: a guard appeared, or the snapshot is still in use.
+    Skipped,
+    /// The deletion failed.
+    Failed,
+    /// Not attempted: interrupted, or what it depends on failed.
+    NotDone,
+}
+
+/// One planned deletion and its fate.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Outcome {
+    /// Region.
+    pub region: String,
+    /// `image` or `snapshot`.
+    pub kind: &'static str,
+    /// AMI or snapshot id.
+    pub id: String,
+    /// What happened.
+    pub status: Status,
+    /// The image's name or the snapshot's size; for others than `deleted`, why.
+    pub detail: String,
+    /// Snapshot size in GiB, as planned.
+    pub gib: Option<f64>,
+}
+
+/// What a prune did.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Report {
+    /// Every planned deletion, region by region, in order.
+    pub outcomes: Vec<Outcome>,
+    /// Images deregistered.
+    pub images_deleted: usize,
+    /// Snapshots deleted.
+    pub snapshots_deleted: usize,
+    /// GiB those snapshots held (as planned).
+    pub gib_freed: f64,
+    /// Deletions a fresh guard or use stopped.
+    pub skipped: usize,
+    /// Deletions that failed or were not attempted.
+    pub failed: usize,
+    /// Stopped by Ctrl-C or SIGTERM.
+    pub interrupted: bool,
+}
+
+impl Report {
+    fn new(outcomes: Vec<Outcome>, interrupted: bool) -> Report {
+        let count = |kind: &str| {
+            outcomes
+                .iter()
+                .filter(|o| o.kind == kind && o.status == Status::Deleted)
+                .count()
+        };
+        let gib: f64 = outcomes
+            .iter()
+            .filter(|o| o.status == Status::Deleted)
+            .filter_map(|o| o.gib)
+            .sum();
+        Report {
+            images_deleted: count("image"),
+            snapshots_deleted: count("snapshot"),
+            gib_freed: (gib * 100.0).round() / 100.0,
+            skipped: outcomes
+                .iter()
+                .filter(|o| o.status == Status::Skipped)
+                .count(),
+            failed: outcomes
+                .iter()
+                .filter(|o| matches!(o.status, Status::Failed | Status::NotDone))
+                .count(),
+            interrupted,
+            outcomes,
+        }
+    }
+
+    /// True when every planned deletion was done or deliberately skipped.
+    pub fn ok(&self) -> bool {
+        self.failed == 0 && !self.interrupted
+    }
+
+    /// One line per planned deletion, then a summary.
+    pub fn render(&self) -> String {
+        let mut out = String::new();
+        for o in &self.outcomes {
+            let status = match o.status {
+                Status::Deleted => "deleted",
+                Status::AlreadyGone => "gone",
+                Status::Skipped => "skipped",
+                Status::Failed => "FAILED",
+                Status::NotDone => "NOT DONE",
+            };
+            out.push_str(&format!(
+                "{status:<9} {:<15} {:<22} {}\n",
+                o.region, o.id, o.detail
+            ));
+        }
+        out.push_str(&format!(
+            "deleted {} image(s) and {} snapshot(s) ({} GiB); {} skipped; {} failed or not done{}",
+            self.images_deleted,
+            self.snapshots_deleted,
+            self.gib_freed,
+            self.skipped,
+            self.failed,
+            if self.interrupted {
+                " (interrupted)"
+            } else {
+                ""
+            }
+        ));
+        out
+    }
+}
+
+/// Spaces one region's deletions `spacing` apart.
+struct Pacer {
+    spacing: Duration,
+    next: Instant,
+}
+
+impl Pacer {
+    fn new(rate: f64) -> Pacer {
+        Pacer {
+            spacing: Duration::from_secs_f64(1.0 / rate.max(0.001)),
+            next: Instant::now(),
+        }
+    }
+
+    async fn wait(&mut self) {
+        tokio::time::sleep_until(self.next).await;
+        self.next = Instant::now() + self.spacing;
+    }
+}
+
+/// Carry out `plan`: deletes exactly what it lists (less what a fresh look finds
+/// guarded or in use), every region concurrently. `shutdown` resolving stops new
+/// deletions; the calls in flight finish, so nothing is left unreported.
+pub async fn execute(
+    home: &Clients,
+    plan: &Plan,
+    opts: &ExecuteOptions,
+    shutdown: impl Future<Output = ()>,
+) -> Report {
+    let stop = AtomicBool::new(false);
+    let no_sources = ParameterSources::default();
+    let work = join_all(plan.regions.iter().filter(|r| r.error.is_none()).map(|r| {
+        let sources = opts.sources.get(&r.region).unwrap_or(&no_sources);
+        run_region(home.in_region(&r.region), r, sources, opts, &stop)
+    }));
+    tokio::pin!(work);
+    tokio::pin!(shutdown);
+    let mut interrupted = false;
+    let outcomes = loop {
+        tokio::select! {
+            done = &mut work => break done,
+            _ = &mut shutdown, if !interrupted => {
+                tracing::warn!("interrupted: finishing the calls in flight, starting no new deletion");
+                interrupted = true;
+                stop.store(true, Ordering::SeqCst);
+            }
+        }
+    };
+    Report::new(outcomes.into_iter().flatten().collect(), interrupted)
+}
+
+/// One region's deletions, in plan order.
+async fn run_region(
+    clients: Clients,
+    plan: &RegionPlan,
+    sources: &ParameterSources,
+    opts: &ExecuteOptions,
+    stop: &AtomicBool,
+) -> Vec<Outcome> {
+    let mut r = RegionRun {
+        clients,
+        sources,
+        opts,
+        pacer: Pacer::new(opts.rate),
+        out: Vec::new(),
+    };
+    for img in plan
+        .series
+        .iter()
+        .flat_map(|s| &s.images)
+        .filter(|i| i.action == Action::Delete)
+    {
+        let snaps: Vec<&SnapshotItem> = img
+            .snapshots
+            .iter()
+            .filter(|s| s.action == Action::Delete)
+            .collect();
+        if stop.load(Ordering::SeqCst) {
+            r.not_done_image(&img.image_id, &img.name, &snaps);
+            continue;
+        }
+        if r.image(&img.image_id, &img.name).await {
+            for s in &snaps {
+                if stop.load(Ordering::SeqCst) {
+                    r.record(
+                        "snapshot",
+                        &s.snapshot_id,
+                        Status::NotDone,
+                        format!(
+                            "interrupted after {} was deregistered: delete it with \
+                             `aws ec2 delete-snapshot --region {} --snapshot-id {}`",
+                            img.image_id,
+                            r.clients.region(),
+                            s.snapshot_id
+                        ),
+                        Some(s.gib),
+                    );
+                } else {
+                    r.snapshot(s).await;
+                }
+            }
+        } else {
+            for s in &snaps {
+                r.record(
+                    "snapshot",
+                    &s.snapshot_id,
+                    Status::NotDone,
+                    format!("kept: {} was not deregistered", img.image_id),
+                    Some(s.gib),
+                );
+            }
+        }
+    }
+    for s in plan.orphans.iter().filter(|s| s.action == Action::Delete) {
+        if stop.load(Ordering::SeqCst) {
+            r.record(
+                "snapshot",
+                &s.snapshot_id,
+                Status::NotDone,
+                "interrupted".into(),
+                Some(s.gib),
+            );
+        } else {
+            r.snapshot(s).await;
+        }
+    }
+    r.out
+}
+
+struct RegionRun<'a> {
+    clients: Clients,
+    sources: &'a ParameterSources,
+    opts: &'a ExecuteOptions,
+    pacer: Pacer,
+    out: Vec<Outcome>,
+}
+
+impl RegionRun<'_> {
+    fn record(
+        &mut self,
+        kind: &'static str,
+        id: &str,
+        status: Status,
+        detail: String,
+        gib: Option<f64>,
+    ) {
+        let region = self.clients.region().to_string();
+        match status {
+            Status::Deleted => tracing::info!("deleted {kind} {id} in {region} ({detail})"),
+            Status::AlreadyGone => tracing::info!("{kind} {id} in {region} was already gone"),
+            Status::Skipped => tracing::warn!("kept {kind} {id} in {region}: {detail}"),
+            Status::Failed | Status::NotDone => {
+                tracing::error!("{kind} {id} in {region} not deleted: {detail}")
+            }
+        }
+        self.out.push(Outcome {
+            region,
+            kind,
+            id: id.to_string(),
+            status,
+            detail,
+            gib,
+        });
+    }
+
+    fn not_done_image(&mut self, image_id: &str, name: &str, snaps: &[&SnapshotItem]) {
+        self.record(
+            "image",
+            image_id,
+            Status::NotDone,
+            format!("interrupted before `{name}` was deregistered"),
+            None,
+        );
+        for s in snaps {
+            self.record(
+                "snapshot",
+                &s.snapshot_id,
+                Status::NotDone,
+                "interrupted".into(),
+                Some(s.gib),
+            );
+        }
+    }
+
+    /// Look again, then deregister. True when the image is gone afterwards (so its
+    /// snapshots may go).
+    async fn image(&mut self, image_id: &str, name: &str) -> bool {
+        self.pacer.wait().await;
+        let retry = self.opts.retry;
+        let check = async {
+            let Some(img) = inventory::image(&self.clients, image_id, &retry).await? else {
+                return Ok::<_, AwsError>(None);
+            };
+            let users = inventory::users_of(&self.clients, image_id, self.sources, &retry).await?;
+            Ok(Some(guards(
+                image_id,
+                img.public,
+                &users,
+                self.opts.include_public,
+            )))
+        };
+        match check.await {
+            Err(e) => {
+                self.record(
+                    "image",
+                    image_id,
+                    Status::Failed,
+                    format!("could not look at it again: {e}"),
+                    None,
+                );
+                return false;
+            }
+            Ok(None) => {
+                self.record(
+                    "image",
+                    image_id,
+                    Status::AlreadyGone,
+                    "already deregistered".into(),
+                    None,
+                );
+                return true;
+            }
+            Ok(Some(g)) if !g.is_empty() => {
+                let why: Vec<String> = g.iter().map(|g| g.to_string()).collect();
+                self.record(
+                    "image",
+                    image_id,
+                    Status::Skipped,
+                    format!("guarded since the plan: {}", why.join("; ")),
+                    None,
+                );
+                return false;
+            }
+            Ok(Some(_)) => {}
+        }
+        let result = retry
+            .run(
+                &format!("DeregisterImage {image_id} in {}", self.clients.region()),
+                || async {
+                    self.clients
+                        .ec2
+                        .deregister_image()
+                        .image_id(image_id)
+                        .send()
+                        .await
+                        .map_err(|e| AwsError::from_sdk("DeregisterImage", e))
+                },
+            )
+            .await;
+        match result {
+            Ok(_) => {
+                self.record(
+                    "image",
+                    image_id,
+                    Status::Deleted,
+                    format!("`{name}`"),
+                    None,
+                );
+                true
+            }
+            // A retried call whose first answer was lost finds the image gone.
+            Err(e)
+                if e.has_code("InvalidAMIID.NotFound")
+                    || e.has_code("InvalidAMIID.Unavailable") =>
+            {
+                self.record(
+                    "image",
+                    image_id,
+                    Status::AlreadyGone,
+                    "already deregistered".into(),
+                    None,
+                );
+                true
+            }
+            Err(e) => {
+                self.record("image", image_id, Status::Failed, e.to_string(), None);
+                false
+            }
+        }
+    }
+
+    /// Look again (no image may map it), then delete.
+    async fn snapshot(&mut self, s: &SnapshotItem) {
+        self.pacer.wait().await;
+        let retry = self.opts.retry;
+        let id = s.snapshot_id.as_str();
+        let gib = Some(s.gib);
+        let check = async {
+            if inventory::snapshot(&self.clients, id, &retry)
+                .await?
+                .is_none()
+            {
+                return Ok::<_, AwsError>(None);
+            }
+            inventory::images_using_snapshot(&self.clients, id, &retry)
+                .await
+                .map(Some)
+        };
+        match check.await {
+            Err(e) => {
+                let detail = format!("could not look at it again: {e}");
+                return self.record("snapshot", id, Status::Failed, detail, gib);
+            }
+            Ok(None) => {
+                let detail = "already deleted".into();
+                return self.record("snapshot", id, Status::AlreadyGone, detail, gib);
+            }
+            Ok(Some(users)) if !users.is_empty() => {
+                let detail = format!("in use by {} since the plan", users.join(", "));
+                return self.record("snapshot", id, Status::Skipped, detail, gib);
+            }
+            Ok(Some(_)) => {}
+        }
+        // Right after DeregisterImage EC2 may still call the snapshot in use for a
+        // moment; no image maps it (just checked), so that answer is worth a few retries.
+        let in_use = RetryPolicy {
+            max_attempts: retry.max_attempts.min(6),
+            ..retry
+        };
+        let result = in_use
+            .run_with(
+                &format!("DeleteSnapshot {id} in {}", self.clients.region()),
+                |e| e.has_code("InvalidSnapshot.InUse"),
+                || async {
+                    self.clients
+                        .ec2
+                        .delete_snapshot()
+                        .snapshot_id(id)
+                        .send()
+                        .await
+                        .map_err(|e| AwsError::from_sdk("DeleteSnapshot", e))
+                },
+            )
+            .await;
+        match result {
+            Ok(_) => {
+                let detail = format!("{} GiB", s.gib);
+                self.record("snapshot", id, Status::Deleted, detail, gib)
+            }
+            Err(e) if e.has_code("InvalidSnapshot.NotFound") => {
+                let detail = "already deleted".into();
+                self.record("snapshot", id, Status::AlreadyGone, detail, gib)
+            }
+            Err(e) => self.record("snapshot", id, Status::Failed, e.to_string(), gib),
+        }
+    }
+}
