@@ -234,7 +234,8 @@ async fn run_region(
             r.not_done_image(&img.image_id, &img.name, &snaps);
             continue;
         }
-        if r.image(&img.image_id, &img.name).await {
+        let fate = r.image(&img.image_id, &img.name).await;
+        if fate == ImageFate::Gone {
             for s in &snaps {
                 if stop.load(Ordering::SeqCst) {
                     r.record(
@@ -255,12 +256,18 @@ async fn run_region(
                 }
             }
         } else {
+            // A guarded image keeps its snapshots as planned keeping goes; one that
+            // failed leaves them undone.
+            let status = match fate {
+                ImageFate::Guarded => Status::Skipped,
+                _ => Status::NotDone,
+            };
             for s in &snaps {
                 r.record(
                     "snapshot",
                     &s.snapshot_id,
-                    Status::NotDone,
-                    format!("kept: {} was not deregistered", img.image_id),
+                    status,
+                    format!("kept with {}, which was not deregistered", img.image_id),
                     Some(s.gib),
                 );
             }
@@ -280,6 +287,17 @@ async fn run_region(
         }
     }
     r.out
+}
+
+/// Where an image stands after [`RegionRun::image`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum ImageFate {
+    /// Deregistered (now or before): its snapshots may go.
+    Gone,
+    /// A guard appeared: kept.
+    Guarded,
+    /// Looking at it or deregistering it failed.
+    Failed,
 }
 
 struct RegionRun<'a> {
@@ -337,9 +355,8 @@ impl RegionRun<'_> {
         }
     }
 
-    /// Look again, then deregister. True when the image is gone afterwards (so its
-    /// snapshots may go).
-    async fn image(&mut self, image_id: &str, name: &str) -> bool {
+    /// Look again, then deregister.
+    async fn image(&mut self, image_id: &str, name: &str) -> ImageFate {
         self.pacer.wait().await;
         let retry = self.opts.retry;
         let check = async {
@@ -363,7 +380,7 @@ impl RegionRun<'_> {
                     format!("could not look at it again: {e}"),
                     None,
                 );
-                return false;
+                return ImageFate::Failed;
             }
             Ok(None) => {
                 self.record(
@@ -373,7 +390,7 @@ impl RegionRun<'_> {
                     "already deregistered".into(),
                     None,
                 );
-                return true;
+                return ImageFate::Gone;
             }
             Ok(Some(g)) if !g.is_empty() => {
                 let why: Vec<String> = g.iter().map(|g| g.to_string()).collect();
@@ -384,7 +401,7 @@ impl RegionRun<'_> {
                     format!("guarded since the plan: {}", why.join("; ")),
                     None,
                 );
-                return false;
+                return ImageFate::Guarded;
             }
             Ok(Some(_)) => {}
         }
@@ -411,7 +428,7 @@ impl RegionRun<'_> {
                     format!("`{name}`"),
                     None,
                 );
-                true
+                ImageFate::Gone
             }
             // A retried call whose first answer was lost finds the image gone.
             Err(e)
@@ -425,11 +442,11 @@ impl RegionRun<'_> {
                     "already deregistered".into(),
                     None,
                 );
-                true
+                ImageFate::Gone
             }
             Err(e) => {
                 self.record("image", image_id, Status::Failed, e.to_string(), None);
-                false
+                ImageFate::Failed
             }
         }
     }

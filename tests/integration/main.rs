@@ -7,5 +7,6 @@ mod common;
 mod faults;
 mod images;
 mod moto_ext;
+mod prune;
 mod publish;
 mod roundtrip;
