@@ -99,7 +99,7 @@ struct Row {
 async fn run(amis: usize) -> Row {
     let snapshots = 2 * amis;
     let options = MotoOptions {
-        opt_in_all_regions: true,
+        all_regions_opted_in: true,
         ..MotoOptions::default()
     };
     let moto = tokio::task::spawn_blocking(move || MotoServer::start_with(&options))

@@ -117,9 +117,6 @@ pub struct MotoOptions {
     /// DescribeLaunchTemplateVersions at this many items (the extension's harness-only
     /// `MOTO_EXT_PAGE_SIZE`), so that a small test world still takes several pages.
     pub page_size: Option<usize>,
-    /// Every opt-in region opted in (the extension's harness-only `MOTO_EXT_OPT_IN_ALL`),
-    /// so that DescribeRegions lists 30+ enabled regions.
-    pub opt_in_all_regions: bool,
 }
 
 impl Default for MotoOptions {
@@ -128,7 +125,6 @@ impl Default for MotoOptions {
             python: std::env::var("EC2AMI_PYTHON").unwrap_or_else(|_| "python3".to_string()),
             amazon_images: false,
             page_size: None,
-            opt_in_all_regions: false,
         }
     }
 }
@@ -213,11 +209,7 @@ impl MotoServer {
             Some(n) => cmd.env("MOTO_EXT_PAGE_SIZE", n.to_string()),
             None => cmd.env_remove("MOTO_EXT_PAGE_SIZE"),
         };
-        if options.opt_in_all_regions {
-            cmd.env("MOTO_EXT_OPT_IN_ALL", "1");
-        } else {
-            cmd.env_remove("MOTO_EXT_OPT_IN_ALL");
-        }
+
         for k in AWS_ENV_TO_REMOVE {
             cmd.env_remove(k);
         }

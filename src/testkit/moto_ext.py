@@ -39,9 +39,7 @@ hold. This module changes, with AWS's semantics:
   image or snapshot sets its CreationDate or StartTime (moto stamps "now"), so tests can
   build a history of weekly images; and ``POST /moto-api/ec2ami/generate`` (JSON) makes
   images and snapshots directly in moto's model, for benchmarks that need tens of
-  thousands of them (creating them through the API would take minutes); and
-  ``MOTO_EXT_OPT_IN_ALL=1`` marks every opt-in region opted in, so that DescribeRegions
-  lists 30+ enabled regions as for an account like FreeBSD's.
+  thousands of them (creating them through the API would take minutes).
 
 Everything else is moto's. When moto lacks any symbol patched or relied on here, the
 script exits non-zero before serving, naming what is missing, so that a moto upgrade
@@ -95,7 +93,6 @@ REQUIRED = [
     "moto.ec2.utils:random_snapshot_id",
     "moto.core:DEFAULT_ACCOUNT_ID",
     "moto.moto_api._internal.urls:url_paths",
-    "moto.ec2.models.availability_zones_and_regions:RegionsAndZonesBackend.regions",
 ]
 
 # Keyword arguments this module passes to moto's Ami constructor.
@@ -952,10 +949,6 @@ def install():
     Moto.ElasticBlockStore.describe_snapshots = describe_snapshots
     Moto.LaunchTemplates.describe_launch_template_versions = describe_launch_template_versions
     Moto.url_paths["{0}/moto-api/ec2ami/generate"] = generate
-    if os.environ.get("MOTO_EXT_OPT_IN_ALL"):
-        for region in Moto.RegionsAndZonesBackend.regions:
-            if region.opt_in_status == "not-opted-in":
-                region.opt_in_status = "opted-in"
 
 
 def main(argv):
