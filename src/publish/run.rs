@@ -46,6 +46,7 @@ pub async fn publish(
         regions: regions.clone(),
         best_effort,
         limiter: CopyLimiter::default(),
+        token_salt: uuid::Uuid::new_v4().to_string(),
         stop: watch::channel(false),
     };
 
@@ -93,6 +94,8 @@ struct Run<'a> {
     regions: Vec<String>,
     best_effort: Vec<String>,
     limiter: CopyLimiter,
+    /// Makes this run's CopyImage ClientTokens.
+    token_salt: String,
     /// Set on Ctrl-C: no new step starts.
     stop: (watch::Sender<bool>, watch::Receiver<bool>),
 }
@@ -337,6 +340,7 @@ impl Run<'_> {
             retry: *retry,
             limiter: self.limiter.clone(),
             on_created: Some(on_created),
+            token_salt: self.token_salt.clone(),
         };
         let outcomes = ami::copy_to_regions(src, &image_id, &copy_opts).await?;
         ami::check_outcomes(&image_id, &outcomes)?;
@@ -411,16 +415,19 @@ impl Run<'_> {
         }
 
         // Parameters.
-        let wanted: Vec<Wanted> = amis
-            .iter()
-            .flat_map(|a| {
-                img.params_in(&a.region).into_iter().map(|name| Wanted {
+        let mut wanted = Vec::new();
+        for a in &amis {
+            for name in img.params_in(&a.region) {
+                let key = self.key(img, "param", &a.region, &name);
+                let ours = journal.get(&key)?.and_then(|s| s.resource_id);
+                wanted.push(Wanted {
                     region: a.region.clone(),
                     name,
                     value: a.image_id.clone(),
-                })
-            })
-            .collect();
+                    ours,
+                });
+            }
+        }
         let mut parameters = Vec::new();
         if !wanted.is_empty() {
             let popts = PutOptions {
