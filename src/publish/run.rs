@@ -260,7 +260,7 @@ impl Run<'_> {
         let path = img.path.clone();
         let image = tokio::task::spawn_blocking(move || DiskImage::open(&path))
             .await
-            .map_err(|e| PublishError::Busy(format!("image reader failed: {e}")))?
+            .map_err(|e| PublishError::Upload(format!("image reader failed: {e}")))?
             .map_err(|e| PublishError::Upload(e.to_string()))?;
         let uopts = UploadOptions {
             description: Some(name.to_string()),
@@ -281,6 +281,8 @@ impl Run<'_> {
         .await
         .map_err(|e| {
             if e.interrupted() {
+                // Say what became of the unfinished snapshot.
+                tracing::warn!("{}: {e}", img.path.display());
                 PublishError::Interrupted
             } else {
                 PublishError::Upload(e.to_string())
