@@ -59,6 +59,8 @@ pub struct CopyOptions {
     pub limiter: CopyLimiter,
     /// Called with each new copy.
     pub on_created: Option<OnCreated>,
+    /// Makes this run's ClientTokens (see [`copy_token`]).
+    pub token_salt: String,
 }
 
 impl std::fmt::Debug for CopyOptions {
@@ -88,9 +90,12 @@ pub struct CopyOutcome {
     pub best_effort: bool,
 }
 
-/// The ClientToken of the copy of `image_id` into `region`: the same on every run.
-pub fn copy_token(image_id: &str, region: &str) -> String {
-    let d = Sha256::digest(format!("ec2ami-copy:{image_id}:{region}").as_bytes());
+/// The ClientToken of the copy of `image_id` into `region` in one run (`salt`): every
+/// retry of that CopyImage carries it, so a retried call whose answer was lost makes no
+/// second copy. Across runs the lookup by name does that job; a token that never
+/// changed would make AWS answer a deregistered copy's id forever.
+pub fn copy_token(image_id: &str, region: &str, salt: &str) -> String {
+    let d = Sha256::digest(format!("ec2ami-copy:{salt}:{image_id}:{region}").as_bytes());
     d.iter().take(16).map(|b| format!("{b:02x}")).collect()
 }
 
@@ -237,11 +242,14 @@ impl CopyJob<'_> {
         wait_available(&dest, &id, self.opts.wait, retry)
             .await
             .map_err(|e| (Some(id.clone()), e))?;
+        if !reused {
+            tracing::info!("copy of {} to {region} is available: {id}", self.image_id);
+        }
         Ok((id, reused))
     }
 
     async fn start(&self, dest: &Clients) -> Result<String, AwsError> {
-        let token = copy_token(self.image_id, dest.region());
+        let token = copy_token(self.image_id, dest.region(), &self.opts.token_salt);
         let out = self
             .opts
             .retry
@@ -276,10 +284,11 @@ mod tests {
 
     #[test]
     fn copy_tokens_are_stable_and_distinct() {
-        let a = copy_token("ami-1", "eu-west-1");
-        assert_eq!(a, copy_token("ami-1", "eu-west-1"));
+        let a = copy_token("ami-1", "eu-west-1", "run-1");
+        assert_eq!(a, copy_token("ami-1", "eu-west-1", "run-1"));
+        assert_ne!(a, copy_token("ami-1", "eu-west-1", "run-2"));
         assert_eq!(a.len(), 32);
-        assert_ne!(a, copy_token("ami-1", "eu-west-2"));
-        assert_ne!(a, copy_token("ami-2", "eu-west-1"));
+        assert_ne!(a, copy_token("ami-1", "eu-west-2", "run-1"));
+        assert_ne!(a, copy_token("ami-2", "eu-west-1", "run-1"));
     }
 }

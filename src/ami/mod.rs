@@ -336,7 +336,12 @@ pub async fn locate(
     Ok(found)
 }
 
-/// Wait until `image_id` is `available` (fails on `failed`/`error` or at the deadline).
+/// How long a new image may stay invisible to DescribeImages (eventual consistency)
+/// before it is taken as gone.
+const NOT_VISIBLE_GRACE: Duration = Duration::from_secs(120);
+
+/// Wait until `image_id` is `available` (fails on `failed`/`error`/`deregistered`, when
+/// it stays invisible, or at the deadline).
 pub async fn wait_available(
     clients: &Clients,
     image_id: &str,
@@ -350,11 +355,23 @@ pub async fn wait_available(
         region: clients.region().to_string(),
         message,
     };
+    let started = Instant::now();
     loop {
         let img = describe_one(clients, image_id, retry).await?;
+        if img.is_none() && started.elapsed() > NOT_VISIBLE_GRACE {
+            return Err(state_err(format!(
+                "does not exist ({}s after it was expected)",
+                NOT_VISIBLE_GRACE.as_secs()
+            )));
+        }
         match img.as_ref().and_then(|i| i.state()) {
             Some(ImageState::Available) => return Ok(()),
-            Some(s @ (ImageState::Failed | ImageState::Error | ImageState::Invalid)) => {
+            Some(
+                s @ (ImageState::Failed
+                | ImageState::Error
+                | ImageState::Invalid
+                | ImageState::Deregistered),
+            ) => {
                 let why = img
                     .as_ref()
                     .and_then(|i| i.state_reason())

@@ -363,6 +363,7 @@ async fn put_wanted(
                 region: img.region.clone(),
                 name,
                 value: img.image_id.clone(),
+                ours: None,
             });
         }
     }
@@ -388,6 +389,7 @@ async fn promote_wanted(
                 region,
                 name: a.to.clone(),
                 value,
+                ours: None,
             }),
             None => tracing::info!(
                 "{} does not exist in {region}: nothing to promote there",

@@ -48,6 +48,11 @@ pub struct Wanted {
     pub name: String,
     /// The AMI id it should hold.
     pub value: String,
+    /// A value this parameter may hold and be overwritten without `allow_clobber`:
+    /// the one an earlier run of the same job wrote (repairing our own write is not
+    /// clobbering someone else's).
+    #[serde(skip)]
+    pub ours: Option<String>,
 }
 
 /// What was (or would be) done to one parameter.
@@ -235,7 +240,9 @@ async fn put_one(clients: &Clients, w: &Wanted, opts: &PutOptions, pacer: &Pacer
     let change = match current {
         None => Change::Created,
         Some(v) if v == w.value => return outcome(Change::Unchanged, None),
-        Some(old) if !opts.allow_clobber => return outcome(Change::Refused { old }, None),
+        Some(old) if !opts.allow_clobber && w.ours.as_deref() != Some(old.as_str()) => {
+            return outcome(Change::Refused { old }, None);
+        }
         Some(old) => Change::Updated { old },
     };
     if opts.dry_run {
@@ -373,6 +380,7 @@ mod tests {
             region: "eu-west-1".into(),
             name: "/myos/x".into(),
             value: "ami-2".into(),
+            ours: None,
         };
         let o = Outcome {
             wanted: w.clone(),

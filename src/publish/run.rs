@@ -46,6 +46,7 @@ pub async fn publish(
         regions: regions.clone(),
         best_effort,
         limiter: CopyLimiter::default(),
+        token_salt: uuid::Uuid::new_v4().to_string(),
         stop: watch::channel(false),
     };
 
@@ -93,6 +94,8 @@ struct Run<'a> {
     regions: Vec<String>,
     best_effort: Vec<String>,
     limiter: CopyLimiter,
+    /// Makes this run's CopyImage ClientTokens.
+    token_salt: String,
     /// Set on Ctrl-C: no new step starts.
     stop: (watch::Sender<bool>, watch::Receiver<bool>),
 }
@@ -257,7 +260,7 @@ impl Run<'_> {
         let path = img.path.clone();
         let image = tokio::task::spawn_blocking(move || DiskImage::open(&path))
             .await
-            .map_err(|e| PublishError::Busy(format!("image reader failed: {e}")))?
+            .map_err(|e| PublishError::Upload(format!("image reader failed: {e}")))?
             .map_err(|e| PublishError::Upload(e.to_string()))?;
         let uopts = UploadOptions {
             description: Some(name.to_string()),
@@ -278,6 +281,8 @@ impl Run<'_> {
         .await
         .map_err(|e| {
             if e.interrupted() {
+                // Say what became of the unfinished snapshot.
+                tracing::warn!("{}: {e}", img.path.display());
                 PublishError::Interrupted
             } else {
                 PublishError::Upload(e.to_string())
@@ -337,6 +342,7 @@ impl Run<'_> {
             retry: *retry,
             limiter: self.limiter.clone(),
             on_created: Some(on_created),
+            token_salt: self.token_salt.clone(),
         };
         let outcomes = ami::copy_to_regions(src, &image_id, &copy_opts).await?;
         ami::check_outcomes(&image_id, &outcomes)?;
@@ -411,16 +417,19 @@ impl Run<'_> {
         }
 
         // Parameters.
-        let wanted: Vec<Wanted> = amis
-            .iter()
-            .flat_map(|a| {
-                img.params_in(&a.region).into_iter().map(|name| Wanted {
+        let mut wanted = Vec::new();
+        for a in &amis {
+            for name in img.params_in(&a.region) {
+                let key = self.key(img, "param", &a.region, &name);
+                let ours = journal.get(&key)?.and_then(|s| s.resource_id);
+                wanted.push(Wanted {
                     region: a.region.clone(),
                     name,
                     value: a.image_id.clone(),
-                })
-            })
-            .collect();
+                    ours,
+                });
+            }
+        }
         let mut parameters = Vec::new();
         if !wanted.is_empty() {
             let popts = PutOptions {

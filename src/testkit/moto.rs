@@ -117,6 +117,9 @@ pub struct MotoOptions {
     /// DescribeLaunchTemplateVersions at this many items (the extension's harness-only
     /// `MOTO_EXT_PAGE_SIZE`), so that a small test world still takes several pages.
     pub page_size: Option<usize>,
+    /// Show the account as opted in to every opt-in region (moto lists them as
+    /// `not-opted-in`, so only 24 regions are enabled), for benchmarks across 30+.
+    pub all_regions_opted_in: bool,
 }
 
 impl Default for MotoOptions {
@@ -125,6 +128,7 @@ impl Default for MotoOptions {
             python: std::env::var("EC2AMI_PYTHON").unwrap_or_else(|_| "python3".to_string()),
             amazon_images: false,
             page_size: None,
+            all_regions_opted_in: false,
         }
     }
 }
@@ -197,6 +201,14 @@ impl MotoServer {
                     "true"
                 } else {
                     "false"
+                },
+            )
+            .env(
+                "EC2AMI_MOTO_OPT_IN",
+                if options.all_regions_opted_in {
+                    "all"
+                } else {
+                    ""
                 },
             )
             .env("AWS_EC2_METADATA_DISABLED", "true")

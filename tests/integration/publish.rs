@@ -361,8 +361,8 @@ async fn faults_on_every_request_give_the_same_final_state() {
     let world = World::moto().await;
     let release = example_release(world.dir.path(), true);
     world.proxy.set_rules(vec![
-        FaultRule::with_rate(None, Fault::Throttle, 0.05),
-        FaultRule::with_rate(None, Fault::Status(503), 0.05),
+        FaultRule::with_rate(None, Fault::Throttle, 0.10),
+        FaultRule::with_rate(None, Fault::Status(503), 0.10),
     ]);
     let run = publish(&world, &release, &[]).await;
     run.assert_ok();
@@ -712,4 +712,210 @@ async fn compat_bsdec2_image_upload_accepts_its_flags_and_prints_its_lines() {
     bad.assert_failed_with("ACCESS_KEY_SECRET");
     assert!(!bad.stderr.contains("hunter2"));
     assert!(world.proxy.requests().is_empty());
+}
+
+/// The checks of `validate --output json`, keyed by (image, kind, region, target).
+type Checks = BTreeMap<(String, String, String, String), (String, String)>;
+
+async fn verdicts(world: &World, release: &Path) -> (Run, Checks) {
+    let run = world
+        .run(&["--output", "json", "validate", release.to_str().unwrap()])
+        .await;
+    let v: serde_json::Value = serde_json::from_str(&run.stdout)
+        .unwrap_or_else(|e| panic!("{e}: {}\n{}", run.stdout, run.stderr));
+    let map = v["checks"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| {
+            let s = |k: &str| c[k].as_str().unwrap().to_string();
+            (
+                (s("image"), s("kind"), s("region"), s("target")),
+                (s("verdict"), s("detail")),
+            )
+        })
+        .collect();
+    (run, map)
+}
+
+/// The check of `image` of `kind` in `region` (`target` when given).
+fn check(
+    checks: &Checks,
+    image: &str,
+    kind: &str,
+    region: &str,
+    target: Option<&str>,
+) -> (String, String) {
+    let found: Vec<_> = checks
+        .iter()
+        .filter(|((i, k, r, t), _)| {
+            i == image && k == kind && r == region && target.is_none_or(|want| t == want)
+        })
+        .map(|(_, v)| v.clone())
+        .collect();
+    assert_eq!(
+        found.len(),
+        1,
+        "{image} {kind} {region} {target:?}: {checks:#?}"
+    );
+    found[0].clone()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn validate_says_correct_then_names_each_breakage() {
+    let world = World::moto().await;
+    let release = example_release(world.dir.path(), true);
+    let run = publish(&world, &release, &[]).await;
+    run.assert_ok();
+    let lines = created(&run.stdout);
+    let id = |i: usize| lines[i].1.clone();
+
+    let (ok, checks) = verdicts(&world, &release).await;
+    ok.assert_ok();
+    // 2 images x 3 regions x (AMI, public permission, parameter).
+    assert_eq!(checks.len(), 18, "{checks:#?}");
+    assert!(checks.values().all(|(v, _)| v == "Correct"), "{checks:#?}");
+    let table = world.run(&["validate", release.to_str().unwrap()]).await;
+    table.assert_ok();
+    assert!(
+        table
+            .stdout
+            .contains("18 correct, 0 incorrect, 0 missing, 0 unreachable"),
+        "{}",
+        table.stdout
+    );
+
+    // Break three things: delete a copy, make an AMI private, point a parameter
+    // elsewhere.
+    let west = world.clients().await.in_region("us-west-2");
+    west.ec2
+        .deregister_image()
+        .image_id(id(1))
+        .send()
+        .await
+        .unwrap();
+    let eu = world.clients().await.in_region("eu-west-1");
+    eu.ec2
+        .modify_image_attribute()
+        .image_id(id(5))
+        .launch_permission(
+            aws_sdk_ec2::types::LaunchPermissionModifications::builder()
+                .remove(
+                    aws_sdk_ec2::types::LaunchPermission::builder()
+                        .group(aws_sdk_ec2::types::PermissionGroup::All)
+                        .build(),
+                )
+                .build(),
+        )
+        .send()
+        .await
+        .unwrap();
+    let east = world.clients().await;
+    east.ssm
+        .put_parameter()
+        .name(PARAM_ARM64)
+        .value(id(0))
+        .overwrite(true)
+        .r#type(aws_sdk_ssm::types::ParameterType::String)
+        .send()
+        .await
+        .unwrap();
+
+    let (bad, checks) = verdicts(&world, &release).await;
+    assert_ne!(bad.code, Some(0), "validate must fail");
+    assert_eq!(
+        check(&checks, NAME_AMD64, "ami", "us-west-2", None),
+        ("Missing".into(), "no AMI of that name".into())
+    );
+    let (v, d) = check(&checks, NAME_AMD64, "parameter", "us-west-2", None);
+    assert_eq!(v, "Incorrect");
+    assert!(d.contains("missing"), "{d}");
+    assert_eq!(
+        check(
+            &checks,
+            NAME_ARM64,
+            "permission",
+            "eu-west-1",
+            Some("public")
+        ),
+        ("Incorrect".into(), "private, expected public".into())
+    );
+    assert_eq!(
+        check(&checks, NAME_ARM64, "parameter", "us-east-1", None),
+        (
+            "Incorrect".into(),
+            format!("holds {}, expected {}", id(0), id(3))
+        )
+    );
+    let wrong = checks.values().filter(|(v, _)| v != "Correct").count();
+    assert_eq!(wrong, 4, "exactly the breakages: {checks:#?}");
+
+    // A service that cannot be asked: Unreachable, not Missing.
+    world.proxy.set_rules(vec![FaultRule::with_rate(
+        Some("GetParameter"),
+        Fault::AccessDenied,
+        1.0,
+    )]);
+    let (_, checks) = verdicts(&world, &release).await;
+    world.proxy.set_rules(vec![]);
+    let (v, d) = check(&checks, NAME_AMD64, "parameter", "eu-west-1", None);
+    assert_eq!(v, "Unreachable");
+    assert!(d.contains("AccessDenied"), "{d}");
+
+    // A rerun of the publish repairs the copy, the permission and the parameter it
+    // wrote itself; the one someone else changed is left alone without ssm_overwrite.
+    let rerun = publish(&world, &release, &[]).await;
+    rerun.assert_failed_with(&format!("{PARAM_ARM64} in us-east-1: NOT changed"));
+    let (_, checks) = verdicts(&world, &release).await;
+    let wrong: Vec<_> = checks.iter().filter(|(_, (v, _))| v != "Correct").collect();
+    assert_eq!(wrong.len(), 1, "{wrong:#?}");
+    assert_eq!(wrong[0].0.3, PARAM_ARM64);
+    let text = std::fs::read_to_string(&release)
+        .unwrap()
+        .replace("public = true", "public = true\nssm_overwrite = true");
+    std::fs::write(&release, text).unwrap();
+    publish(&world, &release, &[]).await.assert_ok();
+    verdicts(&world, &release).await.0.assert_ok();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ctrl_c_stops_cleanly_and_a_rerun_finishes() {
+    let world = World::moto().await;
+    let release = example_release(world.dir.path(), false);
+    // Slow blocks so the signal lands mid-upload.
+    world.proxy.set_rules(vec![FaultRule::with_rate(
+        Some("PutSnapshotBlock"),
+        Fault::Delay(Duration::from_millis(300)),
+        1.0,
+    )]);
+    let child = world
+        .ec2ami()
+        .args(["publish", release.to_str().unwrap(), "--workers", "1"])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    while world.proxy.count("PutSnapshotBlock") == 0 {
+        assert!(tokio::time::Instant::now() < deadline, "no upload started");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    // SAFETY: sending SIGINT to our own child process.
+    unsafe { libc::kill(child.id().unwrap() as i32, libc::SIGINT) };
+    let out = child.wait_with_output().await.unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(130), "{stderr}");
+    assert!(stderr.contains("interrupted"), "{stderr}");
+    assert!(stderr.contains("was deleted"), "{stderr}");
+    assert!(
+        out.stdout.is_empty(),
+        "no Created lines for an unfinished publish"
+    );
+    world.proxy.set_rules(vec![]);
+    assert!(
+        world.our_snapshots().await.is_empty(),
+        "the unfinished snapshot is gone"
+    );
+    publish(&world, &release, &[]).await.assert_ok();
+    assert_complete(&state(&world).await, false);
 }
