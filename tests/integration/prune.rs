@@ -305,8 +305,7 @@ async fn history(world: &World) -> History {
         }
     }
     // STABLE arm64, four weeks, in us-east-1 and eu-west-1.
-    for w in 0..4 {
-        let age = WEEK_AGES[w];
+    for (w, &age) in WEEK_AGES.iter().enumerate().take(4) {
         let s = snapshot(east, 6, "MyOS 14.2-STABLE arm64", &[OWNERSHIP], age).await;
         snap.insert(key("us-east-1", &format!("B{w}")), s.clone());
         let b = register(east, &name_b(w), &s, age, true).await;
@@ -1207,10 +1206,10 @@ async fn deprecate_sets_times_on_an_image_and_its_copies_and_on_older_series_mem
     let west = home.in_region("us-west-2");
     let mut east_ids = Vec::new();
     let mut west_ids = Vec::new();
-    for w in 0..3 {
-        let s = snapshot(&home, 4, "MyOS", &[OWNERSHIP], WEEK_AGES[w]).await;
-        let id = register(&home, &name_a(w), &s, WEEK_AGES[w], true).await;
-        west_ids.push(copy(&west, &id, &name_a(w), WEEK_AGES[w]).await.0);
+    for (w, &age) in WEEK_AGES.iter().enumerate().take(3) {
+        let s = snapshot(&home, 4, "MyOS", &[OWNERSHIP], age).await;
+        let id = register(&home, &name_a(w), &s, age, true).await;
+        west_ids.push(copy(&west, &id, &name_a(w), age).await.0);
         east_ids.push(id);
     }
     world.proxy.clear_requests();
