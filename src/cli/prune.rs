@@ -241,7 +241,10 @@ pub async fn prune(g: &GlobalArgs, a: &PruneArgs) -> Result<(), Failure> {
 pub async fn deprecate(g: &GlobalArgs, a: &DeprecateArgs) -> Result<(), Failure> {
     let at = match (a.at, a.within) {
         (Some(at), _) => at,
-        (None, Some(d)) => DateTime::from(std::time::SystemTime::now() + d),
+        // Whole seconds: EC2 keeps minutes, and the times printed stay readable.
+        (None, Some(d)) => {
+            DateTime::from_secs(DateTime::from(std::time::SystemTime::now() + d).secs())
+        }
         (None, None) => unreachable!("clap requires --at or --in"),
     };
     deprecate::check_time(at, now())?;
