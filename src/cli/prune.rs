@@ -167,7 +167,17 @@ pub async fn prune(g: &GlobalArgs, a: &PruneArgs) -> Result<(), Failure> {
         price_per_gb_month: a.price_per_gb_month,
         now: now(),
     };
-    let journal = recorded_parameters(&g.state_db()?)?;
+    // The parameters earlier publishes wrote; a plan does not create the database.
+    let state = g.state.clone().unwrap_or_else(crate::state::default_path);
+    let journal = if state.exists() {
+        recorded_parameters(&g.state_db()?)?
+    } else {
+        tracing::info!(
+            "no state database at {}: no published parameters to guard besides --ssm-path",
+            state.display()
+        );
+        Vec::new()
+    };
     let clients = connect(g).await?;
     let retry = g.retry();
     let regions = ami::resolve_regions(&clients, &a.regions, &retry).await?;

@@ -442,13 +442,10 @@ pub fn plan_region(inv: &Inventory, opts: &PlanOptions) -> RegionPlan {
         .enumerate()
         .map(|(n, id)| (id.as_str(), n))
         .collect();
+    let by_id: HashMap<&str, &Image> = inv.images.iter().map(|i| (i.id.as_str(), i)).collect();
     let mut snapshot_items: HashMap<String, Vec<SnapshotItem>> = HashMap::new();
     for (n, id) in order.iter().enumerate() {
-        let img = inv
-            .images
-            .iter()
-            .find(|i| i.id == *id)
-            .expect("planned from the inventory");
+        let img = by_id[id.as_str()];
         let mut items = Vec::new();
         for s in dedup(&img.snapshots) {
             let item = |action, gib, reason: String| SnapshotItem {
