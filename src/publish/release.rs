@@ -280,6 +280,11 @@ impl ReleaseFile {
         let mut images = Vec::new();
         for (i, table) in r.images.iter().enumerate() {
             let mut merged = r.defaults.clone();
+            // An image's own deprecation replaces the default one, whichever key each uses.
+            if table.contains_key("deprecate_at") || table.contains_key("deprecate_in") {
+                merged.remove("deprecate_at");
+                merged.remove("deprecate_in");
+            }
             for (k, v) in table {
                 merged.insert(k.clone(), v.clone());
             }
@@ -716,5 +721,21 @@ fs = "zfs"
         let r = parse(&text).unwrap();
         assert!(r.images[0].name().contains("20240101"));
         assert_eq!(r.date, "20240101");
+    }
+
+    #[test]
+    fn a_deprecation_in_defaults_applies_to_every_image_unless_one_says_otherwise() {
+        let text = EXAMPLE
+            .replace("[defaults]", "[defaults]\ndeprecate_in = \"180d\"")
+            .replace(
+                "flavour = \"small\"",
+                "flavour = \"small\"\ndeprecate_at = \"2030-01-01\"",
+            );
+        let before = DateTime::from(std::time::SystemTime::now()).secs();
+        let r = parse(&text).unwrap();
+        let base = r.images[0].spec.deprecate_at.expect("the default").secs();
+        assert!((base - before - 180 * 86_400).abs() < 60, "{base}");
+        let small = r.images[1].spec.deprecate_at.expect("its own").secs();
+        assert_eq!(small, 1_893_456_000);
     }
 }
