@@ -4,11 +4,11 @@
 
 use std::collections::BTreeMap;
 use std::future::Future;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use futures_util::future::join_all;
 use serde::Serialize;
+use tokio::sync::watch;
 use tokio::time::Instant;
 
 use super::guard::guards;
@@ -153,23 +153,38 @@ impl Report {
     }
 }
 
-/// Spaces one region's deletions `spacing` apart.
+/// Spaces one region's deletions `spacing` apart, and tells when to stop.
 struct Pacer {
     spacing: Duration,
     next: Instant,
+    stop: watch::Receiver<bool>,
 }
 
 impl Pacer {
-    fn new(rate: f64) -> Pacer {
+    fn new(rate: f64, stop: watch::Receiver<bool>) -> Pacer {
         Pacer {
             spacing: Duration::from_secs_f64(1.0 / rate.max(0.001)),
             next: Instant::now(),
+            stop,
         }
     }
 
-    async fn wait(&mut self) {
-        tokio::time::sleep_until(self.next).await;
+    fn stopped(&self) -> bool {
+        *self.stop.borrow()
+    }
+
+    /// Wait for the next deletion's turn: true to go on, false once interrupted (the
+    /// wait ends at once then).
+    async fn next(&mut self) -> bool {
+        if self.stopped() {
+            return false;
+        }
+        tokio::select! {
+            _ = tokio::time::sleep_until(self.next) => {}
+            _ = self.stop.wait_for(|stop| *stop) => return false,
+        }
         self.next = Instant::now() + self.spacing;
+        !self.stopped()
     }
 }
 
@@ -182,11 +197,11 @@ pub async fn execute(
     opts: &ExecuteOptions,
     shutdown: impl Future<Output = ()>,
 ) -> Report {
-    let stop = AtomicBool::new(false);
+    let (stop, stopped) = watch::channel(false);
     let no_sources = ParameterSources::default();
     let work = join_all(plan.regions.iter().filter(|r| r.error.is_none()).map(|r| {
         let sources = opts.sources.get(&r.region).unwrap_or(&no_sources);
-        run_region(home.in_region(&r.region), r, sources, opts, &stop)
+        run_region(home.in_region(&r.region), r, sources, opts, stopped.clone())
     }));
     tokio::pin!(work);
     tokio::pin!(shutdown);
@@ -197,7 +212,7 @@ pub async fn execute(
             _ = &mut shutdown, if !interrupted => {
                 tracing::warn!("interrupted: finishing the calls in flight, starting no new deletion");
                 interrupted = true;
-                stop.store(true, Ordering::SeqCst);
+                stop.send_replace(true);
             }
         }
     };
@@ -210,13 +225,13 @@ async fn run_region(
     plan: &RegionPlan,
     sources: &ParameterSources,
     opts: &ExecuteOptions,
-    stop: &AtomicBool,
+    stop: watch::Receiver<bool>,
 ) -> Vec<Outcome> {
     let mut r = RegionRun {
         clients,
         sources,
         opts,
-        pacer: Pacer::new(opts.rate),
+        pacer: Pacer::new(opts.rate, stop),
         out: Vec::new(),
     };
     for img in plan
@@ -230,51 +245,51 @@ async fn run_region(
             .iter()
             .filter(|s| s.action == Action::Delete)
             .collect();
-        if stop.load(Ordering::SeqCst) {
+        if !r.pacer.next().await {
             r.not_done_image(&img.image_id, &img.name, &snaps);
             continue;
         }
-        let fate = r.image(&img.image_id, &img.name).await;
-        if fate == ImageFate::Gone {
-            for s in &snaps {
-                if stop.load(Ordering::SeqCst) {
+        match r.image(&img.image_id, &img.name).await {
+            ImageFate::Gone => {
+                for s in &snaps {
+                    if r.pacer.next().await {
+                        r.snapshot(s).await;
+                        continue;
+                    }
+                    let detail = format!(
+                        "interrupted after {} was deregistered: delete it with \
+                         `aws ec2 delete-snapshot --region {} --snapshot-id {}`",
+                        img.image_id,
+                        r.clients.region(),
+                        s.snapshot_id
+                    );
                     r.record(
                         "snapshot",
                         &s.snapshot_id,
                         Status::NotDone,
-                        format!(
-                            "interrupted after {} was deregistered: delete it with \
-                             `aws ec2 delete-snapshot --region {} --snapshot-id {}`",
-                            img.image_id,
-                            r.clients.region(),
-                            s.snapshot_id
-                        ),
+                        detail,
                         Some(s.gib),
                     );
-                } else {
-                    r.snapshot(s).await;
                 }
             }
-        } else {
-            // A guarded image keeps its snapshots as planned keeping goes; one that
+            // A guarded image keeps its snapshots, as planned keeping goes; one that
             // failed leaves them undone.
-            let status = match fate {
-                ImageFate::Guarded => Status::Skipped,
-                _ => Status::NotDone,
-            };
-            for s in &snaps {
-                r.record(
-                    "snapshot",
-                    &s.snapshot_id,
-                    status,
-                    format!("kept with {}, which was not deregistered", img.image_id),
-                    Some(s.gib),
-                );
+            fate => {
+                let status = match fate {
+                    ImageFate::Guarded => Status::Skipped,
+                    _ => Status::NotDone,
+                };
+                for s in &snaps {
+                    let detail = format!("kept with {}, which was not deregistered", img.image_id);
+                    r.record("snapshot", &s.snapshot_id, status, detail, Some(s.gib));
+                }
             }
         }
     }
     for s in plan.orphans.iter().filter(|s| s.action == Action::Delete) {
-        if stop.load(Ordering::SeqCst) {
+        if r.pacer.next().await {
+            r.snapshot(s).await;
+        } else {
             r.record(
                 "snapshot",
                 &s.snapshot_id,
@@ -282,8 +297,6 @@ async fn run_region(
                 "interrupted".into(),
                 Some(s.gib),
             );
-        } else {
-            r.snapshot(s).await;
         }
     }
     r.out
@@ -357,7 +370,6 @@ impl RegionRun<'_> {
 
     /// Look again, then deregister.
     async fn image(&mut self, image_id: &str, name: &str) -> ImageFate {
-        self.pacer.wait().await;
         let retry = self.opts.retry;
         let check = async {
             let Some(img) = inventory::image(&self.clients, image_id, &retry).await? else {
@@ -453,7 +465,6 @@ impl RegionRun<'_> {
 
     /// Look again (no image may map it), then delete.
     async fn snapshot(&mut self, s: &SnapshotItem) {
-        self.pacer.wait().await;
         let retry = self.opts.retry;
         let id = s.snapshot_id.as_str();
         let gib = Some(s.gib);

@@ -1105,6 +1105,95 @@ async fn a_guard_that_appears_after_the_plan_keeps_the_image() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ctrl_c_starts_no_new_deletion_and_names_what_was_left() {
+    let world = moto_world().await;
+    let c = world.clients().await;
+    let mut ids = Vec::new();
+    let mut snaps = Vec::new();
+    for (w, age) in WEEK_AGES.iter().take(4).enumerate() {
+        let s = snapshot(&c, 4, "MyOS", &[OWNERSHIP], *age).await;
+        ids.push(register(&c, &name_a(w), &s, *age, true).await);
+        snaps.push(s);
+    }
+    world.proxy.clear_requests();
+    let mut cmd = world.ec2ami();
+    cmd.args([
+        "--output",
+        "json",
+        "prune",
+        "--regions",
+        "us-east-1",
+        "--keep",
+        "1",
+        "--rate",
+        "0.5",
+        "--yes",
+    ]);
+    let child = cmd
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+    while world.proxy.count("DeregisterImage") == 0 {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "no deregistration started"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    // SAFETY: signalling the child this test started.
+    unsafe { libc::kill(child.id().unwrap() as i32, libc::SIGINT) };
+    let out = tokio::time::timeout(Duration::from_secs(30), child.wait_with_output())
+        .await
+        .expect("stops promptly")
+        .unwrap();
+    let run = Run::from(out);
+    assert_eq!(run.code, Some(130), "{}", run.stderr);
+    let report: Value = serde_json::from_str(&run.stdout).unwrap();
+    let outcomes: Vec<(String, String, String)> = report["report"]["outcomes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|o| {
+            (
+                o["id"].as_str().unwrap().to_string(),
+                o["status"].as_str().unwrap().to_string(),
+                o["detail"].as_str().unwrap().to_string(),
+            )
+        })
+        .collect();
+    assert_eq!(report["report"]["interrupted"], true);
+    // The one image deregistered, its snapshot named with the command that deletes it,
+    // everything after it not started.
+    assert_eq!(outcomes[0].0, ids[1]);
+    assert_eq!(outcomes[0].1, "deleted");
+    assert_eq!(outcomes[1].0, snaps[1]);
+    assert_eq!(outcomes[1].1, "not_done");
+    assert!(
+        outcomes[1].2.contains(&format!(
+            "aws ec2 delete-snapshot --region us-east-1 --snapshot-id {}",
+            snaps[1]
+        )),
+        "{}",
+        outcomes[1].2
+    );
+    assert!(
+        outcomes[2..].iter().all(|o| o.1 == "not_done"),
+        "{outcomes:?}"
+    );
+    assert_eq!(outcomes.len(), 6);
+    assert_eq!(world.proxy.count("DeregisterImage"), 1);
+    assert_eq!(world.proxy.count("DeleteSnapshot"), 0);
+    let left = image_ids(&c).await;
+    assert_eq!(
+        left,
+        [&ids[0], &ids[2], &ids[3]].into_iter().cloned().collect()
+    );
+    assert!(snapshot_ids(&c).await.contains(&snaps[1]));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bad_input_is_refused_clearly_and_nothing_is_deleted() {
     let world = moto_world().await;
     let c = world.clients().await;
