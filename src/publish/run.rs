@@ -9,6 +9,7 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use futures_util::StreamExt;
+use futures_util::future::join_all;
 use futures_util::stream::FuturesUnordered;
 use tokio::sync::{mpsc, watch};
 
@@ -38,7 +39,11 @@ pub async fn publish(
 ) -> Result<(PublishReport, Vec<String>), PublishError> {
     let t0 = Instant::now();
     let (source, regions, best_effort) = resolve_regions(home, release, &opts.retry).await?;
+    // Every image's copies, looked up at once: one request per region, not per image.
+    let names: Vec<&str> = release.images.iter().map(|i| i.name()).collect();
+    let known = ami::inventory(home, &regions[1..], &names, &opts.retry).await?;
     let run = Run {
+        known: Arc::new(known),
         src: home.in_region(&source),
         release,
         journal,
@@ -64,12 +69,17 @@ pub async fn publish(
     }
     let mut images = Vec::new();
     let mut errors = Vec::new();
+    let mut published = Vec::new();
     for (img, r) in release.images.iter().zip(results) {
         match r {
-            Ok(report) => images.push(report),
+            Ok(report) => published.push((img, report)),
             Err(e) => errors.push(format!("{}: {e}", img.name())),
         }
     }
+    let mut refs: Vec<(&ReleaseImage, &mut ImageReport)> =
+        published.iter_mut().map(|(i, r)| (*i, r)).collect();
+    errors.extend(run.parameters(&mut refs).await?);
+    images.extend(published.into_iter().map(|(_, r)| r));
     if errors.is_empty() {
         journal.finish()?;
     }
@@ -96,6 +106,8 @@ struct Run<'a> {
     limiter: CopyLimiter,
     /// Makes this run's CopyImage ClientTokens.
     token_salt: String,
+    /// Our images in the destination regions when the publish started.
+    known: Arc<ami::Inventory>,
     /// Set on Ctrl-C: no new step starts.
     stop: (watch::Sender<bool>, watch::Receiver<bool>),
 }
@@ -343,6 +355,7 @@ impl Run<'_> {
             limiter: self.limiter.clone(),
             on_created: Some(on_created),
             token_salt: self.token_salt.clone(),
+            known: Some(self.known.clone()),
         };
         let outcomes = ami::copy_to_regions(src, &image_id, &copy_opts).await?;
         ami::check_outcomes(&image_id, &outcomes)?;
@@ -401,56 +414,25 @@ impl Run<'_> {
             }
         }
         if self.release.public_snapshots {
-            for a in &amis {
+            join_all(amis.iter().map(|a| async move {
                 let clients = src.in_region(&a.region);
-                ami::share::make_snapshots_public(&clients, &a.image_id, retry).await?;
-            }
+                ami::share::make_snapshots_public(&clients, &a.image_id, retry).await
+            }))
+            .await
+            .into_iter()
+            .collect::<Result<Vec<_>, _>>()?;
             permissions.push("public-snapshots".into());
         }
 
         // Deprecation: register set it on the source; copies need their own.
         if let Some(at) = img.spec.deprecate_at {
-            for a in amis.iter().skip(1) {
+            join_all(amis.iter().skip(1).map(|a| async move {
                 let clients = src.in_region(&a.region);
-                ami::register::deprecate(&clients, &a.image_id, at, retry).await?;
-            }
-        }
-
-        // Parameters.
-        let mut wanted = Vec::new();
-        for a in &amis {
-            for name in img.params_in(&a.region) {
-                let key = self.key(img, "param", &a.region, &name);
-                let ours = journal.get(&key)?.and_then(|s| s.resource_id);
-                wanted.push(Wanted {
-                    region: a.region.clone(),
-                    name,
-                    value: a.image_id.clone(),
-                    ours,
-                });
-            }
-        }
-        let mut parameters = Vec::new();
-        if !wanted.is_empty() {
-            let popts = PutOptions {
-                allow_clobber: self.release.ssm_overwrite,
-                retry: *retry,
-                ..PutOptions::default()
-            };
-            let result = params::put(src, &wanted, &popts).await;
-            let outcomes = match result {
-                Ok(o) => o,
-                Err(e) => return Err(e.into()),
-            };
-            for o in &outcomes {
-                journal.record(
-                    &self.key(img, "param", &o.wanted.region, &o.wanted.name),
-                    Status::Done,
-                    Some(&o.wanted.value),
-                    None,
-                )?;
-            }
-            parameters = outcomes;
+                ami::register::deprecate(&clients, &a.image_id, at, retry).await
+            }))
+            .await
+            .into_iter()
+            .collect::<Result<Vec<_>, _>>()?;
         }
 
         Ok(ImageReport {
@@ -460,9 +442,60 @@ impl Run<'_> {
             snapshot_reused: snap.reused,
             amis,
             permissions,
-            parameters,
+            parameters: Vec::new(),
             warnings,
         })
+    }
+
+    /// The parameters of every published image, written together once every image is
+    /// in every region (so a release's parameters change together), batched per region.
+    /// Returns the errors, by image.
+    async fn parameters(
+        &self,
+        published: &mut [(&ReleaseImage, &mut ImageReport)],
+    ) -> Result<Vec<String>, PublishError> {
+        let mut wanted = Vec::new();
+        let mut owner = Vec::new();
+        for (i, (img, report)) in published.iter().enumerate() {
+            for a in &report.amis {
+                for name in img.params_in(&a.region) {
+                    let key = self.key(img, "param", &a.region, &name);
+                    let ours = self.journal.get(&key)?.and_then(|s| s.resource_id);
+                    wanted.push(Wanted {
+                        region: a.region.clone(),
+                        name,
+                        value: a.image_id.clone(),
+                        ours,
+                    });
+                    owner.push(i);
+                }
+            }
+        }
+        if wanted.is_empty() {
+            return Ok(Vec::new());
+        }
+        let popts = PutOptions {
+            allow_clobber: self.release.ssm_overwrite,
+            retry: self.opts.retry,
+            ..PutOptions::default()
+        };
+        let outcomes = params::put(&self.src, &wanted, &popts).await;
+        let mut errors = Vec::new();
+        for (o, i) in outcomes.into_iter().zip(owner) {
+            let (img, report) = &mut published[i];
+            if o.error.is_none() && !matches!(o.change, params::Change::Refused { .. }) {
+                self.journal.record(
+                    &self.key(img, "param", &o.wanted.region, &o.wanted.name),
+                    Status::Done,
+                    Some(&o.wanted.value),
+                    None,
+                )?;
+            } else {
+                errors.push(format!("{}: {}", img.name(), o.describe()));
+            }
+            report.parameters.push(o);
+        }
+        Ok(errors)
     }
 }
 
