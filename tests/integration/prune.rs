@@ -894,6 +894,54 @@ async fn a_region_that_fails_does_not_stop_the_others_and_the_exit_code_says_so(
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_region_that_cannot_be_read_is_named_and_the_others_are_pruned() {
+    let world = moto_world().await;
+    let home = world.clients().await;
+    let mut old = BTreeMap::new();
+    for r in ["us-east-1", "eu-west-1"] {
+        let c = home.in_region(r);
+        let s = snapshot(&c, 4, "MyOS", &[OWNERSHIP], 37).await;
+        old.insert(r, register(&c, &name_a(5), &s, 37, true).await);
+        let s = snapshot(&c, 4, "MyOS", &[OWNERSHIP], 2).await;
+        register(&c, &name_a(0), &s, 2, true).await;
+    }
+    world.proxy.clear_requests();
+    world.proxy.set_rules(vec![
+        FaultRule::first_n(Some("DescribeImages"), Fault::AccessDenied, 1000)
+            .in_region("eu-west-1"),
+    ]);
+    let run = world
+        .run(&[
+            "prune",
+            "--regions",
+            "us-east-1,eu-west-1",
+            "--keep",
+            "1",
+            "--yes",
+        ])
+        .await;
+    world.proxy.set_rules(vec![]);
+    run.assert_failed_with(
+        "1 region(s) could not be looked at, nothing was planned there: eu-west-1: DescribeImages",
+    );
+    assert!(
+        run.stdout
+            .contains("eu-west-1\n  NOT LOOKED AT: DescribeImages"),
+        "{}",
+        run.stdout
+    );
+    assert_eq!(
+        succeeded(&world, "DeregisterImage", "ImageId"),
+        vec![old["us-east-1"].clone()]
+    );
+    assert!(
+        image_ids(&home.in_region("eu-west-1"))
+            .await
+            .contains(&old["eu-west-1"])
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn orphans_are_removed_only_when_ours_or_for_a_missing_image() {
     let world = moto_world().await;
     let c = world.clients().await;
