@@ -1,6 +1,8 @@
 //! Command-line definitions and output formatting; the work itself is in the library
 //! modules each subcommand calls.
 
+mod bench;
+mod history;
 mod images;
 mod testkit;
 
@@ -85,6 +87,15 @@ enum Command {
     Copy(images::CopyArgs),
     /// Share AMIs (public, accounts, organizations, OUs) in every region they exist in.
     Share(images::ShareArgs),
+    /// Boot an AMI and time it as ec2-boot-bench does (launch, running, port closed,
+    /// port open); always terminates what it launched; records the boot-time history.
+    Bench(bench::BenchArgs),
+    /// The boot-time history: import ec2-boot-bench output, list, show, check for
+    /// regressions.
+    #[command(subcommand)]
+    History(history::HistoryCommand),
+    /// Plots of boot time per build for every series, and an index.html showing them.
+    Report(history::ReportArgs),
     /// Local AWS-protocol servers on 127.0.0.1 for tests, demos and benchmarks.
     #[command(subcommand)]
     Testkit(testkit::TestkitCommand),
@@ -209,7 +220,6 @@ impl GlobalArgs {
     }
 
     /// Open the state database.
-    #[allow(dead_code)] // the commands that use it are being written
     fn state_db(&self) -> Result<crate::state::StateDb, Failure> {
         let path = self
             .state
@@ -327,6 +337,9 @@ async fn run(cli: Cli) -> Result<(), Failure> {
         Command::Register(a) => images::register(g, a).await,
         Command::Copy(a) => images::copy(g, a).await,
         Command::Share(a) => images::share(g, a).await,
+        Command::Bench(a) => bench::run(g, a).await,
+        Command::History(c) => history::run(g, c).await,
+        Command::Report(a) => history::report_cmd(g, a).await,
         Command::Testkit(c) => testkit::run(c).await,
     }
 }
