@@ -213,19 +213,34 @@ fn follow(
     if !sleep_until(refuse_at, stop) {
         return;
     }
-    // Closing the listener resets the queued filler connection; nothing is bound now.
-    drop(silent);
+    // Take the filler connection out of the queue and reset both ends (linger 0), so
+    // no socket is left on the port (a FIN would leave one closing there for a while,
+    // and the port could not be listened on again), then close the listener.
+    if let Ok((child, _)) = silent.accept() {
+        let _ = child.set_linger(Some(Duration::ZERO));
+        drop(child);
+    }
+    let _ = socket2::SockRef::from(&filler).set_linger(Some(Duration::ZERO));
     drop(filler);
+    drop(silent);
     record(PortState::Refusing);
     let accept_at = schedule.accept_after.map_or(forever, |d| started + d);
     if !sleep_until(accept_at, stop) {
         return;
     }
-    let l: TcpListener = match listener(addr.port(), 128) {
-        Ok(s) => s.into(),
-        Err(e) => {
-            eprintln!("boot fixture: cannot listen on {addr} again: {e}");
-            return;
+    // The port was left with no socket at all; should the kernel still hold one, try
+    // again for a moment rather than stay refusing for ever.
+    let give_up = Instant::now() + Duration::from_secs(1);
+    let l: TcpListener = loop {
+        match listener(addr.port(), 128) {
+            Ok(s) => break s.into(),
+            Err(e) if e.kind() == io::ErrorKind::AddrInUse && Instant::now() < give_up => {
+                std::thread::sleep(Duration::from_millis(1));
+            }
+            Err(e) => {
+                eprintln!("boot fixture: cannot listen on {addr} again: {e}");
+                return;
+            }
         }
     };
     record(PortState::Accepting);
@@ -279,9 +294,19 @@ mod tests {
 
     #[test]
     fn up_accepts_at_once_and_never_stays_silent() {
-        let f = BootFixture::start(BootSchedule::up()).unwrap();
-        std::thread::sleep(Duration::from_millis(30));
-        assert_eq!(knock(f.addr()), PortState::Accepting);
+        // Many times: the port must be free to listen on again at once, every time.
+        for _ in 0..20 {
+            let f = BootFixture::start(BootSchedule::up()).unwrap();
+            let deadline = Instant::now() + Duration::from_secs(2);
+            while f.entered(PortState::Accepting).is_none() && Instant::now() < deadline {
+                std::thread::sleep(Duration::from_millis(2));
+            }
+            assert!(
+                f.entered(PortState::Accepting).is_some(),
+                "{f:?} never accepted"
+            );
+            assert_eq!(knock(f.addr()), PortState::Accepting);
+        }
         let g = BootFixture::start(BootSchedule::never()).unwrap();
         assert_eq!(knock(g.addr()), PortState::Silent);
         assert_eq!(g.entered(PortState::Refusing), None);

@@ -2,6 +2,7 @@
 //! 127.0.0.1 (moto and the strict EBS endpoint, behind the recording fault proxy).
 
 mod bad_input;
+mod bench;
 mod common;
 mod faults;
 mod images;
