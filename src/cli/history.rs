@@ -8,7 +8,7 @@ use sha2::{Digest, Sha256};
 
 use super::{Failure, GlobalArgs};
 use crate::bench::{Phase, PhaseSummary, RunResult, phases};
-use crate::history::build::{self, is_yyyymmdd};
+use crate::history::build::{self, dashed, is_yyyymmdd};
 use crate::history::check::{self, CheckOptions};
 use crate::history::{self, Benchmark, BuildInfo, Selection, Source, import, report};
 use crate::state::now_epoch;
@@ -399,14 +399,6 @@ fn list(g: &GlobalArgs, a: &ListArgs) -> Result<(), Failure> {
         }
     });
     Ok(())
-}
-
-fn dashed(d: &str) -> String {
-    if d.len() == 8 {
-        format!("{}-{}-{}", &d[0..4], &d[4..6], &d[6..8])
-    } else {
-        d.to_string()
-    }
 }
 
 /// Left-aligned columns.

@@ -179,6 +179,15 @@ pub fn date_of_day(days: i64) -> String {
     format!("{y:04}{m:02}{d:02}")
 }
 
+/// `YYYYMMDD` written `YYYY-MM-DD` (anything else unchanged).
+pub fn dashed(d: &str) -> String {
+    if is_yyyymmdd(d) {
+        format!("{}-{}-{}", &d[0..4], &d[4..6], &d[6..8])
+    } else {
+        d.to_string()
+    }
+}
+
 /// The `YYYYMMDD` (UTC) of a Unix time.
 pub fn date_of_epoch(secs: i64) -> String {
     date_of_day(secs.div_euclid(86_400))
@@ -241,5 +250,7 @@ mod tests {
             assert_eq!(date_of_day(day_number(d).unwrap()), d);
         }
         assert_eq!(date_of_epoch(1_727_913_600), "20241003");
+        assert_eq!(dashed("20241003"), "2024-10-03");
+        assert_eq!(dashed("soon"), "soon");
     }
 }

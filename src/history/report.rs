@@ -22,6 +22,8 @@ const FONT_FAMILY: &str = "sans-serif";
 
 /// Plot size in pixels.
 const SIZE: (u32, u32) = (1000, 520);
+/// Width of the legend column, in pixels.
+const LEGEND_WIDTH: u32 = 210;
 
 /// Phase colours, in [`Phase::ALL`] order (colour-blind-safe Okabe-Ito).
 const PHASE_COLOURS: [RGBColor; 4] = [
@@ -148,13 +150,15 @@ fn draw<DB: DrawingBackend>(
     builds: &[BuildPoint],
 ) -> Result<(), DrawingAreaErrorKind<DB::ErrorType>> {
     root.fill(&WHITE)?;
+    // The legend gets its own column: over the plot it would hide data.
+    let (plot_area, legend_area) = root.split_horizontally(SIZE.0 - LEGEND_WIDTH);
     let (x0, x1) = x_range(builds);
     let top = builds
         .iter()
         .filter_map(|b| b.stats.total.map(|s| s.max))
         .fold(1.0f64, f64::max)
         * 1.15;
-    let mut chart = ChartBuilder::on(root)
+    let mut chart = ChartBuilder::on(&plot_area)
         .caption(
             format!("{key}: boot time per build"),
             (FONT_FAMILY, 20).into_font(),
@@ -163,10 +167,7 @@ fn draw<DB: DrawingBackend>(
         .x_label_area_size(40)
         .y_label_area_size(56)
         .build_cartesian_2d(x0..x1, 0f64..top)?;
-    let fmt_day = |x: &f64| {
-        let d = build::date_of_day(x.round() as i64);
-        format!("{}-{}-{}", &d[0..4], &d[4..6], &d[6..8])
-    };
+    let fmt_day = |x: &f64| build::dashed(&build::date_of_day(x.round() as i64));
     chart
         .configure_mesh()
         .x_labels(6)
@@ -193,10 +194,7 @@ fn draw<DB: DrawingBackend>(
                 (b.day as f64, upto)
             })
             .collect();
-        chart
-            .draw_series(AreaSeries::new(points, 0.0, colour.mix(0.55)).border_style(colour))?
-            .label(format!("{} (median)", phase.short()))
-            .legend(move |(x, y)| Rectangle::new([(x, y - 5), (x + 14, y + 5)], colour.filled()));
+        chart.draw_series(AreaSeries::new(points, 0.0, colour.mix(0.55)).border_style(colour))?;
     }
     // The min-max band of the totals, then the median total.
     if measured.len() >= 2 {
@@ -230,10 +228,7 @@ fn draw<DB: DrawingBackend>(
         .iter()
         .filter_map(|b| b.median_total().map(|m| (b.day as f64, m)))
         .collect();
-    chart
-        .draw_series(LineSeries::new(medians.clone(), BLACK.stroke_width(2)))?
-        .label("total (median)")
-        .legend(|(x, y)| PathElement::new(vec![(x, y), (x + 14, y)], BLACK.stroke_width(2)));
+    chart.draw_series(LineSeries::new(medians.clone(), BLACK.stroke_width(2)))?;
     chart.draw_series(medians.iter().map(|p| Circle::new(*p, 3, BLACK.filled())))?;
     // Builds none of whose runs finished: a red cross at the top.
     let failed: Vec<f64> = builds
@@ -242,22 +237,55 @@ fn draw<DB: DrawingBackend>(
         .map(|b| b.day as f64)
         .collect();
     if !failed.is_empty() {
-        chart
-            .draw_series(
-                failed
-                    .iter()
-                    .map(|x| Cross::new((*x, top * 0.95), 6, RED.stroke_width(2))),
-            )?
-            .label("no run finished (timed out)")
-            .legend(|(x, y)| Cross::new((x + 7, y), 5, RED.stroke_width(2)));
+        chart.draw_series(
+            failed
+                .iter()
+                .map(|x| Cross::new((*x, top * 0.95), 6, RED.stroke_width(2))),
+        )?;
     }
-    chart
-        .configure_series_labels()
-        .position(SeriesLabelPosition::UpperLeft)
-        .label_font((FONT_FAMILY, 12).into_font())
-        .background_style(WHITE.mix(0.85))
-        .border_style(RGBColor(200, 200, 200))
-        .draw()?;
+    draw_legend(&legend_area, !failed.is_empty())?;
+    Ok(())
+}
+
+/// A legend entry's mark.
+enum Swatch {
+    Line,
+    Fill(RGBAColor),
+    Cross,
+}
+
+/// The legend, top to bottom in the order the bands are stacked.
+fn draw_legend<DB: DrawingBackend>(
+    area: &DrawingArea<DB, Shift>,
+    failed: bool,
+) -> Result<(), DrawingAreaErrorKind<DB::ErrorType>> {
+    let mut entries = vec![
+        (Swatch::Line, "total (median)".to_string()),
+        (
+            Swatch::Fill(BLACK.mix(0.12)),
+            "total: min-max of runs".to_string(),
+        ),
+    ];
+    for phase in Phase::ALL.into_iter().rev() {
+        let c = PHASE_COLOURS[phase.index()].mix(0.55);
+        entries.push((Swatch::Fill(c), format!("{} (median)", phase.short())));
+    }
+    if failed {
+        entries.push((Swatch::Cross, "no run finished".to_string()));
+    }
+    let font = (FONT_FAMILY, 13).into_font().color(&BLACK);
+    for (i, (swatch, text)) in entries.iter().enumerate() {
+        let y = 60 + 24 * i as i32;
+        match swatch {
+            Swatch::Line => area.draw(&PathElement::new(
+                vec![(8, y), (26, y)],
+                BLACK.stroke_width(2),
+            ))?,
+            Swatch::Fill(c) => area.draw(&Rectangle::new([(8, y - 6), (26, y + 6)], c.filled()))?,
+            Swatch::Cross => area.draw(&Cross::new((17, y), 6, RED.stroke_width(2)))?,
+        }
+        area.draw_text(text, &font, (34, y - 7))?;
+    }
     Ok(())
 }
 
@@ -306,6 +334,7 @@ pub fn index_html(
         "table{border-collapse:collapse;margin:1em 0}\n",
         "th,td{border:1px solid #ccc;padding:.3em .6em;text-align:right}\n",
         "th:first-child,td:first-child,td.name{text-align:left}\n",
+        "td{white-space:nowrap}\ntd.name{white-space:normal}\n",
         "th{background:#f3f3f3}\n",
         "tr.regression td{background:#fde2e2}\n",
         "figure{margin:2em 0}\nimg{max-width:100%;height:auto;border:1px solid #eee}\n",
@@ -332,7 +361,7 @@ pub fn index_html(
         let regression = check.verdict.is_regression();
         let _ = write!(
             h,
-            "<tr{}><td><a href=\"#{}\">{}</a></td><td class=\"name\">{}</td><td>{}</td>",
+            "<tr{}><td class=\"name\"><a href=\"#{}\">{}</a></td><td class=\"name\">{}</td><td>{}</td>",
             if regression {
                 " class=\"regression\""
             } else {
@@ -341,7 +370,7 @@ pub fn index_html(
             escape(&key.slug()),
             escape(&key.to_string()),
             escape(&latest.label),
-            escape(&latest.date)
+            escape(&build::dashed(&latest.date))
         );
         for p in Phase::ALL {
             let _ = write!(

@@ -5,5 +5,6 @@ mod bad_input;
 mod bench;
 mod common;
 mod faults;
+mod history;
 mod images;
 mod roundtrip;
