@@ -362,7 +362,6 @@ pub async fn find_by_token(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use aws_sdk_ec2::operation::describe_instances::DescribeInstancesOutput;
     use aws_sdk_ec2::types::{InstanceIpv6Address, InstanceNetworkInterface};
 
     #[test]

@@ -61,6 +61,11 @@ pub struct PortWatch {
     pub closed: Option<Instant>,
     /// When the port started answering SYN/ACK.
     pub open: Option<Instant>,
+    /// When the first RST (or SYN/ACK, if RST was never seen) arrived: the moment
+    /// ec2-boot-bench would record, kept for comparison.
+    pub closed_answered: Option<Instant>,
+    /// When the first SYN/ACK arrived.
+    pub open_answered: Option<Instant>,
     /// The phase that did not end within the per-phase timeout.
     pub timed_out: Option<Phase>,
     /// Connects made.
@@ -141,13 +146,16 @@ pub async fn watch_port(
                     Answer::Refused if watch.closed.is_none() => {
                         let at = estimate(prev, sent[seq], answered, start);
                         watch.closed = Some(at);
+                        watch.closed_answered = Some(answered);
                         deadline = answered + phase_timeout;
                     }
                     Answer::Open => {
                         let floor = watch.closed.unwrap_or(start);
                         let at = estimate(prev, sent[seq], answered, floor);
                         watch.open = Some(at);
+                        watch.open_answered = Some(answered);
                         watch.closed.get_or_insert(at);
+                        watch.closed_answered.get_or_insert(answered);
                         return watch;
                     }
                     Answer::Error(e) => {

@@ -380,9 +380,9 @@ pub fn index_html(
             );
         }
         let total = latest.stats.total;
-        let _ = write!(
+        let _ = writeln!(
             h,
-            "<td>{}</td><td>{}</td><td>{}</td><td class=\"name\">{}</td></tr>\n",
+            "<td>{}</td><td>{}</td><td>{}</td><td class=\"name\">{}</td></tr>",
             secs(total.map(|s| s.median)),
             total
                 .map(|s| format!("{:.2}&ndash;{:.2}", s.min, s.max))
