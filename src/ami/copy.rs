@@ -14,8 +14,8 @@ use sha2::{Digest, Sha256};
 use tokio::sync::Semaphore;
 
 use super::{
-    AmiError, SOURCE_IMAGE_TAG, SOURCE_REGION_TAG, describe_one, describe_own, filter, permanent,
-    wait_available,
+    AmiError, SOURCE_IMAGE_TAG, SOURCE_REGION_TAG, SOURCE_SNAPSHOT_TAG, describe_one, describe_own,
+    filter, permanent, wait_available,
 };
 use crate::aws::{AwsError, Clients, RetryPolicy};
 use crate::snapshot::{OWNERSHIP_TAG, OWNERSHIP_VALUE};
@@ -40,8 +40,12 @@ impl CopyLimiter {
     }
 }
 
+/// Told `(region, image_id)` as soon as a CopyImage answers, so a journal can record
+/// the copy before anything else can go wrong.
+pub type OnCreated = Arc<dyn Fn(&str, &str) + Send + Sync>;
+
 /// How to copy.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct CopyOptions {
     /// Destination regions (the source region is skipped).
     pub regions: Vec<String>,
@@ -53,6 +57,22 @@ pub struct CopyOptions {
     pub retry: RetryPolicy,
     /// Per-destination concurrency.
     pub limiter: CopyLimiter,
+    /// Called with each new copy.
+    pub on_created: Option<OnCreated>,
+    /// Makes this run's ClientTokens (see [`copy_token`]).
+    pub token_salt: String,
+}
+
+impl std::fmt::Debug for CopyOptions {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("CopyOptions")
+            .field("regions", &self.regions)
+            .field("best_effort", &self.best_effort)
+            .field("wait", &self.wait)
+            .field("retry", &self.retry)
+            .field("on_created", &self.on_created.is_some())
+            .finish()
+    }
 }
 
 /// One destination's result.
@@ -70,15 +90,18 @@ pub struct CopyOutcome {
     pub best_effort: bool,
 }
 
-/// The ClientToken of the copy of `image_id` into `region`: the same on every run.
-pub fn copy_token(image_id: &str, region: &str) -> String {
-    let d = Sha256::digest(format!("ec2ami-copy:{image_id}:{region}").as_bytes());
+/// The ClientToken of the copy of `image_id` into `region` in one run (`salt`): every
+/// retry of that CopyImage carries it, so a retried call whose answer was lost makes no
+/// second copy. Across runs the lookup by name does that job; a token that never
+/// changed would make AWS answer a deregistered copy's id forever.
+pub fn copy_token(image_id: &str, region: &str, salt: &str) -> String {
+    let d = Sha256::digest(format!("ec2ami-copy:{salt}:{image_id}:{region}").as_bytes());
     d.iter().take(16).map(|b| format!("{b:02x}")).collect()
 }
 
 /// Copy `image_id` from `home`'s region to every region of `opts`, wait until each
-/// copy is available, and report each region. Fails if a region that is not best
-/// effort failed (after every region has finished).
+/// copy is available, and report each region (a region's failure is in its outcome:
+/// see [`check_outcomes`]). Fails only when the source image cannot be used.
 pub async fn copy_to_regions(
     home: &Clients,
     image_id: &str,
@@ -93,7 +116,10 @@ pub async fn copy_to_regions(
     let mut tags: Vec<Tag> = source
         .tags()
         .iter()
-        .filter(|t| !matches!(t.key(), Some(k) if k == SOURCE_IMAGE_TAG || k == SOURCE_REGION_TAG))
+        // A copy's snapshot is its own (in its mappings), not the source's.
+        .filter(|t| {
+            !matches!(t.key(), Some(k) if [SOURCE_IMAGE_TAG, SOURCE_REGION_TAG, SOURCE_SNAPSHOT_TAG].contains(&k))
+        })
         .cloned()
         .collect();
     if !tags.iter().any(|t| t.key() == Some(OWNERSHIP_TAG)) {
@@ -120,7 +146,12 @@ pub async fn copy_to_regions(
         opts,
     };
     let targets = opts.regions.iter().filter(|r| r.as_str() != home.region());
-    let outcomes: Vec<CopyOutcome> = join_all(targets.map(|r| job.one(r))).await;
+    Ok(join_all(targets.map(|r| job.one(r))).await)
+}
+
+/// Fail if a region that is not best effort failed (naming each); warn about the
+/// best-effort ones.
+pub fn check_outcomes(image_id: &str, outcomes: &[CopyOutcome]) -> Result<(), AmiError> {
     let failed: Vec<String> = outcomes
         .iter()
         .filter_map(|o| {
@@ -134,7 +165,7 @@ pub async fn copy_to_regions(
         })
         .collect();
     if failed.is_empty() {
-        Ok(outcomes)
+        Ok(())
     } else {
         Err(AmiError::Regions(failed))
     }
@@ -173,19 +204,37 @@ impl CopyJob<'_> {
     async fn copy(&self, region: &str) -> Result<(String, bool), (Option<String>, AmiError)> {
         let retry = &self.opts.retry;
         let dest = self.home.in_region(region);
-        let existing = describe_own(
-            &dest,
-            vec![filter(&format!("tag:{SOURCE_IMAGE_TAG}"), self.image_id)],
-            retry,
-        )
-        .await
-        .map_err(|e| (None, e.into()))?;
-        let (id, reused) = match existing.iter().find_map(|i| i.image_id()) {
-            Some(id) => (id.to_string(), true),
+        // A copy has the source's name, and names are unique per region: one lookup
+        // finds our copy, or an image that holds the name (a clear error, not a second
+        // CopyImage that AWS would refuse).
+        let existing = describe_own(&dest, vec![filter("name", self.name)], retry)
+            .await
+            .map_err(|e| (None, e.into()))?;
+        let (id, reused) = match existing.first() {
+            Some(img) if super::tag(img, SOURCE_IMAGE_TAG) == Some(self.image_id) => {
+                (img.image_id().unwrap_or_default().to_string(), true)
+            }
+            Some(img) => {
+                let id = img.image_id().unwrap_or_default().to_string();
+                let from = super::tag(img, SOURCE_IMAGE_TAG)
+                    .map(|s| format!("is a copy of {s}"))
+                    .unwrap_or_else(|| "is not a copy made by ec2ami".into());
+                return Err((
+                    None,
+                    AmiError::Invalid(format!(
+                        "{id} in {region} is already named `{}` and {from}, not of {}: \
+                         deregister it or choose another name",
+                        self.name, self.image_id
+                    )),
+                ));
+            }
             None => {
                 let slot = self.opts.limiter.region(region);
                 let _permit = slot.acquire().await.expect("never closed");
                 let id = self.start(&dest).await.map_err(|e| (None, e.into()))?;
+                if let Some(f) = &self.opts.on_created {
+                    f(region, &id);
+                }
                 tracing::info!("copying {} to {region}: {id}", self.image_id);
                 (id, false)
             }
@@ -197,7 +246,7 @@ impl CopyJob<'_> {
     }
 
     async fn start(&self, dest: &Clients) -> Result<String, AwsError> {
-        let token = copy_token(self.image_id, dest.region());
+        let token = copy_token(self.image_id, dest.region(), &self.opts.token_salt);
         let out = self
             .opts
             .retry
@@ -232,10 +281,11 @@ mod tests {
 
     #[test]
     fn copy_tokens_are_stable_and_distinct() {
-        let a = copy_token("ami-1", "eu-west-1");
-        assert_eq!(a, copy_token("ami-1", "eu-west-1"));
+        let a = copy_token("ami-1", "eu-west-1", "run-1");
+        assert_eq!(a, copy_token("ami-1", "eu-west-1", "run-1"));
+        assert_ne!(a, copy_token("ami-1", "eu-west-1", "run-2"));
         assert_eq!(a.len(), 32);
-        assert_ne!(a, copy_token("ami-1", "eu-west-2"));
-        assert_ne!(a, copy_token("ami-2", "eu-west-1"));
+        assert_ne!(a, copy_token("ami-1", "eu-west-2", "run-1"));
+        assert_ne!(a, copy_token("ami-2", "eu-west-1", "run-1"));
     }
 }

@@ -17,7 +17,7 @@ use tokio::time::Instant;
 
 use crate::aws::{AwsError, Clients, ErrorClass, RetryPolicy};
 
-pub use copy::{CopyLimiter, CopyOptions, CopyOutcome, copy_to_regions};
+pub use copy::{CopyLimiter, CopyOptions, CopyOutcome, OnCreated, check_outcomes, copy_to_regions};
 pub use register::{ImageSpec, Registered, register};
 pub use share::{ShareSpec, share};
 
@@ -54,10 +54,11 @@ pub enum BootMode {
 }
 
 /// Instance metadata service versions an AMI's instances accept.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Default)]
 pub enum Imds {
     /// IMDSv2 only (the secure default).
     #[serde(rename = "v2.0")]
+    #[default]
     V2,
     /// v1 or v2.
     #[serde(rename = "optional")]
@@ -335,7 +336,12 @@ pub async fn locate(
     Ok(found)
 }
 
-/// Wait until `image_id` is `available` (fails on `failed`/`error` or at the deadline).
+/// How long a new image may stay invisible to DescribeImages (eventual consistency)
+/// before it is taken as gone.
+const NOT_VISIBLE_GRACE: Duration = Duration::from_secs(120);
+
+/// Wait until `image_id` is `available` (fails on `failed`/`error`/`deregistered`, when
+/// it stays invisible, or at the deadline).
 pub async fn wait_available(
     clients: &Clients,
     image_id: &str,
@@ -349,11 +355,23 @@ pub async fn wait_available(
         region: clients.region().to_string(),
         message,
     };
+    let started = Instant::now();
     loop {
         let img = describe_one(clients, image_id, retry).await?;
+        if img.is_none() && started.elapsed() > NOT_VISIBLE_GRACE {
+            return Err(state_err(format!(
+                "does not exist ({}s after it was expected)",
+                NOT_VISIBLE_GRACE.as_secs()
+            )));
+        }
         match img.as_ref().and_then(|i| i.state()) {
             Some(ImageState::Available) => return Ok(()),
-            Some(s @ (ImageState::Failed | ImageState::Error | ImageState::Invalid)) => {
+            Some(
+                s @ (ImageState::Failed
+                | ImageState::Error
+                | ImageState::Invalid
+                | ImageState::Deregistered),
+            ) => {
                 let why = img
                     .as_ref()
                     .and_then(|i| i.state_reason())

@@ -342,6 +342,96 @@ pub async fn deprecate(
     Ok(())
 }
 
+/// How `img` differs from `spec` (empty when it matches), for `validate`. Attributes
+/// AWS leaves out of DescribeImages when unset count as unset (no IMDS support = v1
+/// allowed, no TPM support = no TPM).
+pub fn differences(spec: &ImageSpec, img: &Image) -> Vec<String> {
+    let mut d = Vec::new();
+    let mut cmp = |what: &str, have: String, want: String| {
+        if have != want {
+            d.push(format!("{what} is {have}, expected {want}"));
+        }
+    };
+    let state = img.state().map(|s| s.as_str()).unwrap_or("unknown");
+    cmp("state", state.into(), "available".into());
+    cmp(
+        "architecture",
+        img.architecture()
+            .map(|a| a.as_str())
+            .unwrap_or("unset")
+            .into(),
+        spec.arch.to_string(),
+    );
+    cmp(
+        "boot mode",
+        img.boot_mode()
+            .map(|b| b.as_str())
+            .unwrap_or("unset")
+            .into(),
+        spec.effective_boot_mode().to_string(),
+    );
+    cmp(
+        "ENA support",
+        img.ena_support().unwrap_or(false).to_string(),
+        spec.ena.to_string(),
+    );
+    cmp(
+        "SR-IOV support",
+        (img.sriov_net_support() == Some("simple")).to_string(),
+        spec.sriov.to_string(),
+    );
+    let imds = match img.imds_support() {
+        Some(v) if v.as_str() == "v2.0" => Imds::V2,
+        _ => Imds::Optional,
+    };
+    cmp("IMDS support", imds.to_string(), spec.imds.to_string());
+    cmp(
+        "TPM support",
+        img.tpm_support()
+            .is_some_and(|t| t.as_str() == "v2.0")
+            .to_string(),
+        spec.tpm.to_string(),
+    );
+    cmp(
+        "root device",
+        img.root_device_name().unwrap_or("unset").into(),
+        spec.root_device.clone(),
+    );
+    if let Some(want) = &spec.description {
+        cmp(
+            "description",
+            format!("`{}`", img.description().unwrap_or_default()),
+            format!("`{want}`"),
+        );
+    }
+    let root = img
+        .block_device_mappings()
+        .iter()
+        .find(|m| m.device_name() == img.root_device_name())
+        .and_then(|m| m.ebs());
+    match root {
+        None => d.push("no EBS root volume mapping".into()),
+        Some(ebs) => {
+            cmp(
+                "root volume type",
+                ebs.volume_type()
+                    .map(|v| v.as_str())
+                    .unwrap_or("unset")
+                    .into(),
+                spec.volume_type.clone(),
+            );
+            if let Some(want) = spec.volume_size_gib {
+                cmp(
+                    "root volume size",
+                    format!("{} GiB", ebs.volume_size().unwrap_or(0)),
+                    format!("{want} GiB"),
+                );
+            }
+        }
+    }
+    d
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -356,6 +446,50 @@ mod tests {
         let a = ImageSpec::new("MyOS 15.0 arm64", Arch::Arm64);
         assert_eq!(a.effective_boot_mode(), BootMode::Uefi);
         assert!(x.validate().is_ok() && a.validate().is_ok());
+    }
+
+    #[test]
+    fn differences_name_each_attribute() {
+        let mut spec = ImageSpec::new("MyOS x", Arch::Arm64);
+        spec.ena = true;
+        spec.description = Some("d".into());
+        let good = Image::builder()
+            .state(aws_sdk_ec2::types::ImageState::Available)
+            .architecture(ArchitectureValues::Arm64)
+            .boot_mode(BootModeValues::Uefi)
+            .ena_support(true)
+            .imds_support(ImdsSupportValues::V20)
+            .root_device_name("/dev/sda1")
+            .description("d")
+            .block_device_mappings(
+                BlockDeviceMapping::builder()
+                    .device_name("/dev/sda1")
+                    .ebs(
+                        EbsBlockDevice::builder()
+                            .volume_type(VolumeType::Gp3)
+                            .build(),
+                    )
+                    .build(),
+            )
+            .build();
+        assert_eq!(differences(&spec, &good), Vec::<String>::new());
+        let bad = Image::builder()
+            .state(aws_sdk_ec2::types::ImageState::Available)
+            .architecture(ArchitectureValues::X8664)
+            .root_device_name("/dev/xvda")
+            .build();
+        let d = differences(&spec, &bad).join("; ");
+        for needle in [
+            "architecture is x86_64, expected arm64",
+            "boot mode is unset, expected uefi",
+            "ENA support is false, expected true",
+            "IMDS support is optional, expected v2.0",
+            "root device is /dev/xvda",
+            "description is ``, expected `d`",
+            "no EBS root volume mapping",
+        ] {
+            assert!(d.contains(needle), "`{needle}` not in: {d}");
+        }
     }
 
     #[test]

@@ -1,7 +1,10 @@
 //! Share AMIs (public, accounts, organizations, OUs) in every region where they exist,
 //! or revoke that; when AWS refuses, say why and what to do.
 
-use aws_sdk_ec2::types::{LaunchPermission, LaunchPermissionModifications, PermissionGroup};
+use aws_sdk_ec2::types::{
+    LaunchPermission, LaunchPermissionModifications, OperationType, PermissionGroup,
+    SnapshotAttributeName,
+};
 use futures_util::future::join_all;
 use serde::Serialize;
 
@@ -188,6 +191,81 @@ async fn explain(clients: &Clients, spec: &ShareSpec, e: AwsError, retry: &Retry
         ),
         _ => e.to_string(),
     }
+}
+
+/// The launch permissions of `image_id` as words: `public`, `account:ID`, `org:ARN`,
+/// `ou:ARN`.
+pub async fn launch_permissions(
+    clients: &Clients,
+    image_id: &str,
+    retry: &RetryPolicy,
+) -> Result<Vec<String>, AwsError> {
+    let out = retry
+        .run(&format!("DescribeImageAttribute {image_id}"), || async {
+            clients
+                .ec2
+                .describe_image_attribute()
+                .image_id(image_id)
+                .attribute(aws_sdk_ec2::types::ImageAttributeName::LaunchPermission)
+                .send()
+                .await
+                .map_err(|e| AwsError::from_sdk("DescribeImageAttribute", e))
+        })
+        .await?;
+    Ok(out
+        .launch_permissions()
+        .iter()
+        .filter_map(|p| {
+            if p.group() == Some(&PermissionGroup::All) {
+                Some("public".to_string())
+            } else if let Some(a) = p.user_id() {
+                Some(format!("account:{a}"))
+            } else if let Some(o) = p.organization_arn() {
+                Some(format!("org:{o}"))
+            } else {
+                p.organizational_unit_arn().map(|o| format!("ou:{o}"))
+            }
+        })
+        .collect())
+}
+
+/// Make the snapshots behind `image_id` (in `clients`' region) public: anyone may
+/// create a volume from them (bsdec2-image-upload's `--publicsnap`).
+pub async fn make_snapshots_public(
+    clients: &Clients,
+    image_id: &str,
+    retry: &RetryPolicy,
+) -> Result<Vec<String>, AmiError> {
+    let img = super::describe_one(clients, image_id, retry)
+        .await?
+        .ok_or_else(|| {
+            AmiError::Invalid(format!("{image_id} not found in {}", clients.region()))
+        })?;
+    let snapshots: Vec<String> = img
+        .block_device_mappings()
+        .iter()
+        .filter_map(|m| m.ebs()?.snapshot_id().map(str::to_string))
+        .collect();
+    for s in &snapshots {
+        retry
+            .run(
+                &format!("ModifySnapshotAttribute {s} in {}", clients.region()),
+                || async {
+                    clients
+                        .ec2
+                        .modify_snapshot_attribute()
+                        .snapshot_id(s)
+                        .attribute(SnapshotAttributeName::CreateVolumePermission)
+                        .operation_type(OperationType::Add)
+                        .group_names("all")
+                        .send()
+                        .await
+                        .map_err(|e| AwsError::from_sdk("ModifySnapshotAttribute", e))
+                },
+            )
+            .await?;
+    }
+    Ok(snapshots)
 }
 
 #[cfg(test)]

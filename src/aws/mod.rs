@@ -30,6 +30,9 @@ pub struct AwsOptions {
     pub endpoint_url: Option<String>,
     /// Timeouts applied to every request.
     pub timeouts: Timeouts,
+    /// Explicit credentials instead of the standard chain (a bsdec2-image-upload key
+    /// file); their Debug output hides the secret.
+    pub credentials: Option<aws_sdk_ec2::config::Credentials>,
 }
 
 /// Explicit network timeouts: uploads without them hang forever on a stalled socket.
@@ -112,6 +115,9 @@ pub async fn connect(opts: &AwsOptions) -> Result<Clients, AwsError> {
     }
     if let Some(url) = &opts.endpoint_url {
         loader = loader.endpoint_url(url);
+    }
+    if let Some(creds) = &opts.credentials {
+        loader = loader.credentials_provider(creds.clone());
     }
     let config = loader.load().await;
     if config.region().is_none() {

@@ -3,11 +3,11 @@
 use std::time::Duration;
 
 use aws_smithy_types::DateTime;
-use aws_smithy_types::date_time::Format;
 use clap::Args;
 
 use super::{Failure, GlobalArgs, connect, parse_duration, parse_tag};
 use crate::ami::{self, Arch, BootMode, CopyLimiter, CopyOptions, ImageSpec, Imds, ShareSpec};
+use crate::units::parse_date;
 
 #[derive(Debug, Args)]
 pub struct RegisterArgs {
@@ -101,17 +101,6 @@ pub struct ShareArgs {
     regions: Vec<String>,
 }
 
-/// Parse `YYYY-MM-DD` (midnight UTC) or an RFC 3339 time.
-pub fn parse_date(s: &str) -> Result<DateTime, String> {
-    let full = if s.len() == 10 {
-        format!("{s}T00:00:00Z")
-    } else {
-        s.to_string()
-    };
-    DateTime::from_str(&full, Format::DateTime)
-        .map_err(|_| format!("`{s}` is not a date (2027-06-30 or 2027-06-30T12:00:00Z)"))
-}
-
 /// The line FreeBSD's release scripts grep, as bsdec2-image-upload prints it.
 pub fn created_line(region: &str, image_id: &str) -> String {
     format!("Created AMI in {region} region: {image_id}")
@@ -155,8 +144,11 @@ pub async fn copy(g: &GlobalArgs, a: &CopyArgs) -> Result<(), Failure> {
         wait: a.wait_timeout,
         retry,
         limiter: CopyLimiter::default(),
+        on_created: None,
+        token_salt: uuid::Uuid::new_v4().to_string(),
     };
     let outcomes = ami::copy_to_regions(&clients, &a.image_id, &opts).await?;
+    ami::check_outcomes(&a.image_id, &outcomes)?;
     g.print(&outcomes, || {
         std::iter::once(created_line(clients.region(), &a.image_id))
             .chain(outcomes.iter().filter_map(|o| {
@@ -208,13 +200,6 @@ pub async fn share(g: &GlobalArgs, a: &ShareArgs) -> Result<(), Failure> {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn dates_parse() {
-        assert_eq!(parse_date("2027-06-30").unwrap().secs(), 1_814_313_600);
-        assert!(parse_date("2027-06-30T12:00:00Z").is_ok());
-        assert!(parse_date("next week").is_err());
-    }
 
     #[test]
     fn created_line_is_bsdec2s() {

@@ -4,6 +4,7 @@
 mod bench;
 mod history;
 mod images;
+mod publish;
 mod testkit;
 
 use std::path::PathBuf;
@@ -87,6 +88,17 @@ enum Command {
     Copy(images::CopyArgs),
     /// Share AMIs (public, accounts, organizations, OUs) in every region they exist in.
     Share(images::ShareArgs),
+    /// SSM parameters naming AMIs: put them, promote one to another.
+    #[command(subcommand)]
+    Params(publish::ParamsCommand),
+    /// Publish a whole release (upload, register, copy, share, parameters); resumable.
+    Publish(publish::PublishArgs),
+    /// Check every AMI, permission and parameter of a release: Correct, Incorrect,
+    /// Missing or Unreachable.
+    Validate(publish::ValidateArgs),
+    /// Other tools' command lines, done by ec2ami.
+    #[command(subcommand)]
+    Compat(publish::CompatCommand),
     /// Boot an AMI and time it as ec2-boot-bench does (launch, running, port closed,
     /// port open); always terminates what it launched; records the boot-time history.
     Bench(bench::BenchArgs),
@@ -171,33 +183,7 @@ fn parse_tag(s: &str) -> Result<(String, String), String> {
     }
 }
 
-/// Parse a duration: a number with an optional unit s, m, h or d (`90s`, `10m`, `2h`).
-pub fn parse_duration(s: &str) -> Result<Duration, String> {
-    let s = s.trim();
-    let (num, unit) = match s.find(|c: char| !c.is_ascii_digit() && c != '.') {
-        Some(i) => s.split_at(i),
-        None => (s, "s"),
-    };
-    let n: f64 = num
-        .parse()
-        .map_err(|_| format!("`{s}` is not a duration (e.g. 90s, 10m, 2h)"))?;
-    let mult = match unit.trim() {
-        "ms" => 0.001,
-        "s" | "sec" => 1.0,
-        "m" | "min" => 60.0,
-        "h" => 3600.0,
-        "d" => 86400.0,
-        u => {
-            return Err(format!(
-                "unknown duration unit `{u}` in `{s}` (use s, m, h or d)"
-            ));
-        }
-    };
-    if !n.is_finite() || n < 0.0 {
-        return Err(format!("`{s}` is not a positive duration"));
-    }
-    Ok(Duration::from_secs_f64(n * mult))
-}
+pub use crate::units::parse_duration;
 
 impl GlobalArgs {
     fn aws(&self) -> AwsOptions {
@@ -209,6 +195,7 @@ impl GlobalArgs {
                 attempt: self.attempt_timeout,
                 ..Timeouts::default()
             },
+            credentials: None,
         }
     }
 
@@ -337,6 +324,10 @@ async fn run(cli: Cli) -> Result<(), Failure> {
         Command::Register(a) => images::register(g, a).await,
         Command::Copy(a) => images::copy(g, a).await,
         Command::Share(a) => images::share(g, a).await,
+        Command::Params(c) => publish::params(g, c).await,
+        Command::Publish(a) => publish::publish(g, a).await,
+        Command::Validate(a) => publish::validate(g, a).await,
+        Command::Compat(c) => publish::compat(g, c).await,
         Command::Bench(a) => bench::run(g, a).await,
         Command::History(c) => history::run(g, c).await,
         Command::Report(a) => history::report_cmd(g, a).await,
@@ -413,18 +404,6 @@ mod tests {
     #[test]
     fn cli_definition_is_consistent() {
         Cli::command().debug_assert();
-    }
-
-    #[test]
-    fn durations_parse() {
-        assert_eq!(parse_duration("90").unwrap(), Duration::from_secs(90));
-        assert_eq!(parse_duration("90s").unwrap(), Duration::from_secs(90));
-        assert_eq!(parse_duration("10m").unwrap(), Duration::from_secs(600));
-        assert_eq!(parse_duration("2h").unwrap(), Duration::from_secs(7200));
-        assert_eq!(parse_duration("1.5s").unwrap(), Duration::from_millis(1500));
-        assert_eq!(parse_duration("250ms").unwrap(), Duration::from_millis(250));
-        assert!(parse_duration("ten").is_err());
-        assert!(parse_duration("5y").is_err());
     }
 
     #[test]

@@ -13,8 +13,9 @@ use crate::testkit::{
 /// Local servers (they listen on 127.0.0.1 only).
 #[derive(Debug, Subcommand)]
 pub enum TestkitCommand {
-    /// Start moto (pip install 'moto[server]') behind a proxy that makes its EBS answers
-    /// AWS-like (512 KiB blocks); print the endpoint URL and serve until interrupted.
+    /// Start moto (pip install 'moto[server]'), extended to keep AMI state as AWS does,
+    /// behind a proxy that makes its EBS answers AWS-like (512 KiB blocks); print the
+    /// endpoint URL and serve until interrupted.
     Moto,
     /// Start the strict in-memory EBS direct endpoint; print its URL and serve until
     /// interrupted.

@@ -1,6 +1,7 @@
 //! What build an AMI is: version, branch, flavour, filesystem, architecture and build
-//! date, read from the tags `ec2ami publish` puts on every AMI, or parsed from a
-//! FreeBSD-style image name when the tags are absent.
+//! date, read from the tags `ec2ami publish` puts on every AMI (see
+//! `publish::release::TAGGED_VARS`), or parsed from a FreeBSD-style image name when the
+//! tags are absent.
 
 use serde::Serialize;
 
@@ -30,7 +31,8 @@ pub struct BuildInfo {
     pub flavour: Option<String>,
     /// Filesystem, lower case: ufs, zfs.
     pub fs: Option<String>,
-    /// Architecture: amd64 or arm64 (x86_64 and aarch64 are written so).
+    /// Architecture: amd64 or arm64 (x86_64, which `publish` tags, and aarch64 are
+    /// written so, so one series is not split by two spellings).
     pub arch: Option<String>,
     /// Build date, `YYYYMMDD`.
     pub build_date: Option<String>,
@@ -238,6 +240,22 @@ mod tests {
         // What the tags do not say comes from the name.
         assert_eq!(b.flavour.as_deref(), Some("small"));
         assert_eq!(b.fs.as_deref(), Some("zfs"));
+    }
+
+    #[test]
+    fn the_tags_read_are_the_tags_publish_writes() {
+        use crate::publish::release::{BUILD_DATE_TAG as WRITTEN, TAGGED_VARS, VAR_TAG_PREFIX};
+        assert_eq!(BUILD_DATE_TAG, WRITTEN);
+        for (tag, var) in [
+            (VERSION_TAG, "version"),
+            (BRANCH_TAG, "branch"),
+            (FLAVOUR_TAG, "flavour"),
+            (FS_TAG, "fs"),
+            (ARCH_TAG, "arch"),
+        ] {
+            assert!(TAGGED_VARS.contains(&var), "publish no longer tags {var}");
+            assert_eq!(tag, format!("{VAR_TAG_PREFIX}{var}"));
+        }
     }
 
     #[test]

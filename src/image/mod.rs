@@ -178,6 +178,25 @@ impl DiskImage {
         }))
     }
 
+    /// Check `path` as [`DiskImage::open`] does, without converting it: what a plan or
+    /// a pre-flight check needs. Returns the file's size and format.
+    pub fn check(path: &Path) -> Result<(u64, Format), ImageError> {
+        let (file, size, _) = open_checked(path)?;
+        let format = detect_format(&file, size).map_err(|source| ImageError::Read {
+            path: path.to_owned(),
+            offset: 0,
+            source,
+        })?;
+        if format != Format::Raw && qemu_img().is_none() {
+            return Err(ImageError::NeedsConversion {
+                path: path.to_owned(),
+                format,
+                qemu: format.qemu_name(),
+            });
+        }
+        Ok((size, format))
+    }
+
     /// The path given by the user.
     pub fn path(&self) -> &Path {
         &self.path

@@ -3,6 +3,7 @@
 
 pub mod checksum;
 pub mod download;
+pub mod ec2;
 pub mod index;
 pub mod upload;
 mod wait;
@@ -12,7 +13,7 @@ use std::time::Duration;
 use crate::aws::{AwsError, ErrorClass};
 
 pub use download::{DownloadError, DownloadOptions, DownloadReport, download};
-pub use upload::{UploadError, UploadOptions, UploadReport, upload};
+pub use upload::{UploadError, UploadOptions, UploadReport, upload, upload_with};
 pub use wait::wait_for_completed;
 
 /// Tag key marking every resource ec2ami creates (clean-up finds its own by it).

@@ -336,6 +336,18 @@ pub async fn upload(
     opts: &UploadOptions,
     shutdown: impl Future<Output = ()>,
 ) -> Result<UploadReport, UploadError> {
+    upload_with(clients, image, opts, shutdown, |_| {}).await
+}
+
+/// [`upload`], telling `on_started` the snapshot id as soon as StartSnapshot answers, so
+/// a journal can record it before anything else can go wrong.
+pub async fn upload_with(
+    clients: &Clients,
+    image: Arc<DiskImage>,
+    opts: &UploadOptions,
+    shutdown: impl Future<Output = ()>,
+    on_started: impl FnOnce(&str),
+) -> Result<UploadReport, UploadError> {
     let t0 = Instant::now();
     let job = Job {
         clients,
@@ -353,6 +365,7 @@ pub async fn upload(
         job.volume_gib,
         clients.region()
     );
+    on_started(&snapshot_id);
 
     let mut index = None;
     let result = tokio::select! {
@@ -616,22 +629,8 @@ async fn clean_up(
         deadline: Duration::from_secs(120),
         ..opts.retry
     };
-    let r = policy
-        .run(&format!("DeleteSnapshot {snapshot_id}"), || async {
-            clients
-                .ec2
-                .delete_snapshot()
-                .snapshot_id(snapshot_id)
-                .send()
-                .await
-                .map_err(|e| AwsError::from_sdk("DeleteSnapshot", e))
-        })
-        .await;
-    match r {
-        Ok(_) => Cleanup::Deleted(snapshot_id.to_string()),
-        Err(e) if e.has_code("InvalidSnapshot.NotFound") => {
-            Cleanup::Deleted(snapshot_id.to_string())
-        }
+    match super::ec2::delete(clients, snapshot_id, &policy).await {
+        Ok(()) => Cleanup::Deleted(snapshot_id.to_string()),
         Err(e) => Cleanup::DeleteFailed(snapshot_id.to_string(), e),
     }
 }

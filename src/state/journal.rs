@@ -2,6 +2,8 @@
 //! resource it created, recorded as soon as AWS names it. A rerun reads it to finish
 //! the job instead of starting over, and to clean up what an interrupted step left.
 
+use std::sync::Arc;
+
 use rusqlite::{OptionalExtension, params};
 use serde::Serialize;
 
@@ -100,25 +102,25 @@ pub struct Step {
     pub detail: Option<String>,
 }
 
-/// A release's journal.
-#[derive(Debug)]
-pub struct Journal<'a> {
-    db: &'a StateDb,
+/// A release's journal (cheap to clone: clones share the database).
+#[derive(Debug, Clone)]
+pub struct Journal {
+    db: Arc<StateDb>,
     release: i64,
     vars: String,
     resumed: bool,
 }
 
-impl<'a> Journal<'a> {
+impl Journal {
     /// The journal of release `key` (the identity of a release file and its content):
     /// the one an earlier run left, or a new one recording `vars` (JSON: the values
     /// fixed at the first run, such as the date). A resumed journal keeps its vars.
     pub fn open(
-        db: &'a StateDb,
+        db: &Arc<StateDb>,
         key: &str,
         file: &str,
         vars: &str,
-    ) -> Result<Journal<'a>, StateError> {
+    ) -> Result<Journal, StateError> {
         db.with(|c| {
             let found: Option<(i64, String)> = c
                 .query_row("SELECT id, vars FROM releases WHERE key = ?1", [key], |r| {
@@ -127,7 +129,7 @@ impl<'a> Journal<'a> {
                 .optional()?;
             if let Some((release, vars)) = found {
                 return Ok(Journal {
-                    db,
+                    db: db.clone(),
                     release,
                     vars,
                     resumed: true,
@@ -138,10 +140,28 @@ impl<'a> Journal<'a> {
                 params![key, file, vars, now_epoch()],
             )?;
             Ok(Journal {
-                db,
+                db: db.clone(),
                 release: c.last_insert_rowid(),
                 vars: vars.to_string(),
                 resumed: false,
+            })
+        })
+    }
+
+    /// The journal an earlier run of release `key` left, if any (creates nothing).
+    pub fn find(db: &Arc<StateDb>, key: &str) -> Result<Option<Journal>, StateError> {
+        db.with(|c| {
+            c.query_row("SELECT id, vars FROM releases WHERE key = ?1", [key], |r| {
+                Ok((r.get(0)?, r.get(1)?))
+            })
+            .optional()
+        })
+        .map(|found| {
+            found.map(|(release, vars)| Journal {
+                db: db.clone(),
+                release,
+                vars,
+                resumed: true,
             })
         })
     }
@@ -277,7 +297,7 @@ mod tests {
     fn steps_are_recorded_updated_and_resumed() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("state.db");
-        let db = StateDb::open(&path).unwrap();
+        let db = Arc::new(StateDb::open(&path).unwrap());
         let j = Journal::open(&db, "rel-1", "release.toml", r#"{"date":"20261124"}"#).unwrap();
         assert!(!j.resumed());
         let snap = StepKey::new("MyOS 1", "snapshot", "us-east-1", "");
@@ -291,10 +311,10 @@ mod tests {
         assert_eq!(got.status, Status::Done);
         let p = StepKey::new("MyOS 1", "param", "eu-west-1", "/myos/x");
         j.record(&p, Status::Done, Some("ami-1"), None).unwrap();
-        drop(db);
+        drop((j, db));
 
         // A new process: same key, same journal and vars, whatever vars it offers.
-        let db = StateDb::open(&path).unwrap();
+        let db = Arc::new(StateDb::open(&path).unwrap());
         let j = Journal::open(&db, "rel-1", "release.toml", r#"{"date":"20261125"}"#).unwrap();
         assert!(j.resumed());
         assert_eq!(j.vars(), r#"{"date":"20261124"}"#);

@@ -142,6 +142,44 @@ impl StateDb {
     }
 }
 
+/// An exclusive lock on a named job (a release being published), held until dropped.
+/// The kernel releases it when the process dies, even by kill -9.
+#[derive(Debug)]
+pub struct JobLock {
+    _file: std::fs::File,
+}
+
+impl JobLock {
+    /// Take the lock `name` under `dir`, or say who holds it.
+    pub fn acquire(dir: &Path, name: &str) -> Result<Option<JobLock>, StateError> {
+        use std::os::fd::AsRawFd;
+        let dir = dir.join("locks");
+        let io = |source| StateError::Dir {
+            path: dir.clone(),
+            source,
+        };
+        std::fs::create_dir_all(&dir).map_err(io)?;
+        let file = std::fs::OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(dir.join(format!("{name}.lock")))
+            .map_err(io)?;
+        // SAFETY: flock on a descriptor we own; no memory is involved.
+        let r = unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) };
+        if r == 0 {
+            Ok(Some(JobLock { _file: file }))
+        } else {
+            let e = std::io::Error::last_os_error();
+            if e.raw_os_error() == Some(libc::EWOULDBLOCK) {
+                Ok(None)
+            } else {
+                Err(io(e))
+            }
+        }
+    }
+}
+
 /// Seconds since the Unix epoch, for timestamps in the database.
 pub fn now_epoch() -> i64 {
     std::time::SystemTime::now()
@@ -168,6 +206,17 @@ mod tests {
         assert!(path.exists());
         // Reopening applies the schemas again without error.
         StateDb::open(&path).unwrap();
+    }
+
+    #[test]
+    fn a_job_lock_is_exclusive_until_dropped() {
+        let dir = tempfile::tempdir().unwrap();
+        let a = JobLock::acquire(dir.path(), "rel").unwrap();
+        assert!(a.is_some());
+        assert!(JobLock::acquire(dir.path(), "rel").unwrap().is_none());
+        assert!(JobLock::acquire(dir.path(), "other").unwrap().is_some());
+        drop(a);
+        assert!(JobLock::acquire(dir.path(), "rel").unwrap().is_some());
     }
 
     #[test]

@@ -9,6 +9,6 @@ pub mod proxy;
 pub mod strict_ebs;
 
 pub use boot_fixture::{BootFixture, BootSchedule, PortState};
-pub use moto::MotoServer;
+pub use moto::{MotoOptions, MotoServer};
 pub use proxy::{Fault, FaultProxy, FaultRule, ProxyConfig, RecordedRequest};
 pub use strict_ebs::{SnapshotView, StrictEbs, StrictEbsConfig};

@@ -1,5 +1,14 @@
 //! Launch moto's standalone server on 127.0.0.1 for tests, and the environment a child
 //! `ec2ami` process needs to talk to such a local endpoint safely.
+//!
+//! moto runs with our extension ([`MOTO_EXT`], `src/testkit/moto_ext.py`), which makes it
+//! keep the AMI state AWS keeps: RegisterImage's attributes, block device mappings (no
+//! fake snapshot) and tags, validation of names, architectures, boot modes and
+//! snapshots; CopyImage's attributes, per-region snapshots, tags and ClientToken; image
+//! deprecation; DeregisterImage's DeleteAssociatedSnapshots and snapshots in use; the
+//! DescribeImages block-device-mapping filters; DescribeImageAttribute; image block
+//! public access; DescribeSnapshots OwnerIds. A moto that lacks what the extension
+//! patches makes the start fail with a message naming it.
 
 use std::fs::File;
 use std::io::{self, BufRead, BufReader, Read, Seek, SeekFrom, Write};
@@ -45,6 +54,10 @@ const START_DEADLINE: Duration = Duration::from_secs(30);
 const START_ATTEMPTS: usize = 3;
 const INSTALL_HINT: &str = "moto is not installed: run pip install 'moto[server]'";
 
+/// The Python module run in place of `python3 -m moto.server` (same arguments): it patches
+/// moto to keep the AMI state ec2ami's tests check, then starts moto's server.
+pub const MOTO_EXT: &str = include_str!("moto_ext.py");
+
 /// Env vars for a child `ec2ami` process talking to `endpoint_url` with dummy
 /// credentials: AWS_ENDPOINT_URL, AWS_REGION, AWS_DEFAULT_REGION, AWS_ACCESS_KEY_ID,
 /// AWS_SECRET_ACCESS_KEY, AWS_EC2_METADATA_DISABLED=true, AWS_CONFIG_FILE=/dev/null and
@@ -73,6 +86,8 @@ pub struct MotoServer {
     child: Child,
     port: u16,
     log: tempfile::NamedTempFile,
+    /// The extension script moto runs from; deleted on drop.
+    _script: tempfile::NamedTempFile,
 }
 
 impl std::fmt::Debug for MotoServer {
@@ -85,6 +100,26 @@ impl std::fmt::Debug for MotoServer {
     }
 }
 
+/// How to start moto (see [`MotoServer::start_with`]).
+#[derive(Clone, Debug)]
+pub struct MotoOptions {
+    /// The Python interpreter that has moto (default: `$EC2AMI_PYTHON`, else `python3`).
+    pub python: String,
+    /// Load moto's Amazon-owned public AMIs and their snapshots (about 1200 per region,
+    /// under a second more per region), so that a test sees images and snapshots the
+    /// account does not own, as it would in AWS.
+    pub amazon_images: bool,
+}
+
+impl Default for MotoOptions {
+    fn default() -> Self {
+        MotoOptions {
+            python: std::env::var("EC2AMI_PYTHON").unwrap_or_else(|_| "python3".to_string()),
+            amazon_images: false,
+        }
+    }
+}
+
 /// Why one launch attempt failed.
 enum Attempt {
     /// The port was taken between our probe and moto's bind: try another.
@@ -94,12 +129,12 @@ enum Attempt {
 }
 
 impl MotoServer {
-    /// Start moto's server on a free 127.0.0.1 port and wait (deadline 30 s) until it answers HTTP.
+    /// Start moto's server, with our extension, on a free 127.0.0.1 port and wait (deadline
+    /// 30 s) until it answers HTTP.
     ///
     /// This blocks the calling thread; from async code use [`MotoServer::start_async`].
     pub fn start() -> io::Result<MotoServer> {
-        let python = std::env::var("EC2AMI_PYTHON").unwrap_or_else(|_| "python3".to_string());
-        Self::start_with_python(&python)
+        Self::start_with(&MotoOptions::default())
     }
 
     /// [`MotoServer::start`] on tokio's blocking pool, for async callers.
@@ -111,9 +146,17 @@ impl MotoServer {
 
     /// Like [`MotoServer::start`] with an explicit Python interpreter.
     pub fn start_with_python(python: &str) -> io::Result<MotoServer> {
+        Self::start_with(&MotoOptions {
+            python: python.to_string(),
+            ..MotoOptions::default()
+        })
+    }
+
+    /// Like [`MotoServer::start`] with explicit options.
+    pub fn start_with(options: &MotoOptions) -> io::Result<MotoServer> {
         let mut last = None;
         for _ in 0..START_ATTEMPTS {
-            match Self::try_start(python) {
+            match Self::try_start(options) {
                 Ok(s) => return Ok(s),
                 Err(Attempt::PortRace(e)) => last = Some(e),
                 Err(Attempt::Fatal(e)) => return Err(e),
@@ -122,7 +165,8 @@ impl MotoServer {
         Err(last.unwrap_or_else(|| io::Error::other("moto did not start")))
     }
 
-    fn try_start(python: &str) -> Result<MotoServer, Attempt> {
+    fn try_start(options: &MotoOptions) -> Result<MotoServer, Attempt> {
+        let python = options.python.as_str();
         let port = free_port().map_err(Attempt::Fatal)?;
         let log = tempfile::Builder::new()
             .prefix("ec2ami-moto-")
@@ -131,25 +175,27 @@ impl MotoServer {
             .map_err(Attempt::Fatal)?;
         let out = log.reopen().map_err(Attempt::Fatal)?;
         let err = log.reopen().map_err(Attempt::Fatal)?;
+        let script = write_extension().map_err(Attempt::Fatal)?;
         let mut cmd = Command::new(python);
-        cmd.args([
-            "-m",
-            "moto.server",
-            "-H",
-            "127.0.0.1",
-            "-p",
-            &port.to_string(),
-        ])
-        .stdin(Stdio::null())
-        .stdout(Stdio::from(out))
-        .stderr(Stdio::from(err))
-        .env("MOTO_EC2_LOAD_DEFAULT_AMIS", "false")
-        .env("AWS_EC2_METADATA_DISABLED", "true")
-        .env("AWS_ACCESS_KEY_ID", DUMMY_ACCESS_KEY)
-        .env("AWS_SECRET_ACCESS_KEY", DUMMY_SECRET_KEY)
-        .env("AWS_DEFAULT_REGION", "us-east-1")
-        .env("PYTHONUNBUFFERED", "1")
-        .process_group(0);
+        cmd.arg(script.path())
+            .args(["-H", "127.0.0.1", "-p", &port.to_string()])
+            .stdin(Stdio::null())
+            .stdout(Stdio::from(out))
+            .stderr(Stdio::from(err))
+            .env(
+                "MOTO_EC2_LOAD_DEFAULT_AMIS",
+                if options.amazon_images {
+                    "true"
+                } else {
+                    "false"
+                },
+            )
+            .env("AWS_EC2_METADATA_DISABLED", "true")
+            .env("AWS_ACCESS_KEY_ID", DUMMY_ACCESS_KEY)
+            .env("AWS_SECRET_ACCESS_KEY", DUMMY_SECRET_KEY)
+            .env("AWS_DEFAULT_REGION", "us-east-1")
+            .env("PYTHONUNBUFFERED", "1")
+            .process_group(0);
         for k in AWS_ENV_TO_REMOVE {
             cmd.env_remove(k);
         }
@@ -157,10 +203,15 @@ impl MotoServer {
         let child = cmd.spawn().map_err(|e| {
             Attempt::Fatal(io::Error::new(
                 e.kind(),
-                format!("cannot run {python} -m moto.server: {e} ({INSTALL_HINT} with that python, or set EC2AMI_PYTHON)"),
+                format!("cannot run {python} (moto's server): {e} ({INSTALL_HINT} with that python, or set EC2AMI_PYTHON)"),
             ))
         })?;
-        let mut server = MotoServer { child, port, log };
+        let mut server = MotoServer {
+            child,
+            port,
+            log,
+            _script: script,
+        };
         let deadline = Instant::now() + START_DEADLINE;
         loop {
             if probe(port) {
@@ -269,6 +320,17 @@ impl Drop for MotoServer {
     }
 }
 
+/// [`MOTO_EXT`] in a temporary file for python to run.
+fn write_extension() -> io::Result<tempfile::NamedTempFile> {
+    let mut file = tempfile::Builder::new()
+        .prefix("ec2ami-moto-ext-")
+        .suffix(".py")
+        .tempfile()?;
+    file.write_all(MOTO_EXT.as_bytes())?;
+    file.flush()?;
+    Ok(file)
+}
+
 /// A port that was free on 127.0.0.1 a moment ago.
 fn free_port() -> io::Result<u16> {
     let l = TcpListener::bind(SocketAddr::from((Ipv4Addr::LOCALHOST, 0)))?;
@@ -342,6 +404,35 @@ mod tests {
         let msg = err.to_string();
         assert!(msg.contains(INSTALL_HINT), "{msg}");
         assert!(msg.contains("line-before"), "{msg}");
+    }
+
+    #[test]
+    fn extension_refuses_a_moto_without_what_it_patches() {
+        use std::os::unix::fs::PermissionsExt;
+        let python = std::env::var("EC2AMI_PYTHON").unwrap_or_else(|_| "python3".to_string());
+        let dir = tempfile::tempdir().unwrap();
+        let fake = dir.path().join("python-with-older-moto");
+        // A moto whose AmisResponse has no copy_image, as a future release might: the
+        // wrapper deletes it, then runs the extension script as python would.
+        std::fs::write(
+            &fake,
+            format!(
+                "#!/bin/sh\nexec {python} -c 'import runpy, sys\nimport moto.ec2.responses.amis as m\ndel m.AmisResponse.copy_image\nsys.argv = sys.argv[1:]\nrunpy.run_path(sys.argv[0], run_name=\"__main__\")' \"$@\"\n"
+            ),
+        )
+        .unwrap();
+        std::fs::set_permissions(&fake, std::fs::Permissions::from_mode(0o755)).unwrap();
+        let err = MotoServer::start_with_python(fake.to_str().unwrap()).unwrap_err();
+        let msg = err.to_string();
+        if msg.contains(INSTALL_HINT) {
+            eprintln!("skipping: {msg}");
+            return;
+        }
+        assert!(msg.contains("moto exited with"), "{msg}");
+        assert!(
+            msg.contains("moto_ext:") && msg.contains("AmisResponse.copy_image"),
+            "{msg}"
+        );
     }
 
     #[test]

@@ -5,7 +5,9 @@
 //! AWS operation name from the path, `Action` parameter or `X-Amz-Target` header),
 //! possibly answered with an injected fault, otherwise forwarded unchanged to the
 //! upstream, and recorded. With `moto_fixups`, moto's non-AWS EBS answers are corrected
-//! on the way back.
+//! on the way back. EC2 passes through unchanged: the AMI state AWS keeps and moto does
+//! not is kept by the extension moto runs with (see [`super::moto`]), where it is state
+//! rather than a rewrite of answers.
 
 use std::io;
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -573,40 +575,6 @@ fn strip_hop_by_hop(headers: &mut HeaderMap) {
     }
 }
 
-/// The image tags of an EC2 query request's `TagSpecification.N` parameters.
-fn image_tag_specs(form: &str) -> Vec<(String, String)> {
-    let params = http_util::parse_form(form);
-    let get = |k: &str| params.iter().find(|(p, _)| p == k).map(|(_, v)| v.clone());
-    let mut tags = Vec::new();
-    for n in 1.. {
-        let Some(kind) = get(&format!("TagSpecification.{n}.ResourceType")) else {
-            break;
-        };
-        for m in 1.. {
-            let Some(key) = get(&format!("TagSpecification.{n}.Tag.{m}.Key")) else {
-                break;
-            };
-            if kind == "image" {
-                let value = get(&format!("TagSpecification.{n}.Tag.{m}.Value")).unwrap_or_default();
-                tags.push((key, value));
-            }
-        }
-    }
-    tags
-}
-
-/// Encode a form component (everything but unreserved characters as %XX).
-fn form_encode(s: &str) -> String {
-    s.bytes()
-        .map(|b| match b {
-            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => {
-                (b as char).to_string()
-            }
-            _ => format!("%{b:02X}"),
-        })
-        .collect()
-}
-
 /// Rewrite moto's EBS answer into what AWS answers: the new (status, body), if any.
 fn moto_fixup(op: &str, status: u16, body: &Bytes) -> Option<(u16, Bytes)> {
     if status == 500 {
@@ -653,59 +621,6 @@ fn moto_fixup(op: &str, status: u16, body: &Bytes) -> Option<(u16, Bytes)> {
 }
 
 impl ProxyInner {
-    /// moto drops the TagSpecifications of RegisterImage and CopyImage: apply them to the
-    /// new image with a CreateTags of our own, as AWS would have.
-    async fn tag_new_image(
-        &self,
-        resp: Response<Incoming>,
-        request: Full<Bytes>,
-        auth: Option<HeaderValue>,
-    ) -> Result<Response<ProxyBody>, BoxError> {
-        let (parts, rbody) = resp.into_parts();
-        let data = rbody.collect().await?.to_bytes();
-        let request = request.collect().await?.to_bytes();
-        let image_id = std::str::from_utf8(&data)
-            .ok()
-            .and_then(|t| t.split("<imageId>").nth(1))
-            .and_then(|t| t.split("</imageId>").next())
-            .map(str::to_string);
-        let tags = image_tag_specs(&String::from_utf8_lossy(&request));
-        if let (true, Some(id), false) = (parts.status.is_success(), image_id, tags.is_empty()) {
-            let mut form = format!(
-                "Action=CreateTags&Version=2016-11-15&ResourceId.1={}",
-                form_encode(&id)
-            );
-            for (i, (k, v)) in tags.iter().enumerate() {
-                form.push_str(&format!(
-                    "&Tag.{n}.Key={}&Tag.{n}.Value={}",
-                    form_encode(k),
-                    form_encode(v),
-                    n = i + 1
-                ));
-            }
-            let mut req = Request::builder()
-                .method("POST")
-                .uri(format!("{}/", self.upstream))
-                .header(CONTENT_TYPE, "application/x-www-form-urlencoded");
-            if let Some(a) = auth {
-                req = req.header(hyper::header::AUTHORIZATION, a);
-            }
-            let tagged = self
-                .client
-                .request(req.body(Full::new(Bytes::from(form)))?)
-                .await?;
-            if !tagged.status().is_success() {
-                return Err(format!("moto fixup: CreateTags failed: {}", tagged.status()).into());
-            }
-        }
-        let mut parts = parts;
-        strip_hop_by_hop(&mut parts.headers);
-        parts
-            .headers
-            .insert(CONTENT_LENGTH, HeaderValue::from(data.len()));
-        Ok(Response::from_parts(parts, Either::Left(Full::new(data))))
-    }
-
     fn pick_fault(&self, op: &str) -> Option<Fault> {
         let mut rules = lock(&self.rules);
         for rs in rules.iter_mut() {
@@ -840,25 +755,7 @@ impl ProxyInner {
             .uri(uri)
             .body(Full::new(body))?;
         *req.headers_mut() = headers;
-        if self.moto_fixups && op == "EnableImageDeprecation" {
-            // moto has no image deprecation: answer as AWS does (tests assert on the
-            // recorded request).
-            return Ok(http_util::full_response(
-                200,
-                &[("content-type", "text/xml;charset=UTF-8".into())],
-                format!(
-                    "<EnableImageDeprecationResponse xmlns=\"http://ec2.amazonaws.com/doc/2016-11-15/\"><requestId>{}</requestId><return>true</return></EnableImageDeprecationResponse>",
-                    http_util::request_id()
-                ),
-            )
-            .map(Either::Left));
-        }
-        let tag_request = req.body().clone();
-        let auth = req.headers().get(hyper::header::AUTHORIZATION).cloned();
         let resp = self.client.request(req).await?;
-        if self.moto_fixups && matches!(op, "RegisterImage" | "CopyImage") {
-            return self.tag_new_image(resp, tag_request, auth).await;
-        }
         let (mut rparts, rbody) = resp.into_parts();
         strip_hop_by_hop(&mut rparts.headers);
         let status = rparts.status.as_u16();

@@ -11,7 +11,9 @@ use std::time::Duration;
 
 use ec2ami::image::Extents;
 use ec2ami::testkit::moto::{AWS_ENV_TO_REMOVE, aws_test_env};
-use ec2ami::testkit::{FaultProxy, MotoServer, ProxyConfig, StrictEbs, StrictEbsConfig};
+use ec2ami::testkit::{
+    FaultProxy, MotoOptions, MotoServer, ProxyConfig, StrictEbs, StrictEbsConfig,
+};
 use tempfile::TempDir;
 use tokio::process::Command;
 
@@ -36,9 +38,15 @@ pub struct World {
 }
 
 impl World {
-    /// moto behind the proxy, with moto's EBS answers corrected to AWS's.
+    /// moto (with the harness's extension) behind the proxy, with moto's EBS answers
+    /// corrected to AWS's.
     pub async fn moto() -> World {
-        let moto = tokio::task::spawn_blocking(MotoServer::start)
+        World::moto_with(MotoOptions::default()).await
+    }
+
+    /// [`World::moto`] with explicit moto options (e.g. Amazon's public images loaded).
+    pub async fn moto_with(options: MotoOptions) -> World {
+        let moto = tokio::task::spawn_blocking(move || MotoServer::start_with(&options))
             .await
             .unwrap()
             .expect("moto starts (pip install 'moto[server]')");

@@ -1,7 +1,10 @@
 //! register, copy and share against moto in several regions, through the recording
-//! proxy. moto keeps only an AMI's name and description, so the attributes are checked
-//! on the RegisterImage requests the proxy saw.
+//! proxy. The requests ec2ami sends are checked as the proxy saw them, and the images they
+//! leave as the harness's moto describes them (its extension keeps AMI attributes,
+//! mappings, tags and deprecation as AWS does).
 
+use aws_smithy_types::DateTime;
+use aws_smithy_types::date_time::Format;
 use ec2ami::testkit::{Fault, FaultRule};
 
 use crate::common::*;
@@ -89,6 +92,15 @@ async fn register_sends_every_attribute_and_reruns_reuse() {
     let snap = uploaded_snapshot(&world).await;
     world.proxy.clear_requests();
     let name = "MyOS 15.0-CURRENT-amd64-20261122 UEFI-PREFERRED base UFS";
+    // Two years ahead: EC2 refuses a deprecation date in the past.
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs() as i64;
+    let deprecate = DateTime::from_secs(now + 730 * 86_400)
+        .fmt(Format::DateTime)
+        .unwrap()[..10]
+        .to_string();
     let args = [
         "register",
         &snap,
@@ -102,7 +114,7 @@ async fn register_sends_every_attribute_and_reruns_reuse() {
         "--sriov",
         "--tpm",
         "--deprecate-at",
-        "2028-11-22",
+        &deprecate,
         "--tag",
         "branch=CURRENT",
     ];
@@ -138,10 +150,26 @@ async fn register_sends_every_attribute_and_reruns_reuse() {
     assert!(
         get(&dep[0], "DeprecateAt")
             .unwrap()
-            .starts_with("2028-11-22T00:00:00")
+            .starts_with(&format!("{deprecate}T00:00:00"))
     );
-    // Tags reach the image (moto keeps them thanks to the harness's fixup).
+    // The image EC2 keeps: attributes, the one mapping, deprecation and tags.
     let img = describe(&world, REGION, &ami).await;
+    assert_eq!(img.architecture().map(|a| a.as_str()), Some("x86_64"));
+    assert_eq!(img.boot_mode().map(|b| b.as_str()), Some("uefi-preferred"));
+    assert_eq!(img.ena_support(), Some(true));
+    assert_eq!(img.sriov_net_support(), Some("simple"));
+    assert_eq!(img.tpm_support().map(|t| t.as_str()), Some("v2.0"));
+    assert_eq!(img.imds_support().map(|i| i.as_str()), Some("v2.0"));
+    let maps = img.block_device_mappings();
+    assert_eq!(maps.len(), 1, "{maps:?}");
+    assert_eq!(
+        maps[0].ebs().and_then(|e| e.snapshot_id()),
+        Some(snap.as_str())
+    );
+    assert_eq!(
+        img.deprecation_time(),
+        Some(format!("{deprecate}T00:00:00.000Z").as_str())
+    );
     let tag = |k: &str| {
         img.tags()
             .iter()
@@ -245,6 +273,10 @@ async fn copy_to_regions_then_share_and_revoke() {
     for (region, id) in &copies {
         let img = describe(&world, region, id).await;
         assert_eq!(img.name(), Some("MyOS copy test"));
+        assert_eq!(img.ena_support(), Some(true), "{region}");
+        assert_eq!(img.source_image_id(), Some(ami.as_str()), "{region}");
+        let copied = img.block_device_mappings()[0].ebs().unwrap().snapshot_id();
+        assert!(copied.is_some_and(|s| s != snap), "{region}: own snapshot");
         assert!(
             img.tags()
                 .iter()

@@ -1,5 +1,6 @@
 //! Integration tests: the real `ec2ami` binary against a local AWS-protocol world on
-//! 127.0.0.1 (moto and the strict EBS endpoint, behind the recording fault proxy).
+//! 127.0.0.1 (moto and the strict EBS endpoint, behind the recording fault proxy), and
+//! checks that the harness's moto keeps the AMI state AWS keeps.
 
 mod bad_input;
 mod bench;
@@ -7,4 +8,6 @@ mod common;
 mod faults;
 mod history;
 mod images;
+mod moto_ext;
+mod publish;
 mod roundtrip;

@@ -1,0 +1,454 @@
+//! `ec2ami publish`, `validate`, `params put|promote` and `compat bsdec2-image-upload`.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use clap::{Args, Subcommand};
+
+use super::{Failure, GlobalArgs, OutputFormat, connect, parse_duration, parse_tag};
+use crate::ami::{self, Imds};
+use crate::aws::{self, Clients};
+use crate::params::{self, PutOptions, Wanted, template};
+use crate::publish::compat::{self, Bsdec2Args};
+use crate::publish::{self, PublishError, PublishOptions, Release, ReleaseFile, plan, validate};
+use crate::snapshot;
+use crate::state::journal::Journal;
+use crate::state::{JobLock, StateDb};
+use crate::units::today;
+
+#[derive(Debug, Args)]
+pub struct PublishArgs {
+    /// The release file (TOML): regions, sharing, parameters and the images.
+    release: PathBuf,
+    /// Print every action the publish would take and change nothing.
+    #[arg(long)]
+    plan: bool,
+    #[command(flatten)]
+    run: RunArgs,
+}
+
+/// Options of a publish run (shared with the compat command).
+#[derive(Debug, Args)]
+struct RunArgs {
+    /// Concurrent block uploads per image.
+    #[arg(long, default_value_t = snapshot::upload::DEFAULT_WORKERS, value_parser = super::parse_workers)]
+    workers: usize,
+    /// How long to wait for each snapshot, AMI and copy to become available.
+    #[arg(long, value_name = "DURATION", default_value = "60m", value_parser = parse_duration)]
+    wait_timeout: Duration,
+    /// Where upload block indexes are kept (default: $XDG_STATE_HOME/ec2ami/blocks).
+    #[arg(long, value_name = "DIR")]
+    index_dir: Option<PathBuf>,
+}
+
+#[derive(Debug, Args)]
+pub struct ValidateArgs {
+    /// The release file to check against what exists.
+    release: PathBuf,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum ParamsCommand {
+    /// Point SSM parameters at an AMI, in every region where it (or its copy) exists.
+    Put(ParamsPutArgs),
+    /// Copy each region's value of parameter FROM into parameter TO.
+    Promote(ParamsPromoteArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct ParamsPutArgs {
+    /// The AMI (in --region); its copies are found by their source tag.
+    #[arg(long, value_name = "AMI_ID")]
+    image: String,
+    /// Parameter names; {region}, {name} and the AMI's ec2ami:* build tags ({version},
+    /// {branch}, {flavour}, {fs}, {arch}) are variables, plus --var ones.
+    #[arg(required = true, value_name = "NAME_TEMPLATE")]
+    names: Vec<String>,
+    /// Regions: `all` or a comma-separated list.
+    #[arg(long, value_delimiter = ',', default_value = "all")]
+    regions: Vec<String>,
+    /// A template variable (repeatable).
+    #[arg(long = "var", value_name = "KEY=VALUE", value_parser = parse_tag)]
+    vars: Vec<(String, String)>,
+    #[command(flatten)]
+    write: WriteArgs,
+}
+
+#[derive(Debug, Args)]
+pub struct ParamsPromoteArgs {
+    /// The parameter whose value is copied.
+    from: String,
+    /// The parameter that gets it.
+    to: String,
+    /// Regions: `all` or a comma-separated list.
+    #[arg(long, value_delimiter = ',', default_value = "all")]
+    regions: Vec<String>,
+    #[command(flatten)]
+    write: WriteArgs,
+}
+
+#[derive(Debug, Args)]
+struct WriteArgs {
+    /// Overwrite a parameter that holds another value (each change is shown old -> new).
+    #[arg(long)]
+    allow_clobber: bool,
+    /// Show what would change and change nothing.
+    #[arg(long)]
+    plan: bool,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum CompatCommand {
+    /// bsdec2-image-upload's command line, done by ec2ami's pipeline (same output lines).
+    ///
+    /// Uploads IMAGE with the EBS direct APIs (no S3: BUCKET is accepted and ignored),
+    /// registers NAME in REGION, copies it (--allregions), shares it (--publicamis),
+    /// writes the --ssm-name parameter, and prints `Created AMI in REGION region: ID`
+    /// per region. The key file's ACCESS_KEY_ID / ACCESS_KEY_SECRET are the credentials.
+    /// A rerun of an interrupted command finishes it.
+    #[command(name = "bsdec2-image-upload")]
+    Bsdec2(Bsdec2Cli),
+}
+
+#[derive(Debug, Args)]
+pub struct Bsdec2Cli {
+    /// --publicamis --allregions.
+    #[arg(long)]
+    public: bool,
+    /// Make the AMIs public.
+    #[arg(long)]
+    publicamis: bool,
+    /// Copy to every enabled region.
+    #[arg(long)]
+    allregions: bool,
+    /// Make the snapshots public.
+    #[arg(long)]
+    publicsnap: bool,
+    /// An SSM parameter (same name in every region) naming the AMI; overwritten.
+    #[arg(long, value_name = "NAME")]
+    ssm_name: Option<String>,
+    /// sriovNetSupport=simple.
+    #[arg(long)]
+    sriov: bool,
+    /// ENA support.
+    #[arg(long)]
+    ena: bool,
+    /// An arm64 image (boots UEFI).
+    #[arg(long)]
+    arm64: bool,
+    /// Boot mode uefi.
+    #[arg(long)]
+    uefi: bool,
+    /// Boot mode uefi-preferred.
+    #[arg(long)]
+    uefi_preferred: bool,
+    /// The image is a VHD (checked: ec2ami detects the format itself).
+    #[arg(long)]
+    vhd: bool,
+    /// IMDS support of the AMI (ec2ami's option): v2.0 (default) or optional.
+    #[arg(long, default_value = "v2.0")]
+    imds: Imds,
+    /// The disk image.
+    image: PathBuf,
+    /// AMI name.
+    name: String,
+    /// AMI description.
+    description: String,
+    /// Region to upload and register in.
+    region: String,
+    /// S3 bucket: not needed by the EBS direct APIs; ignored.
+    bucket: String,
+    /// File with ACCESS_KEY_ID=... and ACCESS_KEY_SECRET=... lines.
+    keyfile: PathBuf,
+    /// TOPICARN RELEASEVERSION IMAGEVERSION: accepted; ec2ami sends no SNS announcement.
+    #[arg(num_args = 0..=3, value_name = "TOPICARN RELEASEVERSION IMAGEVERSION")]
+    announce: Vec<String>,
+    #[command(flatten)]
+    run: RunArgs,
+}
+
+/// A publish failure, with the interrupted exit status for Ctrl-C.
+fn publish_failure(e: PublishError) -> Failure {
+    Failure {
+        interrupted: matches!(e, PublishError::Interrupted),
+        message: e.to_string(),
+    }
+}
+
+fn publish_options(g: &GlobalArgs, a: &RunArgs) -> PublishOptions {
+    PublishOptions {
+        workers: a.workers,
+        wait: a.wait_timeout,
+        retry: g.retry(),
+        progress: g.progress(),
+        index_dir: a
+            .index_dir
+            .clone()
+            .unwrap_or_else(snapshot::index::default_dir),
+    }
+}
+
+/// The date an earlier run of the release fixed, or today.
+fn journal_date(journal: Option<&Journal>) -> String {
+    journal
+        .and_then(|j| serde_json::from_str::<serde_json::Value>(j.vars()).ok())
+        .and_then(|v| v["date"].as_str().map(str::to_string))
+        .unwrap_or_else(today)
+}
+
+pub async fn publish(g: &GlobalArgs, a: &PublishArgs) -> Result<(), Failure> {
+    let file = ReleaseFile::read(&a.release)?;
+    // Every check of the file (templates, names, images) before anything else.
+    file.resolve(&today(), true)?;
+    let db = Arc::new(g.state_db()?);
+    if a.plan {
+        let journal = Journal::find(&db, &file.key)?;
+        let release = file.resolve(&journal_date(journal.as_ref()), true)?;
+        let clients = connect(g).await?;
+        let plan = plan::plan(&clients, &release, journal.as_ref(), &g.retry()).await?;
+        g.print(&plan, || plan.render());
+        return Ok(());
+    }
+    let clients = connect(g).await?;
+    let _lock = lock(&db, &file.key, &a.release.display().to_string())?;
+    let vars = serde_json::json!({ "date": today() }).to_string();
+    let journal = Journal::open(&db, &file.key, &a.release.display().to_string(), &vars)?;
+    if journal.resumed() {
+        tracing::info!("resuming the publish of {}", a.release.display());
+    }
+    let release = file.resolve(&journal_date(Some(&journal)), true)?;
+    run_release(g, &clients, &release, &journal, &publish_options(g, &a.run)).await
+}
+
+fn lock(db: &StateDb, key: &str, what: &str) -> Result<JobLock, Failure> {
+    let dir = db.path().parent().unwrap_or(std::path::Path::new("."));
+    JobLock::acquire(dir, key)?.ok_or_else(|| Failure {
+        message: format!(
+            "{what} is being published by another ec2ami process (lock {}/locks/{key}.lock)",
+            dir.display()
+        ),
+        interrupted: false,
+    })
+}
+
+async fn run_release(
+    g: &GlobalArgs,
+    clients: &Clients,
+    release: &Release,
+    journal: &Journal,
+    opts: &PublishOptions,
+) -> Result<(), Failure> {
+    let (report, errors) =
+        publish::publish(clients, release, journal, opts, super::shutdown_signal())
+            .await
+            .map_err(publish_failure)?;
+    for w in report.images.iter().flat_map(|i| &i.warnings) {
+        tracing::warn!("best-effort region failed: {w}");
+    }
+    match g.format {
+        OutputFormat::Text => {
+            for line in report.created_lines() {
+                println!("{line}");
+            }
+        }
+        OutputFormat::Json => g.print(&report, String::new),
+    }
+    if errors.is_empty() {
+        tracing::info!(
+            "published {} image(s) to {} region(s) in {:.1}s",
+            report.images.len(),
+            report.regions.len(),
+            report.seconds
+        );
+        Ok(())
+    } else {
+        Err(Failure {
+            message: format!(
+                "{} of {} image(s) failed (run the same command again to retry them):\n{}",
+                errors.len(),
+                release.images.len(),
+                errors.join("\n")
+            ),
+            interrupted: false,
+        })
+    }
+}
+
+pub async fn validate(g: &GlobalArgs, a: &ValidateArgs) -> Result<(), Failure> {
+    let file = ReleaseFile::read(&a.release)?;
+    let db = Arc::new(g.state_db()?);
+    let journal = Journal::find(&db, &file.key)?;
+    let release = file.resolve(&journal_date(journal.as_ref()), false)?;
+    let clients = connect(g).await?;
+    let v = validate::validate(&clients, &release, &g.retry()).await?;
+    g.print(&v, || v.render());
+    if v.all_correct() {
+        Ok(())
+    } else {
+        Err(Failure {
+            message: "the release is not as it should be (see above)".into(),
+            interrupted: false,
+        })
+    }
+}
+
+pub async fn params(g: &GlobalArgs, c: &ParamsCommand) -> Result<(), Failure> {
+    let clients = connect(g).await?;
+    let retry = g.retry();
+    let (wanted, write) = match c {
+        ParamsCommand::Put(a) => (put_wanted(&clients, a, &retry).await?, &a.write),
+        ParamsCommand::Promote(a) => (promote_wanted(&clients, a, &retry).await?, &a.write),
+    };
+    if wanted.is_empty() {
+        return Err(Failure {
+            message: "no parameter to write in those regions".into(),
+            interrupted: false,
+        });
+    }
+    let opts = PutOptions {
+        allow_clobber: write.allow_clobber,
+        dry_run: write.plan,
+        retry,
+        ..PutOptions::default()
+    };
+    let outcomes = params::put(&clients, &wanted, &opts).await?;
+    g.print(&outcomes, || {
+        outcomes
+            .iter()
+            .map(params::Outcome::describe)
+            .collect::<Vec<_>>()
+            .join("\n")
+    });
+    Ok(())
+}
+
+async fn put_wanted(
+    clients: &Clients,
+    a: &ParamsPutArgs,
+    retry: &aws::RetryPolicy,
+) -> Result<Vec<Wanted>, Failure> {
+    for n in &a.names {
+        template::variables(n)
+            .map_err(|e| Failure::from(params::ParamError::Invalid(e.to_string())))?;
+    }
+    let regions = ami::resolve_regions(clients, &a.regions, retry).await?;
+    let home = ami::describe_one(clients, &a.image, retry)
+        .await?
+        .ok_or_else(|| Failure {
+            message: format!("{} not found in {}", a.image, clients.region()),
+            interrupted: false,
+        })?;
+    let mut vars: template::Vars = home
+        .tags()
+        .iter()
+        .filter_map(|t| {
+            let k = t.key()?.strip_prefix(publish::release::VAR_TAG_PREFIX)?;
+            Some((k.to_string(), t.value()?.to_string()))
+        })
+        .collect();
+    vars.insert("name".into(), home.name().unwrap_or_default().to_string());
+    vars.extend(a.vars.iter().cloned());
+    let found = ami::locate(clients, &a.image, &regions, retry).await?;
+    let mut wanted = Vec::new();
+    for img in &found {
+        let mut v = vars.clone();
+        v.insert("region".into(), img.region.clone());
+        for t in &a.names {
+            let name = template::render(t, &v)
+                .map_err(|e| Failure::from(params::ParamError::Invalid(e.to_string())))?;
+            params::check_name(&name, img.public)
+                .map_err(|e| Failure::from(params::ParamError::Invalid(e)))?;
+            wanted.push(Wanted {
+                region: img.region.clone(),
+                name,
+                value: img.image_id.clone(),
+                ours: None,
+            });
+        }
+    }
+    Ok(wanted)
+}
+
+async fn promote_wanted(
+    clients: &Clients,
+    a: &ParamsPromoteArgs,
+    retry: &aws::RetryPolicy,
+) -> Result<Vec<Wanted>, Failure> {
+    params::check_name(&a.to, true).map_err(|e| Failure::from(params::ParamError::Invalid(e)))?;
+    let regions = ami::resolve_regions(clients, &a.regions, retry).await?;
+    let values = futures_util::future::join_all(regions.iter().map(|r| async move {
+        let c = clients.in_region(r);
+        (r.clone(), params::get(&c, &a.from, retry).await)
+    }))
+    .await;
+    let mut wanted = Vec::new();
+    for (region, v) in values {
+        match v? {
+            Some(value) => wanted.push(Wanted {
+                region,
+                name: a.to.clone(),
+                value,
+                ours: None,
+            }),
+            None => tracing::info!(
+                "{} does not exist in {region}: nothing to promote there",
+                a.from
+            ),
+        }
+    }
+    Ok(wanted)
+}
+
+pub async fn compat(g: &GlobalArgs, c: &CompatCommand) -> Result<(), Failure> {
+    let CompatCommand::Bsdec2(a) = c;
+    let args = Bsdec2Args {
+        public: a.public,
+        public_amis: a.publicamis,
+        all_regions: a.allregions,
+        public_snap: a.publicsnap,
+        ssm_name: a.ssm_name.clone(),
+        sriov: a.sriov,
+        ena: a.ena,
+        arm64: a.arm64,
+        uefi: a.uefi,
+        uefi_preferred: a.uefi_preferred,
+        vhd: a.vhd,
+        imds: a.imds,
+        image: a.image.clone(),
+        name: a.name.clone(),
+        description: a.description.clone(),
+        region: a.region.clone(),
+        bucket: a.bucket.clone(),
+        keyfile: a.keyfile.clone(),
+        announce: a.announce.clone(),
+    };
+    let invalid = |m: String| Failure {
+        message: m,
+        interrupted: false,
+    };
+    let keys = compat::read_key_file(&args.keyfile).map_err(invalid)?;
+    let release = args.release(&today()).map_err(invalid)?;
+    if !args.announce.is_empty() {
+        tracing::warn!(
+            "ec2ami sends no SNS announcement: {} ignored",
+            args.announce.join(" ")
+        );
+    }
+    tracing::debug!("bucket {} is not used (EBS direct APIs)", args.bucket);
+    let mut opts = g.aws();
+    opts.region = Some(args.region.clone());
+    opts.credentials = Some(aws_sdk_ec2::config::Credentials::new(
+        keys.access_key_id,
+        keys.secret,
+        None,
+        None,
+        "bsdec2-image-upload key file",
+    ));
+    let clients = aws::connect(&opts).await?;
+    let db = Arc::new(g.state_db()?);
+    let _lock = lock(&db, &release.key, &args.image.display().to_string())?;
+    let vars = serde_json::json!({ "date": release.date }).to_string();
+    let journal = Journal::open(&db, &release.key, &args.image.display().to_string(), &vars)?;
+    run_release(g, &clients, &release, &journal, &publish_options(g, &a.run)).await
+}

@@ -1,0 +1,221 @@
+//! `validate`: compare what exists with what a release says should, item by item:
+//! every AMI in every region (attributes), its launch permissions, its SSM parameters.
+
+use futures_util::future::join_all;
+use serde::Serialize;
+
+use super::{PublishError, Release, ReleaseImage, resolve_regions};
+use crate::ami;
+use crate::aws::{AwsError, Clients, RetryPolicy};
+use crate::params;
+
+/// The state of one expected item.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub enum Verdict {
+    /// Exists as expected.
+    Correct,
+    /// Exists, but not as expected (the detail says how).
+    Incorrect,
+    /// Does not exist.
+    Missing,
+    /// Could not be checked (the detail says why).
+    Unreachable,
+}
+
+/// One checked item.
+#[derive(Debug, Clone, Serialize)]
+pub struct Check {
+    /// The AMI name.
+    pub image: String,
+    /// ami, permission or parameter.
+    pub kind: &'static str,
+    /// Region.
+    pub region: String,
+    /// AMI id, permission or parameter name.
+    pub target: String,
+    /// The verdict.
+    pub verdict: Verdict,
+    /// Why it is not Correct.
+    pub detail: String,
+}
+
+/// Every check of a release.
+#[derive(Debug, Clone, Serialize)]
+pub struct Validation {
+    /// Each item, image by image, region by region.
+    pub checks: Vec<Check>,
+}
+
+impl Validation {
+    /// True when every item is Correct.
+    pub fn all_correct(&self) -> bool {
+        self.checks.iter().all(|c| c.verdict == Verdict::Correct)
+    }
+
+    /// A table for people, with a summary line.
+    pub fn render(&self) -> String {
+        let rows: Vec<[String; 6]> = self
+            .checks
+            .iter()
+            .map(|c| {
+                [
+                    format!("{:?}", c.verdict),
+                    c.kind.to_string(),
+                    c.region.clone(),
+                    c.target.clone(),
+                    c.image.clone(),
+                    c.detail.clone(),
+                ]
+            })
+            .collect();
+        let head = ["STATUS", "ITEM", "REGION", "TARGET", "IMAGE", "DETAIL"].map(String::from);
+        let mut width = [0usize; 5];
+        for r in std::iter::once(&head).chain(&rows) {
+            for (w, cell) in width.iter_mut().zip(r) {
+                *w = (*w).max(cell.len());
+            }
+        }
+        let mut out = String::new();
+        for r in std::iter::once(&head).chain(&rows) {
+            let mut line = String::new();
+            for (i, cell) in r.iter().enumerate() {
+                if i < 5 {
+                    line.push_str(&format!("{cell:<w$}  ", w = width[i]));
+                } else {
+                    line.push_str(cell);
+                }
+            }
+            out.push_str(line.trim_end());
+            out.push('\n');
+        }
+        let n = |v| self.checks.iter().filter(|c| c.verdict == v).count();
+        out.push_str(&format!(
+            "{} correct, {} incorrect, {} missing, {} unreachable",
+            n(Verdict::Correct),
+            n(Verdict::Incorrect),
+            n(Verdict::Missing),
+            n(Verdict::Unreachable)
+        ));
+        out
+    }
+}
+
+/// Check every AMI, permission and parameter `release` describes.
+pub async fn validate(
+    home: &Clients,
+    release: &Release,
+    retry: &RetryPolicy,
+) -> Result<Validation, PublishError> {
+    let (_, regions, best_effort) = resolve_regions(home, release, retry).await?;
+    let mut checks = Vec::new();
+    for img in &release.images {
+        let per_region = join_all(regions.iter().map(|region| {
+            let clients = home.in_region(region);
+            let optional = best_effort.contains(region);
+            async move { check_region(&clients, release, img, optional, retry).await }
+        }))
+        .await;
+        checks.extend(per_region.into_iter().flatten());
+    }
+    Ok(Validation { checks })
+}
+
+async fn check_region(
+    c: &Clients,
+    release: &Release,
+    img: &ReleaseImage,
+    best_effort: bool,
+    retry: &RetryPolicy,
+) -> Vec<Check> {
+    let region = c.region().to_string();
+    let check = |kind, target: &str, verdict, detail: String| Check {
+        image: img.name().to_string(),
+        kind,
+        region: region.clone(),
+        target: target.to_string(),
+        verdict,
+        detail,
+    };
+    let unreachable = |e: &AwsError| (Verdict::Unreachable, e.to_string());
+    let mut out = Vec::new();
+    let found = ami::find_by_name(c, img.name(), retry).await;
+    let image = match found {
+        Err(e) => {
+            let (v, d) = unreachable(&e);
+            out.push(check("ami", img.name(), v, d));
+            return out;
+        }
+        Ok(None) => {
+            let note = if best_effort {
+                "no AMI of that name (a best-effort region)"
+            } else {
+                "no AMI of that name"
+            };
+            out.push(check("ami", img.name(), Verdict::Missing, note.into()));
+            None
+        }
+        Ok(Some(i)) => {
+            let id = i.image_id().unwrap_or_default().to_string();
+            let diff = ami::register::differences(&img.spec, &i);
+            out.push(if diff.is_empty() {
+                check("ami", &id, Verdict::Correct, String::new())
+            } else {
+                check("ami", &id, Verdict::Incorrect, diff.join("; "))
+            });
+            Some(i)
+        }
+    };
+
+    if let Some(i) = &image {
+        let id = i.image_id().unwrap_or_default();
+        let public = i.public().unwrap_or(false);
+        let (verdict, detail) = match (release.public(), public) {
+            (true, true) | (false, false) => (Verdict::Correct, String::new()),
+            (true, false) => (Verdict::Incorrect, "private, expected public".into()),
+            (false, true) => (Verdict::Incorrect, "public, but the release is not".into()),
+        };
+        out.push(check("permission", "public", verdict, detail));
+        let grants = &release.share;
+        if !(grants.accounts.is_empty() && grants.orgs.is_empty() && grants.ous.is_empty()) {
+            match ami::share::launch_permissions(c, id, retry).await {
+                Err(e) => {
+                    let (v, d) = unreachable(&e);
+                    out.push(check("permission", "launchPermission", v, d));
+                }
+                Ok(have) => {
+                    let wanted = grants
+                        .accounts
+                        .iter()
+                        .map(|a| format!("account:{a}"))
+                        .chain(grants.orgs.iter().map(|o| format!("org:{o}")))
+                        .chain(grants.ous.iter().map(|o| format!("ou:{o}")));
+                    for w in wanted {
+                        out.push(if have.contains(&w) {
+                            check("permission", &w, Verdict::Correct, String::new())
+                        } else {
+                            check("permission", &w, Verdict::Missing, "not granted".into())
+                        });
+                    }
+                }
+            }
+        }
+    }
+
+    let expected = image.as_ref().and_then(|i| i.image_id());
+    for p in img.params_in(&region) {
+        let (verdict, detail) = match (params::get(c, &p, retry).await, expected) {
+            (Err(e), _) => unreachable(&e),
+            (Ok(None), _) => (Verdict::Missing, "no such parameter".into()),
+            (Ok(Some(v)), Some(want)) if v == want => (Verdict::Correct, String::new()),
+            (Ok(Some(v)), Some(want)) => {
+                (Verdict::Incorrect, format!("holds {v}, expected {want}"))
+            }
+            (Ok(Some(v)), None) => (
+                Verdict::Incorrect,
+                format!("holds {v}, but the AMI it should name is missing"),
+            ),
+        };
+        out.push(check("parameter", &p, verdict, detail));
+    }
+    out
+}

@@ -1,0 +1,776 @@
+"""moto's server, extended to keep the AMI state ec2ami's tests need.
+
+Run this file instead of ``python3 -m moto.server``, with the same arguments: it patches
+moto in this process, then starts moto's own server. ec2ami embeds it
+(src/testkit/moto_ext.py, ``include_str!``) and ``MotoServer`` writes it to a temporary
+file and runs it.
+
+moto 5 keeps an AMI's name and description and little else, so tests of publish,
+validate and prune could only check the requests ec2ami sent, not the state AWS would
+hold. This module changes, with AWS's semantics:
+
+- RegisterImage keeps architecture, boot mode, ENA, SR-IOV, IMDS, TPM, root device,
+  virtualisation type, the block device mappings exactly as given (moto adds a fake
+  15 GiB snapshot instead) and the image tags; it refuses what AWS refuses: a malformed
+  or duplicate name, an unknown architecture, boot mode, IMDS or volume type, a missing
+  snapshot, a volume smaller than its snapshot, tags for another resource type.
+- CopyImage copies those attributes, makes one snapshot per EBS mapping in the
+  destination region (described as AWS describes them), applies TagSpecifications and
+  CopyImageTags, honours ClientToken, refuses a duplicate name, and answers
+  InvalidAMIID.NotFound for an unknown source (moto: HTTP 500).
+- EnableImageDeprecation / DisableImageDeprecation (not in moto) set the time
+  DescribeImages shows as DeprecationTime.
+- DeregisterImage honours DeleteAssociatedSnapshots, and DeleteSnapshot refuses a
+  snapshot a registered image still maps (InvalidSnapshot.InUse), so prune's order of
+  deletion is tested as AWS would enforce it.
+- DescribeImages understands the block-device-mapping.* and other attribute filters
+  (moto: HTTP 500).
+- DescribeImageAttribute answers every attribute an AMI has (moto: HTTP 500 or empty).
+- Image block public access per region (not in moto); ModifyImageAttribute refuses to
+  make an image public while new sharing is blocked.
+- DescribeSnapshots honours OwnerIds (moto returns every owner's snapshots).
+
+Everything else is moto's. When moto lacks any symbol patched or relied on here, the
+script exits non-zero before serving, naming what is missing, so that a moto upgrade
+breaks the tests loudly instead of quietly testing less.
+"""
+
+import datetime
+import importlib
+import inspect
+import re
+import sys
+import threading
+import time
+
+# The symbols this module replaces or relies on, as "module:attribute.path".
+REQUIRED = [
+    "moto.server:main",
+    "moto.core.responses:ActionResult",
+    # Answers are built from model attributes found by their snake_case names.
+    "moto.core.serialize:XFormedAttributePicker",
+    "moto.ec2.exceptions:EC2ClientError",
+    "moto.ec2.exceptions:InvalidAMIIdError",
+    "moto.ec2.exceptions:InvalidSnapshotInUse",
+    "moto.ec2.models:ec2_backends",
+    "moto.ec2.models.amis:Ami.block_device_mappings",
+    "moto.ec2.models.amis:Ami.get_filter_value",
+    "moto.ec2.models.amis:AmiBackend.deregister_image",
+    "moto.ec2.models.amis:AmiBackend.describe_images",
+    "moto.ec2.models.elastic_block_store:EBSBackend.create_volume",
+    "moto.ec2.models.elastic_block_store:EBSBackend.create_snapshot",
+    "moto.ec2.models.elastic_block_store:EBSBackend.delete_volume",
+    "moto.ec2.models.elastic_block_store:EBSBackend.delete_snapshot",
+    "moto.ec2.models.availability_zones_and_regions:"
+    "RegionsAndZonesBackend.describe_availability_zones",
+    "moto.ec2.responses:EC2Response",
+    "moto.ec2.responses._base_response:EC2BaseResponse._get_param",
+    "moto.ec2.responses._base_response:EC2BaseResponse._filters_from_querystring",
+    "moto.ec2.responses._base_response:EC2BaseResponse.error_on_dryrun",
+    "moto.ec2.responses.amis:AmisResponse.register_image",
+    "moto.ec2.responses.amis:AmisResponse.copy_image",
+    "moto.ec2.responses.amis:AmisResponse.deregister_image",
+    "moto.ec2.responses.amis:AmisResponse.describe_image_attribute",
+    "moto.ec2.responses.amis:AmisResponse.modify_image_attribute",
+    "moto.ec2.responses.elastic_block_store:ElasticBlockStore.describe_snapshots",
+    "moto.ec2.utils:random_ami_id",
+]
+
+# Keyword arguments this module passes to moto's Ami constructor.
+AMI_ARGS = [
+    "name",
+    "description",
+    "owner_id",
+    "architecture",
+    "virtualization_type",
+    "root_device_name",
+    "root_device_type",
+    "boot_mode",
+    "image_location",
+    "hypervisor",
+    "state",
+]
+
+ARCHITECTURES = ("i386", "x86_64", "arm64", "x86_64_mac", "arm64_mac")
+BOOT_MODES = ("legacy-bios", "uefi", "uefi-preferred")
+VOLUME_TYPES = ("standard", "io1", "io2", "gp2", "sc1", "st1", "gp3")
+# RegisterImage's documented name constraint.
+NAME_RE = re.compile(r"[A-Za-z0-9()\[\] ./\-'@_]{3,128}")
+# The error AWS answers when block public access stops a public share (seen in the wild:
+# hortonworks/cloudbreak-images pull request 926 quotes it).
+BPA_CODE = "OperationNotPermitted"
+BPA_MESSAGE = (
+    "You can't publicly share this image because block public access for AMIs is "
+    "enabled for this account. To publicly share the image, you must call the "
+    "DisableImageBlockPublicAccess API."
+)
+
+# Register and copy check, then create; requests run on several threads.
+LOCK = threading.RLock()
+
+
+class Moto:
+    """The moto symbols in use, resolved once by `resolve`."""
+
+
+def resolve():
+    """Look up every symbol of REQUIRED; exit naming the missing ones."""
+    import moto  # a missing moto must read as such: the launcher looks for this error
+
+    missing = []
+    for spec in REQUIRED:
+        module, _, path = spec.partition(":")
+        names = path.split(".")
+        try:
+            top = getattr(importlib.import_module(module), names[0])
+            obj = top
+            for name in names[1:]:
+                obj = getattr(obj, name)
+        except (ImportError, AttributeError):
+            missing.append(spec)
+            continue
+        setattr(Moto, names[0], top)
+    if not missing:
+        params = inspect.signature(Moto.Ami.__init__).parameters
+        missing += [
+            f"moto.ec2.models.amis:Ami(..., {a}=)" for a in AMI_ARGS if a not in params
+        ]
+        if not isinstance(Moto.Ami.block_device_mappings, property):
+            missing.append("moto.ec2.models.amis:Ami.block_device_mappings as a property")
+        for mixin in (Moto.AmisResponse, Moto.ElasticBlockStore):
+            if not issubclass(Moto.EC2Response, mixin):
+                missing.append(f"moto.ec2.responses:EC2Response built from {mixin.__name__}")
+    if missing:
+        sys.stderr.write(
+            f"moto_ext: moto {getattr(moto, '__version__', '?')} lacks what this extension "
+            f"patches or relies on (it was written for moto 5.2): {', '.join(missing)}. "
+            "Update src/testkit/moto_ext.py for this moto.\n"
+        )
+        sys.exit(3)
+
+
+# ---------------------------------------------------------------------------------------
+# Helpers
+
+
+def error(code, message):
+    """An EC2 error answer (HTTP 400 with this code)."""
+    return Moto.EC2ClientError(code, message)
+
+
+def region_state(backend, key, default):
+    """Per account+region state kept on moto's backend, so that a moto reset clears it."""
+    return backend.__dict__.setdefault(f"_moto_ext_{key}", default)
+
+
+def find_image(backend, image_id):
+    """The live image `image_id` of this region, or InvalidAMIID.NotFound."""
+    images = backend.describe_images(ami_ids=[image_id])
+    if not images:
+        raise Moto.InvalidAMIIdError(image_id)
+    return images[0]
+
+
+def check_choice(parameter, value, allowed):
+    if value is not None and value not in allowed:
+        raise error(
+            "InvalidParameterValue",
+            f"Value ({value}) for parameter {parameter} is invalid. "
+            f"Valid values: {', '.join(allowed)}.",
+        )
+
+
+def check_name(backend, name):
+    """AWS's name constraint, and one name per account and region."""
+    if name is None:
+        raise error("MissingParameter", "The request must contain the parameter name")
+    if not NAME_RE.fullmatch(name):
+        raise error(
+            "InvalidAMIName.Malformed",
+            f"AMI names must be between 3 and 128 characters long, and may contain "
+            f"letters, numbers, '(', ')', '.', '-', '/', '@', '_', ' ', '[', ']' and "
+            f"single quotes: {name!r}",
+        )
+    for ami in backend.amis.values():
+        if ami.name == name and ami.owner_id == backend.account_id:
+            raise error(
+                "InvalidAMIName.Duplicate",
+                f"AMI name {name} is already in use by AMI {ami.id}",
+            )
+
+
+def tag_specs(specs, allowed):
+    """The tags of TagSpecifications by resource type; other types are refused."""
+    tags = {kind: {} for kind in allowed}
+    for spec in specs or []:
+        kind = spec.get("ResourceType")
+        if kind not in allowed:
+            raise error(
+                "InvalidParameterValue",
+                f"'{kind}' is not a valid taggable resource type for this operation.",
+            )
+        for tag in spec.get("Tags", []):
+            tags[kind][tag["Key"]] = tag.get("Value", "")
+    return tags
+
+
+def user_tags(resource):
+    """A resource's tags but the system ones (aws:...), which AWS never copies."""
+    return {
+        t["key"]: t["value"]
+        for t in resource.get_tags()
+        if not t["key"].startswith("aws:")
+    }
+
+
+def mappings_of(ami):
+    """An image's block device mappings: ours as given, moto's own for other images."""
+    ext = ami.__dict__.get("_moto_ext_mappings")
+    return ext if ext is not None else ORIGINAL["block_device_mappings"](ami)
+
+
+def mapped_snapshots(ami):
+    return [
+        m["Ebs"]["SnapshotId"]
+        for m in mappings_of(ami)
+        if m.get("Ebs", {}).get("SnapshotId")
+    ]
+
+
+def image_using(backend, snapshot_id):
+    """The id of a live image of this region that maps `snapshot_id`, if any."""
+    for ami in list(backend.amis.values()):
+        if "_moto_ext_mappings" in ami.__dict__ and snapshot_id in mapped_snapshots(ami):
+            return ami.id
+    return None
+
+
+def new_image(backend, image_id, mappings, attrs):
+    """A moto Ami holding exactly `mappings` and the attributes ec2ami reads back."""
+    ctor = {k: attrs.get(k) for k in AMI_ARGS if k in attrs}
+    ctor.setdefault("owner_id", backend.account_id)
+    ctor.setdefault("hypervisor", "xen")
+    ctor.setdefault("state", "available")
+    ami = Moto.Ami(backend, image_id, **ctor)
+    # moto invents a 15 GiB snapshot for every image: AWS maps only what it was given.
+    fake = getattr(ami, "ebs_snapshot", None)
+    if fake is not None:
+        backend.snapshots.pop(fake.id, None)
+        ami.ebs_snapshot = None
+    ami._moto_ext_mappings = mappings
+    # Attributes moto lacks; its serializer reads them by the shape's snake_case names.
+    for key in (
+        "ena_support",
+        "sriov_net_support",
+        "imds_support",
+        "tpm_support",
+        "source_image_id",
+        "source_image_region",
+    ):
+        setattr(ami, key, attrs.get(key))
+    ami.deprecation_time = None
+    ami.platform_details = "Linux/UNIX"
+    ami.usage_operation = "RunInstances"
+    backend.amis[image_id] = ami
+    return ami
+
+
+def first_zone(backend):
+    zones = backend.describe_availability_zones()
+    return zones[0].name if zones else f"{backend.region_name}a"
+
+
+def new_snapshot(backend, size, description, encrypted, kms_key_id):
+    """A completed snapshot of `size` GiB owned by the account (moto needs a volume)."""
+    volume = backend.create_volume(
+        size=size,
+        zone_name=first_zone(backend),
+        encrypted=bool(encrypted),
+        kms_key_id=kms_key_id if encrypted else None,
+    )
+    snapshot = backend.create_snapshot(volume.id, description, owner_id=backend.account_id)
+    snapshot.kms_key_id = volume.kms_key_id
+    backend.delete_volume(volume.id)
+    return snapshot
+
+
+def parse_time(value):
+    """A request timestamp (moto may hand over a datetime or the raw text) in UTC."""
+    if isinstance(value, datetime.datetime):
+        when = value
+    else:
+        text = str(value).strip().replace("Z", "+00:00")
+        try:
+            when = datetime.datetime.fromisoformat(text)
+        except ValueError:
+            raise error("InvalidParameterValue", f"Invalid value for DeprecateAt: {value}")
+    if when.tzinfo is None:
+        when = when.replace(tzinfo=datetime.timezone.utc)
+    return when.astimezone(datetime.timezone.utc)
+
+
+# ---------------------------------------------------------------------------------------
+# RegisterImage
+
+
+def parse_mapping(backend, given):
+    """One RegisterImage block device mapping, checked against the region's snapshots."""
+    mapping = {"DeviceName": given.get("DeviceName")}
+    for key in ("VirtualName", "NoDevice"):
+        if given.get(key) is not None:
+            mapping[key] = given[key]
+    ebs = given.get("Ebs")
+    if not ebs:
+        return mapping
+    snapshot_id = ebs.get("SnapshotId")
+    snapshot = None
+    if snapshot_id:
+        snapshot = backend.snapshots.get(snapshot_id)
+        if snapshot is None:
+            raise error(
+                "InvalidSnapshot.NotFound", f"The snapshot '{snapshot_id}' does not exist."
+            )
+    size = ebs.get("VolumeSize")
+    if size is None and snapshot is not None:
+        size = snapshot.volume_size
+    if size is None:
+        raise error(
+            "InvalidBlockDeviceMapping",
+            f"The device {mapping['DeviceName']} needs a snapshot or a volume size.",
+        )
+    if snapshot is not None and int(size) < int(snapshot.volume_size):
+        raise error(
+            "InvalidBlockDeviceMapping",
+            f"Volume of size {size}GB is smaller than snapshot '{snapshot_id}', "
+            f"expect size >= {snapshot.volume_size}GB",
+        )
+    volume_type = ebs.get("VolumeType", "gp2")
+    check_choice("volumeType", volume_type, VOLUME_TYPES)
+    out = {}
+    if snapshot_id:
+        out["SnapshotId"] = snapshot_id
+    out["VolumeSize"] = int(size)
+    out["VolumeType"] = volume_type
+    out["DeleteOnTermination"] = bool(ebs.get("DeleteOnTermination", True))
+    encrypted = ebs.get("Encrypted")
+    if encrypted is None and snapshot is not None:
+        encrypted = snapshot.encrypted
+    out["Encrypted"] = bool(encrypted)
+    for key in ("Iops", "Throughput", "KmsKeyId"):
+        if ebs.get(key) is not None:
+            out[key] = ebs[key]
+    mapping["Ebs"] = out
+    return mapping
+
+
+def register_image(self):
+    """RegisterImage that keeps what it is given and refuses what AWS refuses."""
+    param = self._get_param
+    name = param("Name")
+    attrs = {
+        "name": name,
+        "description": param("Description"),
+        "architecture": param("Architecture", "i386"),
+        "virtualization_type": param("VirtualizationType", "paravirtual"),
+        "root_device_name": param("RootDeviceName"),
+        "boot_mode": param("BootMode"),
+        "ena_support": param("EnaSupport"),
+        "sriov_net_support": param("SriovNetSupport"),
+        "imds_support": param("ImdsSupport"),
+        "tpm_support": param("TpmSupport"),
+    }
+    self.error_on_dryrun()
+    check_choice("architecture", attrs["architecture"], ARCHITECTURES)
+    check_choice("bootMode", attrs["boot_mode"], BOOT_MODES)
+    check_choice("imdsSupport", attrs["imds_support"], ("v2.0",))
+    check_choice("tpmSupport", attrs["tpm_support"], ("v2.0",))
+    check_choice("sriovNetSupport", attrs["sriov_net_support"], ("simple",))
+    tags = tag_specs(param("TagSpecifications", []), ("image",))["image"]
+    backend = self.ec2_backend
+    mappings = [parse_mapping(backend, m) for m in param("BlockDeviceMappings", [])]
+    ebs_root = any(
+        m["DeviceName"] == attrs["root_device_name"] and "Ebs" in m for m in mappings
+    )
+    attrs["root_device_type"] = "ebs" if ebs_root else "instance-store"
+    attrs["image_location"] = f"{backend.account_id}/{name}"
+    with LOCK:
+        check_name(backend, name)
+        ami = new_image(backend, Moto.random_ami_id(), mappings, attrs)
+        if tags:
+            ami.add_tags(tags)
+    return Moto.ActionResult({"ImageId": ami.id})
+
+
+# ---------------------------------------------------------------------------------------
+# CopyImage
+
+
+def copy_image(self):
+    """CopyImage with AWS's attributes, snapshots, tags and ClientToken idempotency."""
+    param = self._get_param
+    source_id = param("SourceImageId")
+    source_region = param("SourceRegion")
+    name = param("Name")
+    description = param("Description")
+    token = param("ClientToken")
+    copy_tags = bool(param("CopyImageTags", False))
+    encrypted = bool(param("Encrypted", False))
+    kms_key_id = param("KmsKeyId")
+    tags = tag_specs(param("TagSpecifications", []), ("image", "snapshot"))
+    self.error_on_dryrun()
+    dest = self.ec2_backend
+    account_backends = Moto.ec2_backends[dest.account_id]
+    if source_region not in account_backends:
+        raise error("InvalidParameterValue", f"Invalid region: {source_region}")
+    request = repr(
+        (source_id, source_region, name, description, copy_tags, encrypted, kms_key_id, tags)
+    )
+    with LOCK:
+        tokens = region_state(dest, "copy_tokens", {})
+        if token and token in tokens:
+            earlier, image_id = tokens[token]
+            if earlier != request:
+                raise error(
+                    "IdempotentParameterMismatch",
+                    f"The client token {token} was already used with other parameters.",
+                )
+            return Moto.ActionResult({"ImageId": image_id})
+        source = account_backends[source_region].amis.get(source_id)
+        if source is None:
+            raise Moto.InvalidAMIIdError(source_id)
+        name = name or source.name
+        check_name(dest, name)
+        image_id = Moto.random_ami_id()
+        millis = int(time.time() * 1000)
+        mappings = []
+        for given in mappings_of(source):
+            mapping = {k: v for k, v in given.items() if k != "Ebs"}
+            ebs = dict(given.get("Ebs") or {})
+            if ebs.get("SnapshotId"):
+                snapshot = new_snapshot(
+                    dest,
+                    ebs["VolumeSize"],
+                    f"Copied for DestinationAmi {image_id} from SourceAmi {source_id} "
+                    f"for SourceSnapshot {ebs['SnapshotId']}. Task created on {millis:,}.",
+                    encrypted or ebs.get("Encrypted"),
+                    kms_key_id,
+                )
+                if tags["snapshot"]:
+                    snapshot.add_tags(tags["snapshot"])
+                ebs["SnapshotId"] = snapshot.id
+                ebs["Encrypted"] = bool(snapshot.encrypted)
+            if ebs:
+                mapping["Ebs"] = ebs
+            mappings.append(mapping)
+        attrs = {
+            key: getattr(source, key, None)
+            for key in (
+                "architecture",
+                "virtualization_type",
+                "root_device_name",
+                "root_device_type",
+                "boot_mode",
+                "ena_support",
+                "sriov_net_support",
+                "imds_support",
+                "tpm_support",
+            )
+        }
+        attrs.update(
+            name=name,
+            description=description if description is not None else source.description,
+            image_location=f"{dest.account_id}/{name}",
+            source_image_id=source_id,
+            source_image_region=source_region,
+        )
+        ami = new_image(dest, image_id, mappings, attrs)
+        image_tags = user_tags(source) if copy_tags else {}
+        image_tags.update(tags["image"])
+        if image_tags:
+            ami.add_tags(image_tags)
+        if token:
+            tokens[token] = (request, image_id)
+    return Moto.ActionResult({"ImageId": image_id})
+
+
+# ---------------------------------------------------------------------------------------
+# Deprecation
+
+
+def deprecation_time(value):
+    """DeprecateAt as AWS keeps it: seconds rounded to the minute, in the future, at
+    most 10 years ahead, formatted as DescribeImages answers it."""
+    if value is None:
+        raise error("MissingParameter", "The request must contain the parameter DeprecateAt")
+    when = parse_time(value)
+    rounded = when.replace(second=0, microsecond=0)
+    if when - rounded >= datetime.timedelta(seconds=30):
+        rounded += datetime.timedelta(minutes=1)
+    now = datetime.datetime.now(datetime.timezone.utc)
+    if rounded <= now:
+        # AWS's documentation says the date can't be in the past without naming the
+        # error code; InvalidParameterValue is its code for a bad value.
+        raise error("InvalidParameterValue", f"DeprecateAt {when:%Y-%m-%dT%H:%M:%SZ} is in the past.")
+    if rounded > now + datetime.timedelta(days=3653):
+        raise error(
+            "InvalidParameterValue",
+            f"DeprecateAt {when:%Y-%m-%dT%H:%M:%SZ} is more than 10 years ahead.",
+        )
+    return rounded.strftime("%Y-%m-%dT%H:%M:%S.000Z")
+
+
+def enable_image_deprecation(self):
+    """EnableImageDeprecation: remember the time for DescribeImages."""
+    image_id = self._get_param("ImageId")
+    when = deprecation_time(self._get_param("DeprecateAt"))
+    self.error_on_dryrun()
+    find_image(self.ec2_backend, image_id).deprecation_time = when
+    return Moto.ActionResult({"Return": True})
+
+
+def disable_image_deprecation(self):
+    """DisableImageDeprecation: forget the time."""
+    image_id = self._get_param("ImageId")
+    self.error_on_dryrun()
+    find_image(self.ec2_backend, image_id).deprecation_time = None
+    return Moto.ActionResult({"Return": True})
+
+
+# ---------------------------------------------------------------------------------------
+# DeregisterImage and DeleteSnapshot
+
+
+def deregister_image(self):
+    """DeregisterImage that deletes the image's snapshots when asked to."""
+    image_id = self._get_param("ImageId")
+    delete_snapshots = bool(self._get_param("DeleteAssociatedSnapshots", False))
+    self.error_on_dryrun()
+    backend = self.ec2_backend
+    ami = backend.amis.get(image_id)
+    snapshots = mapped_snapshots(ami) if ami is not None else []
+    backend.deregister_image(image_id)
+    result = {"Return": True}
+    if delete_snapshots and snapshots:
+        result["DeleteSnapshotResults"] = [
+            {"SnapshotId": s, "ReturnCode": delete_associated(backend, s)}
+            for s in snapshots
+        ]
+    return Moto.ActionResult(result)
+
+
+def delete_associated(backend, snapshot_id):
+    """Delete one snapshot of a deregistered image: AWS's ReturnCode for it."""
+    if image_using(backend, snapshot_id):
+        return "skipped"
+    try:
+        backend.delete_snapshot(snapshot_id)
+    except Moto.EC2ClientError:
+        return "client-error"
+    return "success"
+
+
+def delete_snapshot(self, snapshot_id):
+    """EBSBackend.delete_snapshot that also refuses snapshots our images map."""
+    user = image_using(self, snapshot_id)
+    if user is not None:
+        raise Moto.InvalidSnapshotInUse(snapshot_id, user)
+    return ORIGINAL["delete_snapshot"](self, snapshot_id)
+
+
+# ---------------------------------------------------------------------------------------
+# DescribeImages filters and DescribeImageAttribute
+
+# DescribeImages filter -> key inside a mapping's Ebs (None: the mapping itself).
+MAPPING_FILTERS = {
+    "block-device-mapping.snapshot-id": "SnapshotId",
+    "block-device-mapping.volume-size": "VolumeSize",
+    "block-device-mapping.volume-type": "VolumeType",
+    "block-device-mapping.delete-on-termination": "DeleteOnTermination",
+    "block-device-mapping.encrypted": "Encrypted",
+    "block-device-mapping.device-name": None,
+}
+
+# DescribeImages filters on attributes that may be unset (moto answers 500 for None).
+ATTRIBUTE_FILTERS = {
+    "description": "description",
+    "ena-support": "ena_support",
+    "sriov-net-support": "sriov_net_support",
+    "root-device-name": "root_device_name",
+    "root-device-type": "root_device_type",
+    "source-image-id": "source_image_id",
+    "source-image-region": "source_image_region",
+    "hypervisor": "hypervisor",
+}
+
+
+def as_filter_text(value):
+    return str(value).lower() if isinstance(value, bool) else str(value)
+
+
+def image_filter_value(self, filter_name, method_name=None):
+    """Ami.get_filter_value with the mapping and attribute filters moto lacks."""
+    if filter_name in MAPPING_FILTERS:
+        key = MAPPING_FILTERS[filter_name]
+        values = []
+        for mapping in mappings_of(self):
+            if key is None:
+                value = mapping.get("DeviceName")
+            else:
+                value = mapping.get("Ebs", {}).get(key)
+            if value is not None:
+                values.append(as_filter_text(value))
+        return values
+    if filter_name in ATTRIBUTE_FILTERS:
+        value = getattr(self, ATTRIBUTE_FILTERS[filter_name], None)
+        return "" if value is None else as_filter_text(value)
+    return ORIGINAL["get_filter_value"](self, filter_name, method_name)
+
+
+# DescribeImageAttribute attribute -> (answer key, Ami attribute).
+IMAGE_ATTRIBUTES = {
+    "description": ("Description", "description"),
+    "kernel": ("KernelId", "kernel_id"),
+    "ramdisk": ("RamdiskId", "ramdisk_id"),
+    "sriovNetSupport": ("SriovNetSupport", "sriov_net_support"),
+    "bootMode": ("BootMode", "boot_mode"),
+    "tpmSupport": ("TpmSupport", "tpm_support"),
+    "uefiData": ("UefiData", "uefi_data"),
+    "imdsSupport": ("ImdsSupport", "imds_support"),
+    "lastLaunchedTime": ("LastLaunchedTime", "last_launched_time"),
+    "deregistrationProtection": ("DeregistrationProtection", "deregistration_protection"),
+}
+
+
+def describe_image_attribute(self):
+    """DescribeImageAttribute answering each attribute from the image's state."""
+    attribute = self._get_param("Attribute")
+    image_id = self._get_param("ImageId")
+    if attribute not in IMAGE_ATTRIBUTES and attribute != "launchPermission":
+        # moto's own answers: AuthFailure for blockDeviceMapping as AWS, and so on.
+        return ORIGINAL["describe_image_attribute"](self)
+    self.error_on_dryrun()
+    ami = find_image(self.ec2_backend, image_id)
+    result = {"ImageId": ami.id}
+    if attribute == "launchPermission":
+        result["LaunchPermissions"] = list(ami.launch_permissions)
+    else:
+        key, name = IMAGE_ATTRIBUTES[attribute]
+        value = getattr(ami, name, None)
+        if attribute == "sriovNetSupport" and "_moto_ext_mappings" not in ami.__dict__:
+            value = getattr(ami, "sriov", None)
+        result[key] = {} if value is None else {"Value": value}
+    return Moto.ActionResult(result)
+
+
+# ---------------------------------------------------------------------------------------
+# Image block public access
+
+
+def bpa_state(backend):
+    return region_state(backend, "image_bpa", {"state": "unblocked"})
+
+
+def get_image_block_public_access_state(self):
+    """GetImageBlockPublicAccessState: the region's state, unblocked by default."""
+    self.error_on_dryrun()
+    return Moto.ActionResult(
+        {
+            "ImageBlockPublicAccessState": bpa_state(self.ec2_backend)["state"],
+            "ManagedBy": "account",
+        }
+    )
+
+
+def enable_image_block_public_access(self):
+    """EnableImageBlockPublicAccess: block new public sharing in this region."""
+    state = self._get_param("ImageBlockPublicAccessState")
+    self.error_on_dryrun()
+    check_choice("ImageBlockPublicAccessState", state, ("block-new-sharing",))
+    if state is None:
+        raise error(
+            "MissingParameter",
+            "The request must contain the parameter ImageBlockPublicAccessState",
+        )
+    bpa_state(self.ec2_backend)["state"] = state
+    return Moto.ActionResult({"ImageBlockPublicAccessState": state})
+
+
+def disable_image_block_public_access(self):
+    """DisableImageBlockPublicAccess (AWS takes minutes; here it is at once)."""
+    self.error_on_dryrun()
+    bpa_state(self.ec2_backend)["state"] = "unblocked"
+    return Moto.ActionResult({"ImageBlockPublicAccessState": "unblocked"})
+
+
+def modify_image_attribute(self):
+    """ModifyImageAttribute that refuses a public share while block public access is on."""
+    adds = (self._get_param("LaunchPermission") or {}).get("Add") or []
+    public = any(p.get("Group") == "all" for p in adds) or (
+        self._get_param("OperationType") == "add"
+        and "all" in (self._get_param("UserGroups") or [])
+    )
+    if public and bpa_state(self.ec2_backend)["state"] == "block-new-sharing":
+        find_image(self.ec2_backend, self._get_param("ImageId"))
+        raise error(BPA_CODE, BPA_MESSAGE)
+    return ORIGINAL["modify_image_attribute"](self)
+
+
+# ---------------------------------------------------------------------------------------
+# DescribeSnapshots
+
+
+def describe_snapshots(self):
+    """DescribeSnapshots that honours OwnerIds (self = the caller's account)."""
+    owners = self._get_param("OwnerIds") or []
+    snapshots = self.ec2_backend.describe_snapshots(
+        snapshot_ids=self._get_param("SnapshotIds", []),
+        filters=self._filters_from_querystring(),
+    )
+    if owners:
+        wanted = {self.current_account if o == "self" else o for o in owners}
+        snapshots = [s for s in snapshots if s.owner_id in wanted]
+    return Moto.ActionResult({"Snapshots": snapshots})
+
+
+# ---------------------------------------------------------------------------------------
+
+ORIGINAL = {}
+
+
+def install():
+    """Check moto, then patch it."""
+    resolve()
+    Ami, EBSBackend = Moto.Ami, Moto.EBSBackend
+    ORIGINAL["block_device_mappings"] = Ami.block_device_mappings.fget
+    ORIGINAL["get_filter_value"] = Ami.get_filter_value
+    ORIGINAL["delete_snapshot"] = EBSBackend.delete_snapshot
+    ORIGINAL["describe_image_attribute"] = Moto.AmisResponse.describe_image_attribute
+    ORIGINAL["modify_image_attribute"] = Moto.AmisResponse.modify_image_attribute
+
+    Ami.block_device_mappings = property(mappings_of)
+    Ami.get_filter_value = image_filter_value
+    EBSBackend.delete_snapshot = delete_snapshot
+    for handler in (
+        register_image,
+        copy_image,
+        enable_image_deprecation,
+        disable_image_deprecation,
+        deregister_image,
+        describe_image_attribute,
+        get_image_block_public_access_state,
+        enable_image_block_public_access,
+        disable_image_block_public_access,
+        modify_image_attribute,
+    ):
+        setattr(Moto.AmisResponse, handler.__name__, handler)
+    Moto.ElasticBlockStore.describe_snapshots = describe_snapshots
+
+
+def main(argv):
+    install()
+    sys.stderr.write("moto_ext: moto patched (AMI state, deprecation, block public access)\n")
+    Moto.main(argv)
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])
