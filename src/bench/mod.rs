@@ -211,17 +211,6 @@ pub async fn run(
     shutdown: impl Future<Output = ()>,
 ) -> Result<BenchReport, BenchError> {
     validate(opts)?;
-    let leftovers = cleanup(clients, db, &opts.scope, &opts.retry).await?;
-    if !leftovers.terminated.is_empty() {
-        tracing::warn!(
-            "terminated {} instance(s) an earlier benchmark left running: {}",
-            leftovers.terminated.len(),
-            leftovers.terminated.join(", ")
-        );
-    }
-    for e in &leftovers.errors {
-        tracing::warn!("clean-up of an earlier benchmark: {e}");
-    }
     let ctx = Ctx {
         clients,
         db,
@@ -231,6 +220,17 @@ pub async fn run(
         not_terminated: Mutex::new(Vec::new()),
     };
     let work = async {
+        let leftovers = cleanup(clients, db, &opts.scope, &opts.retry).await?;
+        if !leftovers.terminated.is_empty() {
+            tracing::warn!(
+                "terminated {} instance(s) an earlier benchmark left running: {}",
+                leftovers.terminated.len(),
+                leftovers.terminated.join(", ")
+            );
+        }
+        for e in &leftovers.errors {
+            tracing::warn!("clean-up of an earlier benchmark: {e}");
+        }
         let mut first = 1;
         if opts.discard_first && opts.runs > 1 {
             one_run(&ctx, 1, true).await;
@@ -241,9 +241,15 @@ pub async fn run(
             .buffer_unordered(opts.concurrency.max(1))
             .for_each(|_| async {})
             .await;
+        Ok::<(), BenchError>(())
     };
+    // One select over the clean-up and the runs: the signal is being listened for
+    // before the first request leaves.
     let interrupted = tokio::select! {
-        _ = work => false,
+        r = work => {
+            r?;
+            false
+        }
         _ = shutdown => true,
     };
     if interrupted {

@@ -245,6 +245,12 @@ fn import_files(g: &GlobalArgs, a: &ImportArgs) -> Result<(), Failure> {
             .map(build::parse_freebsd_name)
             .unwrap_or_default())
         .normalized();
+    if build.branch.is_none() && build.flavour.is_none() && build.build_date.is_none() {
+        tracing::warn!(
+            "the build is unknown (no --branch, --flavour, --build-date or FreeBSD-style \
+             --image-name): these runs go to a series of unknown builds"
+        );
+    }
     // Parse every file before storing any, so a bad file leaves the history untouched.
     let mut parsed = Vec::new();
     for file in &a.files {
