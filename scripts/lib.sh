@@ -4,10 +4,13 @@
 log() { printf '==> %s\n' "$*" >&2; }
 
 # moto's server mode: the local AWS-protocol server the tests and the demo use.
+# The harness's moto extension (src/testkit/moto_ext.py) is written against moto 5.2.
 ensure_moto() {
-    if ! python3 -c 'import moto.server, flask, werkzeug' 2>/dev/null; then
-        log "installing moto[server] (pip)"
-        python3 -m pip install --quiet --disable-pip-version-check 'moto[server]>=5.1,<6'
+    if ! python3 -c 'import moto.server, flask, werkzeug, sys
+v = tuple(int(x) for x in moto.__version__.split(".")[:2])
+sys.exit(0 if (5, 2) <= v < (6, 0) else 1)' 2>/dev/null; then
+        log "installing moto[server] 5.2+ (pip)"
+        python3 -m pip install --quiet --disable-pip-version-check 'moto[server]>=5.2,<6'
     fi
 }
 

@@ -242,6 +242,9 @@ impl CopyJob<'_> {
         wait_available(&dest, &id, self.opts.wait, retry)
             .await
             .map_err(|e| (Some(id.clone()), e))?;
+        if !reused {
+            tracing::info!("copy of {} to {region} is available: {id}", self.image_id);
+        }
         Ok((id, reused))
     }
 

@@ -312,7 +312,7 @@ pub async fn params(g: &GlobalArgs, c: &ParamsCommand) -> Result<(), Failure> {
         retry,
         ..PutOptions::default()
     };
-    let outcomes = params::put(&clients, &wanted, &opts).await?;
+    let outcomes = params::put(&clients, &wanted, &opts).await;
     g.print(&outcomes, || {
         outcomes
             .iter()
@@ -320,6 +320,9 @@ pub async fn params(g: &GlobalArgs, c: &ParamsCommand) -> Result<(), Failure> {
             .collect::<Vec<_>>()
             .join("\n")
     });
+    if !write.plan {
+        params::check(&outcomes)?;
+    }
     Ok(())
 }
 

@@ -7,7 +7,8 @@ use std::time::Duration;
 
 use super::{Failure, parse_duration, shutdown_signal};
 use crate::testkit::{
-    BootFixture, BootSchedule, FaultProxy, MotoServer, ProxyConfig, StrictEbs, StrictEbsConfig,
+    BootFixture, BootSchedule, Fault, FaultProxy, FaultRule, MotoOptions, MotoServer, ProxyConfig,
+    StrictEbs, StrictEbsConfig,
 };
 
 /// Local servers (they listen on 127.0.0.1 only).
@@ -16,7 +17,18 @@ pub enum TestkitCommand {
     /// Start moto (pip install 'moto[server]'), extended to keep AMI state as AWS does,
     /// behind a proxy that makes its EBS answers AWS-like (512 KiB blocks); print the
     /// endpoint URL and serve until interrupted.
-    Moto,
+    Moto {
+        /// Delay every request of an operation (`CopyImage=100ms`; repeatable), e.g. to
+        /// stand in for AWS's latency in a benchmark.
+        #[arg(long = "delay", value_name = "OPERATION=DURATION", value_parser = parse_delay)]
+        delays: Vec<(String, std::time::Duration)>,
+        /// On exit, write the requests the proxy saw (count per operation) to FILE as JSON.
+        #[arg(long, value_name = "FILE")]
+        stats: Option<std::path::PathBuf>,
+        /// Opt the account in to every opt-in region (moto enables only 24 regions).
+        #[arg(long)]
+        all_regions: bool,
+    },
     /// Start the strict in-memory EBS direct endpoint; print its URL and serve until
     /// interrupted.
     StrictEbs {
@@ -41,19 +53,40 @@ pub enum TestkitCommand {
 
 pub async fn run(cmd: &TestkitCommand) -> Result<(), Failure> {
     match cmd {
-        TestkitCommand::Moto => {
-            let moto = tokio::task::spawn_blocking(MotoServer::start)
+        TestkitCommand::Moto {
+            delays,
+            stats,
+            all_regions,
+        } => {
+            let options = MotoOptions {
+                all_regions_opted_in: *all_regions,
+                ..MotoOptions::default()
+            };
+            let moto = tokio::task::spawn_blocking(move || MotoServer::start_with(&options))
                 .await
                 .map_err(|e| Failure::from(std::io::Error::other(e)))??;
+            let rules = delays
+                .iter()
+                .map(|(op, d)| FaultRule::with_rate(Some(op), Fault::Delay(*d), 1.0))
+                .collect();
             let proxy = FaultProxy::start(ProxyConfig {
                 upstream: moto.url(),
                 moto_fixups: true,
-                rules: Vec::new(),
+                rules,
                 seed: 0,
             })
             .await?;
             announce(&proxy.url());
             shutdown_signal().await;
+            if let Some(path) = stats {
+                let mut by_op = std::collections::BTreeMap::<String, usize>::new();
+                let requests = proxy.requests();
+                for r in &requests {
+                    *by_op.entry(r.operation.clone()).or_default() += 1;
+                }
+                let doc = serde_json::json!({ "requests": requests.len(), "by_operation": by_op });
+                std::fs::write(path, doc.to_string())?;
+            }
             drop(proxy);
             drop(moto);
         }
@@ -89,4 +122,12 @@ fn announce(url: &str) {
     let mut out = std::io::stdout().lock();
     let _ = writeln!(out, "{url}");
     let _ = out.flush();
+}
+
+/// Parse `OPERATION=DURATION`.
+fn parse_delay(s: &str) -> Result<(String, std::time::Duration), String> {
+    let (op, d) = s
+        .split_once('=')
+        .ok_or_else(|| format!("expected OPERATION=DURATION, got `{s}`"))?;
+    Ok((op.to_string(), super::parse_duration(d)?))
 }

@@ -10,13 +10,11 @@
 pub mod template;
 
 use std::collections::BTreeMap;
-use std::sync::Arc;
 use std::time::Duration;
 
 use aws_sdk_ssm::types::{ParameterType, Tag};
 use futures_util::future::join_all;
 use serde::Serialize;
-use tokio::sync::Mutex;
 use tokio::time::Instant;
 
 use crate::aws::{AwsError, Clients, RetryPolicy};
@@ -173,93 +171,137 @@ pub fn check_name(name: &str, public: bool) -> Result<(), String> {
     Ok(())
 }
 
-/// Spaces writes in one region and lets one writer at a time through.
-#[derive(Debug)]
-struct Pacer {
-    next: Mutex<Instant>,
-    spacing: Duration,
-}
-
-impl Pacer {
-    async fn wait(&self) {
-        let mut next = self.next.lock().await;
-        tokio::time::sleep_until(*next).await;
-        *next = Instant::now() + self.spacing;
-    }
-}
-
-/// Put every parameter of `wanted` (each in its region): regions concurrently, one
-/// region's writes paced. Returns every outcome; fails after all are done if any was
-/// refused or failed, naming each.
-pub async fn put(
-    home: &Clients,
-    wanted: &[Wanted],
-    opts: &PutOptions,
-) -> Result<Vec<Outcome>, ParamError> {
-    let mut by_region: BTreeMap<&str, Vec<&Wanted>> = BTreeMap::new();
-    for w in wanted {
-        by_region.entry(&w.region).or_default().push(w);
+/// Put every parameter of `wanted` (each in its region): regions concurrently; in a
+/// region, one GetParameters per 10 names to see what they hold, the writes one after
+/// the other `spacing` apart, then GetParameters again until every written value reads
+/// back. Returns every outcome, in the order of `wanted` (see [`check`]).
+pub async fn put(home: &Clients, wanted: &[Wanted], opts: &PutOptions) -> Vec<Outcome> {
+    let mut by_region: BTreeMap<&str, Vec<(usize, &Wanted)>> = BTreeMap::new();
+    for (i, w) in wanted.iter().enumerate() {
+        by_region.entry(&w.region).or_default().push((i, w));
     }
     let runs = by_region.into_iter().map(|(region, items)| {
         let clients = home.in_region(region);
-        let pacer = Arc::new(Pacer {
-            next: Mutex::new(Instant::now()),
-            spacing: opts.spacing,
-        });
         async move {
-            let mut out = Vec::new();
-            for w in items {
-                out.push(put_one(&clients, w, opts, &pacer).await);
-            }
-            out
+            let (index, items): (Vec<usize>, Vec<&Wanted>) = items.into_iter().unzip();
+            index
+                .into_iter()
+                .zip(put_region(&clients, &items, opts).await)
+                .collect::<Vec<_>>()
         }
     });
-    let outcomes: Vec<Outcome> = join_all(runs).await.into_iter().flatten().collect();
+    let mut outcomes: Vec<(usize, Outcome)> = join_all(runs).await.into_iter().flatten().collect();
+    outcomes.sort_by_key(|(i, _)| *i);
+    outcomes.into_iter().map(|(_, o)| o).collect()
+}
+
+/// Fail, naming each, if a parameter was refused or failed.
+pub fn check(outcomes: &[Outcome]) -> Result<(), ParamError> {
     let failed: Vec<String> = outcomes
         .iter()
         .filter(|o| o.error.is_some() || matches!(o.change, Change::Refused { .. }))
         .map(Outcome::describe)
         .collect();
-    if failed.is_empty() || opts.dry_run {
-        Ok(outcomes)
+    if failed.is_empty() {
+        Ok(())
     } else {
         Err(ParamError::Failed(failed))
     }
 }
 
-async fn put_one(clients: &Clients, w: &Wanted, opts: &PutOptions, pacer: &Pacer) -> Outcome {
-    let outcome = |change, error: Option<String>| Outcome {
-        wanted: w.clone(),
-        change,
-        error,
-    };
-    let current = match get(clients, &w.name, &opts.retry).await {
-        Ok(v) => v,
-        Err(e) => return outcome(Change::Created, Some(e.to_string())),
-    };
-    let change = match current {
-        None => Change::Created,
-        Some(v) if v == w.value => return outcome(Change::Unchanged, None),
-        Some(old) if !opts.allow_clobber && w.ours.as_deref() != Some(old.as_str()) => {
-            return outcome(Change::Refused { old }, None);
+/// [`put`] in one region.
+async fn put_region(clients: &Clients, items: &[&Wanted], opts: &PutOptions) -> Vec<Outcome> {
+    let names: Vec<&str> = items.iter().map(|w| w.name.as_str()).collect();
+    let current = match get_many(clients, &names, &opts.retry).await {
+        Ok(c) => c,
+        Err(e) => {
+            return items
+                .iter()
+                .map(|w| Outcome {
+                    wanted: (*w).clone(),
+                    change: Change::Created,
+                    error: Some(e.to_string()),
+                })
+                .collect();
         }
-        Some(old) => Change::Updated { old },
     };
+    let mut out: Vec<Outcome> = items
+        .iter()
+        .map(|w| {
+            let change = match current.get(&w.name) {
+                None => Change::Created,
+                Some(v) if *v == w.value => Change::Unchanged,
+                Some(old) if !opts.allow_clobber && w.ours.as_deref() != Some(old.as_str()) => {
+                    Change::Refused { old: old.clone() }
+                }
+                Some(old) => Change::Updated { old: old.clone() },
+            };
+            Outcome {
+                wanted: (*w).clone(),
+                change,
+                error: None,
+            }
+        })
+        .collect();
     if opts.dry_run {
-        return outcome(change, None);
+        return out;
     }
-    pacer.wait().await;
-    let overwrite = matches!(change, Change::Updated { .. });
-    if let Err(e) = write(clients, w, overwrite, &opts.retry).await {
-        return outcome(change, Some(e.to_string()));
-    }
-    match read_back(clients, w, opts).await {
-        Ok(()) => {
-            tracing::info!("{}", outcome(change.clone(), None).describe());
-            outcome(change, None)
+    let mut written = Vec::new();
+    for (i, o) in out.iter_mut().enumerate() {
+        if !matches!(o.change, Change::Created | Change::Updated { .. }) {
+            continue;
         }
-        Err(e) => outcome(change, Some(e)),
+        if !written.is_empty() {
+            tokio::time::sleep(opts.spacing).await;
+        }
+        let overwrite = matches!(o.change, Change::Updated { .. });
+        match write(clients, &o.wanted, overwrite, &opts.retry).await {
+            Ok(()) => written.push(i),
+            Err(e) => o.error = Some(e.to_string()),
+        }
     }
+    if let Err(e) = read_back(clients, &mut out, &written, opts).await {
+        for &i in &written {
+            out[i].error.get_or_insert_with(|| e.clone());
+        }
+    }
+    for &i in &written {
+        if out[i].error.is_none() {
+            tracing::info!("{}", out[i].describe());
+        }
+    }
+    out
+}
+
+/// The values of the parameters among `names` that exist (one GetParameters per 10).
+pub async fn get_many(
+    clients: &Clients,
+    names: &[&str],
+    retry: &RetryPolicy,
+) -> Result<BTreeMap<String, String>, AwsError> {
+    let mut found = BTreeMap::new();
+    for chunk in names.chunks(10) {
+        let out = retry
+            .run(
+                &format!("GetParameters in {}", clients.region()),
+                || async {
+                    clients
+                        .ssm
+                        .get_parameters()
+                        .set_names(Some(chunk.iter().map(|s| s.to_string()).collect()))
+                        .send()
+                        .await
+                        .map_err(|e| AwsError::from_sdk("GetParameters", e))
+                },
+            )
+            .await?;
+        for p in out.parameters() {
+            if let (Some(n), Some(v)) = (p.name(), p.value()) {
+                found.insert(n.to_string(), v.to_string());
+            }
+        }
+    }
+    Ok(found)
 }
 
 /// The value of parameter `name`, or `None` if it does not exist.
@@ -327,30 +369,47 @@ async fn write(
     Ok(())
 }
 
-/// Read the parameter until it holds the value: AWS validates `aws:ec2:image` values
-/// after answering, and drops a value that is not an AMI of that region.
-async fn read_back(clients: &Clients, w: &Wanted, opts: &PutOptions) -> Result<(), String> {
+/// Read the written parameters until each holds its value: AWS validates
+/// `aws:ec2:image` values after answering, and drops a value that is not an AMI of that
+/// region. Those that do not read back get an error.
+async fn read_back(
+    clients: &Clients,
+    out: &mut [Outcome],
+    written: &[usize],
+    opts: &PutOptions,
+) -> Result<(), String> {
     let until = Instant::now() + opts.read_back;
     let mut delay = Duration::from_millis(200);
-    loop {
-        let now = get(clients, &w.name, &opts.retry)
+    let mut pending: Vec<usize> = written.to_vec();
+    while !pending.is_empty() {
+        let names: Vec<&str> = pending
+            .iter()
+            .map(|&i| out[i].wanted.name.as_str())
+            .collect();
+        let now = get_many(clients, &names, &opts.retry)
             .await
             .map_err(|e| e.to_string())?;
-        if now.as_deref() == Some(w.value.as_str()) {
-            return Ok(());
+        pending.retain(|&i| now.get(&out[i].wanted.name) != Some(&out[i].wanted.value));
+        if pending.is_empty() {
+            break;
         }
         if Instant::now() + delay > until {
-            return Err(format!(
-                "written, but reads back as {} after {}s (is {} an AMI in {}?)",
-                now.as_deref().unwrap_or("nothing"),
-                opts.read_back.as_secs(),
-                w.value,
-                w.region
-            ));
+            for &i in &pending {
+                let w = &out[i].wanted;
+                out[i].error = Some(format!(
+                    "written, but reads back as {} after {}s (is {} an AMI in {}?)",
+                    now.get(&w.name).map(String::as_str).unwrap_or("nothing"),
+                    opts.read_back.as_secs(),
+                    w.value,
+                    w.region
+                ));
+            }
+            break;
         }
         tokio::time::sleep(delay).await;
         delay = (delay * 2).min(Duration::from_secs(5));
     }
+    Ok(())
 }
 
 #[cfg(test)]

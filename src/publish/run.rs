@@ -64,12 +64,17 @@ pub async fn publish(
     }
     let mut images = Vec::new();
     let mut errors = Vec::new();
+    let mut published = Vec::new();
     for (img, r) in release.images.iter().zip(results) {
         match r {
-            Ok(report) => images.push(report),
+            Ok(report) => published.push((img, report)),
             Err(e) => errors.push(format!("{}: {e}", img.name())),
         }
     }
+    let mut refs: Vec<(&ReleaseImage, &mut ImageReport)> =
+        published.iter_mut().map(|(i, r)| (*i, r)).collect();
+    errors.extend(run.parameters(&mut refs).await?);
+    images.extend(published.into_iter().map(|(_, r)| r));
     if errors.is_empty() {
         journal.finish()?;
     }
@@ -260,7 +265,7 @@ impl Run<'_> {
         let path = img.path.clone();
         let image = tokio::task::spawn_blocking(move || DiskImage::open(&path))
             .await
-            .map_err(|e| PublishError::Busy(format!("image reader failed: {e}")))?
+            .map_err(|e| PublishError::Upload(format!("image reader failed: {e}")))?
             .map_err(|e| PublishError::Upload(e.to_string()))?;
         let uopts = UploadOptions {
             description: Some(name.to_string()),
@@ -281,6 +286,8 @@ impl Run<'_> {
         .await
         .map_err(|e| {
             if e.interrupted() {
+                // Say what became of the unfinished snapshot.
+                tracing::warn!("{}: {e}", img.path.display());
                 PublishError::Interrupted
             } else {
                 PublishError::Upload(e.to_string())
@@ -414,43 +421,6 @@ impl Run<'_> {
             }
         }
 
-        // Parameters.
-        let mut wanted = Vec::new();
-        for a in &amis {
-            for name in img.params_in(&a.region) {
-                let key = self.key(img, "param", &a.region, &name);
-                let ours = journal.get(&key)?.and_then(|s| s.resource_id);
-                wanted.push(Wanted {
-                    region: a.region.clone(),
-                    name,
-                    value: a.image_id.clone(),
-                    ours,
-                });
-            }
-        }
-        let mut parameters = Vec::new();
-        if !wanted.is_empty() {
-            let popts = PutOptions {
-                allow_clobber: self.release.ssm_overwrite,
-                retry: *retry,
-                ..PutOptions::default()
-            };
-            let result = params::put(src, &wanted, &popts).await;
-            let outcomes = match result {
-                Ok(o) => o,
-                Err(e) => return Err(e.into()),
-            };
-            for o in &outcomes {
-                journal.record(
-                    &self.key(img, "param", &o.wanted.region, &o.wanted.name),
-                    Status::Done,
-                    Some(&o.wanted.value),
-                    None,
-                )?;
-            }
-            parameters = outcomes;
-        }
-
         Ok(ImageReport {
             name: img.name().to_string(),
             path: img.path.clone(),
@@ -458,9 +428,60 @@ impl Run<'_> {
             snapshot_reused: snap.reused,
             amis,
             permissions,
-            parameters,
+            parameters: Vec::new(),
             warnings,
         })
+    }
+
+    /// The parameters of every published image, written together once every image is
+    /// in every region (so a release's parameters change together), batched per region.
+    /// Returns the errors, by image.
+    async fn parameters(
+        &self,
+        published: &mut [(&ReleaseImage, &mut ImageReport)],
+    ) -> Result<Vec<String>, PublishError> {
+        let mut wanted = Vec::new();
+        let mut owner = Vec::new();
+        for (i, (img, report)) in published.iter().enumerate() {
+            for a in &report.amis {
+                for name in img.params_in(&a.region) {
+                    let key = self.key(img, "param", &a.region, &name);
+                    let ours = self.journal.get(&key)?.and_then(|s| s.resource_id);
+                    wanted.push(Wanted {
+                        region: a.region.clone(),
+                        name,
+                        value: a.image_id.clone(),
+                        ours,
+                    });
+                    owner.push(i);
+                }
+            }
+        }
+        if wanted.is_empty() {
+            return Ok(Vec::new());
+        }
+        let popts = PutOptions {
+            allow_clobber: self.release.ssm_overwrite,
+            retry: self.opts.retry,
+            ..PutOptions::default()
+        };
+        let outcomes = params::put(&self.src, &wanted, &popts).await;
+        let mut errors = Vec::new();
+        for (o, i) in outcomes.into_iter().zip(owner) {
+            let (img, report) = &mut published[i];
+            if o.error.is_none() && !matches!(o.change, params::Change::Refused { .. }) {
+                self.journal.record(
+                    &self.key(img, "param", &o.wanted.region, &o.wanted.name),
+                    Status::Done,
+                    Some(&o.wanted.value),
+                    None,
+                )?;
+            } else {
+                errors.push(format!("{}: {}", img.name(), o.describe()));
+            }
+            report.parameters.push(o);
+        }
+        Ok(errors)
     }
 }
 

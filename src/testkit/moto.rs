@@ -109,6 +109,9 @@ pub struct MotoOptions {
     /// under a second more per region), so that a test sees images and snapshots the
     /// account does not own, as it would in AWS.
     pub amazon_images: bool,
+    /// Show the account as opted in to every opt-in region (moto lists them as
+    /// `not-opted-in`, so only 24 regions are enabled), for benchmarks across 30+.
+    pub all_regions_opted_in: bool,
 }
 
 impl Default for MotoOptions {
@@ -116,6 +119,7 @@ impl Default for MotoOptions {
         MotoOptions {
             python: std::env::var("EC2AMI_PYTHON").unwrap_or_else(|_| "python3".to_string()),
             amazon_images: false,
+            all_regions_opted_in: false,
         }
     }
 }
@@ -188,6 +192,14 @@ impl MotoServer {
                     "true"
                 } else {
                     "false"
+                },
+            )
+            .env(
+                "EC2AMI_MOTO_OPT_IN",
+                if options.all_regions_opted_in {
+                    "all"
+                } else {
+                    ""
                 },
             )
             .env("AWS_EC2_METADATA_DISABLED", "true")

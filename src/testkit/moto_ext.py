@@ -29,6 +29,8 @@ hold. This module changes, with AWS's semantics:
 - Image block public access per region (not in moto); ModifyImageAttribute refuses to
   make an image public while new sharing is blocked.
 - DescribeSnapshots honours OwnerIds (moto returns every owner's snapshots).
+- With EC2AMI_MOTO_OPT_IN=all, the account is opted in to every opt-in region (moto
+  lists them as not-opted-in), so benchmarks can publish to 30+ enabled regions.
 
 Everything else is moto's. When moto lacks any symbol patched or relied on here, the
 script exits non-zero before serving, naming what is missing, so that a moto upgrade
@@ -38,6 +40,7 @@ breaks the tests loudly instead of quietly testing less.
 import datetime
 import importlib
 import inspect
+import os
 import re
 import sys
 import threading
@@ -766,8 +769,22 @@ def install():
     Moto.ElasticBlockStore.describe_snapshots = describe_snapshots
 
 
+def opt_in_everywhere():
+    """Mark every opt-in region opted in (EC2AMI_MOTO_OPT_IN=all)."""
+    module = importlib.import_module("moto.ec2.models.availability_zones_and_regions")
+    regions = getattr(getattr(module, "RegionsAndZonesBackend", None), "regions", None)
+    if regions is None or not all(hasattr(r, "opt_in_status") for r in regions):
+        sys.stderr.write("moto_ext: moto lacks RegionsAndZonesBackend.regions[].opt_in_status\n")
+        sys.exit(3)
+    for r in regions:
+        if r.opt_in_status == "not-opted-in":
+            r.opt_in_status = "opted-in"
+
+
 def main(argv):
     install()
+    if os.environ.get("EC2AMI_MOTO_OPT_IN") == "all":
+        opt_in_everywhere()
     sys.stderr.write("moto_ext: moto patched (AMI state, deprecation, block public access)\n")
     Moto.main(argv)
 

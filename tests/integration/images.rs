@@ -359,3 +359,53 @@ async fn bad_copy_and_share_requests_change_nothing() {
         .assert_failed_with("not found");
     assert_eq!(mutating(&world), 0);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_refused_public_share_says_why_and_what_to_do() {
+    let world = World::moto().await;
+    let snap = uploaded_snapshot(&world).await;
+    let run = world
+        .run(&["register", &snap, "--name", "MyOS public test"])
+        .await;
+    run.assert_ok();
+    let ami = run.stdout.trim().to_string();
+    let clients = world.clients().await;
+    clients
+        .ec2
+        .enable_image_block_public_access()
+        .image_block_public_access_state(
+            aws_sdk_ec2::types::ImageBlockPublicAccessEnabledState::BlockNewSharing,
+        )
+        .send()
+        .await
+        .unwrap();
+    let refused = world
+        .run(&["share", &ami, "--public", "--regions", REGION])
+        .await;
+    refused.assert_failed_with("block public access for AMIs is on in us-east-1");
+    assert!(
+        refused
+            .stderr
+            .contains("aws ec2 disable-image-block-public-access --region us-east-1"),
+        "{}",
+        refused.stderr
+    );
+    assert!(
+        !describe(&world, REGION, &ami)
+            .await
+            .public()
+            .unwrap_or(false)
+    );
+    // Sharing with one account is still allowed.
+    world
+        .run(&[
+            "share",
+            &ami,
+            "--account",
+            "123456789012",
+            "--regions",
+            REGION,
+        ])
+        .await
+        .assert_ok();
+}

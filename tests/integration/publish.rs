@@ -361,8 +361,8 @@ async fn faults_on_every_request_give_the_same_final_state() {
     let world = World::moto().await;
     let release = example_release(world.dir.path(), true);
     world.proxy.set_rules(vec![
-        FaultRule::with_rate(None, Fault::Throttle, 0.05),
-        FaultRule::with_rate(None, Fault::Status(503), 0.05),
+        FaultRule::with_rate(None, Fault::Throttle, 0.10),
+        FaultRule::with_rate(None, Fault::Status(503), 0.10),
     ]);
     let run = publish(&world, &release, &[]).await;
     run.assert_ok();
@@ -876,4 +876,46 @@ async fn validate_says_correct_then_names_each_breakage() {
     std::fs::write(&release, text).unwrap();
     publish(&world, &release, &[]).await.assert_ok();
     verdicts(&world, &release).await.0.assert_ok();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ctrl_c_stops_cleanly_and_a_rerun_finishes() {
+    let world = World::moto().await;
+    let release = example_release(world.dir.path(), false);
+    // Slow blocks so the signal lands mid-upload.
+    world.proxy.set_rules(vec![FaultRule::with_rate(
+        Some("PutSnapshotBlock"),
+        Fault::Delay(Duration::from_millis(300)),
+        1.0,
+    )]);
+    let child = world
+        .ec2ami()
+        .args(["publish", release.to_str().unwrap(), "--workers", "1"])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    while world.proxy.count("PutSnapshotBlock") == 0 {
+        assert!(tokio::time::Instant::now() < deadline, "no upload started");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    // SAFETY: sending SIGINT to our own child process.
+    unsafe { libc::kill(child.id().unwrap() as i32, libc::SIGINT) };
+    let out = child.wait_with_output().await.unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(130), "{stderr}");
+    assert!(stderr.contains("interrupted"), "{stderr}");
+    assert!(stderr.contains("was deleted"), "{stderr}");
+    assert!(
+        out.stdout.is_empty(),
+        "no Created lines for an unfinished publish"
+    );
+    world.proxy.set_rules(vec![]);
+    assert!(
+        world.our_snapshots().await.is_empty(),
+        "the unfinished snapshot is gone"
+    );
+    publish(&world, &release, &[]).await.assert_ok();
+    assert_complete(&state(&world).await, false);
 }
