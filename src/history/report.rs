@@ -268,14 +268,15 @@ fn draw_legend<DB: DrawingBackend>(
     ];
     for phase in Phase::ALL.into_iter().rev() {
         let c = PHASE_COLOURS[phase.index()].mix(0.55);
-        entries.push((Swatch::Fill(c), format!("{} (median)", phase.short())));
+        entries.push((Swatch::Fill(c), phase.short().to_string()));
     }
     if failed {
         entries.push((Swatch::Cross, "no run finished".to_string()));
     }
     let font = (FONT_FAMILY, 13).into_font().color(&BLACK);
     for (i, (swatch, text)) in entries.iter().enumerate() {
-        let y = 60 + 24 * i as i32;
+        // Room for the note between the totals and the phases.
+        let y = 60 + 24 * i as i32 + if i >= 2 { 22 } else { 0 };
         match swatch {
             Swatch::Line => area.draw(&PathElement::new(
                 vec![(8, y), (26, y)],
@@ -285,6 +286,11 @@ fn draw_legend<DB: DrawingBackend>(
             Swatch::Cross => area.draw(&Cross::new((17, y), 6, RED.stroke_width(2)))?,
         }
         area.draw_text(text, &font, (34, y - 7))?;
+        if i == 1 {
+            // What the coloured bands below are.
+            let note = (FONT_FAMILY, 12).into_font().color(&RGBColor(90, 90, 90));
+            area.draw_text("phase medians, stacked:", &note, (8, y + 14))?;
+        }
     }
     Ok(())
 }
@@ -458,6 +464,38 @@ mod tests {
     #[test]
     fn the_bundled_font_parses() {
         assert!(plotters::style::register_font("test-font", FontStyle::Normal, FONT).is_ok());
+    }
+
+    #[test]
+    fn odd_series_still_plot() {
+        // One build only; and a series whose newest build never finished a run.
+        let single = bench_of("only", "20241003", "t3.micro", &[12.0]);
+        let mut broken = bench_of("broken", "20241010", "c5.xlarge", &[30.0, 31.0]);
+        for r in &mut broken.runs {
+            r.status = crate::bench::RunStatus::TimedOut(Phase::RunningToClosed);
+            r.phases = crate::bench::Phases([Some(1.0), Some(5.0), None, None]);
+        }
+        let fine = bench_of("fine", "20241003", "c5.xlarge", &[25.0, 26.0]);
+        let s = series(&[single, fine, broken]);
+        let dir = tempfile::tempdir().unwrap();
+        let out = write_report(&s, dir.path(), &CheckOptions::default(), "test").unwrap();
+        assert_eq!(out.series.len(), 2);
+        for f in &out.series {
+            assert!(std::fs::metadata(&f.png).unwrap().len() > 1000, "{f:?}");
+            let svg = std::fs::read_to_string(&f.svg).unwrap();
+            assert!(svg.starts_with("<svg"), "{}", &svg[..50]);
+        }
+        let svg = std::fs::read_to_string(&out.series[0].svg).unwrap();
+        assert!(
+            svg.contains("no run finished"),
+            "the timed-out build is marked"
+        );
+        let html = std::fs::read_to_string(&out.index).unwrap();
+        assert!(html.contains("every run timed out"), "{html}");
+        assert!(matches!(
+            write_report(&[], dir.path(), &CheckOptions::default(), "test"),
+            Err(ReportError::Empty)
+        ));
     }
 
     #[test]

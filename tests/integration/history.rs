@@ -376,7 +376,8 @@ async fn report_plots_decode_parse_and_render_in_chromium() {
             .filter_map(|n| n.text())
             .collect();
         assert!(texts.contains(s["series"].as_str().unwrap()), "{texts}");
-        assert!(texts.contains("running -> port closed (median)"), "{texts}");
+        assert!(texts.contains("running -> port closed"), "{texts}");
+        assert!(texts.contains("phase medians, stacked:"), "{texts}");
     }
     let index = out.join("index.html");
     let html = std::fs::read_to_string(&index).unwrap();
