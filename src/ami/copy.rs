@@ -7,7 +7,7 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use aws_sdk_ec2::types::{ResourceType, Tag, TagSpecification};
+use aws_sdk_ec2::types::{Filter, Image, ResourceType, Tag, TagSpecification};
 use futures_util::future::join_all;
 use serde::Serialize;
 use sha2::{Digest, Sha256};
@@ -61,6 +61,35 @@ pub struct CopyOptions {
     pub on_created: Option<OnCreated>,
     /// Makes this run's ClientTokens (see [`copy_token`]).
     pub token_salt: String,
+    /// Our images in each destination region, looked up beforehand for many images at
+    /// once (see [`inventory`]); a region missing here is looked up.
+    pub known: Option<Arc<Inventory>>,
+}
+
+/// Our images by region, from one DescribeImages per region.
+pub type Inventory = HashMap<String, Vec<Image>>;
+
+/// Our images named any of `names` in each of `regions` (regions concurrently, names
+/// 100 per request): what copies of many images need looked up, in a few requests.
+pub async fn inventory(
+    home: &Clients,
+    regions: &[String],
+    names: &[&str],
+    retry: &RetryPolicy,
+) -> Result<Inventory, AwsError> {
+    let lookups = regions.iter().map(|region| async move {
+        let clients = home.in_region(region);
+        let mut found = Vec::new();
+        for chunk in names.chunks(100) {
+            let f = Filter::builder()
+                .name("name")
+                .set_values(Some(chunk.iter().map(|n| n.to_string()).collect()))
+                .build();
+            found.extend(describe_own(&clients, vec![f], retry).await?);
+        }
+        Ok::<_, AwsError>((region.clone(), found))
+    });
+    join_all(lookups).await.into_iter().collect()
 }
 
 impl std::fmt::Debug for CopyOptions {
@@ -207,9 +236,17 @@ impl CopyJob<'_> {
         // A copy has the source's name, and names are unique per region: one lookup
         // finds our copy, or an image that holds the name (a clear error, not a second
         // CopyImage that AWS would refuse).
-        let existing = describe_own(&dest, vec![filter("name", self.name)], retry)
-            .await
-            .map_err(|e| (None, e.into()))?;
+        let known = self.opts.known.as_ref().and_then(|k| k.get(region));
+        let existing = match known {
+            Some(images) => images
+                .iter()
+                .filter(|i| i.name() == Some(self.name))
+                .cloned()
+                .collect(),
+            None => describe_own(&dest, vec![filter("name", self.name)], retry)
+                .await
+                .map_err(|e| (None, e.into()))?,
+        };
         let (id, reused) = match existing.first() {
             Some(img) if super::tag(img, SOURCE_IMAGE_TAG) == Some(self.image_id) => {
                 (img.image_id().unwrap_or_default().to_string(), true)

@@ -17,7 +17,10 @@ use tokio::time::Instant;
 
 use crate::aws::{AwsError, Clients, ErrorClass, RetryPolicy};
 
-pub use copy::{CopyLimiter, CopyOptions, CopyOutcome, OnCreated, check_outcomes, copy_to_regions};
+pub use copy::{
+    CopyLimiter, CopyOptions, CopyOutcome, Inventory, OnCreated, check_outcomes, copy_to_regions,
+    inventory,
+};
 pub use register::{ImageSpec, Registered, register};
 pub use share::{ShareSpec, share};
 

@@ -146,6 +146,7 @@ pub async fn copy(g: &GlobalArgs, a: &CopyArgs) -> Result<(), Failure> {
         limiter: CopyLimiter::default(),
         on_created: None,
         token_salt: uuid::Uuid::new_v4().to_string(),
+        known: None,
     };
     let outcomes = ami::copy_to_regions(&clients, &a.image_id, &opts).await?;
     ami::check_outcomes(&a.image_id, &outcomes)?;

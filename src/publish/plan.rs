@@ -185,12 +185,19 @@ async fn image_plan(
             out.push(act("deprecate", region, Verb::Update, format!("at {when}")));
         }
     }
-    // Parameters: compare with what each holds now.
-    for (i, region) in regions.iter().enumerate() {
+    // Parameters: compare with what each holds now (regions concurrently).
+    let current = join_all(regions.iter().map(|region| async move {
         let c = src.in_region(region);
+        let names = img.params_in(region);
+        let refs: Vec<&str> = names.iter().map(String::as_str).collect();
+        params::get_many(&c, &refs, retry).await
+    }))
+    .await;
+    for (i, region) in regions.iter().enumerate() {
+        let held = current[i].as_ref().map_err(|e| e.clone())?;
         let value = ids[i].as_ref().map(|(id, _)| id.as_str());
         for p in img.params_in(region) {
-            let now = params::get(&c, &p, retry).await?;
+            let now = held.get(&p).cloned();
             let new = value.unwrap_or("(the new AMI)");
             let (verb, detail) = match (now, value) {
                 (None, _) => (Verb::Create, format!("{p} = {new}")),

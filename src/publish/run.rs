@@ -9,6 +9,7 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use futures_util::StreamExt;
+use futures_util::future::join_all;
 use futures_util::stream::FuturesUnordered;
 use tokio::sync::{mpsc, watch};
 
@@ -38,7 +39,11 @@ pub async fn publish(
 ) -> Result<(PublishReport, Vec<String>), PublishError> {
     let t0 = Instant::now();
     let (source, regions, best_effort) = resolve_regions(home, release, &opts.retry).await?;
+    // Every image's copies, looked up at once: one request per region, not per image.
+    let names: Vec<&str> = release.images.iter().map(|i| i.name()).collect();
+    let known = ami::inventory(home, &regions[1..], &names, &opts.retry).await?;
     let run = Run {
+        known: Arc::new(known),
         src: home.in_region(&source),
         release,
         journal,
@@ -101,6 +106,8 @@ struct Run<'a> {
     limiter: CopyLimiter,
     /// Makes this run's CopyImage ClientTokens.
     token_salt: String,
+    /// Our images in the destination regions when the publish started.
+    known: Arc<ami::Inventory>,
     /// Set on Ctrl-C: no new step starts.
     stop: (watch::Sender<bool>, watch::Receiver<bool>),
 }
@@ -348,6 +355,7 @@ impl Run<'_> {
             limiter: self.limiter.clone(),
             on_created: Some(on_created),
             token_salt: self.token_salt.clone(),
+            known: Some(self.known.clone()),
         };
         let outcomes = ami::copy_to_regions(src, &image_id, &copy_opts).await?;
         ami::check_outcomes(&image_id, &outcomes)?;
@@ -406,19 +414,25 @@ impl Run<'_> {
             }
         }
         if self.release.public_snapshots {
-            for a in &amis {
+            join_all(amis.iter().map(|a| async move {
                 let clients = src.in_region(&a.region);
-                ami::share::make_snapshots_public(&clients, &a.image_id, retry).await?;
-            }
+                ami::share::make_snapshots_public(&clients, &a.image_id, retry).await
+            }))
+            .await
+            .into_iter()
+            .collect::<Result<Vec<_>, _>>()?;
             permissions.push("public-snapshots".into());
         }
 
         // Deprecation: register set it on the source; copies need their own.
         if let Some(at) = img.spec.deprecate_at {
-            for a in amis.iter().skip(1) {
+            join_all(amis.iter().skip(1).map(|a| async move {
                 let clients = src.in_region(&a.region);
-                ami::register::deprecate(&clients, &a.image_id, at, retry).await?;
-            }
+                ami::register::deprecate(&clients, &a.image_id, at, retry).await
+            }))
+            .await
+            .into_iter()
+            .collect::<Result<Vec<_>, _>>()?;
         }
 
         Ok(ImageReport {
