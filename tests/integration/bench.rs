@@ -522,3 +522,173 @@ async fn an_unknown_ami_launches_nothing() {
     run.assert_failed_with("ami-0123456789abcdef0 not found in us-east-1");
     assert_eq!(world.proxy.count("RunInstances"), 0);
 }
+
+/// Form parameters of the recorded requests of `operation`.
+fn params_of(world: &World, operation: &str) -> Vec<Vec<(String, String)>> {
+    world
+        .proxy
+        .requests()
+        .into_iter()
+        .filter(|r| r.operation == operation && (200..300).contains(&r.status))
+        .map(|r| {
+            let body = String::from_utf8_lossy(r.body.as_ref().unwrap()).into_owned();
+            body.split('&')
+                .map(|kv| {
+                    let (k, v) = kv.split_once('=').unwrap_or((kv, ""));
+                    (k.to_string(), urldecode(v))
+                })
+                .collect()
+        })
+        .collect()
+}
+
+fn urldecode(s: &str) -> String {
+    let b = s.as_bytes();
+    let (mut out, mut i) = (Vec::new(), 0);
+    while i < b.len() {
+        if b[i] == b'%' && i + 2 < b.len() {
+            out.push(u8::from_str_radix(&s[i + 1..i + 3], 16).unwrap());
+            i += 3;
+        } else {
+            out.push(if b[i] == b'+' { b' ' } else { b[i] });
+            i += 1;
+        }
+    }
+    String::from_utf8(out).unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn launch_options_reach_run_instances() {
+    let world = World::moto().await;
+    let ami = register_ami(&world, NAME).await;
+    let clients = world.clients().await;
+    let subnet = clients
+        .ec2
+        .describe_subnets()
+        .send()
+        .await
+        .unwrap()
+        .subnets()[0]
+        .subnet_id()
+        .unwrap()
+        .to_string();
+    let group = clients
+        .ec2
+        .describe_security_groups()
+        .send()
+        .await
+        .unwrap()
+        .security_groups()[0]
+        .group_id()
+        .unwrap()
+        .to_string();
+    world.proxy.clear_requests();
+    let user_data = world.path("user-data");
+    std::fs::write(
+        &user_data,
+        "#!/bin/sh\nfirstboot_freebsd_update_enable=NO\n",
+    )
+    .unwrap();
+    let fixture = BootFixture::start(BootSchedule::up()).unwrap();
+    world
+        .run(&[
+            "bench",
+            &ami,
+            "--instance-type",
+            "m7g.large",
+            "--runs",
+            "1",
+            "--subnet",
+            &subnet,
+            "--security-group",
+            &group,
+            "--user-data",
+            user_data.to_str().unwrap(),
+            "--connect-to",
+            &fixture.addr().to_string(),
+        ])
+        .await
+        .assert_ok();
+    let sent = params_of(&world, "RunInstances");
+    assert_eq!(sent.len(), 1);
+    let p = &sent[0];
+    let get = |k: &str| {
+        p.iter()
+            .find(|(key, _)| key == k)
+            .map(|(_, v)| v.as_str())
+            .unwrap_or_else(|| panic!("{k} not sent: {p:?}"))
+    };
+    assert_eq!(get("ImageId"), ami);
+    assert_eq!(get("InstanceType"), "m7g.large");
+    assert_eq!(get("MinCount"), "1");
+    assert_eq!(get("MaxCount"), "1");
+    assert_eq!(get("SubnetId"), subnet);
+    assert_eq!(get("SecurityGroupId.1"), group);
+    assert_eq!(get("InstanceInitiatedShutdownBehavior"), "terminate");
+    use base64::Engine;
+    let decoded = base64::engine::general_purpose::STANDARD
+        .decode(get("UserData"))
+        .unwrap();
+    assert_eq!(decoded, std::fs::read(&user_data).unwrap());
+    // The ClientToken is the token tag: a lost answer can be found again.
+    let token = get("ClientToken");
+    let tags: Vec<(&str, &str)> = (1..=3)
+        .map(|i| {
+            (
+                get(&format!("TagSpecification.1.Tag.{i}.Key")),
+                get(&format!("TagSpecification.1.Tag.{i}.Value")),
+            )
+        })
+        .collect();
+    assert_eq!(get("TagSpecification.1.ResourceType"), "instance");
+    assert!(tags.contains(&("ec2ami:managed-by", "ec2ami")), "{tags:?}");
+    assert!(tags.contains(&("ec2ami:bench-token", token)), "{tags:?}");
+    assert!(
+        !p.iter().any(|(k, _)| k == "Ipv6AddressCount"),
+        "IPv6 only on --ipv6"
+    );
+    assert_all_terminated(&world, 1).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn running_needs_the_address_to_probe() {
+    // --ipv6 asks for an IPv6 address; moto gives none, so the instance is `running`
+    // without an address to probe: pending -> running never ends and times out.
+    let world = World::moto().await;
+    let ami = register_ami(&world, NAME).await;
+    let fixture = BootFixture::start(BootSchedule::up()).unwrap();
+    let run = world
+        .run(&[
+            "bench",
+            &ami,
+            "--instance-type",
+            "c5.xlarge",
+            "--runs",
+            "1",
+            "--ipv6",
+            "--timeout",
+            "1s",
+            "--connect-to",
+            &fixture.addr().to_string(),
+        ])
+        .await;
+    run.assert_failed_with("run 1 timed out in pending -> running");
+    assert!(
+        run.stdout
+            .contains("Moving from pending to running took: timed out")
+    );
+    let sent = params_of(&world, "RunInstances");
+    assert!(
+        sent[0]
+            .iter()
+            .any(|(k, v)| k == "Ipv6AddressCount" && v == "1"),
+        "{sent:?}"
+    );
+    // Polled often, but never more than the in-flight bound at once: about 20 a second.
+    let polls = world.proxy.count("DescribeInstances");
+    assert!(
+        (5..=40).contains(&polls),
+        "{polls} DescribeInstances in 1 s"
+    );
+    assert_all_terminated(&world, 1).await;
+}
