@@ -22,6 +22,14 @@ ensure_qemu_img() {
     fi
 }
 
+# Debian's chromium: the report test opens the generated index.html in it, headless.
+ensure_chromium() {
+    if ! command -v chromium >/dev/null; then
+        log "installing chromium (apt)"
+        apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium
+    fi
+}
+
 ensure_nextest() {
     if ! cargo nextest --version >/dev/null 2>&1; then
         log "installing cargo-nextest"

@@ -3,14 +3,18 @@
 //!
 //! The modules follow the pipeline: [`image`] reads disk images, [`snapshot`] moves
 //! them to and from EBS snapshots, [`ami`] registers, copies and shares machine images;
-//! [`params`] and [`publish`] put a release out; [`prune`] deletes what is obsolete;
-//! [`state`] is the SQLite journal and history; [`aws`] builds the SDK clients and
-//! holds the one retry layer; [`cli`] is the command line; [`testkit`] is the local
-//! AWS-protocol world the tests and benchmarks run against.
+//! [`params`] and [`publish`] put a release out; [`bench`] times how fast an AMI boots;
+//! [`history`] keeps those times, plots them and catches regressions; [`prune`]
+//! deletes what is obsolete; [`state`] is the SQLite database they and the publish
+//! journal share; [`aws`] builds the SDK clients and holds the one retry layer;
+//! [`cli`] is the command line; [`testkit`] is the local AWS-protocol world the tests
+//! and benchmarks run against.
 
 pub mod ami;
 pub mod aws;
+pub mod bench;
 pub mod cli;
+pub mod history;
 pub mod image;
 pub mod params;
 pub mod progress;

@@ -1,6 +1,8 @@
 //! Command-line definitions and output formatting; the work itself is in the library
 //! modules each subcommand calls.
 
+mod bench;
+mod history;
 mod images;
 mod prune;
 mod publish;
@@ -103,6 +105,15 @@ enum Command {
     /// Other tools' command lines, done by ec2ami.
     #[command(subcommand)]
     Compat(publish::CompatCommand),
+    /// Boot an AMI and time it as ec2-boot-bench does (launch, running, port closed,
+    /// port open); always terminates what it launched; records the boot-time history.
+    Bench(bench::BenchArgs),
+    /// The boot-time history: import ec2-boot-bench output, list, show, check for
+    /// regressions.
+    #[command(subcommand)]
+    History(history::HistoryCommand),
+    /// Plots of boot time per build for every series, and an index.html showing them.
+    Report(history::ReportArgs),
     /// Local AWS-protocol servers on 127.0.0.1 for tests, demos and benchmarks.
     #[command(subcommand)]
     Testkit(testkit::TestkitCommand),
@@ -325,6 +336,9 @@ async fn run(cli: Cli) -> Result<(), Failure> {
         Command::Prune(a) => prune::prune(g, a).await,
         Command::Deprecate(a) => prune::deprecate(g, a).await,
         Command::Compat(c) => publish::compat(g, c).await,
+        Command::Bench(a) => bench::run(g, a).await,
+        Command::History(c) => history::run(g, c).await,
+        Command::Report(a) => history::report_cmd(g, a).await,
         Command::Testkit(c) => testkit::run(c).await,
     }
 }

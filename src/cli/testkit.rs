@@ -3,9 +3,12 @@
 
 use clap::Subcommand;
 
-use super::{Failure, shutdown_signal};
+use std::time::Duration;
+
+use super::{Failure, parse_duration, shutdown_signal};
 use crate::testkit::{
-    Fault, FaultProxy, FaultRule, MotoOptions, MotoServer, ProxyConfig, StrictEbs, StrictEbsConfig,
+    BootFixture, BootSchedule, Fault, FaultProxy, FaultRule, MotoOptions, MotoServer, ProxyConfig,
+    StrictEbs, StrictEbsConfig,
 };
 
 /// Local servers (they listen on 127.0.0.1 only).
@@ -35,6 +38,16 @@ pub enum TestkitCommand {
         /// Keep only block checksums, not data (for throughput benchmarks).
         #[arg(long)]
         discard_data: bool,
+    },
+    /// A stand-in for a booting instance's TCP port: silent (SYNs dropped), then
+    /// refusing (RST), then accepting; prints 127.0.0.1:PORT for `bench --connect-to`.
+    BootFixture {
+        /// How long SYNs go unanswered.
+        #[arg(long, value_name = "DURATION", default_value = "2s", value_parser = parse_duration)]
+        silent: Duration,
+        /// How long SYNs are answered by RST after that.
+        #[arg(long, value_name = "DURATION", default_value = "3s", value_parser = parse_duration)]
+        refusing: Duration,
     },
 }
 
@@ -92,6 +105,12 @@ pub async fn run(cmd: &TestkitCommand) -> Result<(), Failure> {
                     eprintln!("  {r}");
                 }
             }
+        }
+        TestkitCommand::BootFixture { silent, refusing } => {
+            let fixture = BootFixture::start(BootSchedule::boot(*silent, *refusing))?;
+            announce(&fixture.addr().to_string());
+            shutdown_signal().await;
+            drop(fixture);
         }
     }
     Ok(())

@@ -1,7 +1,8 @@
 //! Carry out a publish. Images are uploaded one after another (an upload already fills
 //! the link with its own workers); as soon as an image's snapshot exists, the rest of
-//! its pipeline (register, copies, sharing, deprecation, parameters) runs concurrently
-//! with the next upload and with the other images' pipelines.
+//! its pipeline (register, copies, sharing, deprecation) runs concurrently with the
+//! next upload and with the other images' pipelines. The SSM parameters of every image
+//! are written last, together.
 
 use std::future::Future;
 use std::pin::pin;
@@ -67,7 +68,6 @@ pub async fn publish(
     if *run.stop.0.borrow() {
         return Err(PublishError::Interrupted);
     }
-    let mut images = Vec::new();
     let mut errors = Vec::new();
     let mut published = Vec::new();
     for (img, r) in release.images.iter().zip(results) {
@@ -79,7 +79,7 @@ pub async fn publish(
     let mut refs: Vec<(&ReleaseImage, &mut ImageReport)> =
         published.iter_mut().map(|(i, r)| (*i, r)).collect();
     errors.extend(run.parameters(&mut refs).await?);
-    images.extend(published.into_iter().map(|(_, r)| r));
+    let images = published.into_iter().map(|(_, r)| r).collect();
     if errors.is_empty() {
         journal.finish()?;
     }
@@ -116,8 +116,6 @@ struct Run<'a> {
 struct Snap {
     id: String,
     reused: bool,
-    /// The AMI, when it already exists.
-    ami: Option<String>,
 }
 
 type ImageResult = Result<ImageReport, PublishError>;
@@ -218,7 +216,6 @@ impl Run<'_> {
             return Ok(Snap {
                 id: snap,
                 reused: true,
-                ami: image.image_id().map(str::to_string),
             });
         }
 
@@ -231,11 +228,7 @@ impl Run<'_> {
                     .as_ref()
                     .is_some_and(|s| s.state().is_some_and(|st| st.as_str() == "completed"));
             if usable {
-                return Ok(Snap {
-                    id,
-                    reused: true,
-                    ami: None,
-                });
+                return Ok(Snap { id, reused: true });
             }
             if found.is_some() {
                 self.delete_leftover(&id).await?;
@@ -261,11 +254,7 @@ impl Run<'_> {
         }
         if let Some(id) = reuse {
             journal.record(&k_snap, Status::Done, Some(&id), Some("found by tag"))?;
-            return Ok(Snap {
-                id,
-                reused: true,
-                ami: None,
-            });
+            return Ok(Snap { id, reused: true });
         }
 
         // Upload.
@@ -303,11 +292,7 @@ impl Run<'_> {
         let id = report.snapshot_id;
         snap_ec2::create_tags(src, &id, &[(UPLOADED_TAG, "true")], retry).await?;
         journal.record(&k_snap, Status::Done, Some(&id), None)?;
-        Ok(Snap {
-            id,
-            reused: false,
-            ami: None,
-        })
+        Ok(Snap { id, reused: false })
     }
 
     async fn delete_leftover(&self, id: &str) -> Result<(), PublishError> {
@@ -327,13 +312,6 @@ impl Run<'_> {
         let k_ami = self.key(img, "ami", &source, "");
         let registered = ami::register(src, &snap.id, &img.spec, self.opts.wait, retry).await?;
         journal.record(&k_ami, Status::Done, Some(&registered.image_id), None)?;
-        if snap.ami.is_none() && registered.reused {
-            tracing::info!(
-                "{} already registered as {}",
-                img.name(),
-                registered.image_id
-            );
-        }
         let image_id = registered.image_id.clone();
 
         // Copies.

@@ -16,7 +16,11 @@ use std::time::Duration;
 use rusqlite::Connection;
 
 /// Each feature's tables (`CREATE TABLE IF NOT EXISTS ...`), created on open.
-const SCHEMAS: &[(&str, &str)] = &[("journal", journal::SCHEMA)];
+const SCHEMAS: &[(&str, &str)] = &[
+    ("journal", journal::SCHEMA),
+    ("bench instances", crate::bench::journal::SCHEMA),
+    ("boot history", crate::history::SCHEMA),
+];
 
 /// A failure of the state database, with the file it concerns.
 #[derive(Debug, thiserror::Error)]

@@ -26,6 +26,8 @@ pub enum Backend {
     /// Held for its lifetime: dropping it stops moto.
     Moto(#[allow(dead_code)] MotoServer),
     Strict(StrictEbs),
+    /// Nothing: for commands that must not call AWS (any request shows in the proxy).
+    Offline,
 }
 
 /// A local AWS world: a server, the proxy in front of it, a scratch directory.
@@ -61,6 +63,19 @@ impl World {
         }
     }
 
+    /// No server: the proxy forwards to a closed loopback port, so any AWS call fails
+    /// and is recorded.
+    pub async fn offline() -> World {
+        let proxy = FaultProxy::start(ProxyConfig::new("http://127.0.0.1:9"))
+            .await
+            .unwrap();
+        World {
+            proxy,
+            backend: Backend::Offline,
+            dir: tempfile::tempdir().unwrap(),
+        }
+    }
+
     /// The strict EBS endpoint behind the proxy.
     pub async fn strict(config: StrictEbsConfig) -> World {
         let ebs = StrictEbs::start(config).await.unwrap();
@@ -77,7 +92,7 @@ impl World {
     pub fn strict_ebs(&self) -> &StrictEbs {
         match &self.backend {
             Backend::Strict(s) => s,
-            Backend::Moto(_) => panic!("not a strict-endpoint world"),
+            _ => panic!("not a strict-endpoint world"),
         }
     }
 

@@ -3,8 +3,10 @@
 //! checks that the harness's moto keeps the AMI state AWS keeps.
 
 mod bad_input;
+mod bench;
 mod common;
 mod faults;
+mod history;
 mod images;
 mod moto_ext;
 mod prune;

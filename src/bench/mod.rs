@@ -1,0 +1,518 @@
+//! Boot benchmark: launch instances of an AMI and time each boot in the four phases
+//! ec2-boot-bench defines (RunInstances; pending -> running; running -> port closed;
+//! port closed -> port open), always terminating what was launched.
+//!
+//! Entry point: [`run`]. Every launch is journaled in the state database before
+//! RunInstances is sent ([`journal`]), so instances are terminated on success, on
+//! error, on a phase timeout and on Ctrl-C, and whatever a killed process leaves is
+//! terminated by [`cleanup`] (run at the next start and by `ec2ami bench --cleanup`).
+
+pub mod journal;
+pub mod launch;
+pub mod phases;
+pub mod probe;
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::Mutex;
+use std::time::Duration;
+
+use futures_util::StreamExt;
+use serde::Serialize;
+use serde::ser::SerializeStruct;
+use tokio::time::Instant;
+
+use crate::aws::{AwsError, Clients, RetryPolicy};
+use crate::state::{StateDb, StateError, now_epoch};
+
+pub use journal::Scope;
+pub use launch::{LaunchSpec, PollOptions};
+pub use phases::{Marks, Phase, PhaseSummary, Phases, RunStatus, Summary};
+pub use probe::ProbeOptions;
+
+/// A journaled launch younger than this whose instance cannot be found yet may still
+/// appear (EC2 is eventually consistent): it is kept for a later clean-up.
+const YOUNG_LAUNCH_SECS: i64 = 600;
+
+/// Everything a benchmark needs to know.
+#[derive(Debug, Clone)]
+pub struct BenchOptions {
+    /// What to launch.
+    pub launch: LaunchSpec,
+    /// Runs in all, the discarded one included.
+    pub runs: usize,
+    /// Run the first launch alone and leave it out of the statistics (it warms the
+    /// snapshot behind a new AMI, which EBS loads lazily).
+    pub discard_first: bool,
+    /// Runs in parallel.
+    pub concurrency: usize,
+    /// TCP port to probe (sshd: 22).
+    pub port: u16,
+    /// Longest any one phase may last.
+    pub phase_timeout: Duration,
+    /// Send the probe here instead of the instance's address (tests: 127.0.0.1).
+    pub connect_to: Option<SocketAddr>,
+    /// DescribeInstances polling.
+    pub poll: PollOptions,
+    /// TCP probing.
+    pub probe: ProbeOptions,
+    /// RunInstances / TerminateInstances / lookups.
+    pub retry: RetryPolicy,
+    /// Which endpoint and profile the journal entries belong to.
+    pub scope: Scope,
+}
+
+/// One run's outcome.
+#[derive(Debug, Clone, PartialEq)]
+pub struct RunResult {
+    /// 1-based run number.
+    pub run: usize,
+    /// The instance it launched, if RunInstances answered.
+    pub instance_id: Option<String>,
+    /// Left out of the statistics (the first run, when asked).
+    pub discarded: bool,
+    /// How it ended.
+    pub status: RunStatus,
+    /// The phase durations (`None` where a phase did not end).
+    pub phases: Phases,
+    /// TCP connects made.
+    pub probes: u64,
+}
+
+impl Serialize for RunResult {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        let mut st = s.serialize_struct("RunResult", 10)?;
+        st.serialize_field("run", &self.run)?;
+        st.serialize_field("instance_id", &self.instance_id)?;
+        st.serialize_field("discarded", &self.discarded)?;
+        st.serialize_field("status", self.status.key())?;
+        let timed_out = match &self.status {
+            RunStatus::TimedOut(p) => Some(p.key()),
+            _ => None,
+        };
+        st.serialize_field("timed_out_phase", &timed_out)?;
+        let error = match &self.status {
+            RunStatus::Failed(e) => Some(e.as_str()),
+            _ => None,
+        };
+        st.serialize_field("error", &error)?;
+        st.serialize_field("run_instances_s", &self.phases.get(Phase::RunInstances))?;
+        st.serialize_field(
+            "pending_to_running_s",
+            &self.phases.get(Phase::PendingToRunning),
+        )?;
+        st.serialize_field(
+            "running_to_closed_s",
+            &self.phases.get(Phase::RunningToClosed),
+        )?;
+        st.serialize_field("closed_to_open_s", &self.phases.get(Phase::ClosedToOpen))?;
+        st.serialize_field("total_s", &self.phases.total())?;
+        st.serialize_field("probes", &self.probes)?;
+        st.end()
+    }
+}
+
+/// What a benchmark measured.
+#[derive(Debug, Clone, Serialize)]
+pub struct BenchReport {
+    /// The AMI.
+    pub image_id: String,
+    /// Instance type.
+    pub instance_type: String,
+    /// Region.
+    pub region: String,
+    /// Every run that finished, in run order (discarded and failed ones included).
+    pub runs: Vec<RunResult>,
+    /// Over the complete runs not discarded.
+    pub summary: PhaseSummary,
+    /// Stopped by Ctrl-C or SIGTERM.
+    pub interrupted: bool,
+    /// Instances that could not be terminated (also left in the journal for
+    /// `ec2ami bench --cleanup`). Empty unless AWS refused.
+    pub not_terminated: Vec<String>,
+}
+
+impl BenchReport {
+    /// Runs that count: complete and not discarded.
+    pub fn measured(&self) -> impl Iterator<Item = &RunResult> {
+        self.runs
+            .iter()
+            .filter(|r| !r.discarded && r.status == RunStatus::Ok)
+    }
+
+    /// Runs that timed out or failed, with why.
+    pub fn problems(&self) -> Vec<String> {
+        self.runs
+            .iter()
+            .filter_map(|r| match &r.status {
+                RunStatus::Ok | RunStatus::Interrupted => None,
+                RunStatus::TimedOut(p) => Some(format!("run {} timed out in {p}", r.run)),
+                RunStatus::Failed(e) => Some(format!("run {} failed: {e}", r.run)),
+            })
+            .collect()
+    }
+}
+
+/// Why a benchmark or a clean-up could not proceed.
+#[derive(Debug, thiserror::Error)]
+pub enum BenchError {
+    /// The state database (the instance journal) failed: nothing is launched without it.
+    #[error(transparent)]
+    State(#[from] StateError),
+    /// An AWS call failed.
+    #[error(transparent)]
+    Aws(#[from] AwsError),
+    /// The options make no sense.
+    #[error("{0}")]
+    Invalid(String),
+}
+
+/// What a clean-up did.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct CleanupReport {
+    /// Instances terminated.
+    pub terminated: Vec<String>,
+    /// Journal entries cleared.
+    pub cleared: usize,
+    /// Entries of processes still running (left alone).
+    pub skipped_running: usize,
+    /// Entries kept for later: a recent launch whose instance EC2 does not show yet.
+    pub kept: usize,
+    /// Entries of other endpoints or profiles (left alone).
+    pub other_scopes: u64,
+    /// Failures (the entries stay in the journal).
+    pub errors: Vec<String>,
+}
+
+/// What one run shares with the others.
+struct Ctx<'a> {
+    clients: &'a Clients,
+    db: &'a StateDb,
+    opts: &'a BenchOptions,
+    /// Launches not yet terminated: token -> instance id once known.
+    live: Mutex<HashMap<String, Option<String>>>,
+    results: Mutex<Vec<RunResult>>,
+    not_terminated: Mutex<Vec<String>>,
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// Benchmark `opts.launch.image_id`: first terminate what earlier processes left
+/// behind, then the runs (the first alone when it is discarded, the rest
+/// `concurrency` at a time). When `shutdown` resolves, every launched instance is
+/// terminated and the report says `interrupted`.
+pub async fn run(
+    clients: &Clients,
+    db: &StateDb,
+    opts: &BenchOptions,
+    shutdown: impl Future<Output = ()>,
+) -> Result<BenchReport, BenchError> {
+    validate(opts)?;
+    let ctx = Ctx {
+        clients,
+        db,
+        opts,
+        live: Mutex::new(HashMap::new()),
+        results: Mutex::new(Vec::new()),
+        not_terminated: Mutex::new(Vec::new()),
+    };
+    let work = async {
+        let leftovers = cleanup(clients, db, &opts.scope, &opts.retry).await?;
+        if !leftovers.terminated.is_empty() {
+            tracing::warn!(
+                "terminated {} instance(s) an earlier benchmark left running: {}",
+                leftovers.terminated.len(),
+                leftovers.terminated.join(", ")
+            );
+        }
+        for e in &leftovers.errors {
+            tracing::warn!("clean-up of an earlier benchmark: {e}");
+        }
+        let mut first = 1;
+        if opts.discard_first && opts.runs > 1 {
+            one_run(&ctx, 1, true).await;
+            first = 2;
+        }
+        futures_util::stream::iter(first..=opts.runs)
+            .map(|i| one_run(&ctx, i, false))
+            .buffer_unordered(opts.concurrency.max(1))
+            .for_each(|_| async {})
+            .await;
+        Ok::<(), BenchError>(())
+    };
+    // One select over the clean-up and the runs: the signal is being listened for
+    // before the first request leaves.
+    let interrupted = tokio::select! {
+        r = work => {
+            r?;
+            false
+        }
+        _ = shutdown => true,
+    };
+    if interrupted {
+        // The runs were dropped mid-way: terminate everything they launched.
+        let live: Vec<(String, Option<String>)> = lock(&ctx.live).drain().collect();
+        let ends = live
+            .iter()
+            .map(|(token, id)| finish_launch(&ctx, token, id.as_deref()));
+        futures_util::future::join_all(ends).await;
+    }
+    let mut runs = std::mem::take(&mut *lock(&ctx.results));
+    runs.sort_by_key(|r| r.run);
+    let summary = PhaseSummary::of(
+        runs.iter()
+            .filter(|r| !r.discarded && r.status == RunStatus::Ok)
+            .map(|r| &r.phases),
+    );
+    Ok(BenchReport {
+        image_id: opts.launch.image_id.clone(),
+        instance_type: opts.launch.instance_type.clone(),
+        region: clients.region().to_string(),
+        runs,
+        summary,
+        interrupted,
+        not_terminated: std::mem::take(&mut *lock(&ctx.not_terminated)),
+    })
+}
+
+fn validate(opts: &BenchOptions) -> Result<(), BenchError> {
+    if opts.runs == 0 {
+        return Err(BenchError::Invalid("--runs must be at least 1".into()));
+    }
+    if opts.concurrency == 0 {
+        return Err(BenchError::Invalid(
+            "--concurrency must be at least 1".into(),
+        ));
+    }
+    if opts.phase_timeout.is_zero() {
+        return Err(BenchError::Invalid("--timeout must be more than 0".into()));
+    }
+    Ok(())
+}
+
+/// One run: journal, launch, measure, terminate. Never returns with its instance
+/// still running unless AWS refused to terminate it (then it is reported).
+async fn one_run(ctx: &Ctx<'_>, run: usize, discarded: bool) {
+    let opts = ctx.opts;
+    let token = uuid::Uuid::new_v4().to_string();
+    let region = ctx.clients.region().to_string();
+    let total = opts.runs;
+    let mut result = RunResult {
+        run,
+        instance_id: None,
+        discarded,
+        status: RunStatus::Ok,
+        phases: Phases::default(),
+        probes: 0,
+    };
+    // Journaled before the request leaves, so no instance can exist that the journal
+    // does not know about.
+    if let Err(e) = journal::begin(ctx.db, &opts.scope, &token, &region) {
+        result.status = RunStatus::Failed(format!("not launched: {e}"));
+        lock(&ctx.results).push(result);
+        return;
+    }
+    lock(&ctx.live).insert(token.clone(), None);
+    match launch::run_instance(ctx.clients, &opts.launch, &token, &opts.retry).await {
+        Err(e) => {
+            result.status = RunStatus::Failed(e.to_string());
+            // The call may have launched an instance whose answer was lost.
+            finish_launch(ctx, &token, None).await;
+        }
+        Ok(launched) => {
+            let id = launched.instance_id.clone();
+            tracing::info!("run {run}/{total}: launched {id}");
+            if let Err(e) = journal::launched(ctx.db, &token, &id) {
+                // The token tag still finds it; carry on.
+                tracing::warn!("journal: {e}");
+            }
+            lock(&ctx.live).insert(token.clone(), Some(id.clone()));
+            result.instance_id = Some(id.clone());
+            let (marks, status, probes) = measure(ctx, &launched).await;
+            result.phases = Phases::from_marks(&marks);
+            result.status = status;
+            result.probes = probes;
+            finish_launch(ctx, &token, Some(&id)).await;
+        }
+    }
+    log_result(&result, total);
+    lock(&ctx.results).push(result);
+}
+
+fn log_result(r: &RunResult, total: usize) {
+    let fig = |p: Phase| {
+        r.phases
+            .get(p)
+            .map(|s| format!("{s:.3}"))
+            .unwrap_or_else(|| "-".into())
+    };
+    let note = if r.discarded { " (discarded)" } else { "" };
+    match &r.status {
+        RunStatus::Ok => tracing::info!(
+            "run {}/{total}{note}: {} + {} + {} + {} = {:.3} s",
+            r.run,
+            fig(Phase::RunInstances),
+            fig(Phase::PendingToRunning),
+            fig(Phase::RunningToClosed),
+            fig(Phase::ClosedToOpen),
+            r.phases.total().unwrap_or(0.0)
+        ),
+        RunStatus::TimedOut(p) => tracing::warn!("run {}/{total}: timed out in {p}", r.run),
+        RunStatus::Failed(e) => tracing::warn!("run {}/{total}: {e}", r.run),
+        RunStatus::Interrupted => {}
+    }
+}
+
+/// Time the phases of a launched instance.
+async fn measure(ctx: &Ctx<'_>, launched: &launch::Launched) -> (Marks, RunStatus, u64) {
+    let opts = ctx.opts;
+    let t0 = launched.sent;
+    let secs = |t: Instant| t.saturating_duration_since(t0).as_secs_f64();
+    let mut marks = Marks {
+        launched: Some(secs(launched.answered)),
+        ..Marks::default()
+    };
+    let deadline = launched.answered + opts.phase_timeout;
+    let (running_at, addr) = match launch::wait_running(
+        ctx.clients,
+        &launched.instance_id,
+        opts.launch.ipv6,
+        &opts.poll,
+        deadline,
+    )
+    .await
+    {
+        Ok(r) => r,
+        Err(launch::PollError::TimedOut) => {
+            return (marks, RunStatus::TimedOut(Phase::PendingToRunning), 0);
+        }
+        Err(launch::PollError::Died(m)) => return (marks, RunStatus::Failed(m), 0),
+        Err(launch::PollError::Aws(e)) => return (marks, RunStatus::Failed(e.to_string()), 0),
+    };
+    marks.running = Some(secs(running_at));
+    let target = opts
+        .connect_to
+        .unwrap_or_else(|| SocketAddr::new(addr, opts.port));
+    tracing::debug!(
+        "{} running at {addr}; probing {target}",
+        launched.instance_id
+    );
+    let watch = probe::watch_port(target, running_at, &opts.probe, opts.phase_timeout).await;
+    marks.closed = watch.closed.map(secs);
+    marks.open = watch.open.map(secs);
+    let status = match watch.timed_out {
+        Some(p) => RunStatus::TimedOut(p),
+        None => RunStatus::Ok,
+    };
+    (marks, status, watch.probes)
+}
+
+/// Terminate what launch `token` made (the known instance, and any other instance
+/// carrying its token tag), then clear it from the journal. A failure is reported
+/// and the journal entry kept.
+async fn finish_launch(ctx: &Ctx<'_>, token: &str, instance_id: Option<&str>) {
+    match terminate_launch(ctx.clients, token, instance_id, 0, &ctx.opts.retry).await {
+        Ok(Outcome::Done(ids)) => {
+            for id in &ids {
+                tracing::info!("terminated {id}");
+            }
+            if let Err(e) = journal::finished(ctx.db, token) {
+                tracing::warn!("journal: {e}");
+            }
+        }
+        Ok(Outcome::NotYetVisible) => tracing::warn!(
+            "launch {token}: no instance visible yet; kept in the journal for `ec2ami bench --cleanup`"
+        ),
+        Err(e) => {
+            let what = instance_id.unwrap_or(token).to_string();
+            tracing::error!(
+                "could not terminate {what}: {e}; it stays in the journal for `ec2ami bench --cleanup`"
+            );
+            lock(&ctx.not_terminated).push(what);
+        }
+    }
+    lock(&ctx.live).remove(token);
+}
+
+enum Outcome {
+    /// These instances were terminated (possibly none: nothing was launched).
+    Done(Vec<String>),
+    /// A recent launch with no visible instance: check again later.
+    NotYetVisible,
+}
+
+/// Terminate the instance of a launch, and any other instance tagged with its token.
+/// `age_secs` is how long ago the launch was journaled (0 for this process's own).
+async fn terminate_launch(
+    clients: &Clients,
+    token: &str,
+    instance_id: Option<&str>,
+    age_secs: i64,
+    retry: &RetryPolicy,
+) -> Result<Outcome, AwsError> {
+    let young = age_secs < YOUNG_LAUNCH_SECS;
+    let mut done = Vec::new();
+    if let Some(id) = instance_id {
+        launch::terminate(clients, id, young, retry).await?;
+        done.push(id.to_string());
+    }
+    let others = launch::find_by_token(clients, token, retry).await?;
+    for id in others {
+        if !done.contains(&id) {
+            launch::terminate(clients, &id, false, retry).await?;
+            done.push(id);
+        }
+    }
+    if instance_id.is_none() && done.is_empty() && young {
+        return Ok(Outcome::NotYetVisible);
+    }
+    Ok(Outcome::Done(done))
+}
+
+/// Terminate every instance the journal holds for `scope` whose launching process is
+/// gone (another benchmark still running is left alone).
+pub async fn cleanup(
+    clients: &Clients,
+    db: &StateDb,
+    scope: &Scope,
+    retry: &RetryPolicy,
+) -> Result<CleanupReport, BenchError> {
+    let mut report = CleanupReport {
+        other_scopes: journal::other_scopes(db, scope)?,
+        ..CleanupReport::default()
+    };
+    let now = now_epoch();
+    for launch in journal::pending(db, scope)? {
+        if journal::owner_alive(&launch.owner) {
+            report.skipped_running += 1;
+            continue;
+        }
+        let regional = clients.in_region(&launch.region);
+        let age = now - launch.launched_at;
+        match terminate_launch(
+            &regional,
+            &launch.token,
+            launch.instance_id.as_deref(),
+            age,
+            retry,
+        )
+        .await
+        {
+            Ok(Outcome::Done(ids)) => {
+                journal::finished(db, &launch.token)?;
+                report.cleared += 1;
+                report.terminated.extend(ids);
+            }
+            Ok(Outcome::NotYetVisible) => report.kept += 1,
+            Err(e) => report.errors.push(format!(
+                "{} in {}: {e}",
+                launch.instance_id.as_deref().unwrap_or(&launch.token),
+                launch.region
+            )),
+        }
+    }
+    Ok(report)
+}
