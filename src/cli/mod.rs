@@ -227,12 +227,26 @@ impl GlobalArgs {
 
     fn print<T: Serialize>(&self, value: &T, text: impl FnOnce() -> String) {
         match self.format {
-            OutputFormat::Text => println!("{}", text()),
-            OutputFormat::Json => println!(
-                "{}",
-                serde_json::to_string_pretty(value).expect("reports serialise")
-            ),
+            OutputFormat::Text => emit(&text()),
+            OutputFormat::Json => {
+                emit(&serde_json::to_string_pretty(value).expect("reports serialise"))
+            }
         }
+    }
+}
+
+/// Print one result on stdout. When the reader has gone (`ec2ami ... | head -1`), exit
+/// quietly with 141 (128 + SIGPIPE) as Unix tools do: the work is done, only its report
+/// is not wanted.
+pub(crate) fn emit(text: &str) {
+    use std::io::Write;
+    let mut out = std::io::stdout().lock();
+    if let Err(e) = writeln!(out, "{text}").and_then(|()| out.flush()) {
+        if e.kind() == std::io::ErrorKind::BrokenPipe {
+            std::process::exit(141);
+        }
+        eprintln!("error: writing to stdout: {e}");
+        std::process::exit(1);
     }
 }
 

@@ -249,7 +249,7 @@ async fn run_release(
     match g.format {
         OutputFormat::Text => {
             for line in report.created_lines() {
-                println!("{line}");
+                super::emit(&line);
             }
         }
         OutputFormat::Json => g.print(&report, String::new),
