@@ -213,7 +213,7 @@ pub async fn prune(g: &GlobalArgs, a: &PruneArgs) -> Result<(), Failure> {
         };
     }
     if g.format == OutputFormat::Text {
-        println!("{}", plan.render());
+        super::emit(&plan.render());
     }
     let exec = ExecuteOptions {
         retry,
@@ -223,14 +223,13 @@ pub async fn prune(g: &GlobalArgs, a: &PruneArgs) -> Result<(), Failure> {
     };
     let report = prune::execute(&clients, &plan, &exec, shutdown_signal()).await;
     match g.format {
-        OutputFormat::Text => println!("{}", report.render()),
-        OutputFormat::Json => println!(
-            "{}",
-            serde_json::to_string_pretty(&PlanAndReport {
+        OutputFormat::Text => super::emit(&report.render()),
+        OutputFormat::Json => super::emit(
+            &serde_json::to_string_pretty(&PlanAndReport {
                 plan: &plan,
                 report: &report,
             })
-            .expect("reports serialise")
+            .expect("reports serialise"),
         ),
     }
     if !report.ok() {
