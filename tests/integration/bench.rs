@@ -523,40 +523,6 @@ async fn an_unknown_ami_launches_nothing() {
     assert_eq!(world.proxy.count("RunInstances"), 0);
 }
 
-/// Form parameters of the recorded requests of `operation`.
-fn params_of(world: &World, operation: &str) -> Vec<Vec<(String, String)>> {
-    world
-        .proxy
-        .requests()
-        .into_iter()
-        .filter(|r| r.operation == operation && (200..300).contains(&r.status))
-        .map(|r| {
-            let body = String::from_utf8_lossy(r.body.as_ref().unwrap()).into_owned();
-            body.split('&')
-                .map(|kv| {
-                    let (k, v) = kv.split_once('=').unwrap_or((kv, ""));
-                    (k.to_string(), urldecode(v))
-                })
-                .collect()
-        })
-        .collect()
-}
-
-fn urldecode(s: &str) -> String {
-    let b = s.as_bytes();
-    let (mut out, mut i) = (Vec::new(), 0);
-    while i < b.len() {
-        if b[i] == b'%' && i + 2 < b.len() {
-            out.push(u8::from_str_radix(&s[i + 1..i + 3], 16).unwrap());
-            i += 3;
-        } else {
-            out.push(if b[i] == b'+' { b' ' } else { b[i] });
-            i += 1;
-        }
-    }
-    String::from_utf8(out).unwrap()
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn launch_options_reach_run_instances() {
     let world = World::moto().await;
@@ -613,9 +579,8 @@ async fn launch_options_reach_run_instances() {
     assert_eq!(sent.len(), 1);
     let p = &sent[0];
     let get = |k: &str| {
-        p.iter()
-            .find(|(key, _)| key == k)
-            .map(|(_, v)| v.as_str())
+        p.get(k)
+            .map(String::as_str)
             .unwrap_or_else(|| panic!("{k} not sent: {p:?}"))
     };
     assert_eq!(get("ImageId"), ami);
@@ -679,9 +644,7 @@ async fn running_needs_the_address_to_probe() {
     );
     let sent = params_of(&world, "RunInstances");
     assert!(
-        sent[0]
-            .iter()
-            .any(|(k, v)| k == "Ipv6AddressCount" && v == "1"),
+        sent[0].get("Ipv6AddressCount").map(String::as_str) == Some("1"),
         "{sent:?}"
     );
     // Polled often, but never more than the in-flight bound at once: about 20 a second.

@@ -325,3 +325,60 @@ pub fn allocated(path: &Path) -> u64 {
     use std::os::unix::fs::MetadataExt;
     std::fs::metadata(path).unwrap().blocks() * 512
 }
+
+/// The form parameters of a recorded EC2 query request, decoded.
+pub fn form(r: &ec2ami::testkit::RecordedRequest) -> std::collections::BTreeMap<String, String> {
+    let body = String::from_utf8_lossy(r.body.as_deref().unwrap_or_default()).into_owned();
+    body.split('&')
+        .filter(|kv| !kv.is_empty())
+        .map(|kv| {
+            let (k, v) = kv.split_once('=').unwrap_or((kv, ""));
+            (urldecode(k), urldecode(v))
+        })
+        .collect()
+}
+
+/// The form parameters of every successful `operation` request the proxy saw.
+pub fn params_of(
+    world: &World,
+    operation: &str,
+) -> Vec<std::collections::BTreeMap<String, String>> {
+    world
+        .proxy
+        .requests()
+        .iter()
+        .filter(|r| r.operation == operation && (200..300).contains(&r.status))
+        .map(form)
+        .collect()
+}
+
+/// Decode a form component (`%XX` and `+`).
+pub fn urldecode(s: &str) -> String {
+    let b = s.as_bytes();
+    let (mut out, mut i) = (Vec::new(), 0);
+    while i < b.len() {
+        if b[i] == b'%' && i + 2 < b.len() {
+            out.push(u8::from_str_radix(&s[i + 1..i + 3], 16).unwrap());
+            i += 3;
+        } else {
+            out.push(if b[i] == b'+' { b' ' } else { b[i] });
+            i += 1;
+        }
+    }
+    String::from_utf8(out).unwrap()
+}
+
+/// Operations the proxy saw that change something (anything but Describe*, Get*, List*).
+pub fn mutating(world: &World) -> Vec<String> {
+    world
+        .proxy
+        .requests()
+        .iter()
+        .map(|r| r.operation.clone())
+        .filter(|op| {
+            !["Describe", "Get", "List"]
+                .iter()
+                .any(|p| op.starts_with(p))
+        })
+        .collect()
+}

@@ -9,47 +9,6 @@ use ec2ami::testkit::{Fault, FaultRule};
 
 use crate::common::*;
 
-/// Form parameters of the recorded requests of `operation`.
-fn params_of(world: &World, operation: &str) -> Vec<Vec<(String, String)>> {
-    world
-        .proxy
-        .requests()
-        .into_iter()
-        .filter(|r| r.operation == operation && (200..300).contains(&r.status))
-        .map(|r| {
-            let body = String::from_utf8_lossy(r.body.as_ref().unwrap()).into_owned();
-            body.split('&')
-                .map(|kv| {
-                    let (k, v) = kv.split_once('=').unwrap_or((kv, ""));
-                    (k.to_string(), urldecode(v))
-                })
-                .collect()
-        })
-        .collect()
-}
-
-fn urldecode(s: &str) -> String {
-    let b = s.as_bytes();
-    let (mut out, mut i) = (Vec::new(), 0);
-    while i < b.len() {
-        if b[i] == b'%' && i + 2 < b.len() {
-            out.push(u8::from_str_radix(&s[i + 1..i + 3], 16).unwrap());
-            i += 3;
-        } else {
-            out.push(if b[i] == b'+' { b' ' } else { b[i] });
-            i += 1;
-        }
-    }
-    String::from_utf8(out).unwrap()
-}
-
-fn get<'a>(params: &'a [(String, String)], key: &str) -> Option<&'a str> {
-    params
-        .iter()
-        .find(|(k, _)| k == key)
-        .map(|(_, v)| v.as_str())
-}
-
 async fn uploaded_snapshot(world: &World) -> String {
     let image = world.path("os.raw");
     write_file(&image, &random_bytes(40, 3 * MIB as usize));
@@ -143,12 +102,17 @@ async fn register_sends_every_attribute_and_reruns_reuse() {
         ("BlockDeviceMapping.1.Ebs.VolumeSize", "10"),
         ("BlockDeviceMapping.1.Ebs.DeleteOnTermination", "true"),
     ] {
-        assert_eq!(get(p, k), Some(v), "{k} in {p:?}");
+        assert_eq!(p.get(k).map(String::as_str), Some(v), "{k} in {p:?}");
     }
     let dep = params_of(&world, "EnableImageDeprecation");
-    assert_eq!(get(&dep[0], "ImageId"), Some(ami.as_str()));
+    assert_eq!(
+        dep[0].get("ImageId").map(String::as_str),
+        Some(ami.as_str())
+    );
     assert!(
-        get(&dep[0], "DeprecateAt")
+        dep[0]
+            .get("DeprecateAt")
+            .map(String::as_str)
             .unwrap()
             .starts_with(&format!("{deprecate}T00:00:00"))
     );
@@ -206,9 +170,9 @@ async fn arm64_defaults_and_impossible_specs() {
         .await
         .assert_ok();
     let p = &params_of(&world, "RegisterImage")[0];
-    assert_eq!(get(p, "BootMode"), Some("uefi"));
-    assert_eq!(get(p, "Architecture"), Some("arm64"));
-    assert_eq!(get(p, "ImdsSupport"), Some("v2.0"));
+    assert_eq!(p.get("BootMode").map(String::as_str), Some("uefi"));
+    assert_eq!(p.get("Architecture").map(String::as_str), Some("arm64"));
+    assert_eq!(p.get("ImdsSupport").map(String::as_str), Some("v2.0"));
 
     world.proxy.clear_requests();
     for (args, needle) in [
@@ -265,10 +229,17 @@ async fn copy_to_regions_then_share_and_revoke() {
     let cp = params_of(&world, "CopyImage");
     assert_eq!(cp.len(), 2, "one CopyImage per region");
     for p in &cp {
-        assert_eq!(get(p, "SourceImageId"), Some(ami.as_str()));
-        assert_eq!(get(p, "SourceRegion"), Some("us-east-1"));
-        assert_eq!(get(p, "Name"), Some("MyOS copy test"));
-        assert!(get(p, "ClientToken").is_some_and(|t| t.len() == 32));
+        assert_eq!(
+            p.get("SourceImageId").map(String::as_str),
+            Some(ami.as_str())
+        );
+        assert_eq!(p.get("SourceRegion").map(String::as_str), Some("us-east-1"));
+        assert_eq!(p.get("Name").map(String::as_str), Some("MyOS copy test"));
+        assert!(
+            p.get("ClientToken")
+                .map(String::as_str)
+                .is_some_and(|t| t.len() == 32)
+        );
     }
     for (region, id) in &copies {
         let img = describe(&world, region, id).await;

@@ -645,21 +645,6 @@ fn check_plan(plan: &Value, h: &History) {
     assert_eq!(plan["usd_per_month"].as_f64(), Some(4.0));
 }
 
-/// Operations that change something (anything but Describe*, Get*, List*).
-fn mutating(world: &World) -> Vec<String> {
-    world
-        .proxy
-        .requests()
-        .iter()
-        .map(|r| r.operation.clone())
-        .filter(|op| {
-            !["Describe", "Get", "List"]
-                .iter()
-                .any(|p| op.starts_with(p))
-        })
-        .collect()
-}
-
 /// `Key=value` of a recorded form request.
 fn form_value(body: &Option<bytes::Bytes>, key: &str) -> Option<String> {
     let text = std::str::from_utf8(body.as_ref()?).ok()?;

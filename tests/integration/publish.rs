@@ -79,21 +79,6 @@ fn created(stdout: &str) -> Vec<(String, String)> {
         .collect()
 }
 
-/// Requests that change something (anything but Describe*, Get*, List*).
-fn mutating(world: &World) -> Vec<String> {
-    world
-        .proxy
-        .requests()
-        .iter()
-        .map(|r| r.operation.clone())
-        .filter(|op| {
-            !["Describe", "Get", "List"]
-                .iter()
-                .any(|p| op.starts_with(p))
-        })
-        .collect()
-}
-
 /// Everything a publish leaves in moto, with ids replaced by names so two worlds can
 /// be compared: per region, our AMIs (name, public), our snapshots (count by AMI
 /// name tag or "copy"), and each parameter with the name of the AMI it points at.
@@ -286,30 +271,6 @@ async fn publish_the_example_release_to_three_regions_and_rerun() {
         "a rerun only re-applies permissions: {m:?}"
     );
     assert_complete(&state(&world).await, true);
-}
-
-/// The form parameters of an EC2 query request.
-fn form(r: &ec2ami::testkit::RecordedRequest) -> BTreeMap<String, String> {
-    let body = String::from_utf8_lossy(r.body.as_ref().unwrap()).into_owned();
-    body.split('&')
-        .filter_map(|kv| kv.split_once('='))
-        .map(|(k, v)| (k.to_string(), urldecode(v)))
-        .collect()
-}
-
-fn urldecode(s: &str) -> String {
-    let b = s.as_bytes();
-    let (mut out, mut i) = (Vec::new(), 0);
-    while i < b.len() {
-        if b[i] == b'%' && i + 2 < b.len() {
-            out.push(u8::from_str_radix(&s[i + 1..i + 3], 16).unwrap());
-            i += 3;
-        } else {
-            out.push(if b[i] == b'+' { b' ' } else { b[i] });
-            i += 1;
-        }
-    }
-    String::from_utf8(out).unwrap()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
