@@ -256,27 +256,8 @@ async fn fetch_all(
 /// The image size recorded by `ec2ami upload`, if the snapshot carries it. Best effort:
 /// without it (or without ec2:DescribeSnapshots) the whole volume is written.
 async fn image_size_tag(clients: &Clients, snapshot_id: &str, retry: &RetryPolicy) -> Option<u64> {
-    let r = retry
-        .run("DescribeSnapshots", || async {
-            clients
-                .ec2
-                .describe_snapshots()
-                .snapshot_ids(snapshot_id)
-                .send()
-                .await
-                .map_err(|e| AwsError::from_sdk("DescribeSnapshots", e))
-        })
-        .await;
-    match r {
-        Ok(out) => out
-            .snapshots()
-            .first()?
-            .tags()
-            .iter()
-            .find(|t| t.key() == Some(IMAGE_SIZE_TAG))?
-            .value()?
-            .parse()
-            .ok(),
+    match super::ec2::describe_one(clients, snapshot_id, retry).await {
+        Ok(snapshot) => super::ec2::tag(&snapshot?, IMAGE_SIZE_TAG)?.parse().ok(),
         Err(e) => {
             tracing::warn!("cannot read the tags of {snapshot_id} ({e}): writing the whole volume");
             None
