@@ -230,23 +230,14 @@ async fn snapshot_size(
     snapshot_id: &str,
     retry: &RetryPolicy,
 ) -> Result<i32, AmiError> {
-    let out = retry
-        .run(&format!("DescribeSnapshots {snapshot_id}"), || async {
-            clients
-                .ec2
-                .describe_snapshots()
-                .snapshot_ids(snapshot_id)
-                .send()
-                .await
-                .map_err(|e| AwsError::from_sdk("DescribeSnapshots", e))
-        })
-        .await?;
-    let snap = out.snapshots().first().ok_or_else(|| {
-        AmiError::Invalid(format!(
-            "snapshot {snapshot_id} not found in {}",
-            clients.region()
-        ))
-    })?;
+    let snap = crate::snapshot::ec2::describe_one(clients, snapshot_id, retry)
+        .await?
+        .ok_or_else(|| {
+            AmiError::Invalid(format!(
+                "snapshot {snapshot_id} not found in {}",
+                clients.region()
+            ))
+        })?;
     if let Some(state) = snap.state().filter(|s| s.as_str() != "completed") {
         return Err(AmiError::Invalid(format!(
             "snapshot {snapshot_id} is {}, not completed",

@@ -274,29 +274,8 @@ pub async fn image(
 }
 
 async fn snapshots(clients: &Clients, retry: &RetryPolicy) -> Result<Vec<Snapshot>, AwsError> {
-    let mut out = Vec::new();
-    let mut token: Option<String> = None;
-    let what = format!("DescribeSnapshots in {}", clients.region());
-    loop {
-        let page = retry
-            .run(&what, || async {
-                clients
-                    .ec2
-                    .describe_snapshots()
-                    .owner_ids("self")
-                    .max_results(DESCRIBE_PAGE)
-                    .set_next_token(token.clone())
-                    .send()
-                    .await
-                    .map_err(|e| AwsError::from_sdk("DescribeSnapshots", e))
-            })
-            .await?;
-        out.extend(page.snapshots().iter().filter_map(Snapshot::from_sdk));
-        match page.next_token() {
-            Some(t) if !t.is_empty() => token = Some(t.to_string()),
-            _ => return Ok(out),
-        }
-    }
+    let all = crate::snapshot::ec2::describe_own(clients, Vec::new(), retry).await?;
+    Ok(all.iter().filter_map(Snapshot::from_sdk).collect())
 }
 
 /// One snapshot of the account by id, `None` once it is gone.

@@ -4,6 +4,10 @@ use aws_sdk_ec2::types::{Filter, Snapshot, Tag};
 
 use crate::aws::{AwsError, Clients, RetryPolicy};
 
+/// Snapshots a page: AWS's largest (without it, AWS answers everything at once, which
+/// times out on accounts with many snapshots).
+const PAGE: i32 = 1000;
+
 /// Our snapshots in `clients`' region matching `filters` (every page).
 pub async fn describe_own(
     clients: &Clients,
@@ -21,6 +25,7 @@ pub async fn describe_own(
                         .ec2
                         .describe_snapshots()
                         .owner_ids("self")
+                        .max_results(PAGE)
                         .set_filters(Some(filters.clone()))
                         .set_next_token(token.clone())
                         .send()
