@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 
 use ec2ami::bench::phases::Summary;
 use ec2ami::bench::probe::{ProbeOptions, watch_port};
-use ec2ami::testkit::{BootFixture, BootSchedule, PortState};
+use ec2ami_testkit::{BootFixture, BootSchedule, PortState};
 
 /// Signed milliseconds from `truth` to `measured`.
 fn ms(measured: Instant, truth: Instant) -> f64 {

@@ -5,7 +5,7 @@
 //! Markdown table for BENCHMARKS.md.
 //!
 //! The history is made by the harness's bulk generator (`POST /moto-api/ec2ami/generate`
-//! in src/testkit/moto_ext.py, harness-only): creating 10,000 AMIs through the API would
+//! in testkit/src/moto_ext.py, harness-only): creating 10,000 AMIs through the API would
 //! take many minutes of moto's time and measure nothing of prune. The SSM parameters (48
 //! per region, pointing at each series' newest image) are put through the API.
 //!
@@ -20,7 +20,7 @@ use aws_smithy_types::DateTime;
 use aws_smithy_types::date_time::Format;
 use ec2ami::aws::{self, AwsOptions, Clients, RetryPolicy};
 use ec2ami::prune::{self, PlanOptions, Policy, Selection, SeriesPattern};
-use ec2ami::testkit::{FaultProxy, MotoOptions, MotoServer, ProxyConfig};
+use ec2ami_testkit::{FaultProxy, MotoOptions, MotoServer, ProxyConfig};
 use futures_util::future::join_all;
 use serde_json::json;
 

@@ -4,7 +4,7 @@
 log() { printf '==> %s\n' "$*" >&2; }
 
 # moto's server mode: the local AWS-protocol server the tests and the demo use.
-# The harness's moto extension (src/testkit/moto_ext.py) is written against moto 5.2.
+# The harness's moto extension (testkit/src/moto_ext.py) is written against moto 5.2.
 ensure_moto() {
     if ! python3 -c 'import moto.server, flask, werkzeug, sys
 v = tuple(int(x) for x in moto.__version__.split(".")[:2])

@@ -6,9 +6,8 @@
 //! [`params`] and [`publish`] put a release out; [`bench`] times how fast an AMI boots;
 //! [`history`] keeps those times, plots them and catches regressions; [`prune`]
 //! deletes what is obsolete; [`state`] is the SQLite database they and the publish
-//! journal share; [`aws`] builds the SDK clients and holds the one retry layer;
-//! [`cli`] is the command line; [`testkit`] is the local AWS-protocol world the tests
-//! and benchmarks run against.
+//! journal share; [`aws`] builds the SDK clients and holds the one retry layer; and
+//! [`cli`] is the command line.
 
 pub mod ami;
 pub mod aws;
@@ -22,5 +21,4 @@ pub mod prune;
 pub mod publish;
 pub mod snapshot;
 pub mod state;
-pub mod testkit;
 pub mod units;

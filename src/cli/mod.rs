@@ -6,7 +6,6 @@ mod history;
 mod images;
 mod prune;
 mod publish;
-mod testkit;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -114,9 +113,6 @@ enum Command {
     History(history::HistoryCommand),
     /// Plots of boot time per build for every series, and an index.html showing them.
     Report(history::ReportArgs),
-    /// Local AWS-protocol servers on 127.0.0.1 for tests, demos and benchmarks.
-    #[command(subcommand)]
-    Testkit(testkit::TestkitCommand),
 }
 
 #[derive(Debug, Args)]
@@ -353,7 +349,6 @@ async fn run(cli: Cli) -> Result<(), Failure> {
         Command::Bench(a) => bench::run(g, a).await,
         Command::History(c) => history::run(g, c).await,
         Command::Report(a) => history::report_cmd(g, a).await,
-        Command::Testkit(c) => testkit::run(c).await,
     }
 }
 

@@ -9,7 +9,7 @@ use std::process::Stdio;
 use std::time::Duration;
 
 use aws_sdk_ec2::types::{ArchitectureValues, Filter, InstanceStateName, Tag};
-use ec2ami::testkit::{BootFixture, BootSchedule, Fault, FaultRule};
+use ec2ami_testkit::{BootFixture, BootSchedule, Fault, FaultRule};
 use tokio::io::{AsyncBufReadExt, BufReader};
 
 use crate::common::*;

@@ -10,8 +10,8 @@ use std::process::Output;
 use std::time::Duration;
 
 use ec2ami::image::Extents;
-use ec2ami::testkit::moto::{AWS_ENV_TO_REMOVE, aws_test_env};
-use ec2ami::testkit::{
+use ec2ami_testkit::moto::{AWS_ENV_TO_REMOVE, aws_test_env};
+use ec2ami_testkit::{
     FaultProxy, MotoOptions, MotoServer, ProxyConfig, StrictEbs, StrictEbsConfig,
 };
 use tempfile::TempDir;
@@ -327,7 +327,7 @@ pub fn allocated(path: &Path) -> u64 {
 }
 
 /// The form parameters of a recorded EC2 query request, decoded.
-pub fn form(r: &ec2ami::testkit::RecordedRequest) -> std::collections::BTreeMap<String, String> {
+pub fn form(r: &ec2ami_testkit::RecordedRequest) -> std::collections::BTreeMap<String, String> {
     let body = String::from_utf8_lossy(r.body.as_deref().unwrap_or_default()).into_owned();
     body.split('&')
         .filter(|kv| !kv.is_empty())

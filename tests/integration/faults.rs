@@ -3,7 +3,7 @@
 
 use std::time::Duration;
 
-use ec2ami::testkit::{Fault, FaultRule, StrictEbsConfig};
+use ec2ami_testkit::{Fault, FaultRule, StrictEbsConfig};
 
 use crate::common::*;
 

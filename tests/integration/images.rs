@@ -5,7 +5,7 @@
 
 use aws_smithy_types::DateTime;
 use aws_smithy_types::date_time::Format;
-use ec2ami::testkit::{Fault, FaultRule};
+use ec2ami_testkit::{Fault, FaultRule};
 
 use crate::common::*;
 

@@ -1,4 +1,4 @@
-//! The harness's moto extension (src/testkit/moto_ext.py) keeps the AMI state AWS keeps:
+//! The harness's moto extension (testkit/src/moto_ext.py) keeps the AMI state AWS keeps:
 //! checked through the AWS SDK, as ec2ami sees it, so that tests of publish, validate and
 //! prune can rely on what DescribeImages and DescribeSnapshots answer.
 
@@ -14,7 +14,7 @@ use aws_sdk_ec2::types::{
 };
 use aws_smithy_types::DateTime;
 use aws_smithy_types::date_time::Format;
-use ec2ami::testkit::MotoOptions;
+use ec2ami_testkit::MotoOptions;
 
 use crate::common::*;
 

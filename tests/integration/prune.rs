@@ -19,7 +19,7 @@ use aws_smithy_types::date_time::Format;
 use ec2ami::aws::Clients;
 use ec2ami::state::StateDb;
 use ec2ami::state::journal::{Journal, Status, StepKey};
-use ec2ami::testkit::{Fault, FaultRule, MotoOptions};
+use ec2ami_testkit::{Fault, FaultRule, MotoOptions};
 use serde_json::Value;
 
 use crate::common::*;

@@ -7,7 +7,7 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use ec2ami::testkit::{Fault, FaultRule};
+use ec2ami_testkit::{Fault, FaultRule};
 
 use crate::common::*;
 

@@ -3,7 +3,7 @@
 
 use std::path::Path;
 
-use ec2ami::testkit::StrictEbsConfig;
+use ec2ami_testkit::StrictEbsConfig;
 
 use crate::common::*;
 

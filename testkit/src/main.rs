@@ -1,19 +1,27 @@
-//! `ec2ami testkit`: run the test harness's local servers from the command line, for
-//! the README demo, benchmarks, and rehearsing a release without touching AWS.
+//! `ec2ami-testkit`: the test world's local servers from the command line, for the
+//! README demo, the benchmark scripts, and rehearsing a release without touching AWS.
+//! Not part of ec2ami: users never install it.
 
-use clap::Subcommand;
-
+use std::process::ExitCode;
 use std::time::Duration;
 
-use super::{Failure, parse_duration, shutdown_signal};
-use crate::testkit::{
+use clap::{Parser, Subcommand};
+use ec2ami_testkit::{
     BootFixture, BootSchedule, Fault, FaultProxy, FaultRule, MotoOptions, MotoServer, ProxyConfig,
-    StrictEbs, StrictEbsConfig,
+    StrictEbs, StrictEbsConfig, parse_duration,
 };
+
+/// ec2ami's test world: local AWS-protocol servers on 127.0.0.1.
+#[derive(Debug, Parser)]
+#[command(name = "ec2ami-testkit", version, about, max_term_width = 100)]
+struct Cli {
+    #[command(subcommand)]
+    command: TestkitCommand,
+}
 
 /// Local servers (they listen on 127.0.0.1 only).
 #[derive(Debug, Subcommand)]
-pub enum TestkitCommand {
+enum TestkitCommand {
     /// Start moto (pip install 'moto[server]'), extended to keep AMI state as AWS does,
     /// behind a proxy that makes its EBS answers AWS-like (512 KiB blocks); print the
     /// endpoint URL and serve until interrupted.
@@ -51,7 +59,45 @@ pub enum TestkitCommand {
     },
 }
 
-pub async fn run(cmd: &TestkitCommand) -> Result<(), Failure> {
+type Failure = Box<dyn std::error::Error + Send + Sync>;
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let rt = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("error: cannot start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match rt.block_on(run(&cli.command)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// Resolves when the process gets Ctrl-C (SIGINT) or SIGTERM.
+async fn shutdown_signal() {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut term = signal(SignalKind::terminate()).ok();
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = async {
+            match term.as_mut() {
+                Some(t) => { t.recv().await; }
+                None => std::future::pending::<()>().await,
+            }
+        } => {}
+    }
+}
+
+async fn run(cmd: &TestkitCommand) -> Result<(), Failure> {
     match cmd {
         TestkitCommand::Moto {
             delays,
@@ -62,9 +108,8 @@ pub async fn run(cmd: &TestkitCommand) -> Result<(), Failure> {
                 all_regions_opted_in: *all_regions,
                 ..MotoOptions::default()
             };
-            let moto = tokio::task::spawn_blocking(move || MotoServer::start_with(&options))
-                .await
-                .map_err(|e| Failure::from(std::io::Error::other(e)))??;
+            let moto =
+                tokio::task::spawn_blocking(move || MotoServer::start_with(&options)).await??;
             let rules = delays
                 .iter()
                 .map(|(op, d)| FaultRule::with_rate(Some(op), Fault::Delay(*d), 1.0))
@@ -129,5 +174,5 @@ fn parse_delay(s: &str) -> Result<(String, std::time::Duration), String> {
     let (op, d) = s
         .split_once('=')
         .ok_or_else(|| format!("expected OPERATION=DURATION, got `{s}`"))?;
-    Ok((op.to_string(), super::parse_duration(d)?))
+    Ok((op.to_string(), parse_duration(d)?))
 }

@@ -1318,7 +1318,7 @@ fn start_output(s: &Snap) -> Value {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::testkit::http_util::test_client::{TestClient, auth, client, send};
+    use crate::http_util::test_client::{TestClient, auth, client, send};
 
     fn block(fill: u8) -> Bytes {
         Bytes::from(vec![fill; BLOCK_SIZE as usize])

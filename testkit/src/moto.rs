@@ -1,7 +1,7 @@
 //! Launch moto's standalone server on 127.0.0.1 for tests, and the environment a child
 //! `ec2ami` process needs to talk to such a local endpoint safely.
 //!
-//! moto runs with our extension ([`MOTO_EXT`], `src/testkit/moto_ext.py`), which makes it
+//! moto runs with our extension ([`MOTO_EXT`], `testkit/src/moto_ext.py`), which makes it
 //! keep the AMI state AWS keeps: RegisterImage's attributes, block device mappings (no
 //! fake snapshot) and tags, validation of names, architectures, boot modes and
 //! snapshots; CopyImage's attributes, per-region snapshots, tags and ClientToken; image

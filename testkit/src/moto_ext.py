@@ -2,7 +2,7 @@
 
 Run this file instead of ``python3 -m moto.server``, with the same arguments: it patches
 moto in this process, then starts moto's own server. ec2ami embeds it
-(src/testkit/moto_ext.py, ``include_str!``) and ``MotoServer`` writes it to a temporary
+(testkit/src/moto_ext.py, ``include_str!``) and ``MotoServer`` writes it to a temporary
 file and runs it.
 
 moto 5 keeps an AMI's name and description and little else, so tests of publish,
@@ -165,7 +165,7 @@ def resolve():
         sys.stderr.write(
             f"moto_ext: moto {getattr(moto, '__version__', '?')} lacks what this extension "
             f"patches or relies on (it was written for moto 5.2): {', '.join(missing)}. "
-            "Update src/testkit/moto_ext.py for this moto.\n"
+            "Update testkit/src/moto_ext.py for this moto.\n"
         )
         sys.exit(3)
 

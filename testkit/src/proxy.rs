@@ -816,8 +816,8 @@ impl ProxyInner {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::testkit::http_util::test_client::{TestClient, auth, client, send};
-    use crate::testkit::{MotoServer, StrictEbs, StrictEbsConfig};
+    use crate::http_util::test_client::{TestClient, auth, client, send};
+    use crate::{MotoServer, StrictEbs, StrictEbsConfig};
     use base64::Engine as _;
     use sha2::Digest as _;
 
