@@ -6,13 +6,12 @@
 //! [`params`] and [`publish`] put a release out; [`bench`] times how fast an AMI boots;
 //! [`history`] keeps those times, plots them and catches regressions; [`prune`]
 //! deletes what is obsolete; [`state`] is the SQLite database they and the publish
-//! journal share; [`aws`] builds the SDK clients and holds the one retry layer; and
-//! [`cli`] is the command line.
+//! journal share; [`aws`] builds the SDK clients and holds the one retry layer. The command
+//! line is the `ec2ami` binary's own (`src/main.rs`, `src/cli/`).
 
 pub mod ami;
 pub mod aws;
 pub mod bench;
-pub mod cli;
 pub mod history;
 pub mod image;
 pub mod params;

@@ -1,3 +1,7 @@
+//! The `ec2ami` command line: parse, call the library, print.
+
+mod cli;
+
 fn main() -> std::process::ExitCode {
-    ec2ami::cli::main()
+    cli::main()
 }

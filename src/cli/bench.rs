@@ -9,10 +9,10 @@ use serde::Serialize;
 
 use super::history::BuildArgs;
 use super::{Failure, GlobalArgs, connect, parse_duration, shutdown_signal};
-use crate::ami;
-use crate::bench::{self, BenchOptions, BenchReport, LaunchSpec, RunStatus, Scope, phases};
-use crate::history::{self, Benchmark, BuildInfo, Source};
-use crate::state::now_epoch;
+use ec2ami::ami;
+use ec2ami::bench::{self, BenchOptions, BenchReport, LaunchSpec, RunStatus, Scope, phases};
+use ec2ami::history::{self, Benchmark, BuildInfo, Source};
+use ec2ami::state::now_epoch;
 
 #[derive(Debug, Args)]
 pub struct BenchArgs {

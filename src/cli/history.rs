@@ -7,11 +7,11 @@ use serde::Serialize;
 use sha2::{Digest, Sha256};
 
 use super::{Failure, GlobalArgs};
-use crate::bench::{Phase, PhaseSummary, RunResult, phases};
-use crate::history::build::{self, dashed, is_yyyymmdd};
-use crate::history::check::{self, CheckOptions};
-use crate::history::{self, Benchmark, BuildInfo, Selection, Source, import, report};
-use crate::state::now_epoch;
+use ec2ami::bench::{Phase, PhaseSummary, RunResult, phases};
+use ec2ami::history::build::{self, dashed, is_yyyymmdd};
+use ec2ami::history::check::{self, CheckOptions};
+use ec2ami::history::{self, Benchmark, BuildInfo, Selection, Source, import, report};
+use ec2ami::state::now_epoch;
 
 /// What build an AMI is, given on the command line (each overrides what the AMI's
 /// tags or name say).
@@ -507,8 +507,8 @@ fn show_text(e: &ListEntry) -> String {
                 .unwrap_or_else(|| "-".into()),
         );
         let mut status = match &r.status {
-            crate::bench::RunStatus::TimedOut(p) => format!("timed out in {p}"),
-            crate::bench::RunStatus::Failed(e) => format!("failed: {e}"),
+            ec2ami::bench::RunStatus::TimedOut(p) => format!("timed out in {p}"),
+            ec2ami::bench::RunStatus::Failed(e) => format!("failed: {e}"),
             s => s.key().to_string(),
         };
         if r.discarded {

@@ -6,8 +6,8 @@ use aws_smithy_types::DateTime;
 use clap::Args;
 
 use super::{Failure, GlobalArgs, connect, parse_duration, parse_tag};
-use crate::ami::{self, Arch, BootMode, CopyLimiter, CopyOptions, ImageSpec, Imds, ShareSpec};
-use crate::units::parse_date;
+use ec2ami::ami::{self, Arch, BootMode, CopyLimiter, CopyOptions, ImageSpec, Imds, ShareSpec};
+use ec2ami::units::parse_date;
 
 #[derive(Debug, Args)]
 pub struct RegisterArgs {

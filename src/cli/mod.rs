@@ -14,10 +14,10 @@ use std::time::Duration;
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use serde::Serialize;
 
-use crate::aws::{self, AwsOptions, Clients, RetryPolicy, Timeouts};
-use crate::image::DiskImage;
-use crate::progress::ProgressMode;
-use crate::snapshot::{self, DownloadOptions, UploadOptions};
+use ec2ami::aws::{self, AwsOptions, Clients, RetryPolicy, Timeouts};
+use ec2ami::image::DiskImage;
+use ec2ami::progress::ProgressMode;
+use ec2ami::snapshot::{self, DownloadOptions, UploadOptions};
 
 /// Turn an OS disk image into Amazon EC2 machine images.
 #[derive(Debug, Parser)]
@@ -185,7 +185,7 @@ fn parse_tag(s: &str) -> Result<(String, String), String> {
     }
 }
 
-pub use crate::units::parse_duration;
+pub use ec2ami::units::parse_duration;
 
 impl GlobalArgs {
     fn aws(&self) -> AwsOptions {
@@ -209,12 +209,12 @@ impl GlobalArgs {
     }
 
     /// Open the state database.
-    fn state_db(&self) -> Result<crate::state::StateDb, Failure> {
+    fn state_db(&self) -> Result<ec2ami::state::StateDb, Failure> {
         let path = self
             .state
             .clone()
-            .unwrap_or_else(crate::state::default_path);
-        Ok(crate::state::StateDb::open(&path)?)
+            .unwrap_or_else(ec2ami::state::default_path);
+        Ok(ec2ami::state::StateDb::open(&path)?)
     }
 
     fn progress(&self) -> ProgressMode {

@@ -9,13 +9,13 @@ use clap::Args;
 use serde::Serialize;
 
 use super::{Failure, GlobalArgs, OutputFormat, connect, parse_duration, shutdown_signal};
-use crate::ami;
-use crate::prune::deprecate::{self, Target};
-use crate::prune::execute::DEFAULT_RATE;
-use crate::prune::plan::DEFAULT_PRICE_PER_GB_MONTH;
-use crate::prune::{self, ExecuteOptions, Flags, Glob, PlanOptions, Policy, SeriesPattern};
-use crate::state::journal::recorded_parameters;
-use crate::units::parse_date;
+use ec2ami::ami;
+use ec2ami::prune::deprecate::{self, Target};
+use ec2ami::prune::execute::DEFAULT_RATE;
+use ec2ami::prune::plan::DEFAULT_PRICE_PER_GB_MONTH;
+use ec2ami::prune::{self, ExecuteOptions, Flags, Glob, PlanOptions, Policy, SeriesPattern};
+use ec2ami::state::journal::recorded_parameters;
+use ec2ami::units::parse_date;
 
 #[derive(Debug, Args)]
 pub struct PruneArgs {
@@ -168,7 +168,7 @@ pub async fn prune(g: &GlobalArgs, a: &PruneArgs) -> Result<(), Failure> {
         now: now(),
     };
     // The parameters earlier publishes wrote; a plan does not create the database.
-    let state = g.state.clone().unwrap_or_else(crate::state::default_path);
+    let state = g.state.clone().unwrap_or_else(ec2ami::state::default_path);
     let journal = if state.exists() {
         recorded_parameters(&g.state_db()?)?
     } else {

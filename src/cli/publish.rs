@@ -7,15 +7,15 @@ use std::time::Duration;
 use clap::{Args, Subcommand};
 
 use super::{Failure, GlobalArgs, OutputFormat, connect, parse_duration, parse_tag};
-use crate::ami::{self, Imds};
-use crate::aws::{self, Clients};
-use crate::params::{self, PutOptions, Wanted, template};
-use crate::publish::compat::{self, Bsdec2Args};
-use crate::publish::{self, PublishError, PublishOptions, Release, ReleaseFile, plan, validate};
-use crate::snapshot;
-use crate::state::journal::Journal;
-use crate::state::{JobLock, StateDb};
-use crate::units::today;
+use ec2ami::ami::{self, Imds};
+use ec2ami::aws::{self, Clients};
+use ec2ami::params::{self, PutOptions, Wanted, template};
+use ec2ami::publish::compat::{self, Bsdec2Args};
+use ec2ami::publish::{self, PublishError, PublishOptions, Release, ReleaseFile, plan, validate};
+use ec2ami::snapshot;
+use ec2ami::state::journal::Journal;
+use ec2ami::state::{JobLock, StateDb};
+use ec2ami::units::today;
 
 #[derive(Debug, Args)]
 pub struct PublishArgs {
