@@ -241,6 +241,34 @@ pub async fn launch_permissions(
         .collect())
 }
 
+/// True when anyone may create a volume from every snapshot behind `ami`.
+pub async fn snapshots_public(
+    clients: &Clients,
+    ami: &crate::aws::Ami,
+    retry: &RetryPolicy,
+) -> Result<bool, AwsError> {
+    for s in ami.snapshots() {
+        let out = retry
+            .send(&clients.call("DescribeSnapshotAttribute").on(&s), || {
+                clients
+                    .ec2
+                    .describe_snapshot_attribute()
+                    .snapshot_id(&s)
+                    .attribute(SnapshotAttributeName::CreateVolumePermission)
+                    .send()
+            })
+            .await?;
+        let public = out
+            .create_volume_permissions()
+            .iter()
+            .any(|p| p.group() == Some(&PermissionGroup::All));
+        if !public {
+            return Ok(false);
+        }
+    }
+    Ok(true)
+}
+
 /// Make the snapshots behind `image_id` (in `clients`' region) public: anyone may
 /// create a volume from them (bsdec2-image-upload's `--publicsnap`).
 pub async fn make_snapshots_public(

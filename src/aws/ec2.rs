@@ -447,7 +447,7 @@ mod tests {
         );
         let e = pick_regions(&enabled, &want(&["us-east-1", "mars-north-1"])).unwrap_err();
         assert!(
-            e.contains("mars-north-1") && !e.contains("us-east-1,"),
+            e.starts_with("unknown or disabled region(s): mars-north-1 (enabled: eu-west-1"),
             "{e}"
         );
     }

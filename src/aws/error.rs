@@ -19,9 +19,15 @@ pub enum ErrorClass {
     Permanent,
 }
 
-/// An AWS call that failed, with the AWS error code and message when there is one.
+/// An AWS call that failed, with the AWS error code and message when there is one. Its
+/// fields are read through [`AwsFailure`] (it is boxed: errors travel in every `Result`
+/// and should stay one pointer wide).
 #[derive(Debug, Clone)]
-pub struct AwsError {
+pub struct AwsError(Box<AwsFailure>);
+
+/// What [`AwsError`] knows about a failed call.
+#[derive(Debug, Clone)]
+pub struct AwsFailure {
     /// The API operation, e.g. `PutSnapshotBlock`.
     pub operation: &'static str,
     /// The region the call went to, when known.
@@ -40,19 +46,37 @@ pub struct AwsError {
     pub detail: Option<String>,
 }
 
+impl std::ops::Deref for AwsError {
+    type Target = AwsFailure;
+    fn deref(&self) -> &AwsFailure {
+        &self.0
+    }
+}
+
+impl From<AwsFailure> for AwsError {
+    fn from(f: AwsFailure) -> Self {
+        AwsError(Box::new(f))
+    }
+}
+
 impl AwsError {
     /// An error found before any request was sent (configuration).
     pub fn config(message: impl Into<String>) -> Self {
-        AwsError {
-            message: Some(message.into()),
-            ..AwsError::local("configuration", ErrorClass::Permanent, String::new())
-        }
+        let mut e = AwsError::local("configuration", ErrorClass::Permanent, String::new());
+        e.0.message = Some(message.into());
+        e
+    }
+
+    /// The same error with AWS's error code `code` (tests, and answers we classify).
+    pub fn with_code(mut self, code: impl Into<String>) -> Self {
+        self.0.code = Some(code.into());
+        self
     }
 
     /// An error of ours (not AWS's) about `operation`, to go through the same types and
     /// retry layer (e.g. an answer missing a field, a snapshot in the wrong state).
     pub fn local(operation: &'static str, class: ErrorClass, detail: String) -> Self {
-        AwsError {
+        AwsError::from(AwsFailure {
             operation,
             region: None,
             resource: None,
@@ -61,7 +85,7 @@ impl AwsError {
             status: None,
             class,
             detail: (!detail.is_empty()).then_some(detail),
-        }
+        })
     }
 
     /// Is another attempt worth it?
@@ -76,11 +100,11 @@ impl AwsError {
 
     /// Fill in the region and resource of `call` where the error does not have them.
     pub fn within(mut self, call: &super::Call) -> Self {
-        if self.region.is_none() {
-            self.region = call.region.clone();
+        if self.0.region.is_none() {
+            self.0.region = call.region.clone();
         }
-        if self.resource.is_none() {
-            self.resource = call.resource.clone();
+        if self.0.resource.is_none() {
+            self.0.resource = call.resource.clone();
         }
         self
     }
@@ -124,7 +148,7 @@ impl AwsError {
             ),
             None => (None, None),
         };
-        AwsError {
+        AwsError::from(AwsFailure {
             operation,
             region: None,
             resource: None,
@@ -133,7 +157,7 @@ impl AwsError {
             status,
             class,
             detail,
-        }
+        })
     }
 }
 
@@ -276,12 +300,12 @@ mod tests {
 
     #[test]
     fn display_names_code_and_message() {
-        let e = AwsError {
+        let e = AwsError::from(AwsFailure {
             code: Some("AccessDeniedException".into()),
             message: Some("not allowed".into()),
             status: Some(403),
-            ..AwsError::local("StartSnapshot", ErrorClass::Permanent, String::new())
-        };
+            ..(*AwsError::local("StartSnapshot", ErrorClass::Permanent, String::new())).clone()
+        });
         let s = e.to_string();
         assert!(
             s.starts_with("StartSnapshot: AccessDeniedException: not allowed"),

@@ -23,7 +23,7 @@ use aws_config::retry::RetryConfig;
 use aws_config::timeout::TimeoutConfig;
 use aws_config::{Region, SdkConfig};
 
-pub use error::{AwsError, ErrorClass, HasStatus, classify_code};
+pub use error::{AwsError, AwsFailure, ErrorClass, HasStatus, classify_code};
 pub use model::{Ami, Snapshot};
 pub use retry::{Call, RetryPolicy};
 

@@ -191,10 +191,7 @@ mod tests {
     use std::sync::atomic::{AtomicU32, Ordering};
 
     fn err(class: ErrorClass, code: &str) -> AwsError {
-        AwsError {
-            code: Some(code.into()),
-            ..AwsError::local("Op", class, String::new())
-        }
+        AwsError::local("Op", class, String::new()).with_code(code)
     }
 
     fn op() -> Call {

@@ -216,9 +216,16 @@ fn image_plan(
         }
     }
     if release.public_snapshots {
-        for region in &survey.regions {
-            let what = "make the AMI's snapshots public (re-applied on every run)";
-            out.push(act("snapshots", region, Verb::Update, what.into()));
+        for (i, region) in survey.regions.iter().enumerate() {
+            let public = match &s.regions[i].snapshots_public {
+                Some(p) => p.clone()?,
+                None => false,
+            };
+            out.push(if public {
+                act("snapshots", region, Verb::Unchanged, "public".into())
+            } else {
+                act("snapshots", region, Verb::Update, "make public".into())
+            });
         }
     }
     if let Some(at) = img.spec.deprecate_at {

@@ -212,6 +212,16 @@ impl Run<'_> {
         Some((found, grants))
     }
 
+    /// True when the survey saw every snapshot of the AMI `a` public.
+    fn snapshots_public(&self, img: &ReleaseImage, a: &RegionalAmi) -> bool {
+        let s = self.survey.image(img);
+        s.regions.iter().any(|r| {
+            r.region == a.region
+                && matches!(&r.ami, Ok(Some(f)) if f.id == a.image_id)
+                && matches!(r.snapshots_public, Some(Ok(true)))
+        })
+    }
+
     fn key(&self, img: &ReleaseImage, kind: &str, region: &str, target: &str) -> StepKey {
         StepKey::new(img.name(), kind, region, target)
     }
@@ -396,7 +406,8 @@ impl Run<'_> {
             }
         }
         if self.release.public_snapshots {
-            join_all(amis.iter().map(|a| async move {
+            let needed = amis.iter().filter(|a| !self.snapshots_public(img, a));
+            join_all(needed.map(|a| async move {
                 let clients = src.in_region(&a.region);
                 ami::share::make_snapshots_public(&clients, &a.image_id, retry).await
             }))
@@ -411,7 +422,7 @@ impl Run<'_> {
         if let Some(at) = img.spec.deprecate_at {
             let needed = amis.iter().filter(|a| match self.surveyed(img, a) {
                 Some((found, _)) => !deprecation_set(found, at),
-                None => !(a.region == source && !registered.reused),
+                None => a.region != source || registered.reused,
             });
             join_all(needed.map(|a| async move {
                 let clients = src.in_region(&a.region);

@@ -66,6 +66,9 @@ pub struct RegionSurvey {
     /// The values the image's parameters hold there (absent: no such parameter); not
     /// read when the scope leaves parameters out.
     pub parameters: Option<Result<BTreeMap<String, String>, AwsError>>,
+    /// Whether every snapshot of the AMI is public, read when the release asks for
+    /// public snapshots and the AMI exists.
+    pub snapshots_public: Option<Result<bool, AwsError>>,
 }
 
 /// The snapshots earlier uploads of one image left in the source region.
@@ -107,6 +110,18 @@ impl Survey {
                 } else {
                     None
                 };
+                let public_snaps = match (&found, release.public_snapshots) {
+                    (Ok(amis), true) => {
+                        join_all(amis.iter().map(|a| async {
+                            (
+                                a.id.clone(),
+                                ami::share::snapshots_public(&c, a, retry).await,
+                            )
+                        }))
+                        .await
+                    }
+                    _ => Vec::new(),
+                };
                 let grants = match (&found, grants_wanted) {
                     (Ok(amis), true) => {
                         join_all(amis.iter().map(|a| async {
@@ -117,7 +132,7 @@ impl Survey {
                     }
                     _ => Vec::new(),
                 };
-                (found, params, grants)
+                (found, params, grants, public_snaps)
             }
         }))
         .await;
@@ -126,7 +141,7 @@ impl Survey {
         let mut images = Vec::new();
         for img in &release.images {
             let mut rs = Vec::new();
-            for (region, (found, params, grants)) in regions.iter().zip(&per_region) {
+            for (region, (found, params, grants, public_snaps)) in regions.iter().zip(&per_region) {
                 let ami = match found {
                     Ok(amis) => Ok(amis.iter().find(|a| a.name == img.name()).cloned()),
                     Err(e) => Err(e.clone()),
@@ -144,6 +159,13 @@ impl Survey {
                         .map(|(_, g)| g.clone()),
                     _ => None,
                 };
+                let snapshots_public = match &ami {
+                    Ok(Some(a)) => public_snaps
+                        .iter()
+                        .find(|(id, _)| *id == a.id)
+                        .map(|(_, p)| p.clone()),
+                    _ => None,
+                };
                 let parameters = params.as_ref().map(|p| match p {
                     Ok(all) => Ok(img
                         .params_in(region)
@@ -157,6 +179,7 @@ impl Survey {
                     ami,
                     grants,
                     parameters,
+                    snapshots_public,
                 });
             }
             images.push(ImageSurvey {
@@ -433,6 +456,7 @@ mod tests {
                 ami: Ok(None),
                 grants: None,
                 parameters: None,
+                snapshots_public: None,
             }],
             snapshots: Some(SnapshotSurvey { journal, tagged }),
         }

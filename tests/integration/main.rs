@@ -9,6 +9,7 @@ mod faults;
 mod history;
 mod images;
 mod moto_ext;
+mod plan_agrees;
 mod prune;
 mod publish;
 mod roundtrip;
