@@ -8,6 +8,7 @@
 //! created when the database is opened.
 
 pub mod journal;
+pub mod lifecycle;
 
 use std::path::{Path, PathBuf};
 use std::sync::{Mutex, MutexGuard};
@@ -20,6 +21,7 @@ const SCHEMAS: &[(&str, &str)] = &[
     ("journal", journal::SCHEMA),
     ("bench instances", crate::bench::journal::SCHEMA),
     ("boot history", crate::history::SCHEMA),
+    ("image lifecycle", lifecycle::SCHEMA),
 ];
 
 /// A failure of the state database, with the file it concerns.
