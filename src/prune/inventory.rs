@@ -9,7 +9,8 @@ use aws_sdk_ec2::types::Filter;
 use futures_util::future::try_join4;
 
 use crate::aws::ec2::{self, ImageQuery};
-use crate::aws::{AwsError, Clients, RetryPolicy, ssm};
+use crate::aws::rbin::{self, RetentionRule};
+use crate::aws::{AwsError, Clients, RetryPolicy, ssm, tags};
 
 pub use crate::aws::ec2::TemplateRef;
 
@@ -35,6 +36,14 @@ pub struct Image {
     pub managed: bool,
     /// DeprecationTime as EC2 shows it, if set.
     pub deprecation: Option<String>,
+    /// DeregistrationProtection as EC2 shows it, if it says.
+    pub protection: Option<String>,
+    /// LastLaunchedTime, epoch seconds.
+    pub last_launched: Option<i64>,
+    /// When ec2ami disabled it (its `ec2ami:disabled-at` tag), epoch seconds.
+    pub disabled_at: Option<i64>,
+    /// Its tags (Recycle Bin rules select by them).
+    pub tags: BTreeMap<String, String>,
 }
 
 /// An EBS snapshot of the account.
@@ -53,6 +62,8 @@ pub struct Snapshot {
     pub completed: bool,
     /// Carries ec2ami's ownership tag.
     pub managed: bool,
+    /// Its tags (Recycle Bin rules select by them).
+    pub tags: BTreeMap<String, String>,
 }
 
 /// What uses images in a region.
@@ -76,7 +87,7 @@ pub struct ParameterSources {
 }
 
 /// Everything prune needs to know about one region.
-#[derive(Debug, Clone, Default, PartialEq)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct Inventory {
     /// Region.
     pub region: String,
@@ -86,6 +97,9 @@ pub struct Inventory {
     pub snapshots: Vec<Snapshot>,
     /// What uses the images.
     pub users: Users,
+    /// The region's Recycle Bin retention rules for AMIs and snapshots, or why they
+    /// could not be read.
+    pub rules: Result<Vec<RetentionRule>, String>,
 }
 
 impl Image {
@@ -100,6 +114,19 @@ impl Image {
             snapshots: img.snapshots(),
             managed: img.managed(),
             deprecation: img.deprecation.clone(),
+            protection: img.protection.clone(),
+            last_launched: img.last_launched,
+            disabled_at: img
+                .tag(tags::DISABLED_AT)
+                .and_then(|t| {
+                    aws_smithy_types::DateTime::from_str(
+                        t,
+                        aws_smithy_types::date_time::Format::DateTime,
+                    )
+                    .ok()
+                })
+                .map(|d| d.secs()),
+            tags: img.tags.clone(),
         }
     }
 }
@@ -114,6 +141,7 @@ impl Snapshot {
             started: s.started,
             completed: s.completed(),
             managed: s.managed(),
+            tags: s.tags.clone(),
         }
     }
 }
@@ -132,6 +160,9 @@ pub async fn scan(
     )
     .await?;
     let parameters = parameters(clients, sources, &templates, retry).await?;
+    // Recoverability is information, not a precondition: a region whose rules cannot
+    // be read is still pruned, and the plan says recoverability is unknown there.
+    let rules = rbin::rules(clients, retry).await.map_err(|e| e.to_string());
     Ok(Inventory {
         region: clients.region().to_string(),
         images,
@@ -141,6 +172,7 @@ pub async fn scan(
             templates,
             parameters,
         },
+        rules,
     })
 }
 

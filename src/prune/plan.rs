@@ -6,10 +6,14 @@ use std::collections::{BTreeMap, BTreeSet, HashMap};
 
 use serde::Serialize;
 
-use super::guard::{Guard, guards};
+use std::time::Duration;
+
+use super::guard::{Guard, guards, lifecycle_guards};
 use super::inventory::{Image, Inventory};
-use super::policy::{Aged, Policy, Verdict, decide, human};
+use super::policy::{Aged, Policy, Rule, Verdict, decide, human};
 use super::series::{Glob, SeriesPattern, ymd};
+use crate::aws::lifecycle::Protection;
+use crate::aws::rbin::{self, Kind};
 
 /// Snapshot storage list price, USD per GB-month (EBS standard tier, us-east-1); the
 /// default of `--price-per-gb-month`.
@@ -71,7 +75,16 @@ pub struct PlanOptions {
     pub price_per_gb_month: f64,
     /// The time the plan is made for, epoch seconds.
     pub now: i64,
+    /// Disable the deregistration protection of images the policy deletes (instead of
+    /// keeping them as guarded).
+    pub unprotect: bool,
+    /// Keep images launched within this window (their LastLaunchedTime).
+    pub unused_for: Option<Duration>,
 }
+
+/// What the plan says about last-launched times.
+pub const LAUNCH_LAG_NOTE: &str = "last-launched times are EC2's (LastLaunchedTime), which \
+reports a launch up to 24 hours late: a launch in the last day may not show yet";
 
 /// What happens to an image or snapshot.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -83,6 +96,11 @@ pub enum Action {
     Guarded,
     /// Deleted.
     Delete,
+    /// Disabled (staged retirement: deleted by a later run).
+    Disable,
+    /// Its deregistration protection is disabled now; the 24-hour cooldown makes it
+    /// deletable only by a later run.
+    Unprotect,
 }
 
 impl Action {
@@ -91,8 +109,20 @@ impl Action {
             Action::Keep => "keep",
             Action::Guarded => "guarded",
             Action::Delete => "delete",
+            Action::Disable => "disable",
+            Action::Unprotect => "unprotect",
         }
     }
+}
+
+/// Whether and until when a deleted image or snapshot can be restored from the Recycle
+/// Bin.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Recovery {
+    /// Until when (epoch seconds), when a retention rule covers it.
+    pub until: Option<i64>,
+    /// As the plan says it.
+    pub note: String,
 }
 
 /// A snapshot deleted with an image, or an orphan.
@@ -106,6 +136,9 @@ pub struct SnapshotItem {
     pub action: Action,
     /// Why.
     pub reason: String,
+    /// For a deleted snapshot: whether the Recycle Bin keeps it.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub recovery: Option<Recovery>,
 }
 
 /// One image of a series in the plan.
@@ -127,6 +160,12 @@ pub struct ImageItem {
     pub guards: Vec<Guard>,
     /// Its snapshots: deleted with it, or kept and why.
     pub snapshots: Vec<SnapshotItem>,
+    /// Deleted after its deregistration protection is disabled (`--unprotect`).
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub unprotect: bool,
+    /// For a deleted image: whether the Recycle Bin keeps it.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub recovery: Option<Recovery>,
 }
 
 /// One series in a region.
@@ -153,12 +192,18 @@ pub struct RegionPlan {
     pub orphans: Vec<SnapshotItem>,
     /// Images to deregister.
     pub images_to_delete: usize,
+    /// Images to disable (staged retirement).
+    pub images_to_disable: usize,
+    /// Images whose protection is disabled now, to be deleted by a later run.
+    pub images_to_unprotect: usize,
     /// Snapshots to delete (with images and orphans).
     pub snapshots_to_delete: usize,
     /// GiB the deleted snapshots hold (see [`ESTIMATE_NOTE`]).
     pub gib_freed: f64,
     /// The estimated saving, USD per month.
     pub usd_per_month: f64,
+    /// The region's Recycle Bin retention rules, as the plan says them.
+    pub recycle_bin: String,
 }
 
 /// The whole plan.
@@ -174,6 +219,10 @@ pub struct Plan {
     pub regions: Vec<RegionPlan>,
     /// Images to deregister, all regions.
     pub images_to_delete: usize,
+    /// Images to disable, all regions.
+    pub images_to_disable: usize,
+    /// Images whose protection is disabled now, all regions.
+    pub images_to_unprotect: usize,
     /// Snapshots to delete, all regions.
     pub snapshots_to_delete: usize,
     /// GiB freed, all regions.
@@ -184,6 +233,9 @@ pub struct Plan {
     pub price_per_gb_month: f64,
     /// What kind of figure the saving is.
     pub estimate: &'static str,
+    /// About last-launched times, when `--unused-for` guards.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub launches: Option<&'static str>,
 }
 
 impl Plan {
@@ -202,6 +254,9 @@ impl Plan {
             series_from: opts.pattern.describe(),
             policy,
             images_to_delete: regions.iter().map(|r| r.images_to_delete).sum(),
+            images_to_disable: regions.iter().map(|r| r.images_to_disable).sum(),
+            images_to_unprotect: regions.iter().map(|r| r.images_to_unprotect).sum(),
+            launches: opts.unused_for.map(|_| LAUNCH_LAG_NOTE),
             snapshots_to_delete: regions.iter().map(|r| r.snapshots_to_delete).sum(),
             gib_freed: round2(gib),
             usd_per_month: round2(gib * opts.price_per_gb_month),
@@ -230,18 +285,22 @@ impl Plan {
                 out.push_str(&format!("  NOT LOOKED AT: {e}\n"));
                 continue;
             }
+            out.push_str(&format!("  recycle bin: {}\n", r.recycle_bin));
             if r.series.is_empty() && r.orphans.is_empty() {
                 out.push_str("  nothing selected\n");
             }
             for s in &r.series {
                 out.push_str(&format!("  {}  [{}]\n", s.series, s.rule));
                 for i in &s.images {
-                    let why = if i.guards.is_empty() {
+                    let mut why = if i.guards.is_empty() {
                         i.reason.clone()
                     } else {
                         let g: Vec<String> = i.guards.iter().map(|g| g.to_string()).collect();
                         format!("{}; kept: {}", i.reason, g.join("; "))
                     };
+                    if let Some(r) = &i.recovery {
+                        why.push_str(&format!("; {}", r.note));
+                    }
                     out.push_str(&format!(
                         "    {:<8} {:<21} {}  {why}\n",
                         i.action.label(),
@@ -250,11 +309,12 @@ impl Plan {
                     ));
                     for sn in &i.snapshots {
                         out.push_str(&format!(
-                            "      {:<8} {:<22} {:>8} GiB  {}\n",
+                            "      {:<8} {:<22} {:>8} GiB  {}{}\n",
                             sn.action.label(),
                             sn.snapshot_id,
                             fmt_gib(sn.gib),
-                            sn.reason
+                            sn.reason,
+                            recovery_suffix(&sn.recovery)
                         ));
                     }
                 }
@@ -263,13 +323,20 @@ impl Plan {
                 out.push_str("  orphaned snapshots\n");
                 for sn in &r.orphans {
                     out.push_str(&format!(
-                        "    {:<8} {:<22} {:>8} GiB  {}\n",
+                        "    {:<8} {:<22} {:>8} GiB  {}{}\n",
                         sn.action.label(),
                         sn.snapshot_id,
                         fmt_gib(sn.gib),
-                        sn.reason
+                        sn.reason,
+                        recovery_suffix(&sn.recovery)
                     ));
                 }
+            }
+            if r.images_to_disable + r.images_to_unprotect > 0 {
+                out.push_str(&format!(
+                    "  {}: disable {} image(s); disable the protection of {} image(s) (deleted by a later run)\n",
+                    r.region, r.images_to_disable, r.images_to_unprotect
+                ));
             }
             out.push_str(&format!(
                 "  {}: delete {} image(s) and {} snapshot(s), {} GiB, about ${:.2}/month\n",
@@ -291,12 +358,27 @@ impl Plan {
             self.price_per_gb_month,
             self.estimate
         ));
+        if self.images_to_disable + self.images_to_unprotect > 0 {
+            out.push_str(&format!(
+                "\nand disable {} image(s), disable the deregistration protection of {} image(s)",
+                self.images_to_disable, self.images_to_unprotect
+            ));
+        }
+        if let Some(note) = self.launches {
+            out.push_str(&format!("\n{note}"));
+        }
         let failed = self.failed_regions().len();
         if failed > 0 {
             out.push_str(&format!("\n{failed} region(s) could not be looked at"));
         }
         out
     }
+}
+
+fn recovery_suffix(r: &Option<Recovery>) -> String {
+    r.as_ref()
+        .map(|r| format!("; {}", r.note))
+        .unwrap_or_default()
 }
 
 fn round2(x: f64) -> f64 {
@@ -319,9 +401,12 @@ pub fn failed_region(region: &str, error: String) -> RegionPlan {
         series: Vec::new(),
         orphans: Vec::new(),
         images_to_delete: 0,
+        images_to_disable: 0,
+        images_to_unprotect: 0,
         snapshots_to_delete: 0,
         gib_freed: 0.0,
         usd_per_month: 0.0,
+        recycle_bin: "not looked at".into(),
     }
 }
 
@@ -401,7 +486,7 @@ pub fn plan_region(inv: &Inventory, opts: &PlanOptions) -> RegionPlan {
         let images = members
             .iter()
             .zip(verdicts)
-            .map(|(m, v)| judge(m, v, inv, opts))
+            .map(|(m, v)| judge(m, v, rule, inv, opts))
             .collect();
         series.push(SeriesPlan {
             series: name,
@@ -424,6 +509,8 @@ pub fn plan_region(inv: &Inventory, opts: &PlanOptions) -> RegionPlan {
                     reason: "its name does not match --series-pattern".into(),
                     guards: Vec::new(),
                     snapshots: Vec::new(),
+                    unprotect: false,
+                    recovery: None,
                 })
                 .collect(),
         });
@@ -453,6 +540,7 @@ pub fn plan_region(inv: &Inventory, opts: &PlanOptions) -> RegionPlan {
                 gib,
                 action,
                 reason,
+                recovery: None,
             };
             let Some(snap) = snapshots.get(s) else {
                 items.push(item(
@@ -516,20 +604,152 @@ pub fn plan_region(inv: &Inventory, opts: &PlanOptions) -> RegionPlan {
         .chain(&orphans)
         .filter(|s| s.action == Action::Delete);
     let (count, gib) = deleted_snapshots.fold((0, 0.0), |(n, g), s| (n + 1, g + s.gib));
-    RegionPlan {
+    let with = |a: Action| {
+        series
+            .iter()
+            .flat_map(|s| &s.images)
+            .filter(|i| i.action == a)
+            .count()
+    };
+    let (images_to_disable, images_to_unprotect) = (with(Action::Disable), with(Action::Unprotect));
+    let mut plan = RegionPlan {
         region: inv.region.clone(),
         error: None,
         images_to_delete: order.len(),
+        images_to_disable,
+        images_to_unprotect,
         snapshots_to_delete: count,
         gib_freed: round2(gib),
         usd_per_month: round2(gib * opts.price_per_gb_month),
+        recycle_bin: String::new(),
         series,
         orphans,
+    };
+    recoverability(&mut plan, inv, opts.now);
+    plan
+}
+
+/// Say for each deletion whether the Recycle Bin keeps it, and until when.
+fn recoverability(plan: &mut RegionPlan, inv: &Inventory, now: i64) {
+    let rules = match &inv.rules {
+        Ok(r) => r,
+        Err(e) => {
+            plan.recycle_bin = format!("rules could not be read ({e}): recoverability unknown");
+            let unknown = || {
+                Some(Recovery {
+                    until: None,
+                    note: "recoverability unknown (Recycle Bin rules not read)".into(),
+                })
+            };
+            for i in plan.series.iter_mut().flat_map(|s| &mut s.images) {
+                if i.action == Action::Delete {
+                    i.recovery = unknown();
+                }
+                for sn in i
+                    .snapshots
+                    .iter_mut()
+                    .filter(|s| s.action == Action::Delete)
+                {
+                    sn.recovery = unknown();
+                }
+            }
+            for sn in plan
+                .orphans
+                .iter_mut()
+                .filter(|s| s.action == Action::Delete)
+            {
+                sn.recovery = unknown();
+            }
+            return;
+        }
+    };
+    let count = |k: Kind| {
+        rules
+            .iter()
+            .filter(|r| r.kind == k && r.status == "available")
+            .count()
+    };
+    plan.recycle_bin = match (count(Kind::Image), count(Kind::Snapshot)) {
+        (0, 0) => "no retention rule: what is deleted is gone for good".into(),
+        (i, s) => format!("{i} retention rule(s) for AMIs, {s} for snapshots"),
+    };
+    let say = |kind: Kind, tags: &BTreeMap<String, String>| {
+        Some(match rbin::retention(rules, kind, tags) {
+            Some(days) => {
+                let until = now + i64::from(days) * 86_400;
+                Recovery {
+                    until: Some(until),
+                    note: format!(
+                        "recoverable from the Recycle Bin until {} ({days}-day rule)",
+                        ymd(until)
+                    ),
+                }
+            }
+            None => Recovery {
+                until: None,
+                note: "not recoverable: no Recycle Bin rule covers it".into(),
+            },
+        })
+    };
+    let empty = BTreeMap::new();
+    let image_tags: HashMap<&str, &BTreeMap<String, String>> = inv
+        .images
+        .iter()
+        .map(|i| (i.id.as_str(), &i.tags))
+        .collect();
+    let snap_tags: HashMap<&str, &BTreeMap<String, String>> = inv
+        .snapshots
+        .iter()
+        .map(|s| (s.id.as_str(), &s.tags))
+        .collect();
+    for i in plan.series.iter_mut().flat_map(|s| &mut s.images) {
+        if i.action == Action::Delete {
+            i.recovery = say(
+                Kind::Image,
+                image_tags
+                    .get(i.image_id.as_str())
+                    .copied()
+                    .unwrap_or(&empty),
+            );
+        }
+        for sn in i
+            .snapshots
+            .iter_mut()
+            .filter(|s| s.action == Action::Delete)
+        {
+            sn.recovery = say(
+                Kind::Snapshot,
+                snap_tags
+                    .get(sn.snapshot_id.as_str())
+                    .copied()
+                    .unwrap_or(&empty),
+            );
+        }
+    }
+    for sn in plan
+        .orphans
+        .iter_mut()
+        .filter(|s| s.action == Action::Delete)
+    {
+        sn.recovery = say(
+            Kind::Snapshot,
+            snap_tags
+                .get(sn.snapshot_id.as_str())
+                .copied()
+                .unwrap_or(&empty),
+        );
     }
 }
 
-/// The plan line of one image given the policy's verdict: kept, guarded or deleted.
-fn judge(m: &Member, verdict: Verdict, inv: &Inventory, opts: &PlanOptions) -> ImageItem {
+/// The plan line of one image given the policy's verdict: kept, guarded, disabled
+/// (staged retirement), unprotected (a cooldown to wait out) or deleted.
+fn judge(
+    m: &Member,
+    verdict: Verdict,
+    rule: &Rule,
+    inv: &Inventory,
+    opts: &PlanOptions,
+) -> ImageItem {
     let img = m.img;
     let mut item = ImageItem {
         image_id: img.id.clone(),
@@ -540,6 +760,8 @@ fn judge(m: &Member, verdict: Verdict, inv: &Inventory, opts: &PlanOptions) -> I
         reason: verdict.to_string(),
         guards: Vec::new(),
         snapshots: Vec::new(),
+        unprotect: false,
+        recovery: None,
     };
     if !verdict.deletes() {
         return item;
@@ -548,9 +770,65 @@ fn judge(m: &Member, verdict: Verdict, inv: &Inventory, opts: &PlanOptions) -> I
         item.reason = format!("{verdict}, but its state is {}", img.state);
         return item;
     }
-    let g = guards(&img.id, img.public, &inv.users, opts.include_public);
+    let secs = |d: Duration| i64::try_from(d.as_secs()).unwrap_or(i64::MAX);
+    // Staged retirement: disable first, delete a chosen time after.
+    let stage = if !rule.staged() {
+        Action::Delete
+    } else if img.state != "disabled" {
+        let wait = rule.disable_after.unwrap_or_default();
+        if opts.now.saturating_sub(m.aged.built) < secs(wait) {
+            item.reason = format!("{verdict}; disabled once older than {}", human(wait));
+            return item;
+        }
+        Action::Disable
+    } else {
+        let Some(after) = rule.delete_after else {
+            item.reason =
+                format!("{verdict}; disabled, and the policy deletes nothing (no delete_after)");
+            return item;
+        };
+        let (since, known) = match img.disabled_at {
+            Some(t) => (t, true),
+            None => (m.aged.built, false),
+        };
+        let due = since.saturating_add(secs(after));
+        let when = if known {
+            format!("disabled on {}", ymd(since))
+        } else {
+            "disabled by other means (no ec2ami:disabled-at tag: counted from its build date)"
+                .into()
+        };
+        if opts.now < due {
+            item.reason = format!("{verdict}; {when}, deleted from {}", ymd(due));
+            return item;
+        }
+        item.reason = format!("{verdict}; {when}, {} ago or more", human(after));
+        Action::Delete
+    };
+    let mut g = guards(&img.id, img.public, &inv.users, opts.include_public);
+    g.extend(lifecycle_guards(img, opts.unused_for, opts.now));
+    if stage == Action::Delete {
+        match Protection::parse(img.protection.as_deref(), opts.now) {
+            Protection::Off => {}
+            Protection::On { cooldown: false } if opts.unprotect => item.unprotect = true,
+            Protection::On { cooldown: true } if opts.unprotect && g.is_empty() => {
+                item.action = Action::Unprotect;
+                item.reason = format!(
+                    "{}; its protection has a 24-hour cooldown: disabled now, deletable from {} \
+                     by a later run",
+                    item.reason,
+                    crate::prune::series::ymd_hm(opts.now + 86_400)
+                );
+                return item;
+            }
+            Protection::On { cooldown } => g.push(Guard::Protected { cooldown }),
+            Protection::Cooling { until } => g.push(Guard::CoolingDown {
+                until: crate::prune::series::ymd_hm(until),
+            }),
+        }
+    }
     if g.is_empty() {
-        item.action = Action::Delete;
+        item.action = stage;
     } else {
         item.action = Action::Guarded;
         item.guards = g;
@@ -597,6 +875,7 @@ fn orphans(
             gib: s.gib,
             action,
             reason,
+            recovery: None,
         });
     }
     out
@@ -630,6 +909,10 @@ mod tests {
             snapshots: snaps.iter().map(|s| s.to_string()).collect(),
             managed: true,
             deprecation: None,
+            protection: None,
+            last_launched: None,
+            disabled_at: None,
+            tags: Default::default(),
         }
     }
 
@@ -641,6 +924,7 @@ mod tests {
             started: NOW - days_old * DAY,
             completed: true,
             managed: false,
+            tags: Default::default(),
         }
     }
 
@@ -652,7 +936,7 @@ mod tests {
                 &Flags {
                     keep: Some(keep),
                     min_age: Some(Duration::from_secs(2 * DAY as u64)),
-                    max_age: None,
+                    ..Flags::default()
                 },
                 None,
             )
@@ -661,6 +945,8 @@ mod tests {
             orphans: true,
             price_per_gb_month: DEFAULT_PRICE_PER_GB_MONTH,
             now: NOW,
+            unprotect: false,
+            unused_for: None,
         }
     }
 
@@ -693,6 +979,7 @@ mod tests {
             images,
             snapshots,
             users: Default::default(),
+            rules: Ok(Vec::new()),
         }
     }
 
@@ -902,6 +1189,149 @@ mod tests {
         let mut no = opts(1);
         no.orphans = false;
         assert!(plan_region(&inv, &no).orphans.is_empty());
+    }
+
+    #[test]
+    fn staged_retirement_disables_first_and_deletes_a_chosen_time_after() {
+        let mut imgs = weekly("A", 4);
+        // A2 was disabled 20 days ago, A3 5 days ago.
+        imgs[2].state = "disabled".into();
+        imgs[2].disabled_at = Some(NOW - 20 * DAY);
+        imgs[3].state = "disabled".into();
+        imgs[3].disabled_at = Some(NOW - 5 * DAY);
+        let mut o = opts(1);
+        o.policy.defaults.disable_after = Some(Duration::ZERO);
+        o.policy.defaults.delete_after = Some(Duration::from_secs(14 * DAY as u64));
+        let p = plan_region(&inventory(imgs), &o);
+        use Action::*;
+        assert_eq!(
+            actions(&p),
+            vec![
+                ("ami-A0".into(), Keep),
+                ("ami-A1".into(), Disable),
+                ("ami-A2".into(), Delete),
+                ("ami-A3".into(), Keep),
+            ]
+        );
+        let a3 = &p.series[0].images[3];
+        assert!(a3.reason.contains("deleted from"), "{}", a3.reason);
+        assert!(
+            p.series[0].images[1].snapshots.is_empty(),
+            "a disabled image frees nothing"
+        );
+        assert_eq!((p.images_to_disable, p.images_to_delete), (1, 1));
+        // disable_after counts from the build date.
+        o.policy.defaults.disable_after = Some(Duration::from_secs(30 * DAY as u64));
+        let p = plan_region(&inventory(weekly("A", 3)), &o);
+        assert_eq!(actions(&p)[1], ("ami-A1".into(), Keep));
+        assert!(
+            p.series[0].images[1]
+                .reason
+                .contains("disabled once older than 30d")
+        );
+    }
+
+    #[test]
+    fn protection_guards_unless_unprotect_and_a_cooldown_waits_for_a_later_run() {
+        let mut imgs = weekly("A", 4);
+        imgs[1].protection = Some("enabled".into());
+        imgs[2].protection = Some("enabled-with-cooldown".into());
+        let until = aws_smithy_types::DateTime::from_secs(NOW + 3600)
+            .fmt(aws_smithy_types::date_time::Format::DateTime)
+            .unwrap();
+        imgs[3].protection = Some(format!("disabled-until {until}"));
+        let inv = inventory(imgs);
+        use Action::*;
+        let p = plan_region(&inv, &opts(0));
+        assert!(
+            actions(&p).iter().skip(1).all(|(_, a)| *a == Guarded),
+            "{:?}",
+            actions(&p)
+        );
+        assert!(
+            p.series[0].images[1].guards[0]
+                .to_string()
+                .contains("--unprotect")
+        );
+        let mut o = opts(0);
+        o.unprotect = true;
+        let p = plan_region(&inv, &o);
+        let imgs = &p.series[0].images;
+        assert_eq!((imgs[1].action, imgs[1].unprotect), (Delete, true));
+        assert_eq!(imgs[2].action, Unprotect);
+        assert!(
+            imgs[2].reason.contains("deletable from"),
+            "{}",
+            imgs[2].reason
+        );
+        assert_eq!(imgs[3].action, Guarded);
+        assert!(
+            imgs[3].guards[0]
+                .to_string()
+                .contains("cooldown runs until")
+        );
+    }
+
+    #[test]
+    fn recently_launched_images_are_kept_with_unused_for() {
+        let mut imgs = weekly("A", 3);
+        imgs[2].last_launched = Some(NOW - 3 * DAY);
+        let inv = inventory(imgs);
+        let mut o = opts(0);
+        o.unused_for = Some(Duration::from_secs(30 * DAY as u64));
+        let p = plan_region(&inv, &o);
+        let a2 = &p.series[0].images[2];
+        assert_eq!(a2.action, Action::Guarded);
+        assert!(
+            a2.guards[0].to_string().contains("within --unused-for 30d"),
+            "{:?}",
+            a2.guards
+        );
+        o.unused_for = Some(Duration::from_secs(2 * DAY as u64));
+        assert_eq!(
+            plan_region(&inv, &o).series[0].images[2].action,
+            Action::Delete
+        );
+    }
+
+    #[test]
+    fn the_plan_says_what_the_recycle_bin_keeps() {
+        use crate::aws::rbin::{Kind, RetentionRule};
+        let mut inv = inventory(weekly("A", 2));
+        inv.rules = Ok(vec![RetentionRule {
+            id: "r1".into(),
+            kind: Kind::Image,
+            days: 7,
+            tags: vec![],
+            exclude: vec![],
+            status: "available".into(),
+        }]);
+        let p = plan_region(&inv, &opts(1));
+        let a1 = &p.series[0].images[1];
+        assert_eq!(a1.recovery.as_ref().unwrap().until, Some(NOW + 7 * DAY));
+        let snap = &a1.snapshots[0];
+        assert!(
+            snap.recovery
+                .as_ref()
+                .unwrap()
+                .note
+                .starts_with("not recoverable")
+        );
+        assert!(
+            p.recycle_bin.contains("1 retention rule(s) for AMIs"),
+            "{}",
+            p.recycle_bin
+        );
+        inv.rules = Err("AccessDeniedException".into());
+        let p = plan_region(&inv, &opts(1));
+        assert!(
+            p.series[0].images[1]
+                .recovery
+                .as_ref()
+                .unwrap()
+                .note
+                .contains("unknown")
+        );
     }
 
     #[test]
