@@ -222,15 +222,16 @@ pub async fn images_using_snapshot(
     Ok(found.into_iter().map(|i| i.id).collect())
 }
 
-/// One image of the account by id, `None` once it is gone.
+/// One image of the account by id (a disabled one too), `None` once it is gone.
 pub async fn image(
     clients: &Clients,
     image_id: &str,
     retry: &RetryPolicy,
 ) -> Result<Option<Image>, AwsError> {
-    Ok(ec2::image(clients, image_id, retry)
+    let ids = [image_id.to_string()];
+    Ok(crate::aws::lifecycle::images_by_id(clients, &ids, retry)
         .await?
-        .as_ref()
+        .first()
         .map(Image::from_ami))
 }
 

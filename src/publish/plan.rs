@@ -59,6 +59,8 @@ pub struct Plan {
     /// What would make the publish fail halfway (a blocking one stops it before the
     /// first upload), per region, with what to do.
     pub problems: Vec<Problem>,
+    /// What those checks found in each region, problems or not.
+    pub checks: Vec<String>,
 }
 
 impl Plan {
@@ -100,8 +102,11 @@ impl Plan {
             count(Verb::Refuse),
             count(Verb::Reuse) + count(Verb::Unchanged)
         ));
-        if !self.problems.is_empty() {
+        if !self.problems.is_empty() || !self.checks.is_empty() {
             out.push_str("\nchecked before anything is created:");
+            for c in &self.checks {
+                out.push_str(&format!("\n  {c}"));
+            }
             for p in &self.problems {
                 out.push_str(&format!("\n  PROBLEM {}", p.line()));
             }
@@ -133,6 +138,7 @@ pub async fn plan(
         regions: survey.regions.clone(),
         actions,
         problems: survey.problems(release),
+        checks: survey.readiness_lines(),
     })
 }
 

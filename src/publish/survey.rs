@@ -367,6 +367,38 @@ impl Survey {
         })
     }
 
+    /// What the checks before anything is created found, one line per region of a
+    /// public release (block public access, public AMIs against the quota and where the
+    /// quota figure comes from), problems or not.
+    pub fn readiness_lines(&self) -> Vec<String> {
+        let mut out = Vec::new();
+        for (i, ready) in self.readiness.iter().enumerate() {
+            let mut parts = Vec::new();
+            if let Some(Ok(b)) = &ready.image_bpa {
+                parts.push(format!("AMI block public access {b}"));
+            }
+            if let Some(Ok(b)) = &ready.snapshot_bpa {
+                parts.push(format!("snapshot block public access {b}"));
+            }
+            if let (Some(Ok(public)), Some(Ok(quota))) = (&ready.public_images, &ready.quota) {
+                let new = self
+                    .images
+                    .iter()
+                    .filter(|img| !matches!(&img.regions[i].ami, Ok(Some(a)) if a.public))
+                    .count();
+                parts.push(format!(
+                    "public AMIs {} now + {new} to make public, quota {}",
+                    public.len(),
+                    quota.describe()
+                ));
+            }
+            if !parts.is_empty() {
+                out.push(format!("{}: {}", ready.region, parts.join("; ")));
+            }
+        }
+        out
+    }
+
     /// What would make this publish fail halfway, region by region, with what to do:
     /// regions not enabled; where AMIs would become public, block public access and
     /// the public AMI quota; where snapshots would become public, block public access

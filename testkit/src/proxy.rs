@@ -370,6 +370,9 @@ fn classify(parts: &hyper::http::request::Parts, body: &Bytes) -> (String, bool)
     if let Some(op) = ebs {
         return (op.to_string(), false);
     }
+    if let Some(op) = super::rest_ops::rbin_operation(m, &segs) {
+        return (op.to_string(), false);
+    }
     let mut params = http_util::parse_form(parts.uri.query().unwrap_or(""));
     let is_form = parts
         .headers
