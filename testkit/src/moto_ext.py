@@ -930,8 +930,8 @@ def naive_utc(text):
 def generate(request, full_url, headers):
     """POST /moto-api/ec2ami/generate: make images and snapshots in moto's model at once.
 
-    Body: {"images": [{"region", "name", "created", "tags", "snapshots": [{"size",
-    "description", "created", "tags"}]}], "snapshots": [{"region", "size",
+    Body: {"images": [{"region", "name", "created", "tags", "pending_seconds",
+    "snapshots": [{"size", "description", "created", "tags"}]}], "snapshots": [{"region", "size",
     "description", "created", "tags"}]}. Answers {"images": [ids], "snapshots": [ids]}
     in the same order. Each image maps its snapshots as /dev/sda1, /dev/sdb...
     """
@@ -982,6 +982,10 @@ def generate(request, full_url, headers):
                 "image_location": f"{backend.account_id}/{i['name']}",
             }
             ami = new_image(backend, Moto.random_ami_id(), mappings, attrs)
+            if i.get("pending_seconds"):
+                # Pending like a copy in progress, available that many seconds from now.
+                ami.state = "pending"
+                ami._moto_ext_ready_at = time.time() + float(i["pending_seconds"])
             if i.get("created"):
                 ami.creation_date = naive_utc(i["created"])
             if i.get("tags"):
