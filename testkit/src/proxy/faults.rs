@@ -30,7 +30,7 @@ pub enum Fault {
 }
 
 impl Fault {
-    /// Short label used in [`RecordedRequest::fault`].
+    /// Short label used in [`RecordedRequest::fault`](super::RecordedRequest::fault).
     pub fn label(&self) -> String {
         match self {
             Fault::Throttle => "Throttle".into(),
