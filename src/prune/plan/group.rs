@@ -3,9 +3,9 @@
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 
-use super::super::inventory::Image;
 use super::super::policy::Aged;
 use super::super::series::{Glob, SeriesPattern};
+use crate::aws::Ami as Image;
 
 /// Which images are candidates.
 #[derive(Debug, Clone, Default)]
@@ -20,7 +20,7 @@ impl Selection {
     /// Whether `img` is a candidate.
     pub fn selects(&self, img: &Image) -> bool {
         let managed_only = self.managed_only || self.names.is_empty();
-        (!managed_only || img.managed)
+        (!managed_only || img.managed())
             && (self.names.is_empty() || self.names.iter().any(|g| g.matches(&img.name)))
     }
 
@@ -98,7 +98,7 @@ pub(super) fn group<'a>(
 pub(super) fn snapshot_users(images: &[Image]) -> HashMap<&str, Vec<&str>> {
     let mut users: HashMap<&str, Vec<&str>> = HashMap::new();
     for img in images {
-        for s in dedup(&img.snapshots) {
+        for s in dedup(img.snapshot_ids()) {
             users.entry(s).or_default().push(&img.id);
         }
     }
@@ -106,12 +106,9 @@ pub(super) fn snapshot_users(images: &[Image]) -> HashMap<&str, Vec<&str>> {
 }
 
 /// `v` without repeats, in first-seen order.
-pub(super) fn dedup(v: &[String]) -> Vec<&str> {
+pub(super) fn dedup<'a>(v: impl IntoIterator<Item = &'a str>) -> Vec<&'a str> {
     let mut seen = BTreeSet::new();
-    v.iter()
-        .map(String::as_str)
-        .filter(|s| seen.insert(*s))
-        .collect()
+    v.into_iter().filter(|s| seen.insert(*s)).collect()
 }
 
 #[cfg(test)]
@@ -119,13 +116,14 @@ mod tests {
     use super::super::fixtures::*;
     use super::super::plan_region;
     use super::*;
+    use crate::aws::tags;
 
     #[test]
     fn selection_is_by_tag_unless_names_are_given() {
         let mut imgs = weekly("A", 3);
-        imgs[2].managed = false;
+        imgs[2].tags.remove(tags::OWNERSHIP);
         imgs.push(image("ami-other", "Other 20200101", 100, &[]));
-        imgs[3].managed = false;
+        imgs[3].tags.remove(tags::OWNERSHIP);
         let inv = inventory(imgs);
         let p = plan_region(&inv, &opts(0));
         assert_eq!(actions(&p).len(), 2, "only tagged ones");

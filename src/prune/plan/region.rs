@@ -5,11 +5,12 @@
 use std::collections::{BTreeSet, HashMap};
 
 use super::super::guard::guards;
-use super::super::inventory::{Image, Inventory, Snapshot};
+use super::super::inventory::Inventory;
 use super::super::policy::{Aged, Verdict, decide, human};
 use super::super::series::ymd;
 use super::group::{Groups, Member, dedup, group, snapshot_users};
 use super::{Action, ImageItem, PlanOptions, RegionPlan, SeriesPlan, SnapshotItem, round2};
+use crate::aws::{Ami as Image, Snapshot};
 
 /// Image states that may be deregistered (a pending copy is left alone).
 const DELETABLE_STATES: &[&str] = &["available", "failed", "error", "invalid", "disabled"];
@@ -78,7 +79,7 @@ pub fn plan_region(inv: &Inventory, opts: &PlanOptions) -> RegionPlan {
     for (n, id) in order.iter().enumerate() {
         let img = by_id[id.as_str()];
         let mut items = Vec::new();
-        for s in dedup(&img.snapshots) {
+        for s in dedup(img.snapshot_ids()) {
             let item = |action, gib, reason: String| SnapshotItem {
                 snapshot_id: s.to_string(),
                 gib,
@@ -102,7 +103,7 @@ pub fn plan_region(inv: &Inventory, opts: &PlanOptions) -> RegionPlan {
             if !kept.is_empty() {
                 items.push(item(
                     Action::Keep,
-                    snap.gib,
+                    snap.gib(),
                     format!("also used by {}, which stays", kept.join(", ")),
                 ));
                 continue;
@@ -111,12 +112,12 @@ pub fn plan_region(inv: &Inventory, opts: &PlanOptions) -> RegionPlan {
             match last {
                 Some(l) if l > n => items.push(item(
                     Action::Keep,
-                    snap.gib,
+                    snap.gib(),
                     format!("also used by {}: deleted with that image", order[l]),
                 )),
                 _ => items.push(item(
                     Action::Delete,
-                    snap.gib,
+                    snap.gib(),
                     if others.is_empty() {
                         "used only by this image".into()
                     } else {
@@ -203,7 +204,7 @@ fn orphans(
         if users.contains_key(s.id.as_str()) {
             continue;
         }
-        let why = if s.managed {
+        let why = if s.managed() {
             "made by ec2ami, used by no image".to_string()
         } else {
             match made_for_image(&s.description) {
@@ -213,7 +214,7 @@ fn orphans(
                 _ => continue,
             }
         };
-        let (action, reason) = if !s.completed {
+        let (action, reason) = if !s.completed() {
             (Action::Keep, format!("{why}; not completed yet"))
         } else if opts.now.saturating_sub(s.started) < min_age.as_secs() as i64 {
             (
@@ -225,7 +226,7 @@ fn orphans(
         };
         out.push(SnapshotItem {
             snapshot_id: s.id.clone(),
-            gib: s.gib,
+            gib: s.gib(),
             action,
             reason,
         });
@@ -261,6 +262,7 @@ mod tests {
     use super::super::Guard;
     use super::super::fixtures::*;
     use super::*;
+    use crate::aws::tags;
 
     #[test]
     fn keeps_the_newest_of_each_series_and_frees_their_snapshots() {
@@ -397,7 +399,10 @@ mod tests {
         let mut add = |id: &str, desc: &str, managed: bool, days: i64| {
             let mut s = snap(id, 8.0, days);
             s.description = desc.into();
-            s.managed = managed;
+            if managed {
+                s.tags
+                    .insert(tags::OWNERSHIP.into(), tags::OWNERSHIP_VALUE.into());
+            }
             inv.snapshots.push(s);
         };
         add("snap-ours", "", true, 10);
