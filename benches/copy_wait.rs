@@ -181,7 +181,10 @@ fn main() {
             .map(|s| s.parse().expect("seconds"))
             .unwrap_or(120),
     );
-    assert!(pending > STEADY_FROM + BUCKET * 2, "pending must exceed 70 s");
+    assert!(
+        pending > STEADY_FROM + BUCKET * 2,
+        "pending must exceed 70 s"
+    );
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()

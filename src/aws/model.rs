@@ -134,6 +134,13 @@ impl Ami {
         self.tags.get(key).map(String::as_str)
     }
 
+    /// When ec2ami disabled it (its `ec2ami:disabled-at` tag), epoch seconds.
+    pub fn disabled_at(&self) -> Option<i64> {
+        self.tag(tags::DISABLED_AT)
+            .and_then(|t| DateTime::from_str(t, Format::DateTime).ok())
+            .map(|d| d.secs())
+    }
+
     /// Carries ec2ami's ownership tag.
     pub fn managed(&self) -> bool {
         tags::is_managed(&self.tags)
@@ -146,10 +153,14 @@ impl Ami {
 
     /// Every snapshot its mappings name.
     pub fn snapshots(&self) -> Vec<String> {
+        self.snapshot_ids().map(str::to_string).collect()
+    }
+
+    /// The ids of the snapshots its mappings name, borrowed.
+    pub fn snapshot_ids(&self) -> impl Iterator<Item = &str> {
         self.mappings
             .iter()
-            .filter_map(|m| m.snapshot_id.clone())
-            .collect()
+            .filter_map(|m| m.snapshot_id.as_deref())
     }
 
     /// The root device's mapping.

@@ -328,7 +328,7 @@ mod tests {
         assert_eq!(retention(&rules, Kind::Snapshot, &none), Some(14));
         let out: BTreeMap<String, String> = [("keep-out".to_string(), "yes".to_string())].into();
         assert_eq!(
-            retention(&[region.clone()], Kind::Image, &out),
+            retention(std::slice::from_ref(&region), Kind::Image, &out),
             None,
             "excluded"
         );

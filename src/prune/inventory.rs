@@ -10,61 +10,17 @@ use futures_util::future::try_join4;
 
 use crate::aws::ec2::{self, ImageQuery};
 use crate::aws::rbin::{self, RetentionRule};
-use crate::aws::{AwsError, Clients, RetryPolicy, ssm, tags};
+use crate::aws::{AwsError, Clients, RetryPolicy, ssm};
 
 pub use crate::aws::ec2::TemplateRef;
 
 /// A launch template's ImageId may name an SSM parameter instead of an AMI.
 pub const RESOLVE_SSM: &str = "resolve:ssm:";
 
-/// An AMI of the account.
-#[derive(Debug, Clone, PartialEq)]
-pub struct Image {
-    /// AMI id.
-    pub id: String,
-    /// Name.
-    pub name: String,
-    /// available, pending, failed, disabled...
-    pub state: String,
-    /// CreationDate, epoch seconds.
-    pub created: i64,
-    /// Launchable by everyone.
-    pub public: bool,
-    /// The snapshots its block device mappings name.
-    pub snapshots: Vec<String>,
-    /// Carries ec2ami's ownership tag.
-    pub managed: bool,
-    /// DeprecationTime as EC2 shows it, if set.
-    pub deprecation: Option<String>,
-    /// DeregistrationProtection as EC2 shows it, if it says.
-    pub protection: Option<String>,
-    /// LastLaunchedTime, epoch seconds.
-    pub last_launched: Option<i64>,
-    /// When ec2ami disabled it (its `ec2ami:disabled-at` tag), epoch seconds.
-    pub disabled_at: Option<i64>,
-    /// Its tags (Recycle Bin rules select by them).
-    pub tags: BTreeMap<String, String>,
-}
-
+/// An AMI of the account: ec2ami's one view of an AMI.
+pub use crate::aws::Ami as Image;
 /// An EBS snapshot of the account.
-#[derive(Debug, Clone, PartialEq)]
-pub struct Snapshot {
-    /// Snapshot id.
-    pub id: String,
-    /// Size for the estimate: the full snapshot size when EC2 reports it, else the
-    /// volume size (an upper bound), in GiB.
-    pub gib: f64,
-    /// Description (CreateImage and CopyImage write the AMI id there).
-    pub description: String,
-    /// StartTime, epoch seconds.
-    pub started: i64,
-    /// State is `completed` (a pending one may be an upload in progress).
-    pub completed: bool,
-    /// Carries ec2ami's ownership tag.
-    pub managed: bool,
-    /// Its tags (Recycle Bin rules select by them).
-    pub tags: BTreeMap<String, String>,
-}
+pub use crate::aws::Snapshot;
 
 /// What uses images in a region.
 #[derive(Debug, Clone, Default, PartialEq)]
@@ -100,50 +56,6 @@ pub struct Inventory {
     /// The region's Recycle Bin retention rules for AMIs and snapshots, or why they
     /// could not be read.
     pub rules: Result<Vec<RetentionRule>, String>,
-}
-
-impl Image {
-    /// Prune's view of an AMI.
-    pub fn from_ami(img: &crate::aws::Ami) -> Image {
-        Image {
-            id: img.id.clone(),
-            name: img.name.clone(),
-            state: img.state.clone(),
-            created: img.created,
-            public: img.public,
-            snapshots: img.snapshots(),
-            managed: img.managed(),
-            deprecation: img.deprecation.clone(),
-            protection: img.protection.clone(),
-            last_launched: img.last_launched,
-            disabled_at: img
-                .tag(tags::DISABLED_AT)
-                .and_then(|t| {
-                    aws_smithy_types::DateTime::from_str(
-                        t,
-                        aws_smithy_types::date_time::Format::DateTime,
-                    )
-                    .ok()
-                })
-                .map(|d| d.secs()),
-            tags: img.tags.clone(),
-        }
-    }
-}
-
-impl Snapshot {
-    /// Prune's view of a snapshot.
-    pub fn from_snapshot(s: &crate::aws::Snapshot) -> Snapshot {
-        Snapshot {
-            id: s.id.clone(),
-            gib: s.gib(),
-            description: s.description.clone(),
-            started: s.started,
-            completed: s.completed(),
-            managed: s.managed(),
-            tags: s.tags.clone(),
-        }
-    }
 }
 
 /// Read everything prune needs in `clients`' region.
@@ -203,8 +115,7 @@ pub async fn images(
     filters: Vec<Filter>,
     retry: &RetryPolicy,
 ) -> Result<Vec<Image>, AwsError> {
-    let found = ec2::images(clients, &ImageQuery::everything(filters), retry).await?;
-    Ok(found.iter().map(Image::from_ami).collect())
+    ec2::images(clients, &ImageQuery::everything(filters), retry).await
 }
 
 /// The account's images that map `snapshot_id` now.
@@ -232,12 +143,11 @@ pub async fn image(
     Ok(crate::aws::lifecycle::images_by_id(clients, &ids, retry)
         .await?
         .first()
-        .map(Image::from_ami))
+        .cloned())
 }
 
 async fn snapshots(clients: &Clients, retry: &RetryPolicy) -> Result<Vec<Snapshot>, AwsError> {
-    let all = ec2::snapshots(clients, Vec::new(), retry).await?;
-    Ok(all.iter().map(Snapshot::from_snapshot).collect())
+    ec2::snapshots(clients, Vec::new(), retry).await
 }
 
 /// One snapshot of the account by id, `None` once it is gone.
@@ -246,10 +156,7 @@ pub async fn snapshot(
     snapshot_id: &str,
     retry: &RetryPolicy,
 ) -> Result<Option<Snapshot>, AwsError> {
-    Ok(ec2::snapshot(clients, snapshot_id, retry)
-        .await?
-        .as_ref()
-        .map(Snapshot::from_snapshot))
+    ec2::snapshot(clients, snapshot_id, retry).await
 }
 
 /// AMI id -> live instances (pending, running, stopping, stopped), optionally only those

@@ -156,40 +156,38 @@ impl Survey {
         scope: Scope,
         retry: &RetryPolicy,
     ) -> Result<Survey, PublishError> {
-        let enabled = ec2::enabled_regions(home, retry).await?;
-        let not_enabled: Vec<String> = release
-            .regions
-            .iter()
-            .chain(&release.best_effort)
-            .filter(|r| *r != "all" && !enabled.contains(r))
-            .fold(Vec::new(), |mut v, r| {
-                if !v.contains(r) {
-                    v.push(r.clone());
+        // Regions the account has not enabled are a problem to report, not the end of
+        // the survey (unless the source region is one of them).
+        let (resolved, not_enabled) = match resolve_regions(home, release, retry).await {
+            Ok(r) => (r, Vec::new()),
+            Err(e) => {
+                let enabled = ec2::enabled_regions(home, retry).await?;
+                let mut not_enabled: Vec<String> = Vec::new();
+                for r in release.regions.iter().chain(&release.best_effort) {
+                    if r != "all" && !enabled.contains(r) && !not_enabled.contains(r) {
+                        not_enabled.push(r.clone());
+                    }
                 }
-                v
-            });
-        let source_disabled = release
-            .source_region
-            .as_ref()
-            .or(release.regions.first())
-            .is_some_and(|s| not_enabled.contains(s));
-        let (source, regions, best_effort) = if not_enabled.is_empty() || source_disabled {
-            // A disabled source region is the error resolve_regions gives.
-            resolve_regions(home, release, retry).await?
-        } else {
-            let mut enabled_only = release.clone();
-            enabled_only.regions.retain(|r| !not_enabled.contains(r));
-            enabled_only
-                .best_effort
-                .retain(|r| !not_enabled.contains(r));
-            if enabled_only.regions.is_empty() {
-                return Err(PublishError::Ami(ami::AmiError::Invalid(format!(
-                    "none of the release's regions is enabled: {}",
-                    not_enabled.join(", ")
-                ))));
+                let source_disabled = release
+                    .source_region
+                    .as_ref()
+                    .or(release.regions.first())
+                    .is_some_and(|s| not_enabled.contains(s));
+                if not_enabled.is_empty() || source_disabled {
+                    return Err(e);
+                }
+                let mut enabled_only = release.clone();
+                enabled_only.regions.retain(|r| !not_enabled.contains(r));
+                enabled_only
+                    .best_effort
+                    .retain(|r| !not_enabled.contains(r));
+                (
+                    resolve_regions(home, &enabled_only, retry).await?,
+                    not_enabled,
+                )
             }
-            resolve_regions(home, &enabled_only, retry).await?
         };
+        let (source, regions, best_effort) = resolved;
         let names: Vec<&str> = release.images.iter().map(|i| i.name()).collect();
         let grants_wanted = release.share.words().iter().any(|w| w != "public");
 

@@ -7,10 +7,12 @@
 use rusqlite::{OptionalExtension, params};
 use serde::{Deserialize, Serialize};
 
-use super::{StateDb, StateError, now_epoch};
+use super::{Schema, StateDb, StateError, journal, now_epoch};
 
 /// The lifecycle tables.
-pub const SCHEMA: &str = "
+pub const SCHEMA: Schema = Schema {
+    name: "image lifecycle",
+    ddl: "
 CREATE TABLE IF NOT EXISTS image_sharing (
     region      TEXT NOT NULL,
     image_id    TEXT NOT NULL,
@@ -24,7 +26,8 @@ CREATE TABLE IF NOT EXISTS prune_runs (
     regions     TEXT NOT NULL,          -- JSON list of the regions pruned
     deleted     TEXT NOT NULL           -- JSON list of Deleted
 );
-";
+",
+};
 
 /// One image or snapshot a prune deleted.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -65,7 +68,7 @@ pub fn record_sharing(
         return Ok(());
     }
     let json = serde_json::to_string(permissions).expect("strings serialise");
-    db.with(|c| {
+    db.with_schema(&SCHEMA, |c| {
         c.execute(
             "INSERT INTO image_sharing (region, image_id, permissions, recorded_at)
              VALUES (?1, ?2, ?3, ?4)
@@ -85,7 +88,8 @@ pub fn recorded_sharing(
     region: &str,
     image_id: &str,
 ) -> Result<Vec<String>, StateError> {
-    let (own, published) = db.with(|c| {
+    db.ensure_schema(&journal::SCHEMA)?;
+    let (own, published) = db.with_schema(&SCHEMA, |c| {
         let own: Option<String> = c
             .query_row(
                 "SELECT permissions FROM image_sharing WHERE region = ?1 AND image_id = ?2",
@@ -125,7 +129,7 @@ pub fn record_prune(
 ) -> Result<i64, StateError> {
     let regions = serde_json::to_string(regions).expect("strings serialise");
     let deleted = serde_json::to_string(deleted).expect("deletions serialise");
-    db.with(|c| {
+    db.with_schema(&SCHEMA, |c| {
         c.execute(
             "INSERT INTO prune_runs (at, regions, deleted) VALUES (?1, ?2, ?3)",
             params![now_epoch(), regions, deleted],
@@ -136,7 +140,7 @@ pub fn record_prune(
 
 /// The last prune run with `--yes`, if any (it may have deleted nothing).
 pub fn last_prune(db: &StateDb) -> Result<Option<PruneRun>, StateError> {
-    let row = db.with(|c| {
+    let row = db.with_schema(&SCHEMA, |c| {
         c.query_row(
             "SELECT id, at, regions, deleted FROM prune_runs ORDER BY id DESC LIMIT 1",
             [],
