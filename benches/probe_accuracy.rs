@@ -12,8 +12,7 @@
 
 use std::time::{Duration, Instant};
 
-use ec2ami::bench::phases::Summary;
-use ec2ami::bench::probe::{ProbeOptions, watch_port};
+use ec2ami::bench::{ProbeOptions, Summary, watch_port};
 use ec2ami_testkit::{BootFixture, BootSchedule, PortState};
 
 /// Signed milliseconds from `truth` to `measured`.

@@ -108,7 +108,7 @@ async fn run(amis: usize) -> Row {
         .expect("moto starts");
     let direct = clients(&moto.url()).await;
     let retry = RetryPolicy::default();
-    let regions: Vec<String> = ami_regions(&direct, &retry).await;
+    let regions: Vec<String> = ami_regions(&direct).await;
     let now = DateTime::from(std::time::SystemTime::now()).secs();
 
     // The history: image i of a region is week i / 48 of series i % 48, built 2 + 7w
@@ -216,7 +216,7 @@ async fn run(amis: usize) -> Row {
         .unwrap(),
         include_public: false,
         orphans: true,
-        price_per_gb_month: prune::plan::DEFAULT_PRICE_PER_GB_MONTH,
+        price_per_gb_month: prune::DEFAULT_PRICE_PER_GB_MONTH,
         now,
         unprotect: false,
         unused_for: None,
@@ -245,8 +245,17 @@ async fn run(amis: usize) -> Row {
     }
 }
 
-async fn ami_regions(c: &Clients, retry: &RetryPolicy) -> Vec<String> {
-    let mut all = ec2ami::aws::ec2::enabled_regions(c, retry).await.unwrap();
+async fn ami_regions(c: &Clients) -> Vec<String> {
+    let mut all: Vec<String> = c
+        .ec2
+        .describe_regions()
+        .send()
+        .await
+        .unwrap()
+        .regions()
+        .iter()
+        .filter_map(|r| r.region_name().map(str::to_string))
+        .collect();
     assert!(all.len() >= REGIONS, "moto knows {} regions", all.len());
     all.truncate(REGIONS);
     all

@@ -2,13 +2,13 @@
 //! image's copies across regions. Every step looks before it creates, so reruns are
 //! harmless.
 
-pub mod copy;
-pub mod protect;
-pub mod register;
+pub(crate) mod copy;
+pub(crate) mod protect;
+pub(crate) mod register;
 pub mod retire;
-pub mod share;
-pub mod uefi;
-pub mod waiter;
+pub(crate) mod share;
+pub(crate) mod uefi;
+pub(crate) mod waiter;
 
 use std::fmt;
 use std::str::FromStr;
@@ -157,6 +157,15 @@ pub async fn resolve_regions(
         .map_err(AmiError::Invalid)
 }
 
+/// One image of `clients`' region by id, as ec2ami views it; `None` when there is none.
+pub async fn describe(
+    clients: &Clients,
+    image_id: &str,
+    retry: &RetryPolicy,
+) -> Result<Option<Ami>, AwsError> {
+    ec2::image(clients, image_id, retry).await
+}
+
 /// Where `image_id` (in `home`'s region) exists: the image itself and its copies
 /// (tagged with [`tags::SOURCE_IMAGE`]) in `regions`, looked up concurrently.
 pub async fn locate(
@@ -242,9 +251,9 @@ pub async fn wait_available(
     match r {
         Ok(()) => Ok(()),
         Err(PollError::Failed(e)) => Err(e),
-        Err(PollError::TimedOut { .. }) => Err(state_err(format!(
+        Err(PollError::TimedOut { waited }) => Err(state_err(format!(
             "not available within {}s",
-            deadline.as_secs()
+            waited.as_secs()
         ))),
     }
 }

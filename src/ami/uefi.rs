@@ -113,7 +113,8 @@ pub fn crc32c(data: &[u8]) -> u32 {
 }
 
 /// A well-formed variable store around `zlib` (a zlib stream), base64: for tests.
-pub fn encode_store(zlib: &[u8]) -> String {
+#[cfg(test)]
+pub(crate) fn encode_store(zlib: &[u8]) -> String {
     let mut body = 0u32.to_le_bytes().to_vec();
     body.extend_from_slice(zlib);
     let mut raw = MAGIC.to_vec();

@@ -7,17 +7,17 @@
 //! The SDK's own retries are switched off: [`retry`] is the only retry layer, so a
 //! request is never retried by two stacked loops.
 
-pub mod ec2;
-mod error;
-pub mod lifecycle;
-pub mod model;
-pub mod paging;
-pub mod poll;
-pub mod quotas;
-pub mod rbin;
-pub mod retry;
-pub mod ssm;
-pub mod tags;
+pub(crate) mod ec2;
+pub(crate) mod error;
+pub(crate) mod lifecycle;
+pub(crate) mod model;
+pub(crate) mod paging;
+pub(crate) mod poll;
+pub(crate) mod quotas;
+pub(crate) mod rbin;
+pub(crate) mod retry;
+pub(crate) mod ssm;
+pub(crate) mod tags;
 
 use std::time::Duration;
 

@@ -4,7 +4,7 @@
 //! was accepted. Whatever a killed process leaves is found here by the next start or
 //! by `ec2ami bench --cleanup`.
 
-use rusqlite::{OptionalExtension, params};
+use rusqlite::params;
 use serde::Serialize;
 
 use crate::state::{Schema, StateDb, StateError, now_epoch};
@@ -131,7 +131,9 @@ pub fn finished(db: &StateDb, token: &str) -> Result<(), StateError> {
 }
 
 /// One launch by token.
-pub fn get(db: &StateDb, token: &str) -> Result<Option<Launch>, StateError> {
+#[cfg(test)]
+pub(crate) fn get(db: &StateDb, token: &str) -> Result<Option<Launch>, StateError> {
+    use rusqlite::OptionalExtension;
     db.with_schema(&SCHEMA, |c| {
         c.query_row(
             "SELECT token, region, instance_id, owner, launched_at FROM bench_instances

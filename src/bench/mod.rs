@@ -7,10 +7,10 @@
 //! error, on a phase timeout and on Ctrl-C, and whatever a killed process leaves is
 //! terminated by [`cleanup`] (run at the next start and by `ec2ami bench --cleanup`).
 
-pub mod journal;
-pub mod launch;
-pub mod phases;
-pub mod probe;
+pub(crate) mod journal;
+pub(crate) mod launch;
+pub(crate) mod phases;
+pub(crate) mod probe;
 
 use std::collections::HashMap;
 use std::future::Future;
@@ -28,8 +28,10 @@ use crate::state::{StateDb, StateError, now_epoch};
 
 pub use journal::Scope;
 pub use launch::{LaunchSpec, PollOptions};
-pub use phases::{Marks, Phase, PhaseSummary, Phases, RunStatus, Summary};
-pub use probe::ProbeOptions;
+pub use phases::{
+    Marks, Phase, PhaseSummary, Phases, RunStatus, Summary, ec2_boot_bench_lines, summary_table,
+};
+pub use probe::{PortWatch, ProbeOptions, watch_port};
 
 /// A journaled launch younger than this whose instance cannot be found yet may still
 /// appear (EC2 is eventually consistent): it is kept for a later clean-up.

@@ -44,7 +44,7 @@ impl Default for ProbeOptions {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Answer {
     /// Nothing within the connect timeout: the SYN was dropped.
-    NoAnswer,
+    Silent,
     /// RST: something answers but nothing listens on the port.
     Refused,
     /// SYN/ACK: the port is open.
@@ -111,9 +111,9 @@ pub async fn probe_once(target: SocketAddr, connect_timeout: Duration) -> (Insta
             // The connection is not wanted: dropping it closes it.
             Ok(Ok(_stream)) => Answer::Open,
             Ok(Err(e)) if e.kind() == io::ErrorKind::ConnectionRefused => Answer::Refused,
-            Ok(Err(e)) if e.kind() == io::ErrorKind::TimedOut => Answer::NoAnswer,
+            Ok(Err(e)) if e.kind() == io::ErrorKind::TimedOut => Answer::Silent,
             Ok(Err(e)) => Answer::Error(e.to_string()),
-            Err(_) => Answer::NoAnswer,
+            Err(_) => Answer::Silent,
         },
     };
     (Instant::now(), answer)
@@ -162,7 +162,7 @@ pub async fn watch_port(
                         watch.errors += 1;
                         tracing::debug!("connect to {target}: {e} (counted as no answer)");
                     }
-                    Answer::Refused | Answer::NoAnswer => {}
+                    Answer::Refused | Answer::Silent => {}
                 }
             }
             _ = ticker.tick() => {

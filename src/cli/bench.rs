@@ -9,7 +9,7 @@ use serde::Serialize;
 
 use super::history::BuildArgs;
 use super::{Failure, GlobalArgs, connect, parse_duration, shutdown_signal};
-use ec2ami::bench::{self, BenchOptions, BenchReport, LaunchSpec, RunStatus, Scope, phases};
+use ec2ami::bench::{self, BenchOptions, BenchReport, LaunchSpec, RunStatus, Scope};
 use ec2ami::history::{self, Benchmark, BuildInfo, Source};
 use ec2ami::state::now_epoch;
 
@@ -119,7 +119,7 @@ pub async fn run(g: &GlobalArgs, a: &BenchArgs) -> Result<(), Failure> {
     let retry = g.retry();
     // Look before launching: the AMI must exist, and its name and tags say what build
     // it is.
-    let image = ec2ami::aws::ec2::image(&clients, image_id, &retry)
+    let image = ec2ami::ami::describe(&clients, image_id, &retry)
         .await?
         .ok_or_else(|| Failure {
             message: format!("{image_id} not found in {}", clients.region()),
@@ -217,7 +217,7 @@ pub async fn run(g: &GlobalArgs, a: &BenchArgs) -> Result<(), Failure> {
 /// One run: ec2-boot-bench's four lines. Several: the min / median / max table.
 fn bench_text(r: &BenchReport) -> String {
     if let [only] = r.runs.as_slice() {
-        return phases::ec2_boot_bench_lines(&only.phases, &only.status);
+        return bench::ec2_boot_bench_lines(&only.phases, &only.status);
     }
     let discarded = r.runs.iter().filter(|x| x.discarded).count();
     let measured = r.measured().count();
@@ -234,7 +234,7 @@ fn bench_text(r: &BenchReport) -> String {
     format!(
         "{}\n{measured} runs measured ({discarded} discarded, {timed_out} timed out, {failed} failed): \
          {} on {} in {}",
-        phases::summary_table(&r.summary),
+        bench::summary_table(&r.summary),
         r.image_id,
         r.instance_type,
         r.region

@@ -7,10 +7,11 @@ use serde::Serialize;
 use sha2::{Digest, Sha256};
 
 use super::{Failure, GlobalArgs};
-use ec2ami::bench::{Phase, PhaseSummary, RunResult, phases};
-use ec2ami::history::build::{self, dashed, is_yyyymmdd};
+use ec2ami::bench::{self, Phase, PhaseSummary, RunResult};
 use ec2ami::history::check::{self, CheckOptions};
-use ec2ami::history::{self, Benchmark, BuildInfo, Selection, Source, import, report};
+use ec2ami::history::{
+    self, Benchmark, BuildInfo, Selection, Source, dashed, import, is_yyyymmdd, report,
+};
 use ec2ami::state::now_epoch;
 
 /// What build an AMI is, given on the command line (each overrides what the AMI's
@@ -242,7 +243,7 @@ fn import_files(g: &GlobalArgs, a: &ImportArgs) -> Result<(), Failure> {
             .build
             .image_name
             .as_deref()
-            .map(build::parse_freebsd_name)
+            .map(history::parse_freebsd_name)
             .unwrap_or_default())
         .normalized();
     if build.branch.is_none() && build.flavour.is_none() && build.build_date.is_none() {
@@ -258,7 +259,7 @@ fn import_files(g: &GlobalArgs, a: &ImportArgs) -> Result<(), Failure> {
             std::fs::read_to_string(file).map_err(|e| fail(format!("{}: {e}", file.display())))?;
         let runs = import::parse(&text).map_err(|e| fail(format!("{}: {e}", file.display())))?;
         let measured_at = match &a.measured_on {
-            Some(d) => build::day_number(d).unwrap_or(0) * 86_400,
+            Some(d) => history::day_number(d).unwrap_or(0) * 86_400,
             None => std::fs::metadata(file)
                 .and_then(|m| m.modified())
                 .ok()
@@ -375,7 +376,7 @@ fn list(g: &GlobalArgs, a: &ListArgs) -> Result<(), Failure> {
             let b = e.benchmark;
             rows.push(vec![
                 b.id.to_string(),
-                dashed(&build::date_of_epoch(b.measured_at)),
+                dashed(&history::date_of_epoch(b.measured_at)),
                 b.build
                     .build_date
                     .as_deref()
@@ -473,7 +474,7 @@ fn show_text(e: &ListEntry) -> String {
         f(&b.build.image_name),
         b.instance_type,
         b.region,
-        dashed(&build::date_of_epoch(b.measured_at)),
+        dashed(&history::date_of_epoch(b.measured_at)),
         b.tool_version,
         f(&b.build.version),
         f(&b.build.branch),
@@ -519,7 +520,7 @@ fn show_text(e: &ListEntry) -> String {
     }
     out.push_str(&table(&rows));
     out.push_str("\n\n");
-    out.push_str(&phases::summary_table(&e.summary));
+    out.push_str(&bench::summary_table(&e.summary));
     out
 }
 
@@ -554,7 +555,7 @@ pub async fn report_cmd(g: &GlobalArgs, a: &ReportArgs) -> Result<(), Failure> {
     let series = history::series(&benchmarks);
     let generated = format!(
         "Generated on {} by ec2ami {} from {} benchmark(s) in {} series",
-        dashed(&build::date_of_epoch(now_epoch())),
+        dashed(&history::date_of_epoch(now_epoch())),
         env!("CARGO_PKG_VERSION"),
         benchmarks.len(),
         series.len()

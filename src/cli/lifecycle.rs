@@ -5,7 +5,7 @@ use clap::Args;
 use super::{Failure, GlobalArgs, connect};
 use ec2ami::ami::{self, retire};
 use ec2ami::prune::restore;
-use ec2ami::state::lifecycle::last_prune;
+use ec2ami::state::last_prune;
 
 #[derive(Debug, Args)]
 pub struct DisableArgs {

@@ -147,7 +147,7 @@ struct UploadArgs {
     #[arg(long, value_name = "ARN")]
     kms_key_id: Option<String>,
     /// Concurrent block uploads.
-    #[arg(long, default_value_t = snapshot::upload::DEFAULT_WORKERS, value_parser = parse_workers)]
+    #[arg(long, default_value_t = snapshot::DEFAULT_WORKERS, value_parser = parse_workers)]
     workers: usize,
     /// Keep the unfinished snapshot if the upload fails or is interrupted.
     #[arg(long)]
@@ -180,7 +180,7 @@ struct DownloadArgs {
     #[arg(long)]
     full_volume: bool,
     /// Concurrent block downloads.
-    #[arg(long, default_value_t = snapshot::upload::DEFAULT_WORKERS, value_parser = parse_workers)]
+    #[arg(long, default_value_t = snapshot::DEFAULT_WORKERS, value_parser = parse_workers)]
     workers: usize,
 }
 
@@ -387,7 +387,7 @@ async fn upload(g: &GlobalArgs, a: &UploadArgs) -> Result<(), Failure> {
         index_dir: a
             .index_dir
             .clone()
-            .unwrap_or_else(snapshot::index::default_dir),
+            .unwrap_or_else(snapshot::default_index_dir),
         client_token: a.client_token.clone(),
         pending_timeout_minutes: None,
         retry: g.retry(),

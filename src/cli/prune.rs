@@ -11,11 +11,11 @@ use serde::Serialize;
 use super::{Failure, GlobalArgs, OutputFormat, connect, parse_duration, shutdown_signal};
 use ec2ami::ami;
 use ec2ami::prune::deprecate::{self, Target};
-use ec2ami::prune::execute::DEFAULT_RATE;
-use ec2ami::prune::plan::DEFAULT_PRICE_PER_GB_MONTH;
-use ec2ami::prune::{self, ExecuteOptions, Flags, Glob, PlanOptions, Policy, SeriesPattern};
-use ec2ami::state::journal::recorded_parameters;
-use ec2ami::state::lifecycle::{Deleted, record_prune};
+use ec2ami::prune::{
+    self, DEFAULT_PRICE_PER_GB_MONTH, DEFAULT_RATE, ExecuteOptions, Flags, Glob, PlanOptions,
+    Policy, SeriesPattern,
+};
+use ec2ami::state::{Deleted, record_prune, recorded_parameters};
 use ec2ami::units::parse_date;
 
 #[derive(Debug, Args)]
@@ -119,7 +119,7 @@ fn parse_keep(s: &str) -> Result<i64, String> {
     let n: i64 = s
         .parse()
         .map_err(|_| format!("`{s}` is not a number of images"))?;
-    prune::policy::check_keep(n, "--keep")?;
+    prune::check_keep(n, "--keep")?;
     Ok(n)
 }
 

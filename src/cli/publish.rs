@@ -30,7 +30,7 @@ pub struct PublishArgs {
 #[derive(Debug, Args)]
 struct RunArgs {
     /// Concurrent block uploads per image.
-    #[arg(long, default_value_t = snapshot::upload::DEFAULT_WORKERS, value_parser = super::parse_workers)]
+    #[arg(long, default_value_t = snapshot::DEFAULT_WORKERS, value_parser = super::parse_workers)]
     workers: usize,
     /// How long to wait for each snapshot, AMI and copy to become available.
     #[arg(long, value_name = "DURATION", default_value = "60m", value_parser = parse_duration)]
@@ -183,7 +183,7 @@ fn publish_options(g: &GlobalArgs, a: &RunArgs) -> PublishOptions {
         index_dir: a
             .index_dir
             .clone()
-            .unwrap_or_else(snapshot::index::default_dir),
+            .unwrap_or_else(snapshot::default_index_dir),
     }
 }
 

@@ -3,7 +3,7 @@
 //! series (branch x flavour x fs x arch x instance type) of builds for the regression
 //! check ([`check`]) and the plots ([`report`]).
 
-pub mod build;
+pub(crate) mod build;
 pub mod check;
 pub mod import;
 pub mod report;
@@ -17,7 +17,7 @@ use serde::Serialize;
 use crate::bench::{Phase, PhaseSummary, Phases, RunResult, RunStatus};
 use crate::state::{Schema, StateDb, StateError};
 
-pub use build::BuildInfo;
+pub use build::{BuildInfo, dashed, date_of_epoch, day_number, is_yyyymmdd, parse_freebsd_name};
 
 /// The history's tables.
 pub const SCHEMA: Schema = Schema {

@@ -1,7 +1,7 @@
 //! Disk images in: open and check a raw image or block device, detect other formats by
 //! their magic and convert them to a temporary sparse raw file with `qemu-img`.
 
-pub mod extents;
+pub(crate) mod extents;
 
 use std::fs::{File, OpenOptions};
 use std::io;

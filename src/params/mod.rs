@@ -7,7 +7,7 @@
 //! retry layer; every written value is read back, because AWS checks an
 //! `aws:ec2:image` value only after PutParameter has answered.
 
-pub mod template;
+pub(crate) mod template;
 
 use std::cell::RefCell;
 use std::collections::BTreeMap;

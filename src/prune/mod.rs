@@ -9,13 +9,13 @@
 //! [`deprecate`] sets deprecation times.
 
 pub mod deprecate;
-pub mod execute;
-pub mod guard;
-pub mod inventory;
-pub mod plan;
-pub mod policy;
+pub(crate) mod execute;
+pub(crate) mod guard;
+pub(crate) mod inventory;
+pub(crate) mod plan;
+pub(crate) mod policy;
 pub mod restore;
-pub mod series;
+pub(crate) mod series;
 
 use std::collections::BTreeMap;
 
@@ -24,10 +24,10 @@ use futures_util::future::join_all;
 use crate::ami::AmiError;
 use crate::aws::{AwsError, Clients, RetryPolicy};
 
-pub use execute::{ExecuteOptions, Outcome, Report, Status, execute};
+pub use execute::{DEFAULT_RATE, ExecuteOptions, Outcome, Report, Status, execute};
 pub use inventory::ParameterSources;
-pub use plan::{Plan, PlanOptions, RegionPlan, Selection};
-pub use policy::{Flags, Policy, PolicyError};
+pub use plan::{DEFAULT_PRICE_PER_GB_MONTH, Plan, PlanOptions, RegionPlan, Selection};
+pub use policy::{Flags, Policy, PolicyError, check_keep};
 pub use series::{Glob, SeriesPattern};
 
 /// Why prune or deprecate could not run.

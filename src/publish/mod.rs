@@ -12,9 +12,9 @@
 
 pub mod compat;
 pub mod plan;
-pub mod release;
-mod run;
-pub mod survey;
+pub(crate) mod release;
+pub(crate) mod run;
+pub(crate) mod survey;
 pub mod validate;
 
 use std::path::{Path, PathBuf};

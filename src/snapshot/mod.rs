@@ -2,15 +2,16 @@
 //! sparse file, and the per-block SHA-256 index of what was uploaded.
 
 pub mod checksum;
-pub mod download;
-pub mod index;
-pub mod upload;
-mod wait;
+pub(crate) mod download;
+pub(crate) mod index;
+pub(crate) mod upload;
+pub(crate) mod wait;
 
 use std::time::Duration;
 
 pub use download::{DownloadError, DownloadOptions, DownloadReport, download};
-pub use upload::{UploadError, UploadOptions, UploadReport, upload, upload_with};
+pub use index::default_dir as default_index_dir;
+pub use upload::{DEFAULT_WORKERS, UploadError, UploadOptions, UploadReport, upload, upload_with};
 pub use wait::wait_for_completed;
 
 /// The block size AWS uses (and the only one it has ever answered).

@@ -57,9 +57,9 @@ pub async fn wait_for_completed(
     match r {
         Ok(()) => Ok(()),
         Err(PollError::Failed(e)) => Err(e),
-        Err(PollError::TimedOut { .. }) => Err(failed(format!(
+        Err(PollError::TimedOut { waited }) => Err(failed(format!(
             "snapshot {snapshot_id} was not completed within {}s",
-            deadline.as_secs()
+            waited.as_secs()
         ))),
     }
 }

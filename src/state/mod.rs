@@ -10,7 +10,10 @@
 //! creates them (in one transaction) the first time a connection needs them.
 
 pub mod journal;
-pub mod lifecycle;
+pub(crate) mod lifecycle;
+
+pub use journal::recorded_parameters;
+pub use lifecycle::{Deleted, last_prune, record_prune};
 
 use std::collections::HashSet;
 use std::path::{Path, PathBuf};

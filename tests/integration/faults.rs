@@ -213,8 +213,11 @@ async fn a_damaged_block_is_refused_on_download() {
         .unwrap()
         .to_string();
     let data = random_bytes(26, BLOCK as usize);
-    let wrong =
-        ec2ami::snapshot::checksum::to_base64(&ec2ami::snapshot::checksum::block_digest(b"other"));
+    let wrong = {
+        use base64::Engine;
+        use sha2::Digest;
+        base64::engine::general_purpose::STANDARD.encode(sha2::Sha256::digest(b"other"))
+    };
     clients
         .ebs
         .put_snapshot_block()

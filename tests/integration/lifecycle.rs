@@ -116,7 +116,12 @@ async fn image_named(c: &Clients, name: &str) -> Option<aws_sdk_ec2::types::Imag
         .describe_images()
         .owners("self")
         .include_disabled(true)
-        .filters(ec2ami::aws::ec2::filter("name", name))
+        .filters(
+            aws_sdk_ec2::types::Filter::builder()
+                .name("name")
+                .values(name)
+                .build(),
+        )
         .send()
         .await
         .unwrap();
@@ -129,7 +134,12 @@ async fn image(c: &Clients, id: &str) -> Option<aws_sdk_ec2::types::Image> {
         .describe_images()
         .owners("self")
         .include_disabled(true)
-        .filters(ec2ami::aws::ec2::filter("image-id", id))
+        .filters(
+            aws_sdk_ec2::types::Filter::builder()
+                .name("image-id")
+                .values(id)
+                .build(),
+        )
         .send()
         .await
         .unwrap();
@@ -160,12 +170,39 @@ async fn permissions(c: &Clients, id: &str) -> BTreeSet<String> {
 
 const UEFI_ZLIB: &[u8] = &[0x78, 0x9c, 0x03, 0x00, 0x00, 0x00, 0x00, 0x01];
 
+/// A variable store as `get-instance-uefi-data` gives it (base64 of `AMZNUEFI`, the
+/// CRC32C of the body, the body: a 4-byte version and a zlib stream), built here from
+/// the format rather than with ec2ami's code.
+fn uefi_store(zlib: &[u8]) -> String {
+    use base64::Engine;
+    let crc32c = |data: &[u8]| {
+        let mut crc = !0u32;
+        for &b in data {
+            crc ^= u32::from(b);
+            for _ in 0..8 {
+                crc = if crc & 1 != 0 {
+                    (crc >> 1) ^ 0x82F6_3B78
+                } else {
+                    crc >> 1
+                };
+            }
+        }
+        !crc
+    };
+    let mut body = 0u32.to_le_bytes().to_vec();
+    body.extend_from_slice(zlib);
+    let mut raw = b"AMZNUEFI".to_vec();
+    raw.extend_from_slice(&crc32c(&body).to_le_bytes());
+    raw.extend_from_slice(&body);
+    base64::engine::general_purpose::STANDARD.encode(raw)
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_protected_release_is_published_validated_and_pruned_only_when_unprotected() {
     let world = World::moto().await;
     // AWS's 24-hour cooldown, run fast (harness-only).
     knobs(&world, json!({"cooldown_seconds": 3}));
-    let vars = ec2ami::ami::uefi::encode_store(UEFI_ZLIB);
+    let vars = uefi_store(UEFI_ZLIB);
     std::fs::write(world.path("vars.b64"), format!("{vars}\n")).unwrap();
     let rel = release(
         world.dir.path(),
@@ -1031,7 +1068,7 @@ async fn twelve_copies_pending_in_one_region_are_polled_with_one_request_per_pol
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bad_lifecycle_input_is_refused_before_any_request() {
     let world = World::offline().await;
-    let good = ec2ami::ami::uefi::encode_store(UEFI_ZLIB);
+    let good = uefi_store(UEFI_ZLIB);
     std::fs::write(world.path("good.b64"), &good).unwrap();
     std::fs::write(world.path("huge.b64"), "A".repeat(64_004)).unwrap();
     std::fs::write(world.path("garbage.b64"), "this is not base64 at all!").unwrap();

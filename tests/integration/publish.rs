@@ -625,9 +625,25 @@ async fn compat_bsdec2_image_upload_accepts_its_flags_and_prints_its_lines() {
     assert!(!run.stderr.contains("testing-secret-42"), "secret printed");
     let lines = created(&run.stdout);
     // --allregions: every region moto lists, the upload region first.
-    let all = ec2ami::aws::ec2::enabled_regions(&world.clients().await, &Default::default())
+    let all: Vec<String> = world
+        .clients()
         .await
-        .unwrap();
+        .ec2
+        .describe_regions()
+        .all_regions(true)
+        .send()
+        .await
+        .unwrap()
+        .regions()
+        .iter()
+        .filter(|r| {
+            matches!(
+                r.opt_in_status(),
+                Some("opt-in-not-required") | Some("opted-in")
+            )
+        })
+        .filter_map(|r| r.region_name().map(str::to_string))
+        .collect();
     assert_eq!(lines.len(), all.len(), "{}", run.stdout);
     assert_eq!(lines[0].0, "us-west-2");
     let reg = world

@@ -22,7 +22,7 @@ use super::policy::Policy;
 use super::series::{Glob, SeriesPattern};
 
 pub use group::Selection;
-pub use region::{made_for_image, plan_region};
+pub use region::plan_region;
 
 /// Snapshot storage list price, USD per GB-month (EBS standard tier, us-east-1); the
 /// default of `--price-per-gb-month`.
