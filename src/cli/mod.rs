@@ -6,6 +6,7 @@ mod history;
 mod images;
 mod prune;
 mod publish;
+mod userdata;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -113,6 +114,10 @@ enum Command {
     History(history::HistoryCommand),
     /// Plots of boot time per build for every series, and an index.html showing them.
     Report(history::ReportArgs),
+    /// User data for FreeBSD's images: make it from packages, services, rc.conf
+    /// settings, files and a script (configinit or cloud-init), check a file, or write
+    /// the generator page.
+    Userdata(userdata::UserdataArgs),
 }
 
 #[derive(Debug, Args)]
@@ -349,6 +354,7 @@ async fn run(cli: Cli) -> Result<(), Failure> {
         Command::Bench(a) => bench::run(g, a).await,
         Command::History(c) => history::run(g, c).await,
         Command::Report(a) => history::report_cmd(g, a).await,
+        Command::Userdata(a) => userdata::run(g, a),
     }
 }
 

@@ -4,8 +4,9 @@
 //! the generator page gets the same tables as JSON ([`Rules::json`]) and applies them
 //! with the same loop, so the two cannot disagree on what is valid or on what they say.
 //!
-//! Patterns are written for both regex-lite and JavaScript's `RegExp`: explicit
-//! character classes only (no `\s`, `\d`, `\w`, whose meaning differs), anchored.
+//! Patterns are written for both regex-lite and JavaScript's `RegExp` (the page uses
+//! the `u` flag, so both count characters): explicit character classes only (no `\s`,
+//! `\d`, `\w`, and no `.`, which in JavaScript also stops at CR and U+2028), anchored.
 
 use std::sync::LazyLock;
 
@@ -136,7 +137,7 @@ pub static RULES: Rules = Rules {
                       not starting with a digit)",
         },
         Rule {
-            pattern: "^[A-Za-z_][A-Za-z0-9_]*=\".*\"$",
+            pattern: "^[A-Za-z_][A-Za-z0-9_]*=\"[^\\n]*\"$",
             message: "the value is not in double quotes: write name=\"value\"",
         },
         Rule {
@@ -163,7 +164,7 @@ pub static RULES: Rules = Rules {
     ],
     hostname: &[
         Rule {
-            pattern: "^.{1,253}$",
+            pattern: "^[^\\n]{1,253}$",
             message: "a hostname is 1 to 253 characters",
         },
         Rule {

@@ -12,3 +12,4 @@ mod moto_ext;
 mod prune;
 mod publish;
 mod roundtrip;
+mod userdata;
