@@ -2,6 +2,7 @@
 //! modules each subcommand calls.
 
 mod bench;
+mod completions;
 mod history;
 mod images;
 mod prune;
@@ -118,6 +119,10 @@ enum Command {
     /// settings, files and a script (configinit or cloud-init), check a file, or write
     /// the generator page.
     Userdata(userdata::UserdataArgs),
+    /// Print a shell completion script (bash, zsh, fish, elvish) on stdout.
+    Completions(completions::CompletionsArgs),
+    /// Write the man pages (ec2ami.1 and one per subcommand) into a directory.
+    Man(completions::ManArgs),
 }
 
 #[derive(Debug, Args)]
@@ -355,6 +360,8 @@ async fn run(cli: Cli) -> Result<(), Failure> {
         Command::History(c) => history::run(g, c).await,
         Command::Report(a) => history::report_cmd(g, a).await,
         Command::Userdata(a) => userdata::run(g, a),
+        Command::Completions(a) => completions::completions(a),
+        Command::Man(a) => completions::man(g, a),
     }
 }
 

@@ -7,6 +7,8 @@
 //! dev-dependency for its integration tests, and its `ec2ami-testkit` binary runs the
 //! servers for the demo and benchmark scripts.
 
+#![warn(missing_docs)]
+
 pub mod boot_fixture;
 pub mod chromium;
 mod http_util;
