@@ -152,7 +152,7 @@ fn spec(a: &UserdataArgs) -> Result<Spec, Failure> {
             )));
         };
         let content = match value.strip_prefix('@') {
-            Some(local) if local.is_empty() => {
+            Some("") => {
                 return Err(fail(format!("--file '{f}': no local file after @")));
             }
             Some(local) => std::fs::read(local)

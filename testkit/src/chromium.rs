@@ -19,14 +19,26 @@ use serde_json::{Value, json};
 /// How long one protocol command may take.
 const COMMAND_TIMEOUT: Duration = Duration::from_secs(60);
 
+/// Where Debian and Ubuntu install Chromium.
+const CANDIDATES: &[&str] = &["/usr/bin/chromium", "/usr/bin/chromium-browser"];
+
+/// The install hint a test fails with when there is no Chromium (it never skips).
+pub const INSTALL_HINT: &str =
+    "chromium is not installed: apt-get install chromium (scripts/test does this)";
+
+/// The first of `candidates` that exists, else the install hint.
+fn find_chromium(candidates: &[&str]) -> Result<PathBuf, &'static str> {
+    candidates
+        .iter()
+        .map(Path::new)
+        .find(|p| p.exists())
+        .map(Path::to_path_buf)
+        .ok_or(INSTALL_HINT)
+}
+
 /// Debian's chromium (`scripts/test` installs it); panics with the install hint.
 pub fn chromium_path() -> PathBuf {
-    for p in ["/usr/bin/chromium", "/usr/bin/chromium-browser"] {
-        if Path::new(p).exists() {
-            return PathBuf::from(p);
-        }
-    }
-    panic!("chromium is not installed: apt-get install chromium (scripts/test does this)");
+    find_chromium(CANDIDATES).unwrap_or_else(|hint| panic!("{hint}"))
 }
 
 /// The switches every test browser gets.
@@ -319,5 +331,33 @@ impl Drop for Browser {
         }
         let _ = self.child.kill();
         let _ = self.child.wait();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_missing_chromium_is_an_error_with_the_install_hint() {
+        let none = find_chromium(&["/nonexistent/chromium", "/nonexistent/chromium-browser"]);
+        assert_eq!(none, Err(INSTALL_HINT));
+        assert!(INSTALL_HINT.contains("apt-get install chromium"));
+        let sh = find_chromium(&["/nonexistent/chromium", "/bin/sh"]);
+        assert_eq!(sh, Ok(PathBuf::from("/bin/sh")));
+    }
+
+    #[test]
+    fn starting_without_chromium_panics_with_the_hint() {
+        // Browser::start goes through chromium_path: on a machine without Chromium the
+        // page tests fail with the hint rather than pass or skip.
+        if find_chromium(CANDIDATES).is_err() {
+            let e = std::panic::catch_unwind(|| Browser::start(&[]).map(|_| ())).unwrap_err();
+            let msg = e.downcast_ref::<String>().cloned().unwrap_or_default();
+            assert!(msg.contains("apt-get install chromium"), "{msg}");
+        } else {
+            let mut b = Browser::start(&[]).expect("chromium starts");
+            assert_eq!(b.eval("1 + 1").unwrap(), serde_json::json!(2));
+        }
     }
 }

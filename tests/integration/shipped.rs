@@ -110,8 +110,8 @@ fn simulator_needles() -> Vec<String> {
             // The headless Chromium driver the page tests use.
             "--remote-debugging-pipe",
         ]
-            .iter()
-            .map(|s| s.to_string()),
+        .iter()
+        .map(|s| s.to_string()),
     );
     needles
 }

@@ -1361,3 +1361,185 @@ fn the_page_works_by_keyboard_alone_and_is_labelled() {
     std::fs::write(&shot, &png).unwrap();
     eprintln!("screenshot of the generator page: {}", shot.display());
 }
+
+// ---- where the user data goes: bench, and the report's link ----------------------
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bench_launches_with_the_generated_user_data() {
+    use crate::common::{World, params_of};
+    use aws_sdk_ec2::types::ArchitectureValues;
+    use ec2ami_testkit::{BootFixture, BootSchedule};
+
+    let world = World::moto().await;
+    let ami = world
+        .clients()
+        .await
+        .ec2
+        .register_image()
+        .name("FreeBSD 14.1-STABLE-amd64-20241003 UEFI-PREFERRED base UFS")
+        .architecture(ArchitectureValues::X8664)
+        .root_device_name("/dev/sda1")
+        .send()
+        .await
+        .unwrap()
+        .image_id()
+        .unwrap()
+        .to_string();
+    let setup = world.path("setup.sh");
+    std::fs::write(&setup, "#!/bin/sh\necho ready > /var/run/ready\n").unwrap();
+    let ud = world.path("user-data");
+    world
+        .run(&[
+            "userdata",
+            "--pkg",
+            "nginx",
+            "--enable",
+            "nginx",
+            "--freebsd-update",
+            "no",
+            "--script",
+            setup.to_str().unwrap(),
+            "-o",
+            ud.to_str().unwrap(),
+        ])
+        .await
+        .assert_ok();
+    let generated = std::fs::read(&ud).unwrap();
+
+    // Over EC2's limit: refused before anything is sent.
+    let big = world.path("big");
+    std::fs::write(&big, vec![b'#'; 16385]).unwrap();
+    world.proxy.clear_requests();
+    let run = world
+        .run(&[
+            "bench",
+            &ami,
+            "--instance-type",
+            "c5.xlarge",
+            "--user-data",
+            big.to_str().unwrap(),
+            "--connect-to",
+            "127.0.0.1:9",
+        ])
+        .await;
+    run.assert_failed_with("16385 bytes: over EC2's limit of 16384 bytes");
+    assert!(world.proxy.requests().is_empty(), "nothing sent");
+
+    // The generated archive: sent as it is, no warning about it.
+    let fixture = BootFixture::start(BootSchedule::up()).unwrap();
+    let run = world
+        .run(&[
+            "bench",
+            &ami,
+            "--instance-type",
+            "c5.xlarge",
+            "--runs",
+            "1",
+            "--user-data",
+            ud.to_str().unwrap(),
+            "--connect-to",
+            &fixture.addr().to_string(),
+        ])
+        .await;
+    run.assert_ok();
+    assert!(!run.stderr.contains("user data"), "{}", run.stderr);
+    let sent = params_of(&world, "RunInstances");
+    assert_eq!(sent.len(), 1);
+    let decoded = base64::engine::general_purpose::STANDARD
+        .decode(&sent[0]["UserData"])
+        .unwrap();
+    assert_eq!(decoded, generated);
+    let parts = configinit_parts(&ud, &world.path("x"));
+    assert_eq!(parts.len(), 2, "{parts:?}");
+
+    // A file the image would misread: launched anyway, with the problem named.
+    let bad = world.path("bad");
+    std::fs::write(&bad, ">>/etc/rc.conf\nsshd_enable=YES\n").unwrap();
+    let run = world
+        .run(&[
+            "bench",
+            &ami,
+            "--instance-type",
+            "c5.xlarge",
+            "--runs",
+            "1",
+            "--user-data",
+            bad.to_str().unwrap(),
+            "--connect-to",
+            &fixture.addr().to_string(),
+        ])
+        .await;
+    run.assert_ok();
+    assert!(
+        run.stderr.contains("user data ")
+            && run.stderr.contains("the value is not in double quotes"),
+        "{}",
+        run.stderr
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_report_links_the_page() {
+    use crate::common::World;
+
+    let world = World::offline().await;
+    let runs = world.path("c5.xlarge-20241003.txt");
+    std::fs::write(
+        &runs,
+        "RunInstances API call took: 1.5 s\nMoving from pending to running took: 6.9 s\n\
+         Moving from running to port closed took: 12.1 s\n\
+         Moving from port closed to port open took: 11.6 s\n",
+    )
+    .unwrap();
+    world
+        .run(&[
+            "history",
+            "import",
+            runs.to_str().unwrap(),
+            "--ami",
+            "ami-0a1b2c3d4e5f60718",
+            "--instance-type",
+            "c5.xlarge",
+            "--image-name",
+            "FreeBSD 14.1-STABLE-amd64-20241003 UEFI-PREFERRED base UFS",
+        ])
+        .await
+        .assert_ok();
+    let out = world.path("report");
+    let run = world
+        .run(&["--output", "json", "report", "--out", out.to_str().unwrap()])
+        .await;
+    run.assert_ok();
+    let summary: Value = serde_json::from_str(&run.stdout).unwrap();
+    let page = out.join("userdata.html");
+    assert_eq!(summary["userdata_page"], json!(page));
+    // The page beside the report is the one `userdata --page` writes.
+    let alone = world.path("alone");
+    world
+        .run(&["userdata", "--page", alone.to_str().unwrap()])
+        .await
+        .assert_ok();
+    assert_eq!(
+        std::fs::read(&page).unwrap(),
+        std::fs::read(alone.join("userdata.html")).unwrap()
+    );
+    // Follow the link from the report by keyboard: Tab to it, Enter.
+    let index = format!("file://{}", out.join("index.html").display());
+    let target = format!("file://{}", page.display());
+    tokio::task::spawn_blocking(move || {
+        let mut b = Browser::start(&["--window-size=1200,900"]).expect("chromium starts");
+        b.open(&index, "document.readyState === 'complete'")
+            .unwrap();
+        tab_to(&mut b, "userdata-link");
+        b.press("Enter", false).unwrap();
+        b.wait_for(&format!(
+            "location.href === {} && {READY}",
+            serde_json::to_string(&target).unwrap()
+        ))
+        .unwrap();
+        let title = b.eval("document.title").unwrap();
+        assert!(title.as_str().unwrap().contains("user data"), "{title}");
+    })
+    .await
+    .unwrap();
+}
