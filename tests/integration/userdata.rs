@@ -1167,6 +1167,8 @@ fn the_page_works_by_keyboard_alone_and_is_labelled() {
     let downloads = d.join("downloads");
     std::fs::create_dir_all(&downloads).unwrap();
     let mut b = Browser::start(&["--window-size=1200,900"]).expect("chromium starts");
+    // Every request the page makes is reported, to show it makes none of the network.
+    b.call("Network.enable", json!({})).unwrap();
     b.open(&url, READY).unwrap();
 
     // Every control has a label and an accessible name.
@@ -1357,6 +1359,23 @@ fn the_page_works_by_keyboard_alone_and_is_labelled() {
     assert!(info.height > 900, "the whole page: {}", info.height);
     let pixels = &buf[..info.buffer_size()];
     assert!(pixels.iter().any(|&p| p < 100), "the screenshot is blank");
+    // Nothing but the page itself (file:) and its own download (data:) was fetched.
+    let urls: Vec<String> = b
+        .events
+        .iter()
+        .filter(|e| e["method"] == "Network.requestWillBeSent")
+        .filter_map(|e| e["params"]["request"]["url"].as_str().map(str::to_string))
+        .collect();
+    assert!(
+        urls.iter().any(|u| *u == url),
+        "the page's own load is seen: {urls:?}"
+    );
+    for u in &urls {
+        assert!(
+            u.starts_with("file:") || u.starts_with("data:"),
+            "the page fetched {u}"
+        );
+    }
     let shot = artifacts().join("userdata-page.png");
     std::fs::write(&shot, &png).unwrap();
     eprintln!("screenshot of the generator page: {}", shot.display());
