@@ -5,6 +5,7 @@ mod bench;
 mod completions;
 mod history;
 mod images;
+mod lifecycle;
 mod prune;
 mod publish;
 mod userdata;
@@ -103,6 +104,15 @@ enum Command {
     Prune(prune::PruneArgs),
     /// Set EC2 deprecation times: one AMI and its copies, or the older images of series.
     Deprecate(prune::DeprecateArgs),
+    /// Disable AMIs and their copies (unlaunchable, private; sharing recorded for
+    /// `enable`); prints the plan, disables only with --yes.
+    Disable(lifecycle::DisableArgs),
+    /// Enable disabled AMIs and their copies and re-share what ec2ami recorded they
+    /// had; prints the plan, changes only with --yes.
+    Enable(lifecycle::EnableArgs),
+    /// Bring AMIs and their snapshots back from the Recycle Bin, or exactly what the
+    /// last prune deleted (--last-prune).
+    Restore(lifecycle::RestoreArgs),
     /// Other tools' command lines, done by ec2ami.
     #[command(subcommand)]
     Compat(publish::CompatCommand),
@@ -355,6 +365,9 @@ async fn run(cli: Cli) -> Result<(), Failure> {
         Command::Validate(a) => publish::validate(g, a).await,
         Command::Prune(a) => prune::prune(g, a).await,
         Command::Deprecate(a) => prune::deprecate(g, a).await,
+        Command::Disable(a) => lifecycle::disable(g, a).await,
+        Command::Enable(a) => lifecycle::enable(g, a).await,
+        Command::Restore(a) => lifecycle::restore(g, a).await,
         Command::Compat(c) => publish::compat(g, c).await,
         Command::Bench(a) => bench::run(g, a).await,
         Command::History(c) => history::run(g, c).await,

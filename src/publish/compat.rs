@@ -192,6 +192,7 @@ impl Bsdec2Args {
                 vars: Default::default(),
             }],
             date: date.to_string(),
+            copy_completion: None,
         })
     }
 }

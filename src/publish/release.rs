@@ -9,7 +9,7 @@ use aws_smithy_types::DateTime;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
-use crate::ami::{Arch, BootMode, ImageSpec, Imds, ShareSpec};
+use crate::ami::{Arch, BootMode, Completion, ImageSpec, Imds, Protect, ShareSpec, UefiData};
 use crate::aws::tags::{BUILD_DATE, TAGGED_VARS, VAR_PREFIX};
 use crate::params;
 use crate::params::template::{self, Vars};
@@ -34,6 +34,8 @@ const IMAGE_KEYS: &[&str] = &[
     "deprecate_in",
     "tags",
     "ssm",
+    "protect",
+    "uefi_data",
 ];
 
 /// A release file that cannot be used; nothing has been created.
@@ -111,6 +113,8 @@ struct RawRelease {
     #[serde(default)]
     tags: BTreeMap<String, String>,
     #[serde(default)]
+    copy_completion: Option<String>,
+    #[serde(default)]
     defaults: toml::Table,
     #[serde(default, rename = "image")]
     images: Vec<toml::Table>,
@@ -180,6 +184,8 @@ pub struct Release {
     pub images: Vec<ReleaseImage>,
     /// The build date used (YYYYMMDD).
     pub date: String,
+    /// Copies are time-based (`copy_completion`).
+    pub copy_completion: Option<Completion>,
 }
 
 impl Release {
@@ -268,6 +274,12 @@ impl ReleaseFile {
         if r.images.is_empty() {
             return Err(rel_err("no [[image]] entries".into()));
         }
+        let copy_completion = r
+            .copy_completion
+            .as_deref()
+            .map(Completion::parse)
+            .transpose()
+            .map_err(|e| rel_err(format!("`copy_completion`: {e}")))?;
         let base_dir = self.path.parent().unwrap_or(Path::new("."));
         let date = self.fixed_date().unwrap_or_else(|| date.to_string());
         let mut images = Vec::new();
@@ -308,6 +320,7 @@ impl ReleaseFile {
             ssm_overwrite: r.ssm_overwrite,
             images,
             date,
+            copy_completion,
         };
         check_unique(&release).map_err(rel_err)?;
         Ok(release)
@@ -412,6 +425,20 @@ impl ReleaseFile {
             }
         };
         spec.deprecate_at = deprecation(t)?;
+        spec.protect = match t.get("protect") {
+            None | Some(toml::Value::Boolean(false)) => None,
+            Some(toml::Value::Boolean(true)) => Some(Protect { cooldown: false }),
+            Some(toml::Value::String(s)) if s == "cooldown" => Some(Protect { cooldown: true }),
+            Some(v) => {
+                return Err(format!(
+                    "`protect` must be true, false or \"cooldown\", not {v:?}"
+                ));
+            }
+        };
+        if let Some(u) = string("uefi_data")? {
+            let file = base_dir.join(render("uefi_data", &u, &vars)?);
+            spec.uefi_data = Some(UefiData::read(&file)?);
+        }
         // Tags: the release's, the build variables, then the image's own.
         let mut tags: BTreeMap<String, String> = self
             .raw

@@ -14,6 +14,7 @@ pub mod chromium;
 mod http_util;
 pub mod moto;
 pub mod proxy;
+mod rest_ops;
 pub mod strict_ebs;
 mod units;
 

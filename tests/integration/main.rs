@@ -8,6 +8,7 @@ mod common;
 mod faults;
 mod history;
 mod images;
+mod lifecycle;
 mod moto_ext;
 mod plan_agrees;
 mod prune;

@@ -16,7 +16,8 @@ const NAME_AMD64: &str = "MyOS 15.0-CURRENT-x86_64-20261124 base UFS";
 const PARAM_ARM64: &str = "/myos/arm64/small/zfs/15.0/CURRENT";
 
 /// A release that exercises every step: upload, register, copies, public sharing and an
-/// account grant, public snapshots, deprecation and parameters.
+/// account grant, public snapshots, deprecation, deregistration protection and
+/// parameters.
 fn release(dir: &Path) -> PathBuf {
     let text = r#"
 regions = ["us-east-1", "us-west-2", "eu-west-1"]
@@ -32,6 +33,7 @@ date = "20261124"
 name = "MyOS {version}-{branch}-{arch}-{date} {flavour} {fs_upper}"
 boot_mode = "uefi-preferred"
 deprecate_at = "2027-06-30"
+protect = true
 
 [[image]]
 path = "base-ufs-amd64.raw"
@@ -76,6 +78,7 @@ fn promised(plan: &serde_json::Value) -> Requests {
             ("share", "update") => "ModifyImageAttribute",
             ("snapshots", "update") => "ModifySnapshotAttribute",
             ("deprecate", "update") => "EnableImageDeprecation",
+            ("protect", "update") => "EnableImageDeregistrationProtection",
             ("param", "create" | "update") => "PutParameter",
             (_, "reuse" | "unchanged" | "refuse") => continue,
             other => panic!("unexpected action {other:?}: {a}"),
@@ -97,6 +100,7 @@ fn sent(world: &World) -> Requests {
         "ModifyImageAttribute",
         "ModifySnapshotAttribute",
         "EnableImageDeprecation",
+        "EnableImageDeregistrationProtection",
         "PutParameter",
     ];
     let mut out = Requests::new();
