@@ -1366,10 +1366,7 @@ fn the_page_works_by_keyboard_alone_and_is_labelled() {
         .filter(|e| e["method"] == "Network.requestWillBeSent")
         .filter_map(|e| e["params"]["request"]["url"].as_str().map(str::to_string))
         .collect();
-    assert!(
-        urls.iter().any(|u| *u == url),
-        "the page's own load is seen: {urls:?}"
-    );
+    assert!(urls.contains(&url), "the page's own load is seen: {urls:?}");
     for u in &urls {
         assert!(
             u.starts_with("file:") || u.starts_with("data:"),
