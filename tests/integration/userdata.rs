@@ -9,7 +9,6 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
 use base64::Engine as _;
-use ec2ami::userdata::RULES;
 use ec2ami_testkit::chromium::Browser;
 use serde_json::{Value, json};
 
@@ -560,18 +559,18 @@ impl Case {
         if self.cloud_init {
             a.extend(["--flavour".into(), "cloud-init".into()]);
         }
-        let mut common = self.common_packages.clone();
-        common.sort();
-        for i in common {
-            a.push(format!("--pkg={}", RULES.common_packages[i].name));
+        let mut chosen = self.common_packages.clone();
+        chosen.sort();
+        for i in chosen {
+            a.push(format!("--pkg={}", common("common_packages")[i]));
         }
         for w in words(&self.more_packages) {
             a.push(format!("--pkg={w}"));
         }
-        let mut common = self.common_services.clone();
-        common.sort();
-        for i in common {
-            a.push(format!("--enable={}", RULES.common_services[i].name));
+        let mut chosen = self.common_services.clone();
+        chosen.sort();
+        for i in chosen {
+            a.push(format!("--enable={}", common("common_services")[i]));
         }
         for w in words(&self.more_enable) {
             a.push(format!("--enable={w}"));
@@ -811,19 +810,41 @@ fn compare(case: &Case, page: &PageResult, dir: &Path) {
     }
 }
 
-fn index_of_package(name: &str) -> usize {
-    RULES
-        .common_packages
+/// The rule tables as the page embeds them (what `userdata --page` writes), read once:
+/// the names of the page's common packages and services, by their checkbox index.
+fn page_rules() -> &'static Value {
+    static TABLES: std::sync::OnceLock<Value> = std::sync::OnceLock::new();
+    TABLES.get_or_init(|| {
+        let dir = tempfile::tempdir().unwrap();
+        let (page, _) = page_url(dir.path());
+        let html = std::fs::read_to_string(page).unwrap();
+        let start = html.find("id=\"rules\">").unwrap() + "id=\"rules\">".len();
+        let end = start + html[start..].find("</script>").unwrap();
+        serde_json::from_str(&html[start..end]).unwrap()
+    })
+}
+
+/// The names of the page's common packages (`pkg-N`) or services (`svc-N`).
+fn common(table: &str) -> Vec<&'static str> {
+    page_rules()[table]
+        .as_array()
+        .unwrap()
         .iter()
-        .position(|p| p.name == name)
+        .map(|e| e["name"].as_str().unwrap())
+        .collect()
+}
+
+fn index_of_package(name: &str) -> usize {
+    common("common_packages")
+        .iter()
+        .position(|p| *p == name)
         .unwrap()
 }
 
 fn index_of_service(name: &str) -> usize {
-    RULES
-        .common_services
+    common("common_services")
         .iter()
-        .position(|s| s.name == name)
+        .position(|s| *s == name)
         .unwrap()
 }
 
@@ -1052,13 +1073,12 @@ fn random_case(rng: &mut fastrand::Rng) -> Case {
         3 if !(valid && case.cloud_init) => "no",
         _ => "",
     };
-    for i in 0..RULES.common_packages.len() {
+    for i in 0..common("common_packages").len() {
         if rng.u8(..) < 30 {
             case.common_packages.push(i);
         }
     }
-    for i in 0..RULES.common_services.len() {
-        let name = RULES.common_services[i].name;
+    for (i, name) in common("common_services").into_iter().enumerate() {
         if rng.u8(..) < 25 && !(valid && (enable.contains(&name) || disable.contains(&name))) {
             case.common_services.push(i);
         }
@@ -1262,8 +1282,7 @@ fn the_page_works_by_keyboard_alone_and_is_labelled() {
         "no download while there are problems"
     );
     assert_eq!(
-        shown["text"],
-        format!("line 1: {}", RULES.rc_line[2].message),
+        shown["text"], "line 1: the value is not in double quotes: write name=\"value\"",
         "{shown}"
     );
     for _ in 0.."bar".len() {
