@@ -30,6 +30,19 @@ ensure_chromium() {
     fi
 }
 
+# libarchive's bsdtar (FreeBSD's tar, which configinit extracts user data with) and
+# PyYAML (cloud-init's parser) read back what `ec2ami userdata` writes.
+ensure_userdata_readers() {
+    if ! command -v bsdtar >/dev/null; then
+        log "installing libarchive-tools (apt)"
+        apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq libarchive-tools
+    fi
+    if ! python3 -c 'import yaml' 2>/dev/null; then
+        log "installing PyYAML (pip)"
+        python3 -m pip install --quiet --disable-pip-version-check pyyaml
+    fi
+}
+
 # groff renders the man pages `ec2ami man` writes (the man page test checks each one).
 ensure_groff() {
     if ! command -v groff >/dev/null; then

@@ -6,8 +6,9 @@
 //! [`params`] and [`publish`] put a release out; [`bench`](mod@bench) times how fast an AMI boots;
 //! [`history`] keeps those times, plots them and catches regressions; [`prune`]
 //! deletes what is obsolete; [`state`] is the SQLite database they and the publish
-//! journal share; [`aws`] builds the SDK clients and holds the one retry layer. The command
-//! line is the `ec2ami` binary's own (`src/main.rs`, `src/cli/`).
+//! journal share; [`userdata`] makes and checks the user data the images read at
+//! first boot; [`aws`] builds the SDK clients and holds the one retry layer. The
+//! command line is the `ec2ami` binary's own (`src/main.rs`, `src/cli/`).
 
 #![warn(missing_docs)]
 
@@ -23,3 +24,4 @@ pub mod publish;
 pub mod snapshot;
 pub mod state;
 pub mod units;
+pub mod userdata;

@@ -109,10 +109,7 @@ pub async fn run(g: &GlobalArgs, a: &BenchArgs) -> Result<(), Failure> {
         unreachable!("clap requires them without --cleanup");
     };
     let user_data = match &a.user_data {
-        Some(p) => Some(std::fs::read(p).map_err(|e| Failure {
-            message: format!("user data {}: {e}", p.display()),
-            interrupted: false,
-        })?),
+        Some(p) => Some(read_user_data(p)?),
         None => None,
     };
     let clients = connect(g).await?;
@@ -269,4 +266,33 @@ fn cleanup_text(r: &bench::CleanupReport) -> String {
         ));
     }
     lines.join("\n")
+}
+
+/// Read `--user-data` and check it as the image will read it (`ec2ami userdata
+/// --check`): over EC2's limit is refused before anything is launched; other problems
+/// are warned about (the AMI may not be one of FreeBSD's).
+fn read_user_data(p: &std::path::Path) -> Result<Vec<u8>, Failure> {
+    let data = std::fs::read(p).map_err(|e| Failure {
+        message: format!("user data {}: {e}", p.display()),
+        interrupted: false,
+    })?;
+    if data.len() > ec2ami::userdata::LIMIT_BYTES {
+        return Err(Failure {
+            message: format!(
+                "user data {}: {} bytes: over EC2's limit of {} bytes",
+                p.display(),
+                data.len(),
+                ec2ami::userdata::LIMIT_BYTES
+            ),
+            interrupted: false,
+        });
+    }
+    let report = ec2ami::userdata::check(&data, None);
+    for e in &report.errors {
+        tracing::warn!(
+            "user data {}: {e} (ec2ami userdata --check explains)",
+            p.display()
+        );
+    }
+    Ok(data)
 }

@@ -8,6 +8,7 @@ mod images;
 mod lifecycle;
 mod prune;
 mod publish;
+mod userdata;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -124,6 +125,10 @@ enum Command {
     History(history::HistoryCommand),
     /// Plots of boot time per build for every series, and an index.html showing them.
     Report(history::ReportArgs),
+    /// User data for FreeBSD's images: make it from packages, services, rc.conf
+    /// settings, files and a script (configinit or cloud-init), check a file, or write
+    /// the generator page.
+    Userdata(userdata::UserdataArgs),
     /// Print a shell completion script (bash, zsh, fish, elvish) on stdout.
     Completions(completions::CompletionsArgs),
     /// Write the man pages (ec2ami.1 and one per subcommand) into a directory.
@@ -367,6 +372,7 @@ async fn run(cli: Cli) -> Result<(), Failure> {
         Command::Bench(a) => bench::run(g, a).await,
         Command::History(c) => history::run(g, c).await,
         Command::Report(a) => history::report_cmd(g, a).await,
+        Command::Userdata(a) => userdata::run(g, a),
         Command::Completions(a) => completions::completions(a),
         Command::Man(a) => completions::man(g, a),
     }

@@ -63,6 +63,8 @@ pub enum ReportError {
 pub struct ReportSummary {
     /// The page.
     pub index: PathBuf,
+    /// The user-data generator page the index links to.
+    pub userdata_page: PathBuf,
     /// One entry per series.
     pub series: Vec<SeriesFiles>,
 }
@@ -129,8 +131,13 @@ pub fn write_report(
         path: index.clone(),
         source,
     })?;
+    let userdata_page = crate::userdata::page::write_page(out).map_err(|e| ReportError::Io {
+        path: e.path,
+        source: e.source,
+    })?;
     Ok(ReportSummary {
         index,
+        userdata_page,
         series: files,
     })
 }
@@ -355,6 +362,13 @@ pub fn index_html(
         opts.window,
         opts.threshold
     );
+    let _ = writeln!(
+        h,
+        "<p>Launching these images? <a href=\"{}\" id=\"userdata-link\">Make their user \
+         data</a>: packages to install, services to enable, rc.conf settings, files and a \
+         script for the first boot.</p>",
+        crate::userdata::page::PAGE_FILE
+    );
     h.push_str("<table>\n<tr><th>series</th><th>latest build</th><th>date</th>");
     for p in Phase::ALL {
         let _ = write!(h, "<th>{} s</th>", escape(p.short()));
@@ -492,6 +506,11 @@ mod tests {
         );
         let html = std::fs::read_to_string(&out.index).unwrap();
         assert!(html.contains("every run timed out"), "{html}");
+        // The generator page is written beside the index, which links it.
+        assert_eq!(out.userdata_page, dir.path().join("userdata.html"));
+        let page = std::fs::read_to_string(&out.userdata_page).unwrap();
+        assert_eq!(page, crate::userdata::page::page_html());
+        assert!(html.contains("<a href=\"userdata.html\""), "{html}");
         assert!(matches!(
             write_report(&[], dir.path(), &CheckOptions::default(), "test"),
             Err(ReportError::Empty)

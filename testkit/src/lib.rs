@@ -1,6 +1,7 @@
 //! ec2ami's test world: a local AWS-protocol world on 127.0.0.1 (moto with the
 //! harness's extension, a fault-injecting recording proxy, a strict EBS direct
-//! endpoint) and a stand-in for a booting instance's TCP port (the boot fixture).
+//! endpoint), a stand-in for a booting instance's TCP port (the boot fixture), and
+//! headless Chromium driven over the DevTools protocol (for the pages ec2ami writes).
 //!
 //! This crate is never shipped (`publish = false`): `ec2ami` takes it as a
 //! dev-dependency for its integration tests, and its `ec2ami-testkit` binary runs the
@@ -9,6 +10,7 @@
 #![warn(missing_docs)]
 
 pub mod boot_fixture;
+pub mod chromium;
 mod http_util;
 pub mod moto;
 pub mod proxy;

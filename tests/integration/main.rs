@@ -15,3 +15,4 @@ mod prune;
 mod publish;
 mod roundtrip;
 mod shipped;
+mod userdata;

@@ -102,9 +102,16 @@ fn simulator_needles() -> Vec<String> {
         .collect();
     assert_eq!(needles.len(), 3, "the moto extension has long lines");
     needles.extend(
-        ["ec2ami_testkit", "StrictEbs", "FaultProxy", "BootFixture"]
-            .iter()
-            .map(|s| s.to_string()),
+        [
+            "ec2ami_testkit",
+            "StrictEbs",
+            "FaultProxy",
+            "BootFixture",
+            // The headless Chromium driver the page tests use.
+            "--remote-debugging-pipe",
+        ]
+        .iter()
+        .map(|s| s.to_string()),
     );
     needles
 }
