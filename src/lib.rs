@@ -14,6 +14,7 @@ pub mod aws;
 pub mod bench;
 pub mod history;
 pub mod image;
+pub mod imds;
 pub mod params;
 pub mod progress;
 pub mod prune;
