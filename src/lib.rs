@@ -12,6 +12,7 @@
 pub mod ami;
 pub mod aws;
 pub mod bench;
+pub mod boot;
 pub mod history;
 pub mod image;
 pub mod imds;

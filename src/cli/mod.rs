@@ -2,7 +2,9 @@
 //! modules each subcommand calls.
 
 mod bench;
+mod boot;
 mod history;
+mod imds;
 mod images;
 mod prune;
 mod publish;
@@ -113,6 +115,14 @@ enum Command {
     History(history::HistoryCommand),
     /// Plots of boot time per build for every series, and an index.html showing them.
     Report(history::ReportArgs),
+    /// Boot a disk image locally in QEMU (BIOS, UEFI or both) with a local instance
+    /// metadata service: boot timeline from the console, SSH smoke checks; records the
+    /// boot-time history. Never writes the image.
+    Boot(boot::BootArgs),
+    /// The instance metadata service, from an instance: IMDSv2, IPv4 first, 100 ms
+    /// timeouts.
+    #[command(subcommand)]
+    Imds(imds::ImdsCommand),
 }
 
 #[derive(Debug, Args)]
@@ -286,7 +296,15 @@ const EXIT_INTERRUPTED: u8 = 130;
 /// Run the command line; returns the process exit code.
 pub fn main() -> ExitCode {
     let cli = Cli::parse();
+    // The relay's stdout and stderr may be the guest's connection: no logging there.
+    if let Command::Imds(c @ imds::ImdsCommand::Relay { .. }) = &cli.command {
+        return imds::main(c);
+    }
     init_logging(cli.global.quiet, cli.global.verbose);
+    // Its own exit statuses.
+    if let Command::Imds(c) = &cli.command {
+        return imds::main(c);
+    }
     let rt = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -349,6 +367,8 @@ async fn run(cli: Cli) -> Result<(), Failure> {
         Command::Bench(a) => bench::run(g, a).await,
         Command::History(c) => history::run(g, c).await,
         Command::Report(a) => history::report_cmd(g, a).await,
+        Command::Boot(a) => boot::run(g, a).await,
+        Command::Imds(_) => unreachable!("run by imds::main"),
     }
 }
 

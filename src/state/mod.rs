@@ -22,6 +22,10 @@ const SCHEMAS: &[(&str, &str)] = &[
     ("boot history", crate::history::SCHEMA),
 ];
 
+/// Upgrades of older databases, run after the schemas on open (each idempotent).
+type Upgrade = fn(&Connection) -> rusqlite::Result<()>;
+const UPGRADES: &[(&str, Upgrade)] = &[("boot history firmware", crate::history::upgrade)];
+
 /// A failure of the state database, with the file it concerns.
 #[derive(Debug, thiserror::Error)]
 pub enum StateError {
@@ -95,6 +99,9 @@ impl StateDb {
         for (_, ddl) in SCHEMAS {
             conn.execute_batch(ddl).map_err(err)?;
         }
+        for (_, up) in UPGRADES {
+            up(&conn).map_err(err)?;
+        }
         Ok(StateDb {
             conn: Mutex::new(conn),
             path: path.to_owned(),
@@ -111,6 +118,9 @@ impl StateDb {
         let conn = Connection::open_in_memory().map_err(err)?;
         for (_, ddl) in SCHEMAS {
             conn.execute_batch(ddl).map_err(err)?;
+        }
+        for (_, up) in UPGRADES {
+            up(&conn).map_err(err)?;
         }
         Ok(StateDb {
             conn: Mutex::new(conn),
