@@ -24,6 +24,8 @@ pub struct PreflightOptions {
     pub failure_dir: PathBuf,
     /// The region the metadata service reports.
     pub region: String,
+    /// The history the boots are recorded in.
+    pub history: Option<std::sync::Arc<StateDb>>,
 }
 
 /// The firmwares an AMI of this boot mode must boot with, in the order tried.
@@ -69,12 +71,11 @@ pub enum PreflightError {
 }
 
 /// Boot `path` as the AMI `spec` will be booted, stopping at the first failure. The
-/// runs go to the history (when `db` is given) as the build `build`.
+/// runs go to the history (when `opts.history` is given) as the build `build`.
 pub async fn check(
     path: &Path,
     spec: &ImageSpec,
     build: &BuildInfo,
-    db: Option<&StateDb>,
     opts: &PreflightOptions,
     shutdown: impl Future<Output = ()>,
 ) -> Result<BootReport, PreflightError> {
@@ -95,7 +96,7 @@ pub async fn check(
     if report.interrupted {
         return Err(PreflightError::Interrupted);
     }
-    if let Some(db) = db
+    if let Some(db) = &opts.history
         && let Err(e) = record_history(db, &report, build, crate::state::now_epoch())
     {
         tracing::warn!("pre-flight boots not recorded in the history: {e}");

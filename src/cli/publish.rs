@@ -40,6 +40,13 @@ struct RunArgs {
     /// Where upload block indexes are kept (default: $XDG_STATE_HOME/ec2ami/blocks).
     #[arg(long, value_name = "DIR")]
     index_dir: Option<PathBuf>,
+    /// Do not boot the images locally before their upload (see `preflight` in the
+    /// release file).
+    #[arg(long)]
+    skip_preflight: bool,
+    /// Longest one pre-flight boot may take.
+    #[arg(long, value_name = "DURATION", default_value = "5m", value_parser = parse_duration)]
+    preflight_timeout: Duration,
 }
 
 #[derive(Debug, Args)]
@@ -176,6 +183,59 @@ fn publish_failure(e: PublishError) -> Failure {
     }
 }
 
+/// Whether images are booted locally before their upload: `--skip-preflight` says no;
+/// else the release's `preflight`; else `EC2AMI_PREFLIGHT` (`on`/`off`); else whether
+/// QEMU is installed. Asked for without QEMU, it is an error before anything is done.
+fn preflight_on(release: &Release, a: &RunArgs) -> Result<bool, Failure> {
+    if a.skip_preflight {
+        return Ok(false);
+    }
+    let installed = ec2ami::boot::qemu::installed();
+    let on = match release.preflight {
+        Some(v) => v,
+        None => match std::env::var("EC2AMI_PREFLIGHT").ok().as_deref() {
+            Some("off" | "0" | "no" | "false") => false,
+            Some("on" | "1" | "yes" | "true") => true,
+            _ => installed,
+        },
+    };
+    if on && !installed {
+        return Err(Failure {
+            message: format!(
+                "{}: pre-flight boots need QEMU, which is not installed (Debian: apt-get install \
+                 qemu-system-x86 ovmf seabios), or pass --skip-preflight",
+                release.path.display()
+            ),
+            interrupted: false,
+        });
+    }
+    Ok(on)
+}
+
+/// The pre-flight boots' options, when they are on.
+fn preflight_options(
+    g: &GlobalArgs,
+    a: &RunArgs,
+    release: &Release,
+    db: &Arc<StateDb>,
+) -> Result<Option<ec2ami::boot::preflight::PreflightOptions>, Failure> {
+    if release.preflight != Some(true) {
+        return Ok(None);
+    }
+    let state = db.path().parent().unwrap_or(std::path::Path::new("."));
+    Ok(Some(ec2ami::boot::preflight::PreflightOptions {
+        relay: super::boot::relay_command()?,
+        timeout: a.preflight_timeout,
+        failure_dir: state.join("boot-consoles"),
+        region: release
+            .source_region
+            .clone()
+            .or_else(|| g.region.clone())
+            .unwrap_or_else(|| "us-east-1".into()),
+        history: Some(db.clone()),
+    }))
+}
+
 fn publish_options(g: &GlobalArgs, a: &RunArgs) -> PublishOptions {
     PublishOptions {
         workers: a.workers,
@@ -186,6 +246,7 @@ fn publish_options(g: &GlobalArgs, a: &RunArgs) -> PublishOptions {
             .index_dir
             .clone()
             .unwrap_or_else(snapshot::index::default_dir),
+        preflight: None,
     }
 }
 
@@ -200,11 +261,13 @@ fn journal_date(journal: Option<&Journal>) -> String {
 pub async fn publish(g: &GlobalArgs, a: &PublishArgs) -> Result<(), Failure> {
     let file = ReleaseFile::read(&a.release)?;
     // Every check of the file (templates, names, images) before anything else.
-    file.resolve(&today(), true)?;
+    let first = file.resolve(&today(), true)?;
+    let preflight = preflight_on(&first, &a.run)?;
     let db = Arc::new(g.state_db()?);
     if a.plan {
         let journal = Journal::find(&db, &file.key)?;
-        let release = file.resolve(&journal_date(journal.as_ref()), true)?;
+        let mut release = file.resolve(&journal_date(journal.as_ref()), true)?;
+        release.preflight = Some(preflight);
         let clients = connect(g).await?;
         let plan = plan::plan(&clients, &release, journal.as_ref(), &g.retry()).await?;
         g.print(&plan, || plan.render());
@@ -217,8 +280,11 @@ pub async fn publish(g: &GlobalArgs, a: &PublishArgs) -> Result<(), Failure> {
     if journal.resumed() {
         tracing::info!("resuming the publish of {}", a.release.display());
     }
-    let release = file.resolve(&journal_date(Some(&journal)), true)?;
-    run_release(g, &clients, &release, &journal, &publish_options(g, &a.run)).await
+    let mut release = file.resolve(&journal_date(Some(&journal)), true)?;
+    release.preflight = Some(preflight);
+    let mut opts = publish_options(g, &a.run);
+    opts.preflight = preflight_options(g, &a.run, &release, &db)?;
+    run_release(g, &clients, &release, &journal, &opts).await
 }
 
 fn lock(db: &StateDb, key: &str, what: &str) -> Result<JobLock, Failure> {
@@ -431,7 +497,8 @@ pub async fn compat(g: &GlobalArgs, c: &CompatCommand) -> Result<(), Failure> {
         interrupted: false,
     };
     let keys = compat::read_key_file(&args.keyfile).map_err(invalid)?;
-    let release = args.release(&today()).map_err(invalid)?;
+    let mut release = args.release(&today()).map_err(invalid)?;
+    release.preflight = Some(preflight_on(&release, &a.run)?);
     if !args.announce.is_empty() {
         tracing::warn!(
             "ec2ami sends no SNS announcement: {} ignored",
@@ -453,5 +520,7 @@ pub async fn compat(g: &GlobalArgs, c: &CompatCommand) -> Result<(), Failure> {
     let _lock = lock(&db, &release.key, &args.image.display().to_string())?;
     let vars = serde_json::json!({ "date": release.date }).to_string();
     let journal = Journal::open(&db, &release.key, &args.image.display().to_string(), &vars)?;
-    run_release(g, &clients, &release, &journal, &publish_options(g, &a.run)).await
+    let mut opts = publish_options(g, &a.run);
+    opts.preflight = preflight_options(g, &a.run, &release, &db)?;
+    run_release(g, &clients, &release, &journal, &opts).await
 }

@@ -27,6 +27,8 @@ pub enum Verb {
     Unchanged,
     /// Would be refused (overwrite not allowed).
     Refuse,
+    /// Checked locally (the pre-flight boot).
+    Check,
 }
 
 /// One planned action.
@@ -89,6 +91,9 @@ impl Plan {
             count(Verb::Refuse),
             count(Verb::Reuse) + count(Verb::Unchanged)
         ));
+        if count(Verb::Check) > 0 {
+            out.push_str(&format!(", {} to boot locally first", count(Verb::Check)));
+        }
         out
     }
 }
@@ -150,6 +155,23 @@ async fn image_plan(
     }
 
     if ids[0].is_none() {
+        if release.preflight == Some(true) {
+            let key = StepKey::new(name, "preflight", "local", "");
+            let done = match journal {
+                Some(j) => j.get(&key)?.is_some_and(|s| s.status == Status::Done),
+                None => false,
+            };
+            out.push(if done {
+                act("preflight", "local", Verb::Reuse, "passed in an earlier run".into())
+            } else {
+                act(
+                    "preflight",
+                    "local",
+                    Verb::Check,
+                    crate::boot::preflight::describe(img.spec.effective_boot_mode()).into(),
+                )
+            });
+        }
         out.extend(snapshot_plan(src, img, journal, retry).await?);
     }
     for (i, region) in regions.iter().enumerate() {

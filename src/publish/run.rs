@@ -141,7 +141,10 @@ impl Run<'_> {
                 if *self.stop.1.borrow() {
                     break;
                 }
-                let r = self.snapshot(img).await;
+                let r = match self.preflight(img).await {
+                    Ok(()) => self.snapshot(img).await,
+                    Err(e) => Err(e),
+                };
                 let _ = tx.send((i, r));
             }
         };
@@ -181,6 +184,44 @@ impl Run<'_> {
 
     fn key(&self, img: &ReleaseImage, kind: &str, region: &str, target: &str) -> StepKey {
         StepKey::new(img.name(), kind, region, target)
+    }
+
+    /// Boot the image locally in the firmwares its boot mode promises, before anything
+    /// about it is asked of AWS; a pass is journaled, so a resumed publish does not boot
+    /// it again.
+    async fn preflight(&self, img: &ReleaseImage) -> Result<(), PublishError> {
+        let Some(opts) = &self.opts.preflight else {
+            return Ok(());
+        };
+        let key = self.key(img, "preflight", "local", "");
+        if self
+            .journal
+            .get(&key)?
+            .is_some_and(|s| s.status == Status::Done)
+        {
+            return Ok(());
+        }
+        tracing::info!(
+            "pre-flight: {} ({}) before its upload",
+            crate::boot::preflight::describe(img.spec.effective_boot_mode()),
+            img.path.display()
+        );
+        let report = crate::boot::preflight::check(
+            &img.path,
+            &img.spec,
+            &preflight_build(img, &self.release.date),
+            opts,
+            self.stopped(),
+        )
+        .await
+        .map_err(|e| match e {
+            crate::boot::preflight::PreflightError::Interrupted => PublishError::Interrupted,
+            e => e.into(),
+        })?;
+        let firmwares: Vec<String> = report.firmwares.iter().map(|f| f.key().to_string()).collect();
+        self.journal
+            .record(&key, Status::Done, None, Some(&firmwares.join(",")))?;
+        Ok(())
     }
 
     /// Make sure the image's snapshot exists: the AMI's if the AMI already exists, one
@@ -475,6 +516,21 @@ impl Run<'_> {
         }
         Ok(errors)
     }
+}
+
+/// What build a pre-flight boots, for the history.
+fn preflight_build(img: &ReleaseImage, date: &str) -> crate::history::BuildInfo {
+    let v = |k: &str| img.vars.get(k).cloned();
+    crate::history::BuildInfo {
+        image_name: Some(img.name().to_string()),
+        version: v("version"),
+        branch: v("branch"),
+        flavour: v("flavour"),
+        fs: v("fs"),
+        arch: v("arch"),
+        build_date: v("date").or(Some(date.to_string())),
+    }
+    .normalized()
 }
 
 /// The permissions of `share`, as words for reports.
