@@ -545,6 +545,21 @@ pub(crate) async fn boot_once<F: Future<Output = ()>>(
         }
     };
 
+    // A failure the console showed: let it finish saying so (a panic's trace follows
+    // its first line) until it is quiet for half a second, two seconds at most.
+    if matches!(outcome, Some(Outcome::Failed(_))) {
+        let until = Instant::now() + Duration::from_secs(2);
+        loop {
+            let quiet = (Instant::now() + Duration::from_millis(500)).min(until);
+            match tokio::time::timeout_at(quiet, rx.recv()).await {
+                Ok(Some(ev)) => {
+                    console.take(ev, &ctx);
+                }
+                _ => break,
+            }
+        }
+    }
+
     // The checks, still watching the console, QEMU, the deadline and the user.
     let mut checks = Vec::new();
     let mut trust = None;
