@@ -66,7 +66,9 @@ impl std::str::FromStr for AccelChoice {
             "auto" => Ok(AccelChoice::Auto),
             "kvm" => Ok(AccelChoice::Kvm),
             "tcg" => Ok(AccelChoice::Tcg),
-            _ => Err(format!("unknown accelerator `{s}` (one of: auto, kvm, tcg)")),
+            _ => Err(format!(
+                "unknown accelerator `{s}` (one of: auto, kvm, tcg)"
+            )),
         }
     }
 }
@@ -199,7 +201,11 @@ mod tests {
         let d = decide(AccelChoice::Auto, Arch::X86_64, &host(true, "svm"));
         assert_eq!(d.accel, Accel::Kvm);
         // These machines: /dev/kvm, no vmx/svm.
-        let d = decide(AccelChoice::Auto, Arch::X86_64, &host(true, "sse hypervisor"));
+        let d = decide(
+            AccelChoice::Auto,
+            Arch::X86_64,
+            &host(true, "sse hypervisor"),
+        );
         assert_eq!(d.accel, Accel::Tcg);
         assert!(d.reason.contains("no vmx/svm"), "{}", d.reason);
         let d = decide(AccelChoice::Auto, Arch::X86_64, &host(false, "vmx"));
@@ -221,7 +227,10 @@ mod tests {
             kvm: Ok(()),
             cpu_flags: String::new(),
         };
-        assert_eq!(decide(AccelChoice::Auto, Arch::Arm64, &arm).accel, Accel::Kvm);
+        assert_eq!(
+            decide(AccelChoice::Auto, Arch::Arm64, &arm).accel,
+            Accel::Kvm
+        );
     }
 
     #[test]
@@ -230,7 +239,9 @@ mod tests {
             "KVM internal error. Suberror: 1\nextra data[0]: 0x0000000000000000"
         ));
         assert!(is_accel_failure("error: kvm run failed Bad address"));
-        assert!(!is_accel_failure("qemu-system-x86_64: terminating on signal 15"));
+        assert!(!is_accel_failure(
+            "qemu-system-x86_64: terminating on signal 15"
+        ));
         assert_eq!(Accel::Tcg.instance_type(), "qemu-tcg");
     }
 }

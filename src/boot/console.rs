@@ -82,7 +82,9 @@ impl LineSplitter {
     }
 
     fn end_line(&mut self, out: &mut Vec<Line>) {
-        let text = String::from_utf8_lossy(&self.current).trim_end().to_string();
+        let text = String::from_utf8_lossy(&self.current)
+            .trim_end()
+            .to_string();
         if !text.is_empty() {
             out.push(Line {
                 at: self.started.unwrap_or(0.0),
@@ -156,7 +158,9 @@ impl LineSplitter {
 
     /// The line being received (a prompt has no newline), if any.
     pub fn partial(&self) -> Option<Line> {
-        let text = String::from_utf8_lossy(&self.current).trim_end().to_string();
+        let text = String::from_utf8_lossy(&self.current)
+            .trim_end()
+            .to_string();
         (!text.is_empty()).then(|| Line {
             at: self.started.unwrap_or(0.0),
             text,
@@ -191,7 +195,8 @@ const STAGES: [&str; 3] = ["loader", "kernel", "userland"];
 /// (GRUB; FreeBSD's BTX, boot1.efi and loader).
 pub const LOADER: &str = r"Booting from Hard Disk|BdsDxe: starting Boot|Welcome to GRUB|GNU GRUB|Loading Linux|BTX loader|>> FreeBSD EFI boot block|FreeBSD/\S+ (EFI )?(bootstrap )?loader|^Consoles: ";
 /// The default kernel marker: Linux's banner, FreeBSD's `---<<BOOT>>---` and copyright.
-pub const KERNEL: &str = r"Linux version \d|---<<BOOT>>---|Copyright \(c\) 1992-\d+ The FreeBSD Project";
+pub const KERNEL: &str =
+    r"Linux version \d|---<<BOOT>>---|Copyright \(c\) 1992-\d+ The FreeBSD Project";
 /// The default userland marker: the first process runs (Linux: `Run /init as init
 /// process`, systemd's welcome, SysV init; FreeBSD: rc's first lines).
 pub const USERLAND: &str = r"Run /\S*init as init process|^Welcome to .+!|^INIT: version|^Setting hostuuid: |^Setting hostid: |^Starting file system checks";
@@ -201,7 +206,10 @@ const FAILURES: &[(&str, &str)] = &[
     (r"Kernel panic - not syncing", "the kernel panicked"),
     (r"^panic: ", "the kernel panicked"),
     (r"^Fatal trap \d+", "the kernel took a fatal trap"),
-    (r"^mountroot> ", "the kernel could not mount its root file system"),
+    (
+        r"^mountroot> ",
+        "the kernel could not mount its root file system",
+    ),
     (r"^No bootable device", "the firmware found nothing to boot"),
     (
         r"No bootable option or device was found",
@@ -557,7 +565,10 @@ mod tests {
         let mut s = LineSplitter::new(Stream::Serial);
         let mut out = s.push(b"\x1b[2J\x1b[01;01HBdsDxe: loading Boot0001\r\n", 1.0);
         out.extend(s.push(b"\x1b[0m\x1b[30m\x1b[47mWelcome to ", 2.0));
-        out.extend(s.push(b"GRUB!\r\r\n\x1b(B\x1b]0;title\x07Loading\tLinux ...\r", 3.0));
+        out.extend(s.push(
+            b"GRUB!\r\r\n\x1b(B\x1b]0;title\x07Loading\tLinux ...\r",
+            3.0,
+        ));
         out.extend(s.push(b"\n[    0.000000] Linux version 6.1\r\n", 4.0));
         assert_eq!(
             texts(&out),
@@ -591,17 +602,27 @@ mod tests {
         let mut t = Tracker::new(Markers::default());
         t.output_at(0.4);
         for (at, text) in [
-            (1.0, "BdsDxe: loading Boot0001 \"UEFI Misc Device\" from PciRoot(0x0)"),
-            (1.1, "BdsDxe: starting Boot0001 \"UEFI Misc Device\" from PciRoot(0x0)"),
+            (
+                1.0,
+                "BdsDxe: loading Boot0001 \"UEFI Misc Device\" from PciRoot(0x0)",
+            ),
+            (
+                1.1,
+                "BdsDxe: starting Boot0001 \"UEFI Misc Device\" from PciRoot(0x0)",
+            ),
             (1.5, "Welcome to GRUB!"),
             (1.6, "Loading Linux 6.1.0-50-cloud-amd64 ..."),
-            (2.0, "[    0.000000] Linux version 6.1.0-50-cloud-amd64 (debian-kernel@)"),
+            (
+                2.0,
+                "[    0.000000] Linux version 6.1.0-50-cloud-amd64 (debian-kernel@)",
+            ),
             (6.0, "[    3.1] Run /init as init process"),
             (9.0, "Welcome to Debian GNU/Linux 12 (bookworm)!"),
         ] {
             assert!(t.line(line(at, text)).is_none());
         }
-        let marks: Vec<(String, f64)> = t.marks().into_iter().map(|m| (m.name, m.seconds)).collect();
+        let marks: Vec<(String, f64)> =
+            t.marks().into_iter().map(|m| (m.name, m.seconds)).collect();
         assert_eq!(
             marks,
             [
@@ -623,7 +644,10 @@ mod tests {
             (5.0, "---<<BOOT>>---"),
             (5.1, "Copyright (c) 1992-2024 The FreeBSD Project."),
             (9.0, "Trying to mount root from ufs:/dev/gpt/rootfs [rw]..."),
-            (9.5, "Setting hostuuid: ec2d0c0e-0000-0000-0000-000000000000."),
+            (
+                9.5,
+                "Setting hostuuid: ec2d0c0e-0000-0000-0000-000000000000.",
+            ),
         ] {
             t.line(line(at, text));
         }
@@ -637,7 +661,10 @@ mod tests {
     #[test]
     fn failures_are_seen_at_once_and_not_taken_as_markers() {
         let mut t = Tracker::new(Markers::default());
-        t.line(line(1.0, "BdsDxe: failed to load Boot0001 \"UEFI Misc Device\": Not Found"));
+        t.line(line(
+            1.0,
+            "BdsDxe: failed to load Boot0001 \"UEFI Misc Device\": Not Found",
+        ));
         let f = t
             .line(line(
                 1.2,
@@ -655,7 +682,10 @@ mod tests {
             ))
             .unwrap();
         assert_eq!(f.reason, "the kernel panicked");
-        assert!(p.line(line(4.1, "---[ end Kernel panic - not syncing ]---")).is_none());
+        assert!(
+            p.line(line(4.1, "---[ end Kernel panic - not syncing ]---"))
+                .is_none()
+        );
         let mut g = Tracker::new(Markers::default());
         assert!(g.partial(&line(2.0, "grub rescue> ")).is_some());
         assert!(Markers::default().failure("panic: page fault").is_some());
@@ -665,7 +695,10 @@ mod tests {
     #[test]
     fn user_markers_add_and_replace() {
         let extra = vec![
-            ("sshd".to_string(), r"Started .*OpenBSD Secure Shell".to_string()),
+            (
+                "sshd".to_string(),
+                r"Started .*OpenBSD Secure Shell".to_string(),
+            ),
             ("kernel".to_string(), r"^KERNEL GO".to_string()),
         ];
         let m = Markers::new(&extra).unwrap();
@@ -673,7 +706,10 @@ mod tests {
         let mut t = Tracker::new(m);
         t.line(line(1.0, "Linux version 6.1"));
         t.line(line(2.0, "KERNEL GO"));
-        t.line(line(3.0, "[  OK  ] Started ssh.service - OpenBSD Secure Shell server."));
+        t.line(line(
+            3.0,
+            "[  OK  ] Started ssh.service - OpenBSD Secure Shell server.",
+        ));
         let m = t.marks();
         assert_eq!(m.iter().find(|x| x.name == "kernel").unwrap().seconds, 2.0);
         assert_eq!(m.iter().find(|x| x.name == "sshd").unwrap().seconds, 3.0);

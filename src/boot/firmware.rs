@@ -217,7 +217,10 @@ pub fn choose(
                 if paths.esp {
                     vec![]
                 } else {
-                    vec!["the image has no EFI System Partition: UEFI will find nothing to boot".into()]
+                    vec![
+                        "the image has no EFI System Partition: UEFI will find nothing to boot"
+                            .into(),
+                    ]
                 },
             )),
         };
@@ -245,9 +248,8 @@ pub fn choose(
         warnings.push("the image has no boot code in its MBR: a BIOS boot will not start".into());
     }
     if wanted.contains(&Firmware::Uefi) && !paths.esp {
-        warnings.push(
-            "the image has no EFI System Partition: UEFI will find nothing to boot".into(),
-        );
+        warnings
+            .push("the image has no EFI System Partition: UEFI will find nothing to boot".into());
     }
     Ok((wanted, warnings))
 }
@@ -276,8 +278,14 @@ pub fn uefi_files(arch: Arch) -> Result<UefiFiles, String> {
     let (candidates, hint): (&[(&str, &str)], &str) = match arch {
         Arch::X86_64 => (
             &[
-                ("/usr/share/OVMF/OVMF_CODE_4M.fd", "/usr/share/OVMF/OVMF_VARS_4M.fd"),
-                ("/usr/share/OVMF/OVMF_CODE.fd", "/usr/share/OVMF/OVMF_VARS.fd"),
+                (
+                    "/usr/share/OVMF/OVMF_CODE_4M.fd",
+                    "/usr/share/OVMF/OVMF_VARS_4M.fd",
+                ),
+                (
+                    "/usr/share/OVMF/OVMF_CODE.fd",
+                    "/usr/share/OVMF/OVMF_VARS.fd",
+                ),
                 (
                     "/usr/share/edk2/ovmf/OVMF_CODE.fd",
                     "/usr/share/edk2/ovmf/OVMF_VARS.fd",
@@ -287,7 +295,10 @@ pub fn uefi_files(arch: Arch) -> Result<UefiFiles, String> {
         ),
         Arch::Arm64 => (
             &[
-                ("/usr/share/AAVMF/AAVMF_CODE.fd", "/usr/share/AAVMF/AAVMF_VARS.fd"),
+                (
+                    "/usr/share/AAVMF/AAVMF_CODE.fd",
+                    "/usr/share/AAVMF/AAVMF_VARS.fd",
+                ),
                 (
                     "/usr/share/edk2/aarch64/QEMU_EFI-pflash.raw",
                     "/usr/share/edk2/aarch64/vars-template-pflash.raw",
@@ -308,9 +319,12 @@ pub fn uefi_files(arch: Arch) -> Result<UefiFiles, String> {
 
 /// SeaBIOS, which QEMU loads by default: say so clearly when it is missing.
 pub fn check_bios() -> Result<(), String> {
-    let found = ["/usr/share/qemu/bios-256k.bin", "/usr/share/seabios/bios-256k.bin"]
-        .iter()
-        .any(|p| Path::new(p).is_file());
+    let found = [
+        "/usr/share/qemu/bios-256k.bin",
+        "/usr/share/seabios/bios-256k.bin",
+    ]
+    .iter()
+    .any(|p| Path::new(p).is_file());
     if found || std::env::var_os("EC2AMI_SKIP_BIOS_CHECK").is_some() {
         Ok(())
     } else {

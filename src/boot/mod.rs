@@ -143,9 +143,9 @@ pub enum BootError {
 /// `90s`, `5m`, `1h`.
 pub(crate) fn human(d: Duration) -> String {
     let s = d.as_secs();
-    if s >= 3600 && s % 3600 == 0 {
+    if s >= 3600 && s.is_multiple_of(3600) {
         format!("{}h", s / 3600)
-    } else if s >= 60 && s % 60 == 0 {
+    } else if s >= 60 && s.is_multiple_of(60) {
         format!("{}m", s / 60)
     } else {
         let n = format!("{:.3}", d.as_secs_f64());
@@ -208,10 +208,8 @@ fn prepare(opts: &BootOptions) -> Result<Prepared, BootError> {
         },
     )?;
     let paths = firmware::inspect(&head);
-    let (firmwares, warnings) =
-        firmware::choose(opts.firmware, &paths, opts.arch).map_err(|e| {
-            BootError::Invalid(format!("{}: {e}", opts.image.display()))
-        })?;
+    let (firmwares, warnings) = firmware::choose(opts.firmware, &paths, opts.arch)
+        .map_err(|e| BootError::Invalid(format!("{}: {e}", opts.image.display())))?;
     let qemu = qemu::binary(opts.arch).map_err(BootError::Missing)?;
     let uefi = if firmwares.contains(&Firmware::Uefi) {
         Some(firmware::uefi_files(opts.arch).map_err(BootError::Missing)?)
@@ -228,7 +226,13 @@ fn prepare(opts: &BootOptions) -> Result<Prepared, BootError> {
         .unwrap_or_else(|| "image".into());
     let stem: String = name
         .chars()
-        .map(|c| if c.is_ascii_alphanumeric() || c == '.' || c == '-' { c } else { '_' })
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || c == '.' || c == '-' {
+                c
+            } else {
+                '_'
+            }
+        })
         .collect();
     let digest = Sha256::digest(image.as_os_str().as_encoded_bytes());
     let hex: String = digest.iter().map(|b| format!("{b:02x}")).collect();
@@ -339,12 +343,8 @@ fn summarise(runs: &[RunReport], firmwares: &[Firmware]) -> Vec<FirmwareSummary>
             let mut marks: Vec<MarkSummary> = names
                 .into_iter()
                 .filter_map(|n| {
-                    Summary::of(passed.iter().filter_map(|r| r.at(&n))).map(|summary| {
-                        MarkSummary {
-                            name: n,
-                            summary,
-                        }
-                    })
+                    Summary::of(passed.iter().filter_map(|r| r.at(&n)))
+                        .map(|summary| MarkSummary { name: n, summary })
                 })
                 .collect();
             marks.sort_by(|a, b| a.summary.median.total_cmp(&b.summary.median));
@@ -402,8 +402,8 @@ pub async fn run(
                 r = run::boot_once(&prepared, opts, fw, accel, i, &mut shutdown).await?;
             }
             log_run(&r);
-            let stop = r.outcome == Outcome::Interrupted
-                || (!r.passed() && opts.stop_at_first_failure);
+            let stop =
+                r.outcome == Outcome::Interrupted || (!r.passed() && opts.stop_at_first_failure);
             interrupted = r.outcome == Outcome::Interrupted;
             runs.push(r);
             if stop {
@@ -519,7 +519,9 @@ pub fn record_history(
         let runs: Vec<&RunReport> = report
             .runs
             .iter()
-            .filter(|r| r.firmware == fw && r.accelerator == acc && r.outcome != Outcome::Interrupted)
+            .filter(|r| {
+                r.firmware == fw && r.accelerator == acc && r.outcome != Outcome::Interrupted
+            })
             .collect();
         let b = Benchmark {
             id: 0,
@@ -600,7 +602,12 @@ mod tests {
         assert!(close(p.get(Phase::ClosedToOpen), 21.0));
         assert!(close(p.total(), 25.0));
         // Without a firmware line (SeaBIOS on serial only) the loader stands in.
-        let no_fw = &[("qemu_started", 0.01), ("loader", 1.0), ("kernel", 3.0), ("ssh", 20.0)];
+        let no_fw = &[
+            ("qemu_started", 0.01),
+            ("loader", 1.0),
+            ("kernel", 3.0),
+            ("ssh", 20.0),
+        ];
         let p = phases(&report(Firmware::Bios, 1, no_fw, Outcome::Passed));
         assert!(close(p.get(Phase::PendingToRunning), 0.99));
         let r = run_result(&report(

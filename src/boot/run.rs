@@ -191,7 +191,11 @@ fn sh_quote(s: &str) -> String {
 
 /// The program QEMU runs per metadata connection: `exec RELAY... SOCKET` (a wrapper,
 /// because QEMU's option parser takes no spaces in the command).
-fn write_relay(dir: &Path, relay: &[std::ffi::OsString], socket: &Path) -> Result<PathBuf, BootError> {
+fn write_relay(
+    dir: &Path,
+    relay: &[std::ffi::OsString],
+    socket: &Path,
+) -> Result<PathBuf, BootError> {
     let path = dir.join("imds-relay");
     let mut line = String::from("exec");
     for a in relay {
@@ -597,15 +601,21 @@ pub(crate) async fn boot_once<F: Future<Output = ()>>(
                     .await
                     .map_err(|e| Outcome::Failed(e.to_string()))?;
                 trust = Some(t);
-                ssh::wait_for_login(&target, deadline)
-                    .await
-                    .map_err(|e| Outcome::Failed(format!("cannot log in as {}: {e}", opts.ssh_user)))?;
+                ssh::wait_for_login(&target, deadline).await.map_err(|e| {
+                    Outcome::Failed(format!("cannot log in as {}: {e}", opts.ssh_user))
+                })?;
                 for c in &opts.checks {
                     let r = ssh::run_check(&target, c, deadline).await;
                     tracing::info!(
                         "check `{}`: {}",
                         r.check,
-                        if r.passed { "passed".to_string() } else { r.error.clone().unwrap_or_else(|| format!("exit status {:?}", r.exit_status)) }
+                        if r.passed {
+                            "passed".to_string()
+                        } else {
+                            r.error
+                                .clone()
+                                .unwrap_or_else(|| format!("exit status {:?}", r.exit_status))
+                        }
                     );
                     results.push(r);
                 }
@@ -669,7 +679,15 @@ pub(crate) async fn boot_once<F: Future<Output = ()>>(
     drop(server);
     let _ = banner_line.as_ref();
     let mut report = finish(
-        &ctx, run, outcome, console, timeline, checks, requests, instance_id, started,
+        &ctx,
+        run,
+        outcome,
+        console,
+        timeline,
+        checks,
+        requests,
+        instance_id,
+        started,
     );
     report.banner = banner_line;
     report.host_keys = trust;

@@ -282,7 +282,12 @@ impl SshTarget {
         let mut c = Command::new("ssh");
         c.args(["-F", "/dev/null", "-T"])
             .args(["-o", "BatchMode=yes", "-o", "IdentitiesOnly=yes"])
-            .args(["-o", "IdentityAgent=none", "-o", "StrictHostKeyChecking=yes"])
+            .args([
+                "-o",
+                "IdentityAgent=none",
+                "-o",
+                "StrictHostKeyChecking=yes",
+            ])
             .arg("-o")
             .arg(format!("UserKnownHostsFile={}", self.known_hosts.display()))
             .args(["-o", "GlobalKnownHostsFile=/dev/null"])
@@ -460,7 +465,10 @@ mod tests {
 
     #[test]
     fn check_files() {
-        let c = checks_from_file("c.txt", b"# smoke\n\nuname -a\n  test -f /etc/os-release  \n");
+        let c = checks_from_file(
+            "c.txt",
+            b"# smoke\n\nuname -a\n  test -f /etc/os-release  \n",
+        );
         assert_eq!(
             c.iter().map(|c| c.command.as_str()).collect::<Vec<_>>(),
             ["uname -a", "test -f /etc/os-release"]
@@ -485,7 +493,11 @@ mod tests {
             }
         });
         let soon = Instant::now() + Duration::from_millis(500);
-        assert!(wait_for_banner(addr, soon, Duration::from_millis(50)).await.is_none());
+        assert!(
+            wait_for_banner(addr, soon, Duration::from_millis(50))
+                .await
+                .is_none()
+        );
         held.abort();
 
         let web = TcpListener::bind("127.0.0.1:0").await.unwrap();
@@ -497,7 +509,11 @@ mod tests {
             }
         });
         let soon = Instant::now() + Duration::from_millis(300);
-        assert!(wait_for_banner(addr, soon, Duration::from_millis(50)).await.is_none());
+        assert!(
+            wait_for_banner(addr, soon, Duration::from_millis(50))
+                .await
+                .is_none()
+        );
 
         let sshd = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = sshd.local_addr().unwrap();

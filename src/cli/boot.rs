@@ -175,7 +175,9 @@ pub async fn run(g: &GlobalArgs, a: &BootArgs) -> Result<(), Failure> {
     let measured_at = now_epoch();
     let report = boot::run(&opts, shutdown_signal()).await?;
     let history_ids = match &db {
-        Some(db) if !report.runs.is_empty() => boot::record_history(db, &report, &build, measured_at)?,
+        Some(db) if !report.runs.is_empty() => {
+            boot::record_history(db, &report, &build, measured_at)?
+        }
         _ => Vec::new(),
     };
     g.print(
@@ -235,11 +237,22 @@ fn label(name: &str) -> &str {
 }
 
 fn run_text(r: &RunReport) -> String {
-    let mut out = format!("{} boot {} ({}): {}", r.firmware, r.run, r.accelerator, r.status.replace('_', " "));
+    let mut out = format!(
+        "{} boot {} ({}): {}",
+        r.firmware,
+        r.run,
+        r.accelerator,
+        r.status.replace('_', " ")
+    );
     if let Some(e) = &r.error {
         out.push_str(&format!(": {e}"));
     }
-    let width = r.timeline.iter().map(|m| label(&m.name).len()).max().unwrap_or(0);
+    let width = r
+        .timeline
+        .iter()
+        .map(|m| label(&m.name).len())
+        .max()
+        .unwrap_or(0);
     for m in &r.timeline {
         let line = if m.line.is_empty() {
             String::new()

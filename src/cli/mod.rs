@@ -4,8 +4,8 @@
 mod bench;
 mod boot;
 mod history;
-mod imds;
 mod images;
+mod imds;
 mod prune;
 mod publish;
 

@@ -661,7 +661,10 @@ pub(crate) mod tests {
         assert_eq!(all[1].firmware.as_deref(), Some("uefi"));
         let keys: Vec<SeriesKey> = all.iter().map(SeriesKey::of).collect();
         assert_eq!(keys[1].slug(), "14-STABLE_base_ufs_amd64_qemu-tcg_uefi");
-        assert_eq!(keys[1].to_string(), "14-STABLE base ufs amd64 on qemu-tcg (uefi)");
+        assert_eq!(
+            keys[1].to_string(),
+            "14-STABLE base ufs amd64 on qemu-tcg (uefi)"
+        );
         assert_eq!(keys[0].slug(), "unknown_unknown_unknown_unknown_c5.xlarge");
     }
 

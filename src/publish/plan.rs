@@ -162,7 +162,12 @@ async fn image_plan(
                 None => false,
             };
             out.push(if done {
-                act("preflight", "local", Verb::Reuse, "passed in an earlier run".into())
+                act(
+                    "preflight",
+                    "local",
+                    Verb::Reuse,
+                    "passed in an earlier run".into(),
+                )
             } else {
                 act(
                     "preflight",

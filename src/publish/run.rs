@@ -218,7 +218,11 @@ impl Run<'_> {
             crate::boot::preflight::PreflightError::Interrupted => PublishError::Interrupted,
             e => e.into(),
         })?;
-        let firmwares: Vec<String> = report.firmwares.iter().map(|f| f.key().to_string()).collect();
+        let firmwares: Vec<String> = report
+            .firmwares
+            .iter()
+            .map(|f| f.key().to_string())
+            .collect();
         self.journal
             .record(&key, Status::Done, None, Some(&firmwares.join(",")))?;
         Ok(())

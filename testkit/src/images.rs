@@ -113,7 +113,11 @@ mod tests {
             .arg("--print")
             .output()
             .expect("bash runs");
-        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
         let printed = String::from_utf8(out.stdout).unwrap();
         let hash = recipe_hash(&TestImages::recipe()).unwrap();
         assert!(printed.trim().ends_with(&hash), "{printed} vs {hash}");

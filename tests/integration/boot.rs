@@ -65,9 +65,8 @@ impl BootWorld {
         let mut all = vec!["--output", "json", "boot"];
         all.extend_from_slice(args);
         let run = self.run(&all).await;
-        let doc = serde_json::from_str(&run.stdout).unwrap_or_else(|e| {
-            panic!("{e}: not JSON:\n{}\nstderr:\n{}", run.stdout, run.stderr)
-        });
+        let doc = serde_json::from_str(&run.stdout)
+            .unwrap_or_else(|e| panic!("{e}: not JSON:\n{}\nstderr:\n{}", run.stdout, run.stderr));
         (run, doc)
     }
 
@@ -97,7 +96,12 @@ impl BootWorld {
 pub fn processes_mentioning(needle: &str) -> Vec<String> {
     let mut out = Vec::new();
     for e in std::fs::read_dir("/proc").unwrap().flatten() {
-        if !e.file_name().to_string_lossy().bytes().all(|b| b.is_ascii_digit()) {
+        if !e
+            .file_name()
+            .to_string_lossy()
+            .bytes()
+            .all(|b| b.is_ascii_digit())
+        {
             continue;
         }
         let Ok(cmd) = std::fs::read(e.path().join("cmdline")) else {
@@ -130,13 +134,21 @@ fn timeline(run: &Value) -> Vec<(String, f64)> {
         .as_array()
         .unwrap()
         .iter()
-        .map(|m| (str_of(m, "name").to_string(), m["seconds"].as_f64().unwrap()))
+        .map(|m| {
+            (
+                str_of(m, "name").to_string(),
+                m["seconds"].as_f64().unwrap(),
+            )
+        })
         .collect()
 }
 
 /// The image's mtime and the hash of every block: what "never written" is checked by.
 fn fingerprint(p: &Path) -> (std::time::SystemTime, Vec<(u64, [u8; 32])>) {
-    (std::fs::metadata(p).unwrap().modified().unwrap(), nonzero_blocks(p))
+    (
+        std::fs::metadata(p).unwrap().modified().unwrap(),
+        nonzero_blocks(p),
+    )
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -193,7 +205,14 @@ async fn a_polyglot_image_boots_both_ways_with_the_metadata_service_and_smoke_ch
         let names: Vec<&str> = t.iter().map(|(n, _)| n.as_str()).collect();
         assert_eq!(
             names,
-            ["qemu_started", "firmware", "loader", "kernel", "userland", "ssh"],
+            [
+                "qemu_started",
+                "firmware",
+                "loader",
+                "kernel",
+                "userland",
+                "ssh"
+            ],
             "{fw}: {t:?}"
         );
         assert!(t.windows(2).all(|p| p[0].1 <= p[1].1), "{t:?}");
@@ -230,12 +249,17 @@ async fn a_polyglot_image_boots_both_ways_with_the_metadata_service_and_smoke_ch
         assert_eq!(str_of(&checks[2], "stdout"), "401");
         // Kept as asked, timestamped per line.
         let log = std::fs::read_to_string(str_of(r, "console_log")).unwrap();
-        assert!(log.lines().any(|l| l.starts_with('[') && l.contains("Linux version")));
+        assert!(
+            log.lines()
+                .any(|l| l.starts_with('[') && l.contains("Linux version"))
+        );
         assert!(log.contains("-----BEGIN SSH HOST KEY KEYS-----"));
     }
     // UEFI's loader ran under OVMF, BIOS's under SeaBIOS.
     assert!(str_of(&run_of(&doc, "uefi")["timeline"][2], "line").contains("BdsDxe: starting"));
-    assert!(str_of(&run_of(&doc, "bios")["timeline"][2], "line").contains("Booting from Hard Disk"));
+    assert!(
+        str_of(&run_of(&doc, "bios")["timeline"][2], "line").contains("Booting from Hard Disk")
+    );
 
     // Two history rows, local, one per firmware, as `report` will plot them.
     let ids = doc["history_ids"].as_array().unwrap();
@@ -258,7 +282,11 @@ async fn a_polyglot_image_boots_both_ways_with_the_metadata_service_and_smoke_ch
     let text = w.run(&["history", "list"]).await;
     assert!(text.stdout.contains("qemu-tcg (uefi)"), "{}", text.stdout);
 
-    assert_eq!(fingerprint(&img.polyglot()), before, "the image was written");
+    assert_eq!(
+        fingerprint(&img.polyglot()),
+        before,
+        "the image was written"
+    );
     w.assert_clean();
     drop(host);
 }
@@ -268,27 +296,46 @@ async fn a_bios_only_image_boots_by_bios_and_not_by_uefi() {
     let img = images();
     let w = BootWorld::new();
     let (run, doc) = w
-        .boot(&[img.bios_only().to_str().unwrap(), "--firmware", "both", "--no-history"])
+        .boot(&[
+            img.bios_only().to_str().unwrap(),
+            "--firmware",
+            "both",
+            "--no-history",
+        ])
         .await;
     run.assert_failed_with("1 of 2 boot(s) did not pass");
-    assert!(run.stderr.contains("no EFI System Partition"), "{}", run.stderr);
+    assert!(
+        run.stderr.contains("no EFI System Partition"),
+        "{}",
+        run.stderr
+    );
     assert_eq!(doc["boot_paths"]["esp"], false);
     assert_eq!(run_of(&doc, "bios")["status"], "passed");
     let uefi = run_of(&doc, "uefi");
     assert_eq!(uefi["status"], "failed");
-    assert!(str_of(uefi, "error").contains("nothing to boot"), "{uefi:#}");
+    assert!(
+        str_of(uefi, "error").contains("nothing to boot"),
+        "{uefi:#}"
+    );
     let last: Vec<&str> = uefi["last_lines"]
         .as_array()
         .unwrap()
         .iter()
         .map(|l| l.as_str().unwrap())
         .collect();
-    assert!(last.iter().any(|l| l.contains("BdsDxe: failed to load")), "{last:?}");
+    assert!(
+        last.iter().any(|l| l.contains("BdsDxe: failed to load")),
+        "{last:?}"
+    );
     assert!(run.stderr.contains("last console lines:"), "{}", run.stderr);
     // A failed boot's console is always kept.
     let log = PathBuf::from(str_of(uefi, "console_log"));
     assert!(log.starts_with(w.path("state")), "{}", log.display());
-    assert!(std::fs::read_to_string(&log).unwrap().contains("EFI Internal Shell"));
+    assert!(
+        std::fs::read_to_string(&log)
+            .unwrap()
+            .contains("EFI Internal Shell")
+    );
     assert!(run.stderr.contains(&log.display().to_string()));
     w.assert_clean();
 }
@@ -299,7 +346,12 @@ async fn a_uefi_only_qcow2_image_boots_by_uefi_and_not_by_bios() {
     let w = BootWorld::new();
     let before = fingerprint(&img.uefi_only());
     let (run, doc) = w
-        .boot(&[img.uefi_only().to_str().unwrap(), "--firmware", "both", "--no-history"])
+        .boot(&[
+            img.uefi_only().to_str().unwrap(),
+            "--firmware",
+            "both",
+            "--no-history",
+        ])
         .await;
     run.assert_failed_with("1 of 2 boot(s) did not pass");
     assert_eq!(doc["format"], "qcow2");
@@ -307,7 +359,10 @@ async fn a_uefi_only_qcow2_image_boots_by_uefi_and_not_by_bios() {
     assert_eq!(run_of(&doc, "uefi")["status"], "passed");
     let bios = run_of(&doc, "bios");
     assert_eq!(bios["status"], "failed");
-    assert!(str_of(bios, "error").contains("holds no boot code"), "{bios:#}");
+    assert!(
+        str_of(bios, "error").contains("holds no boot code"),
+        "{bios:#}"
+    );
     assert!(
         bios["last_lines"]
             .as_array()
@@ -316,7 +371,11 @@ async fn a_uefi_only_qcow2_image_boots_by_uefi_and_not_by_bios() {
             .any(|l| l.as_str().unwrap().contains("Booting from Hard Disk")),
         "{bios:#}"
     );
-    assert_eq!(fingerprint(&img.uefi_only()), before, "the image was written");
+    assert_eq!(
+        fingerprint(&img.uefi_only()),
+        before,
+        "the image was written"
+    );
     w.assert_clean();
 }
 
@@ -351,7 +410,12 @@ async fn a_kernel_panic_fails_at_once_and_the_console_shows_it() {
     let img = images();
     let w = BootWorld::new();
     let (run, doc) = w
-        .boot(&[img.panic().to_str().unwrap(), "--firmware", "bios", "--no-history"])
+        .boot(&[
+            img.panic().to_str().unwrap(),
+            "--firmware",
+            "bios",
+            "--no-history",
+        ])
         .await;
     run.assert_failed_with("the kernel panicked");
     let r = run_of(&doc, "bios");
@@ -364,7 +428,11 @@ async fn a_kernel_panic_fails_at_once_and_the_console_shows_it() {
             .any(|l| l.as_str().unwrap().contains("Kernel panic - not syncing")),
         "{last:?}"
     );
-    assert!(run.stderr.contains("Kernel panic - not syncing"), "{}", run.stderr);
+    assert!(
+        run.stderr.contains("Kernel panic - not syncing"),
+        "{}",
+        run.stderr
+    );
     w.assert_clean();
 }
 
@@ -402,10 +470,19 @@ async fn a_failing_smoke_check_fails_the_boot() {
 }
 
 /// Start a boot and wait until its QEMU runs.
-async fn boot_until_qemu_runs(w: &BootWorld, image: &Path) -> (Child, tokio::task::JoinHandle<String>) {
+async fn boot_until_qemu_runs(
+    w: &BootWorld,
+    image: &Path,
+) -> (Child, tokio::task::JoinHandle<String>) {
     let mut child = w
         .ec2ami()
-        .args(["boot", image.to_str().unwrap(), "--firmware", "bios", "--no-history"])
+        .args([
+            "boot",
+            image.to_str().unwrap(),
+            "--firmware",
+            "bios",
+            "--no-history",
+        ])
         .stdout(Stdio::null())
         .stderr(Stdio::piped())
         .spawn()
@@ -432,7 +509,10 @@ async fn ctrl_c_or_sigterm_mid_boot_stops_qemu_and_removes_everything() {
     for (signal, code) in [(libc::SIGINT, 130), (libc::SIGTERM, 130)] {
         let w = BootWorld::new();
         let (mut child, reader) = boot_until_qemu_runs(&w, &img.polyglot()).await;
-        assert!(!w.temp_left().is_empty(), "the boot's files exist while it runs");
+        assert!(
+            !w.temp_left().is_empty(),
+            "the boot's files exist while it runs"
+        );
         let pid = child.id().unwrap() as i32;
         // SAFETY: a signal to our own child.
         unsafe { libc::kill(pid, signal) };
@@ -507,15 +587,27 @@ async fn bad_boot_input_is_refused_clearly_and_leaves_nothing() {
         (vec![dir.to_str().unwrap()], "not a regular file"),
         (vec![blank.to_str().unwrap()], "shows no way to boot"),
         (
-            vec![blank.to_str().unwrap(), "--firmware", "bios", "--user-data", big.to_str().unwrap()],
+            vec![
+                blank.to_str().unwrap(),
+                "--firmware",
+                "bios",
+                "--user-data",
+                big.to_str().unwrap(),
+            ],
             "more than EC2's limit",
         ),
         (
             vec![blank.to_str().unwrap(), "--marker", "kernel=("],
             "bad pattern",
         ),
-        (vec![blank.to_str().unwrap(), "--firmware", "sideways"], "unknown firmware"),
-        (vec![blank.to_str().unwrap(), "--arch", "mips"], "unknown architecture"),
+        (
+            vec![blank.to_str().unwrap(), "--firmware", "sideways"],
+            "unknown firmware",
+        ),
+        (
+            vec![blank.to_str().unwrap(), "--arch", "mips"],
+            "unknown architecture",
+        ),
     ];
     for (args, want) in cases {
         let mut all = vec!["boot"];
@@ -531,7 +623,14 @@ async fn bad_boot_input_is_refused_clearly_and_leaves_nothing() {
     let r = Run::from(
         w.ec2ami()
             .env("PATH", &empty_path)
-            .args(["boot", blank.to_str().unwrap(), "--arch", "arm64", "--firmware", "uefi"])
+            .args([
+                "boot",
+                blank.to_str().unwrap(),
+                "--arch",
+                "arm64",
+                "--firmware",
+                "uefi",
+            ])
             .output()
             .await
             .unwrap(),
@@ -539,4 +638,171 @@ async fn bad_boot_input_is_refused_clearly_and_leaves_nothing() {
     r.assert_failed_with("arm64 images boot with qemu-system-aarch64 and the AAVMF firmware");
     assert!(r.stderr.contains("qemu-efi-aarch64"), "{}", r.stderr);
     w.assert_clean();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn publish_preflight_stops_an_image_that_does_not_boot_as_promised_before_its_upload() {
+    use crate::common::World;
+    let img = images();
+    let world = World::moto().await;
+    let tmp = world.path("tmp");
+    std::fs::create_dir(&tmp).unwrap();
+    let bios_only = img.bios_only();
+    let release = world.path("release.toml");
+    write_file(
+        &release,
+        format!(
+            r#"regions = ["us-east-1"]
+preflight = true
+
+[defaults]
+version = "1.0"
+branch = "TEST"
+date = "20261201"
+arch = "x86_64"
+fs = "ext4"
+name = "ec2ami-test-{{flavour}}-{{date}}"
+description = "ec2ami test image {{flavour}}"
+
+[[image]]
+path = "{p}"
+flavour = "bios"
+boot_mode = "legacy-bios"
+
+[[image]]
+path = "{p}"
+flavour = "promised-uefi"
+boot_mode = "uefi-preferred"
+"#,
+            p = bios_only.display()
+        )
+        .as_bytes(),
+    );
+    let rel = release.to_str().unwrap();
+    let run = |args: Vec<&str>| {
+        let mut c = world.ec2ami();
+        c.env("TMPDIR", &tmp).args(args);
+        async move { Run::from(c.output().await.unwrap()) }
+    };
+
+    // The plan says which boots come first; --skip-preflight drops them.
+    let plan = run(vec!["publish", rel, "--plan"]).await;
+    plan.assert_ok();
+    assert!(
+        plan.stdout
+            .contains("preflight local           check     boot locally by BIOS\n"),
+        "{}",
+        plan.stdout
+    );
+    assert!(
+        plan.stdout
+            .contains("check     boot locally by UEFI and by BIOS"),
+        "{}",
+        plan.stdout
+    );
+    assert!(
+        plan.stdout.contains("2 to boot locally first"),
+        "{}",
+        plan.stdout
+    );
+    let skip = run(vec!["publish", rel, "--plan", "--skip-preflight"]).await;
+    skip.assert_ok();
+    assert!(!skip.stdout.contains("preflight"), "{}", skip.stdout);
+    assert!(mutating_names(&world).is_empty());
+
+    // From here on, every request the publish makes.
+    world.proxy.clear_requests();
+    let r = run(vec!["publish", rel]).await;
+    r.assert_failed_with("1 of 2 image(s) failed");
+    assert!(
+        r.stderr.contains("pre-flight boot of")
+            && r.stderr.contains("nothing of it was sent to AWS"),
+        "{}",
+        r.stderr
+    );
+    assert!(
+        r.stderr.contains("the firmware found nothing to boot"),
+        "{}",
+        r.stderr
+    );
+    assert!(r.stderr.contains("console log"), "{}", r.stderr);
+    // The first image was published; the second never reached AWS.
+    let lines: Vec<&str> = r.stdout.lines().collect();
+    assert_eq!(lines.len(), 1, "{}", r.stdout);
+    assert!(
+        lines[0].starts_with("Created AMI in us-east-1 region: ami-"),
+        "{}",
+        r.stdout
+    );
+    let bad = "ec2ami-test-promised-uefi-20261201";
+    let good = "ec2ami-test-bios-20261201";
+    let seen: Vec<String> = world
+        .proxy
+        .requests()
+        .iter()
+        .map(|q| String::from_utf8_lossy(q.body.as_deref().unwrap_or_default()).into_owned())
+        .collect();
+    assert!(seen.iter().any(|b| b.contains(good)));
+    let leaked: Vec<&String> = seen
+        .iter()
+        .filter(|b| b.contains("promised-uefi"))
+        .collect();
+    assert!(
+        leaked.is_empty(),
+        "requests mentioned the image that failed its pre-flight: {leaked:?}"
+    );
+    let clients = world.clients().await;
+    let images = clients
+        .ec2
+        .describe_images()
+        .owners("self")
+        .send()
+        .await
+        .unwrap();
+    let names: Vec<&str> = images.images().iter().filter_map(|i| i.name()).collect();
+    assert_eq!(names, [good]);
+    let snaps = clients
+        .ec2
+        .describe_snapshots()
+        .owner_ids("self")
+        .filters(
+            aws_sdk_ec2::types::Filter::builder()
+                .name(format!("tag:{}", ec2ami::publish::AMI_NAME_TAG))
+                .values(bad)
+                .build(),
+        )
+        .send()
+        .await
+        .unwrap();
+    assert!(snaps.snapshots().is_empty(), "{:?}", snaps.snapshots());
+    // The pre-flight boots are in the history, as local boots of those builds.
+    let list = run(vec!["--output", "json", "history", "list"]).await;
+    let rows: Value = serde_json::from_str(&list.stdout).unwrap();
+    let rows: Vec<(String, String, String)> = rows
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|b| {
+            (
+                str_of(b, "image_name").to_string(),
+                str_of(b, "firmware").to_string(),
+                str_of(&b["runs"][0], "status").to_string(),
+            )
+        })
+        .collect();
+    assert!(
+        rows.contains(&(good.into(), "bios".into(), "ok".into())),
+        "{rows:?}"
+    );
+    assert!(
+        rows.contains(&(bad.into(), "uefi".into(), "failed".into())),
+        "{rows:?}"
+    );
+    assert!(processes_mentioning(&tmp.display().to_string()).is_empty());
+    assert_eq!(std::fs::read_dir(&tmp).unwrap().count(), 0);
+}
+
+/// Mutating requests the proxy saw.
+fn mutating_names(world: &crate::common::World) -> Vec<String> {
+    crate::common::mutating(world)
 }

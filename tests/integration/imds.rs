@@ -14,7 +14,8 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::process::Command;
 
-const KEY: &str = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIAwdvYTinTEbsEDtmMGu+smYD5/Pp/3Pst/gWPNBRTbA ec2ami-boot";
+const KEY: &str =
+    "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIAwdvYTinTEbsEDtmMGu+smYD5/Pp/3Pst/gWPNBRTbA ec2ami-boot";
 const USER_DATA: &[u8] = b"#!/bin/sh\nprintf 'no newline at the end'";
 
 fn imds() -> Arc<Imds> {
@@ -25,7 +26,9 @@ fn imds() -> Arc<Imds> {
 }
 
 async fn server_on(addr: &str) -> ImdsServer {
-    ImdsServer::tcp(imds(), &[addr.parse().unwrap()]).await.unwrap()
+    ImdsServer::tcp(imds(), &[addr.parse().unwrap()])
+        .await
+        .unwrap()
 }
 
 async fn get(args: &[&str]) -> (Output, Duration) {
@@ -51,9 +54,15 @@ fn stderr(o: &Output) -> String {
 }
 
 /// One raw HTTP/1.1 exchange (Connection: close), for what the client never does.
-async fn raw(addr: SocketAddr, method: &str, path: &str, headers: &[(&str, &str)]) -> (u16, String) {
+async fn raw(
+    addr: SocketAddr,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+) -> (u16, String) {
     let mut s = TcpStream::connect(addr).await.unwrap();
-    let mut req = format!("{method} {path} HTTP/1.1\r\nHost: 169.254.169.254\r\nConnection: close\r\n");
+    let mut req =
+        format!("{method} {path} HTTP/1.1\r\nHost: 169.254.169.254\r\nConnection: close\r\n");
     for (k, v) in headers {
         req.push_str(&format!("{k}: {v}\r\n"));
     }
@@ -94,7 +103,11 @@ async fn imds_get_uses_the_token_flow_and_answers_values_keys_user_data_and_404s
 
     let (o, _) = get(&["iam/security-credentials/", "--endpoint", &ep]).await;
     assert_eq!(o.status.code(), Some(1), "{}", stderr(&o));
-    assert!(stderr(&o).contains("does not exist (404)"), "{}", stderr(&o));
+    assert!(
+        stderr(&o).contains("does not exist (404)"),
+        "{}",
+        stderr(&o)
+    );
     assert!(o.stdout.is_empty());
 }
 
@@ -102,19 +115,41 @@ async fn imds_get_uses_the_token_flow_and_answers_values_keys_user_data_and_404s
 async fn the_service_requires_a_token_that_has_not_expired() {
     let server = server_on("127.0.0.1:0").await;
     let addr = server.addrs()[0];
-    assert_eq!(raw(addr, "GET", "/latest/meta-data/ami-id", &[]).await.0, 401);
     assert_eq!(
-        raw(addr, "GET", "/latest/meta-data/ami-id", &[(TOKEN_HEADER, "made-up")]).await.0,
+        raw(addr, "GET", "/latest/meta-data/ami-id", &[]).await.0,
+        401
+    );
+    assert_eq!(
+        raw(
+            addr,
+            "GET",
+            "/latest/meta-data/ami-id",
+            &[(TOKEN_HEADER, "made-up")]
+        )
+        .await
+        .0,
         401
     );
     assert_eq!(raw(addr, "PUT", "/latest/api/token", &[]).await.0, 400);
     let (st, token) = raw(addr, "PUT", "/latest/api/token", &[(TTL_HEADER, "1")]).await;
     assert_eq!(st, 200);
-    let (st, body) = raw(addr, "GET", "/latest/meta-data/ami-id", &[(TOKEN_HEADER, &token)]).await;
+    let (st, body) = raw(
+        addr,
+        "GET",
+        "/latest/meta-data/ami-id",
+        &[(TOKEN_HEADER, &token)],
+    )
+    .await;
     assert_eq!((st, body.as_str()), (200, "ami-0123456789abcdef0"));
     // One second later the token is dead.
     tokio::time::sleep(Duration::from_millis(1500)).await;
-    let (st, _) = raw(addr, "GET", "/latest/meta-data/ami-id", &[(TOKEN_HEADER, &token)]).await;
+    let (st, _) = raw(
+        addr,
+        "GET",
+        "/latest/meta-data/ami-id",
+        &[(TOKEN_HEADER, &token)],
+    )
+    .await;
     assert_eq!(st, 401);
 }
 
@@ -160,7 +195,12 @@ async fn a_token_refused_mid_way_is_replaced_once() {
     let (o, _) = get(&["instance-type", "--endpoint", &front.to_string()]).await;
     assert!(o.status.success(), "{}", stderr(&o));
     assert_eq!(o.stdout, b"qemu-tcg");
-    let log: Vec<String> = server.imds().requests().iter().map(|r| r.to_string()).collect();
+    let log: Vec<String> = server
+        .imds()
+        .requests()
+        .iter()
+        .map(|r| r.to_string())
+        .collect();
     assert_eq!(
         log,
         [
@@ -185,8 +225,16 @@ async fn a_silent_endpoint_is_given_up_within_the_timeout() {
     });
     let (o, took) = get(&["instance-id", "--endpoint", &ep, "--timeout", "1s"]).await;
     assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
-    assert!(stderr(&o).contains("no instance metadata service answered within 1s"), "{}", stderr(&o));
-    assert!(stderr(&o).contains("no answer within 100 ms"), "{}", stderr(&o));
+    assert!(
+        stderr(&o).contains("no instance metadata service answered within 1s"),
+        "{}",
+        stderr(&o)
+    );
+    assert!(
+        stderr(&o).contains("no answer within 100 ms"),
+        "{}",
+        stderr(&o)
+    );
     eprintln!("silent endpoint: gave up after {took:?}");
     // A hang guard, not a benchmark (BENCHMARKS.md has the figures).
     assert!(took < Duration::from_secs(10), "{took:?}");
@@ -194,9 +242,20 @@ async fn a_silent_endpoint_is_given_up_within_the_timeout() {
 
     // SYNs dropped (the address black-holed): the connect timeout.
     let hole = BootFixture::start(BootSchedule::never()).unwrap();
-    let (o, took) = get(&["instance-id", "--endpoint", &hole.addr().to_string(), "--timeout", "1s"]).await;
+    let (o, took) = get(&[
+        "instance-id",
+        "--endpoint",
+        &hole.addr().to_string(),
+        "--timeout",
+        "1s",
+    ])
+    .await;
     assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
-    assert!(stderr(&o).contains("no connection within 100 ms"), "{}", stderr(&o));
+    assert!(
+        stderr(&o).contains("no connection within 100 ms"),
+        "{}",
+        stderr(&o)
+    );
     eprintln!("black-holed endpoint: gave up after {took:?}");
     assert!(took < Duration::from_secs(10), "{took:?}");
 }
@@ -211,10 +270,20 @@ async fn ipv6_is_asked_only_when_ipv4_cannot_be_connected_to() {
     drop(closed);
     let (o, _) = get(&["instance-id", "--endpoint", &refused, "--endpoint", &v6_ep]).await;
     assert!(o.status.success(), "{}", stderr(&o));
-    assert_eq!(String::from_utf8(o.stdout).unwrap(), v6.imds().metadata().instance_id);
+    assert_eq!(
+        String::from_utf8(o.stdout).unwrap(),
+        v6.imds().metadata().instance_id
+    );
     // IPv4 black-holed: the 100 ms connect timeout, then IPv6.
     let hole = BootFixture::start(BootSchedule::never()).unwrap();
-    let (o, _) = get(&["ami-id", "--endpoint", &hole.addr().to_string(), "--endpoint", &v6_ep]).await;
+    let (o, _) = get(&[
+        "ami-id",
+        "--endpoint",
+        &hole.addr().to_string(),
+        "--endpoint",
+        &v6_ep,
+    ])
+    .await;
     assert!(o.status.success(), "{}", stderr(&o));
     assert_eq!(o.stdout, b"ami-0123456789abcdef0");
     let asked = v6.imds().requests().len();
@@ -228,7 +297,16 @@ async fn ipv6_is_asked_only_when_ipv4_cannot_be_connected_to() {
             keep.push(slow.accept().await.unwrap().0);
         }
     });
-    let (o, _) = get(&["ami-id", "--endpoint", &slow_ep, "--endpoint", &v6_ep, "--timeout", "1s"]).await;
+    let (o, _) = get(&[
+        "ami-id",
+        "--endpoint",
+        &slow_ep,
+        "--endpoint",
+        &v6_ep,
+        "--timeout",
+        "1s",
+    ])
+    .await;
     assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
     assert_eq!(v6.imds().requests().len(), asked, "IPv6 was asked");
     held.abort();
@@ -236,15 +314,25 @@ async fn ipv6_is_asked_only_when_ipv4_cannot_be_connected_to() {
 
 #[tokio::test]
 async fn endpoints_are_loopback_only() {
-    for bad in ["169.254.169.254:80", "[fd00:ec2::254]:80", "10.0.0.1:80", "nonsense"] {
+    for bad in [
+        "169.254.169.254:80",
+        "[fd00:ec2::254]:80",
+        "10.0.0.1:80",
+        "nonsense",
+    ] {
         let (o, _) = get(&["instance-id", "--endpoint", bad]).await;
         assert_eq!(o.status.code(), Some(2));
         assert!(
-            stderr(&o).contains("loopback addresses only") || stderr(&o).contains("is not ADDR:PORT"),
+            stderr(&o).contains("loopback addresses only")
+                || stderr(&o).contains("is not ADDR:PORT"),
             "{bad}: {}",
             stderr(&o)
         );
     }
     // The service itself will not listen elsewhere.
-    assert!(ImdsServer::tcp(imds(), &["0.0.0.0:0".parse().unwrap()]).await.is_err());
+    assert!(
+        ImdsServer::tcp(imds(), &["0.0.0.0:0".parse().unwrap()])
+            .await
+            .is_err()
+    );
 }
