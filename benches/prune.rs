@@ -244,7 +244,7 @@ async fn run(amis: usize) -> Row {
 }
 
 async fn ami_regions(c: &Clients, retry: &RetryPolicy) -> Vec<String> {
-    let mut all = ec2ami::ami::enabled_regions(c, retry).await.unwrap();
+    let mut all = ec2ami::aws::ec2::enabled_regions(c, retry).await.unwrap();
     assert!(all.len() >= REGIONS, "moto knows {} regions", all.len());
     all.truncate(REGIONS);
     all

@@ -7,18 +7,14 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use aws_sdk_ec2::types::{Filter, Image, ResourceType, Tag, TagSpecification};
+use aws_sdk_ec2::types::{ResourceType, Tag, TagSpecification};
 use futures_util::future::join_all;
 use serde::Serialize;
 use sha2::{Digest, Sha256};
 use tokio::sync::Semaphore;
 
-use super::{
-    AmiError, SOURCE_IMAGE_TAG, SOURCE_REGION_TAG, SOURCE_SNAPSHOT_TAG, describe_one, describe_own,
-    filter, permanent, wait_available,
-};
-use crate::aws::{AwsError, Clients, RetryPolicy};
-use crate::snapshot::{OWNERSHIP_TAG, OWNERSHIP_VALUE};
+use super::{AmiError, permanent, wait_available};
+use crate::aws::{Ami, AwsError, Clients, RetryPolicy, ec2, tags};
 
 /// At most this many copies run into one destination region at once (AWS allows ~5).
 pub const COPIES_PER_REGION: usize = 5;
@@ -66,31 +62,8 @@ pub struct CopyOptions {
     pub known: Option<Arc<Inventory>>,
 }
 
-/// Our images by region, from one DescribeImages per region.
-pub type Inventory = HashMap<String, Vec<Image>>;
-
-/// Our images named any of `names` in each of `regions` (regions concurrently, names
-/// 100 per request): what copies of many images need looked up, in a few requests.
-pub async fn inventory(
-    home: &Clients,
-    regions: &[String],
-    names: &[&str],
-    retry: &RetryPolicy,
-) -> Result<Inventory, AwsError> {
-    let lookups = regions.iter().map(|region| async move {
-        let clients = home.in_region(region);
-        let mut found = Vec::new();
-        for chunk in names.chunks(100) {
-            let f = Filter::builder()
-                .name("name")
-                .set_values(Some(chunk.iter().map(|n| n.to_string()).collect()))
-                .build();
-            found.extend(describe_own(&clients, vec![f], retry).await?);
-        }
-        Ok::<_, AwsError>((region.clone(), found))
-    });
-    join_all(lookups).await.into_iter().collect()
-}
+/// Our images by region, looked up beforehand for many images at once.
+pub type Inventory = HashMap<String, Vec<Ami>>;
 
 impl std::fmt::Debug for CopyOptions {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -136,46 +109,60 @@ pub async fn copy_to_regions(
     image_id: &str,
     opts: &CopyOptions,
 ) -> Result<Vec<CopyOutcome>, AmiError> {
-    let source = describe_one(home, image_id, &opts.retry)
+    let source = ec2::image(home, image_id, &opts.retry)
         .await?
         .ok_or_else(|| AmiError::Invalid(format!("{image_id} not found in {}", home.region())))?;
     // A copy of a pending image fails: wait for the source first.
     wait_available(home, image_id, opts.wait, &opts.retry).await?;
-    let name = source.name().unwrap_or_default().to_string();
-    let mut tags: Vec<Tag> = source
-        .tags()
-        .iter()
-        // A copy's snapshot is its own (in its mappings), not the source's.
-        .filter(|t| {
-            !matches!(t.key(), Some(k) if [SOURCE_IMAGE_TAG, SOURCE_REGION_TAG, SOURCE_SNAPSHOT_TAG].contains(&k))
-        })
-        .cloned()
-        .collect();
-    if !tags.iter().any(|t| t.key() == Some(OWNERSHIP_TAG)) {
-        tags.push(
-            Tag::builder()
-                .key(OWNERSHIP_TAG)
-                .value(OWNERSHIP_VALUE)
-                .build(),
-        );
-    }
-    tags.push(Tag::builder().key(SOURCE_IMAGE_TAG).value(image_id).build());
-    tags.push(
-        Tag::builder()
-            .key(SOURCE_REGION_TAG)
-            .value(home.region())
-            .build(),
-    );
+    let copy_tags = copy_tags(&source, home.region());
     let job = CopyJob {
         home,
         image_id,
-        name: &name,
-        description: source.description(),
-        tags: &tags,
+        name: &source.name,
+        description: source.description.as_deref(),
+        tags: &copy_tags,
         opts,
     };
     let targets = opts.regions.iter().filter(|r| r.as_str() != home.region());
     Ok(join_all(targets.map(|r| job.one(r))).await)
+}
+
+/// The tags of a copy of `source` (from `region`): the source's own, but its lineage
+/// tags (a copy's snapshot is its own, in its mappings), plus ownership and the source
+/// image and region.
+fn copy_tags(source: &Ami, region: &str) -> Vec<Tag> {
+    let lineage = [
+        tags::SOURCE_IMAGE,
+        tags::SOURCE_REGION,
+        tags::SOURCE_SNAPSHOT,
+    ];
+    let mut out: Vec<Tag> = source
+        .tags
+        .iter()
+        .filter(|(k, _)| !lineage.contains(&k.as_str()))
+        .map(|(k, v)| Tag::builder().key(k).value(v).build())
+        .collect();
+    if !source.tags.contains_key(tags::OWNERSHIP) {
+        out.push(
+            Tag::builder()
+                .key(tags::OWNERSHIP)
+                .value(tags::OWNERSHIP_VALUE)
+                .build(),
+        );
+    }
+    out.push(
+        Tag::builder()
+            .key(tags::SOURCE_IMAGE)
+            .value(&source.id)
+            .build(),
+    );
+    out.push(
+        Tag::builder()
+            .key(tags::SOURCE_REGION)
+            .value(region)
+            .build(),
+    );
+    out
 }
 
 /// Fail if a region that is not best effort failed (naming each); warn about the
@@ -238,22 +225,19 @@ impl CopyJob<'_> {
         // CopyImage that AWS would refuse).
         let known = self.opts.known.as_ref().and_then(|k| k.get(region));
         let existing = match known {
-            Some(images) => images
-                .iter()
-                .filter(|i| i.name() == Some(self.name))
-                .cloned()
-                .collect(),
-            None => describe_own(&dest, vec![filter("name", self.name)], retry)
+            Some(images) => images.iter().find(|i| i.name == self.name).cloned(),
+            None => ec2::image_named(&dest, self.name, retry)
                 .await
                 .map_err(|e| (None, e.into()))?,
         };
-        let (id, reused) = match existing.first() {
-            Some(img) if super::tag(img, SOURCE_IMAGE_TAG) == Some(self.image_id) => {
-                (img.image_id().unwrap_or_default().to_string(), true)
+        let (id, reused) = match &existing {
+            Some(img) if img.tag(tags::SOURCE_IMAGE) == Some(self.image_id) => {
+                (img.id.clone(), true)
             }
             Some(img) => {
-                let id = img.image_id().unwrap_or_default().to_string();
-                let from = super::tag(img, SOURCE_IMAGE_TAG)
+                let id = img.id.clone();
+                let from = img
+                    .tag(tags::SOURCE_IMAGE)
                     .map(|s| format!("is a copy of {s}"))
                     .unwrap_or_else(|| "is not a copy made by ec2ami".into());
                 return Err((
@@ -290,7 +274,7 @@ impl CopyJob<'_> {
         let out = self
             .opts
             .retry
-            .run(&format!("CopyImage to {}", dest.region()), || async {
+            .send(&dest.call("CopyImage").on(self.image_id), || {
                 dest.ec2
                     .copy_image()
                     .source_image_id(self.image_id)
@@ -305,8 +289,6 @@ impl CopyJob<'_> {
                             .build(),
                     )
                     .send()
-                    .await
-                    .map_err(|e| AwsError::from_sdk("CopyImage", e))
             })
             .await?;
         out.image_id()

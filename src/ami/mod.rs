@@ -10,26 +10,19 @@ use std::fmt;
 use std::str::FromStr;
 use std::time::Duration;
 
-use aws_sdk_ec2::types::{Filter, Image, ImageState};
 use futures_util::future::join_all;
 use serde::Serialize;
 use tokio::time::Instant;
 
-use crate::aws::{AwsError, Clients, ErrorClass, RetryPolicy};
+use crate::aws::ec2::{self, ImageQuery};
+use crate::aws::poll::{Backoff, Poll, PollError, poll_until};
+use crate::aws::{Ami, AwsError, Clients, ErrorClass, RetryPolicy, tags};
 
 pub use copy::{
     CopyLimiter, CopyOptions, CopyOutcome, Inventory, OnCreated, check_outcomes, copy_to_regions,
-    inventory,
 };
 pub use register::{ImageSpec, Registered, register};
-pub use share::{ShareSpec, share};
-
-/// On an AMI: the snapshot it was registered from.
-pub const SOURCE_SNAPSHOT_TAG: &str = "ec2ami:source-snapshot";
-/// On a copy: the AMI id it was copied from.
-pub const SOURCE_IMAGE_TAG: &str = "ec2ami:source-image";
-/// On a copy: the region it was copied from.
-pub const SOURCE_REGION_TAG: &str = "ec2ami:source-region";
+pub use share::{ShareSpec, Target, share};
 
 /// CPU architecture of an AMI.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -140,194 +133,47 @@ pub enum AmiError {
     Regions(Vec<String>),
 }
 
-/// An AMI in one region.
-#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
-pub struct RegionalImage {
-    /// Region.
-    pub region: String,
-    /// AMI id there.
-    pub image_id: String,
-    /// Its name.
-    pub name: String,
-    /// pending, available, failed...
-    pub state: String,
-    /// Launchable by everyone.
-    pub public: bool,
+/// The line FreeBSD's release scripts grep, as bsdec2-image-upload prints it for each
+/// AMI and region.
+pub fn created_line(region: &str, image_id: &str) -> String {
+    format!("Created AMI in {region} region: {image_id}")
 }
 
-impl RegionalImage {
-    fn from_image(region: &str, img: &Image) -> Option<RegionalImage> {
-        Some(RegionalImage {
-            region: region.to_string(),
-            image_id: img.image_id()?.to_string(),
-            name: img.name().unwrap_or_default().to_string(),
-            state: img
-                .state()
-                .map(|s| s.as_str())
-                .unwrap_or("unknown")
-                .to_string(),
-            public: img.public().unwrap_or(false),
-        })
-    }
-}
-
-fn tag<'a>(img: &'a Image, key: &str) -> Option<&'a str> {
-    img.tags()
-        .iter()
-        .find(|t| t.key() == Some(key))
-        .and_then(|t| t.value())
-}
-
-/// Our images in `clients`' region matching `filters` (every page).
-pub async fn describe_own(
-    clients: &Clients,
-    filters: Vec<Filter>,
-    retry: &RetryPolicy,
-) -> Result<Vec<Image>, AwsError> {
-    let mut images = Vec::new();
-    let mut token: Option<String> = None;
-    loop {
-        let out = retry
-            .run("DescribeImages", || async {
-                clients
-                    .ec2
-                    .describe_images()
-                    .owners("self")
-                    .set_filters(Some(filters.clone()))
-                    .set_next_token(token.clone())
-                    .send()
-                    .await
-                    .map_err(|e| AwsError::from_sdk("DescribeImages", e))
-            })
-            .await?;
-        images.extend(out.images().iter().cloned());
-        match out.next_token() {
-            Some(t) if !t.is_empty() => token = Some(t.to_string()),
-            _ => return Ok(images),
-        }
-    }
-}
-
-/// One DescribeImages filter.
-pub fn filter(name: &str, value: &str) -> Filter {
-    Filter::builder().name(name).values(value).build()
-}
-
-/// Our AMI named `name` in `clients`' region, if any.
-pub async fn find_by_name(
-    clients: &Clients,
-    name: &str,
-    retry: &RetryPolicy,
-) -> Result<Option<Image>, AwsError> {
-    Ok(describe_own(clients, vec![filter("name", name)], retry)
-        .await?
-        .into_iter()
-        .next())
-}
-
-/// One image by id in `clients`' region (`None` if EC2 does not know it).
-pub async fn describe_one(
-    clients: &Clients,
-    image_id: &str,
-    retry: &RetryPolicy,
-) -> Result<Option<Image>, AwsError> {
-    let out = retry
-        .run(&format!("DescribeImages {image_id}"), || async {
-            clients
-                .ec2
-                .describe_images()
-                .image_ids(image_id)
-                .send()
-                .await
-                .map_err(|e| AwsError::from_sdk("DescribeImages", e))
-        })
-        .await;
-    match out {
-        Ok(out) => Ok(out.images().first().cloned()),
-        Err(e) if e.has_code("InvalidAMIID.NotFound") => Ok(None),
-        Err(e) => Err(e),
-    }
-}
-
-/// The regions enabled for the account (opt-in regions only once opted in).
-pub async fn enabled_regions(
-    clients: &Clients,
-    retry: &RetryPolicy,
-) -> Result<Vec<String>, AwsError> {
-    let out = retry
-        .run("DescribeRegions", || async {
-            clients
-                .ec2
-                .describe_regions()
-                .send()
-                .await
-                .map_err(|e| AwsError::from_sdk("DescribeRegions", e))
-        })
-        .await?;
-    let mut regions: Vec<String> = out
-        .regions()
-        .iter()
-        .filter(|r| r.opt_in_status() != Some("not-opted-in"))
-        .filter_map(|r| r.region_name().map(str::to_string))
-        .collect();
-    regions.sort();
-    Ok(regions)
-}
-
-/// Resolve a region list: `all` means every enabled region; otherwise the names are
-/// checked against the enabled ones (an unknown or disabled region is an error).
+/// The regions of `wanted` (`all`: every enabled region), each checked to be enabled.
 pub async fn resolve_regions(
     clients: &Clients,
     wanted: &[String],
     retry: &RetryPolicy,
 ) -> Result<Vec<String>, AmiError> {
-    let enabled = enabled_regions(clients, retry).await?;
-    if wanted.iter().any(|r| r == "all") {
-        return Ok(enabled);
-    }
-    let unknown: Vec<&str> = wanted
-        .iter()
-        .filter(|r| !enabled.contains(r))
-        .map(String::as_str)
-        .collect();
-    if !unknown.is_empty() {
-        return Err(AmiError::Invalid(format!(
-            "unknown or disabled region(s): {} (enabled: {})",
-            unknown.join(", "),
-            enabled.join(", ")
-        )));
-    }
-    let mut out = wanted.to_vec();
-    out.dedup();
-    Ok(out)
+    ec2::resolve_regions(clients, wanted, retry)
+        .await?
+        .map_err(AmiError::Invalid)
 }
 
 /// Where `image_id` (in `home`'s region) exists: the image itself and its copies
-/// (tagged with [`SOURCE_IMAGE_TAG`]) in `regions`, looked up concurrently.
+/// (tagged with [`tags::SOURCE_IMAGE`]) in `regions`, looked up concurrently.
 pub async fn locate(
     home: &Clients,
     image_id: &str,
     regions: &[String],
     retry: &RetryPolicy,
-) -> Result<Vec<RegionalImage>, AwsError> {
+) -> Result<Vec<Ami>, AwsError> {
     let home_region = home.region().to_string();
     let lookups = regions.iter().map(|region| {
         let home_region = home_region.clone();
         async move {
             if *region == home_region {
-                let img = describe_one(home, image_id, retry).await?;
-                return Ok(img.and_then(|i| RegionalImage::from_image(region, &i)));
+                return ec2::image(home, image_id, retry).await;
             }
             let clients = home.in_region(region);
-            let found = describe_own(
-                &clients,
-                vec![filter(&format!("tag:{SOURCE_IMAGE_TAG}"), image_id)],
-                retry,
-            )
-            .await?;
-            Ok(found
-                .iter()
-                .find_map(|i| RegionalImage::from_image(region, i)))
+            let query = ImageQuery::own(vec![ec2::filter(
+                &format!("tag:{}", tags::SOURCE_IMAGE),
+                image_id,
+            )]);
+            Ok(ec2::images(&clients, &query, retry)
+                .await?
+                .into_iter()
+                .next())
         }
     });
     let mut found = Vec::new();
@@ -351,63 +197,67 @@ pub async fn wait_available(
     deadline: Duration,
     retry: &RetryPolicy,
 ) -> Result<(), AmiError> {
-    let until = Instant::now() + deadline;
-    let mut delay = Duration::from_millis(500);
     let state_err = |message: String| AmiError::State {
         image_id: image_id.to_string(),
         region: clients.region().to_string(),
         message,
     };
     let started = Instant::now();
-    loop {
-        let img = describe_one(clients, image_id, retry).await?;
-        if img.is_none() && started.elapsed() > NOT_VISIBLE_GRACE {
-            return Err(state_err(format!(
-                "does not exist ({}s after it was expected)",
-                NOT_VISIBLE_GRACE.as_secs()
-            )));
-        }
-        match img.as_ref().and_then(|i| i.state()) {
-            Some(ImageState::Available) => return Ok(()),
-            Some(
-                s @ (ImageState::Failed
-                | ImageState::Error
-                | ImageState::Invalid
-                | ImageState::Deregistered),
-            ) => {
-                let why = img
-                    .as_ref()
-                    .and_then(|i| i.state_reason())
-                    .and_then(|r| r.message())
-                    .unwrap_or("no reason given");
-                return Err(state_err(format!("image is {}: {why}", s.as_str())));
+    let backoff = Backoff {
+        first: Duration::from_millis(500),
+        max: Duration::from_secs(15),
+    };
+    let r = poll_until(deadline, backoff, || async {
+        let img = ec2::image(clients, image_id, retry).await?;
+        let Some(img) = img else {
+            // Not visible yet: a new image, eventual consistency.
+            if started.elapsed() > NOT_VISIBLE_GRACE {
+                return Err(state_err(format!(
+                    "does not exist ({}s after it was expected)",
+                    NOT_VISIBLE_GRACE.as_secs()
+                )));
             }
-            // Not visible yet (a new image, eventual consistency) or still pending.
-            other => tracing::debug!(
-                "{image_id} in {} is {:?}; waiting",
-                clients.region(),
-                other.map(|s| s.as_str())
-            ),
+            return Ok(Poll::Pending);
+        };
+        match img.state.as_str() {
+            "available" => Ok(Poll::Ready(())),
+            s @ ("failed" | "error" | "invalid" | "deregistered") => Err(state_err(format!(
+                "image is {s}: {}",
+                img.state_reason.as_deref().unwrap_or("no reason given")
+            ))),
+            other => {
+                tracing::debug!("{image_id} in {} is {other}; waiting", clients.region());
+                Ok(Poll::Pending)
+            }
         }
-        if Instant::now() + delay > until {
-            return Err(state_err(format!(
-                "not available within {}s",
-                deadline.as_secs()
-            )));
-        }
-        tokio::time::sleep(delay).await;
-        delay = (delay * 2).min(Duration::from_secs(15));
+    })
+    .await;
+    match r {
+        Ok(()) => Ok(()),
+        Err(PollError::Failed(e)) => Err(e),
+        Err(PollError::TimedOut { .. }) => Err(state_err(format!(
+            "not available within {}s",
+            deadline.as_secs()
+        ))),
     }
 }
 
 /// An error of ours (not AWS's), for reporting through the same types.
 pub(crate) fn permanent(operation: &'static str, msg: String) -> AwsError {
-    crate::snapshot::local_error(operation, ErrorClass::Permanent, msg)
+    AwsError::local(operation, ErrorClass::Permanent, msg)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn created_line_is_bsdec2s() {
+        assert_eq!(
+            created_line("us-east-1", "ami-0123456789abcdef0"),
+            "Created AMI in us-east-1 region: ami-0123456789abcdef0"
+        );
+    }
 
     #[test]
     fn enums_parse_and_print() {

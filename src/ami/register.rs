@@ -4,18 +4,14 @@
 use std::time::Duration;
 
 use aws_sdk_ec2::types::{
-    ArchitectureValues, BlockDeviceMapping, BootModeValues, EbsBlockDevice, Image,
-    ImdsSupportValues, ResourceType, Tag, TagSpecification, TpmSupportValues, VolumeType,
+    ArchitectureValues, BlockDeviceMapping, BootModeValues, EbsBlockDevice, ImdsSupportValues,
+    ResourceType, Tag, TagSpecification, TpmSupportValues, VolumeType,
 };
 use aws_smithy_types::DateTime;
 use serde::Serialize;
 
-use super::{
-    AmiError, Arch, BootMode, Imds, SOURCE_SNAPSHOT_TAG, find_by_name, permanent, tag,
-    wait_available,
-};
-use crate::aws::{AwsError, Clients, RetryPolicy};
-use crate::snapshot::{OWNERSHIP_TAG, OWNERSHIP_VALUE};
+use super::{AmiError, Arch, BootMode, Imds, permanent, wait_available};
+use crate::aws::{Ami, AwsError, Clients, RetryPolicy, ec2, tags};
 
 /// What an AMI should be.
 #[derive(Debug, Clone)]
@@ -128,20 +124,6 @@ pub struct Registered {
     pub reused: bool,
 }
 
-/// The snapshot an image was made from: our tag, else its root device mapping.
-pub fn source_snapshot(img: &Image) -> Option<String> {
-    if let Some(s) = tag(img, SOURCE_SNAPSHOT_TAG) {
-        return Some(s.to_string());
-    }
-    let root = img.root_device_name();
-    img.block_device_mappings()
-        .iter()
-        .find(|m| m.device_name() == root)
-        .and_then(|m| m.ebs())
-        .and_then(|e| e.snapshot_id())
-        .map(str::to_string)
-}
-
 /// Register `snapshot_id` as the AMI `spec` describes (or reuse the one that already
 /// is), then wait until it is available.
 pub async fn register(
@@ -172,11 +154,8 @@ pub async fn register(
         )));
     }
     let result = retry
-        .run("RegisterImage", || async {
-            request(clients, snapshot_id, spec, size)
-                .send()
-                .await
-                .map_err(|e| AwsError::from_sdk("RegisterImage", e))
+        .send(&clients.call("RegisterImage").on(&spec.name), || {
+            request(clients, snapshot_id, spec, size).send()
         })
         .await;
     let image_id = match result {
@@ -209,11 +188,11 @@ async fn reusable(
     spec: &ImageSpec,
     retry: &RetryPolicy,
 ) -> Result<Option<String>, AmiError> {
-    let Some(img) = find_by_name(clients, &spec.name, retry).await? else {
+    let Some(img) = ec2::image_named(clients, &spec.name, retry).await? else {
         return Ok(None);
     };
-    let image_id = img.image_id().unwrap_or_default().to_string();
-    match source_snapshot(&img) {
+    let image_id = img.id.clone();
+    match img.source_snapshot() {
         Some(s) if s == snapshot_id => Ok(Some(image_id)),
         other => Err(AmiError::NameTaken {
             name: spec.name.clone(),
@@ -230,7 +209,7 @@ async fn snapshot_size(
     snapshot_id: &str,
     retry: &RetryPolicy,
 ) -> Result<i32, AmiError> {
-    let snap = crate::snapshot::ec2::describe_one(clients, snapshot_id, retry)
+    let snap = ec2::snapshot(clients, snapshot_id, retry)
         .await?
         .ok_or_else(|| {
             AmiError::Invalid(format!(
@@ -238,13 +217,13 @@ async fn snapshot_size(
                 clients.region()
             ))
         })?;
-    if let Some(state) = snap.state().filter(|s| s.as_str() != "completed") {
+    if !snap.completed() {
         return Err(AmiError::Invalid(format!(
             "snapshot {snapshot_id} is {}, not completed",
-            state.as_str()
+            snap.state
         )));
     }
-    Ok(snap.volume_size().unwrap_or(1))
+    Ok(snap.volume_size.max(1))
 }
 
 fn request(
@@ -255,11 +234,11 @@ fn request(
 ) -> aws_sdk_ec2::operation::register_image::builders::RegisterImageFluentBuilder {
     let mut tags = vec![
         Tag::builder()
-            .key(OWNERSHIP_TAG)
-            .value(OWNERSHIP_VALUE)
+            .key(tags::OWNERSHIP)
+            .value(tags::OWNERSHIP_VALUE)
             .build(),
         Tag::builder()
-            .key(SOURCE_SNAPSHOT_TAG)
+            .key(tags::SOURCE_SNAPSHOT)
             .value(snapshot_id)
             .build(),
     ];
@@ -319,15 +298,13 @@ pub async fn deprecate(
     retry: &RetryPolicy,
 ) -> Result<(), AwsError> {
     retry
-        .run(&format!("EnableImageDeprecation {image_id}"), || async {
+        .send(&clients.call("EnableImageDeprecation").on(image_id), || {
             clients
                 .ec2
                 .enable_image_deprecation()
                 .image_id(image_id)
                 .deprecate_at(at)
                 .send()
-                .await
-                .map_err(|e| AwsError::from_sdk("EnableImageDeprecation", e))
         })
         .await?;
     Ok(())
@@ -336,85 +313,65 @@ pub async fn deprecate(
 /// How `img` differs from `spec` (empty when it matches), for `validate`. Attributes
 /// AWS leaves out of DescribeImages when unset count as unset (no IMDS support = v1
 /// allowed, no TPM support = no TPM).
-pub fn differences(spec: &ImageSpec, img: &Image) -> Vec<String> {
+pub fn differences(spec: &ImageSpec, img: &Ami) -> Vec<String> {
     let mut d = Vec::new();
     let mut cmp = |what: &str, have: String, want: String| {
         if have != want {
             d.push(format!("{what} is {have}, expected {want}"));
         }
     };
-    let state = img.state().map(|s| s.as_str()).unwrap_or("unknown");
-    cmp("state", state.into(), "available".into());
+    let unset = |v: &Option<String>| v.clone().unwrap_or_else(|| "unset".into());
+    cmp("state", img.state.clone(), "available".into());
     cmp(
         "architecture",
-        img.architecture()
-            .map(|a| a.as_str())
-            .unwrap_or("unset")
-            .into(),
+        unset(&img.architecture),
         spec.arch.to_string(),
     );
     cmp(
         "boot mode",
-        img.boot_mode()
-            .map(|b| b.as_str())
-            .unwrap_or("unset")
-            .into(),
+        unset(&img.boot_mode),
         spec.effective_boot_mode().to_string(),
     );
-    cmp(
-        "ENA support",
-        img.ena_support().unwrap_or(false).to_string(),
-        spec.ena.to_string(),
-    );
+    cmp("ENA support", img.ena.to_string(), spec.ena.to_string());
     cmp(
         "SR-IOV support",
-        (img.sriov_net_support() == Some("simple")).to_string(),
+        (img.sriov.as_deref() == Some("simple")).to_string(),
         spec.sriov.to_string(),
     );
-    let imds = match img.imds_support() {
-        Some(v) if v.as_str() == "v2.0" => Imds::V2,
+    let imds = match img.imds.as_deref() {
+        Some("v2.0") => Imds::V2,
         _ => Imds::Optional,
     };
     cmp("IMDS support", imds.to_string(), spec.imds.to_string());
     cmp(
         "TPM support",
-        img.tpm_support()
-            .is_some_and(|t| t.as_str() == "v2.0")
-            .to_string(),
+        (img.tpm.as_deref() == Some("v2.0")).to_string(),
         spec.tpm.to_string(),
     );
     cmp(
         "root device",
-        img.root_device_name().unwrap_or("unset").into(),
+        unset(&img.root_device),
         spec.root_device.clone(),
     );
     if let Some(want) = &spec.description {
         cmp(
             "description",
-            format!("`{}`", img.description().unwrap_or_default()),
+            format!("`{}`", img.description.as_deref().unwrap_or_default()),
             format!("`{want}`"),
         );
     }
-    let root = img
-        .block_device_mappings()
-        .iter()
-        .find(|m| m.device_name() == img.root_device_name())
-        .and_then(|m| m.ebs());
-    match root {
+    match img.root_mapping().filter(|m| m.ebs) {
         None => d.push("no EBS root volume mapping".into()),
         Some(ebs) => {
             cmp(
                 "root volume type",
-                ebs.volume_type()
-                    .map(|v| v.as_str())
-                    .unwrap_or("unset")
-                    .into(),
+                unset(&ebs.volume_type),
                 spec.volume_type.clone(),
             );
             if let Some(want) = spec.volume_size_gib {
                 cmp(
                     "root volume size",
-                    format!("{} GiB", ebs.volume_size().unwrap_or(0)),
+                    format!("{} GiB", ebs.volume_size.unwrap_or(0)),
                     format!("{want} GiB"),
                 );
             }
@@ -439,6 +396,8 @@ mod tests {
         assert!(x.validate().is_ok() && a.validate().is_ok());
     }
 
+    use aws_sdk_ec2::types::Image;
+
     #[test]
     fn differences_name_each_attribute() {
         let mut spec = ImageSpec::new("MyOS x", Arch::Arm64);
@@ -461,14 +420,16 @@ mod tests {
                             .build(),
                     )
                     .build(),
-            )
-            .build();
+            );
+        let good = Ami::from_sdk("us-east-1", &good.image_id("ami-1").build()).unwrap();
         assert_eq!(differences(&spec, &good), Vec::<String>::new());
         let bad = Image::builder()
+            .image_id("ami-2")
             .state(aws_sdk_ec2::types::ImageState::Available)
             .architecture(ArchitectureValues::X8664)
             .root_device_name("/dev/xvda")
             .build();
+        let bad = Ami::from_sdk("us-east-1", &bad).unwrap();
         let d = differences(&spec, &bad).join("; ");
         for needle in [
             "architecture is x86_64, expected arm64",

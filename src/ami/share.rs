@@ -8,8 +8,8 @@ use aws_sdk_ec2::types::{
 use futures_util::future::join_all;
 use serde::Serialize;
 
-use super::{AmiError, RegionalImage};
-use crate::aws::{AwsError, Clients, RetryPolicy};
+use super::AmiError;
+use crate::aws::{AwsError, Clients, RetryPolicy, ec2};
 
 /// Who gets (or loses) launch permission.
 #[derive(Debug, Clone, Default)]
@@ -55,6 +55,15 @@ impl ShareSpec {
         p
     }
 
+    /// The permissions named, as words for plans, journals and reports: `public`,
+    /// `account:ID`, `org:ARN`, `ou:ARN`.
+    pub fn words(&self) -> Vec<String> {
+        self.permissions()
+            .iter()
+            .filter_map(permission_word)
+            .collect()
+    }
+
     /// Check the ids and ARNs before any request.
     pub fn validate(&self) -> Result<(), AmiError> {
         if self.permissions().is_empty() {
@@ -94,11 +103,33 @@ pub struct Shared {
     pub error: Option<String>,
 }
 
+/// A launch permission as a word: `public`, `account:ID`, `org:ARN` or `ou:ARN`.
+pub fn permission_word(p: &LaunchPermission) -> Option<String> {
+    if p.group() == Some(&PermissionGroup::All) {
+        Some("public".to_string())
+    } else if let Some(a) = p.user_id() {
+        Some(format!("account:{a}"))
+    } else if let Some(o) = p.organization_arn() {
+        Some(format!("org:{o}"))
+    } else {
+        p.organizational_unit_arn().map(|o| format!("ou:{o}"))
+    }
+}
+
+/// An AMI to share: its region and id.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Target {
+    /// Region.
+    pub region: String,
+    /// AMI id there.
+    pub image_id: String,
+}
+
 /// Apply `spec` to every image in `images` (each in its region), concurrently. Fails
 /// after all are done if any failed, naming each.
 pub async fn share(
     home: &Clients,
-    images: &[RegionalImage],
+    images: &[Target],
     spec: &ShareSpec,
     retry: &RetryPolicy,
 ) -> Result<Vec<Shared>, AmiError> {
@@ -118,17 +149,15 @@ pub async fn share(
         async move {
             let clients = home.in_region(&img.region);
             let r = retry
-                .run(
-                    &format!("ModifyImageAttribute {} in {}", img.image_id, img.region),
-                    || async {
+                .send(
+                    &clients.call("ModifyImageAttribute").on(&img.image_id),
+                    || {
                         clients
                             .ec2
                             .modify_image_attribute()
                             .image_id(&img.image_id)
                             .launch_permission(mods.clone())
                             .send()
-                            .await
-                            .map_err(|e| AwsError::from_sdk("ModifyImageAttribute", e))
                     },
                 )
                 .await;
@@ -173,13 +202,8 @@ async fn explain(clients: &Clients, spec: &ShareSpec, e: AwsError, retry: &Retry
         );
     }
     let state = retry
-        .run("GetImageBlockPublicAccessState", || async {
-            clients
-                .ec2
-                .get_image_block_public_access_state()
-                .send()
-                .await
-                .map_err(|e| AwsError::from_sdk("GetImageBlockPublicAccessState", e))
+        .send(&clients.call("GetImageBlockPublicAccessState"), || {
+            clients.ec2.get_image_block_public_access_state().send()
         })
         .await;
     match state {
@@ -201,32 +225,48 @@ pub async fn launch_permissions(
     retry: &RetryPolicy,
 ) -> Result<Vec<String>, AwsError> {
     let out = retry
-        .run(&format!("DescribeImageAttribute {image_id}"), || async {
+        .send(&clients.call("DescribeImageAttribute").on(image_id), || {
             clients
                 .ec2
                 .describe_image_attribute()
                 .image_id(image_id)
                 .attribute(aws_sdk_ec2::types::ImageAttributeName::LaunchPermission)
                 .send()
-                .await
-                .map_err(|e| AwsError::from_sdk("DescribeImageAttribute", e))
         })
         .await?;
     Ok(out
         .launch_permissions()
         .iter()
-        .filter_map(|p| {
-            if p.group() == Some(&PermissionGroup::All) {
-                Some("public".to_string())
-            } else if let Some(a) = p.user_id() {
-                Some(format!("account:{a}"))
-            } else if let Some(o) = p.organization_arn() {
-                Some(format!("org:{o}"))
-            } else {
-                p.organizational_unit_arn().map(|o| format!("ou:{o}"))
-            }
-        })
+        .filter_map(permission_word)
         .collect())
+}
+
+/// True when anyone may create a volume from every snapshot behind `ami`.
+pub async fn snapshots_public(
+    clients: &Clients,
+    ami: &crate::aws::Ami,
+    retry: &RetryPolicy,
+) -> Result<bool, AwsError> {
+    for s in ami.snapshots() {
+        let out = retry
+            .send(&clients.call("DescribeSnapshotAttribute").on(&s), || {
+                clients
+                    .ec2
+                    .describe_snapshot_attribute()
+                    .snapshot_id(&s)
+                    .attribute(SnapshotAttributeName::CreateVolumePermission)
+                    .send()
+            })
+            .await?;
+        let public = out
+            .create_volume_permissions()
+            .iter()
+            .any(|p| p.group() == Some(&PermissionGroup::All));
+        if !public {
+            return Ok(false);
+        }
+    }
+    Ok(true)
 }
 
 /// Make the snapshots behind `image_id` (in `clients`' region) public: anyone may
@@ -236,33 +276,22 @@ pub async fn make_snapshots_public(
     image_id: &str,
     retry: &RetryPolicy,
 ) -> Result<Vec<String>, AmiError> {
-    let img = super::describe_one(clients, image_id, retry)
-        .await?
-        .ok_or_else(|| {
-            AmiError::Invalid(format!("{image_id} not found in {}", clients.region()))
-        })?;
-    let snapshots: Vec<String> = img
-        .block_device_mappings()
-        .iter()
-        .filter_map(|m| m.ebs()?.snapshot_id().map(str::to_string))
-        .collect();
+    let img = ec2::image(clients, image_id, retry).await?.ok_or_else(|| {
+        AmiError::Invalid(format!("{image_id} not found in {}", clients.region()))
+    })?;
+    let snapshots = img.snapshots();
     for s in &snapshots {
         retry
-            .run(
-                &format!("ModifySnapshotAttribute {s} in {}", clients.region()),
-                || async {
-                    clients
-                        .ec2
-                        .modify_snapshot_attribute()
-                        .snapshot_id(s)
-                        .attribute(SnapshotAttributeName::CreateVolumePermission)
-                        .operation_type(OperationType::Add)
-                        .group_names("all")
-                        .send()
-                        .await
-                        .map_err(|e| AwsError::from_sdk("ModifySnapshotAttribute", e))
-                },
-            )
+            .send(&clients.call("ModifySnapshotAttribute").on(s), || {
+                clients
+                    .ec2
+                    .modify_snapshot_attribute()
+                    .snapshot_id(s)
+                    .attribute(SnapshotAttributeName::CreateVolumePermission)
+                    .operation_type(OperationType::Add)
+                    .group_names("all")
+                    .send()
+            })
             .await?;
     }
     Ok(snapshots)
@@ -288,5 +317,13 @@ mod tests {
         };
         assert!(s.validate().is_ok());
         assert_eq!(s.permissions().len(), 3);
+        assert_eq!(
+            s.words(),
+            [
+                "public",
+                "account:123456789012",
+                "org:arn:aws:organizations::123456789012:organization/o-abc"
+            ]
+        );
     }
 }

@@ -5,12 +5,58 @@
 //! found" right after StartSnapshot). Every retry is logged at info level with its
 //! reason, so nothing is retried silently.
 
+use std::error::Error as StdError;
+use std::fmt;
 use std::future::Future;
 use std::time::Duration;
 
+use aws_sdk_ebs::error::ProvideErrorMetadata;
+use aws_smithy_runtime_api::client::result::SdkError;
 use tokio::time::Instant;
 
-use super::AwsError;
+use super::{AwsError, HasStatus};
+
+/// What one call is about: the operation, the region it goes to and the resource it
+/// concerns. Log lines and errors name all three.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Call {
+    /// The API operation, e.g. `DescribeImages`.
+    pub operation: &'static str,
+    /// The region.
+    pub region: Option<String>,
+    /// The resource (AMI, snapshot, parameter...), if the call is about one.
+    pub resource: Option<String>,
+}
+
+impl Call {
+    /// `operation` in `region`.
+    pub fn new(operation: &'static str, region: impl Into<String>) -> Call {
+        Call {
+            operation,
+            region: Some(region.into()),
+            resource: None,
+        }
+    }
+
+    /// The same call, about `resource`.
+    pub fn on(mut self, resource: impl Into<String>) -> Call {
+        self.resource = Some(resource.into());
+        self
+    }
+}
+
+impl fmt::Display for Call {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.operation)?;
+        if let Some(r) = &self.resource {
+            write!(f, " {r}")?;
+        }
+        if let Some(r) = &self.region {
+            write!(f, " in {r}")?;
+        }
+        Ok(())
+    }
+}
 
 /// How hard to try one operation.
 #[derive(Debug, Clone, Copy)]
@@ -47,20 +93,55 @@ impl RetryPolicy {
         Duration::from_nanos(fastrand::u64(0..=nanos))
     }
 
-    /// Run `op` until it succeeds, fails permanently, or attempts or the deadline run out.
-    /// `what` names the call in log lines (e.g. "PutSnapshotBlock block 42").
-    pub async fn run<T, F, Fut>(&self, what: &str, op: F) -> Result<T, AwsError>
+    /// Send one SDK request (`op` builds and sends it anew for each attempt) until it
+    /// succeeds, fails permanently, or attempts or the deadline run out. The error names
+    /// the call's operation, region and resource.
+    pub async fn send<T, E, R, F, Fut>(&self, call: &Call, op: F) -> Result<T, AwsError>
+    where
+        F: FnMut() -> Fut,
+        Fut: Future<Output = Result<T, SdkError<E, R>>>,
+        E: ProvideErrorMetadata + StdError + Send + Sync + 'static,
+        R: HasStatus + fmt::Debug,
+    {
+        self.send_with(call, |_| false, op).await
+    }
+
+    /// Like [`RetryPolicy::send`], also retrying errors for which `also_retry` is true
+    /// (e.g. "not found" for a resource that was just created: eventual consistency).
+    pub async fn send_with<T, E, R, F, Fut>(
+        &self,
+        call: &Call,
+        also_retry: impl Fn(&AwsError) -> bool,
+        mut op: F,
+    ) -> Result<T, AwsError>
+    where
+        F: FnMut() -> Fut,
+        Fut: Future<Output = Result<T, SdkError<E, R>>>,
+        E: ProvideErrorMetadata + StdError + Send + Sync + 'static,
+        R: HasStatus + fmt::Debug,
+    {
+        let operation = call.operation;
+        self.run_with(call, also_retry, || {
+            let fut = op();
+            async move { fut.await.map_err(|e| AwsError::from_sdk(operation, e)) }
+        })
+        .await
+    }
+
+    /// Run `op` (which may do more than one request, or check an answer) until it
+    /// succeeds, fails permanently, or attempts or the deadline run out.
+    pub async fn run<T, F, Fut>(&self, call: &Call, op: F) -> Result<T, AwsError>
     where
         F: FnMut() -> Fut,
         Fut: Future<Output = Result<T, AwsError>>,
     {
-        self.run_with(what, |_| false, op).await
+        self.run_with(call, |_| false, op).await
     }
 
     /// Like [`RetryPolicy::run`], also retrying errors for which `also_retry` is true.
     pub async fn run_with<T, F, Fut>(
         &self,
-        what: &str,
+        call: &Call,
         also_retry: impl Fn(&AwsError) -> bool,
         mut op: F,
     ) -> Result<T, AwsError>
@@ -68,12 +149,13 @@ impl RetryPolicy {
         F: FnMut() -> Fut,
         Fut: Future<Output = Result<T, AwsError>>,
     {
+        let what = call;
         let deadline = Instant::now() + self.deadline;
         let mut attempt = 1;
         loop {
             let err = match op().await {
                 Ok(v) => return Ok(v),
-                Err(e) => e,
+                Err(e) => e.within(call),
             };
             if !(err.is_retryable() || also_retry(&err)) {
                 return Err(err);
@@ -109,14 +191,11 @@ mod tests {
     use std::sync::atomic::{AtomicU32, Ordering};
 
     fn err(class: ErrorClass, code: &str) -> AwsError {
-        AwsError {
-            operation: "Op",
-            code: Some(code.into()),
-            message: None,
-            status: None,
-            class,
-            detail: None,
-        }
+        AwsError::local("Op", class, String::new()).with_code(code)
+    }
+
+    fn op() -> Call {
+        Call::new("Op", "us-east-1").on("snap-1")
     }
 
     fn fast() -> RetryPolicy {
@@ -132,7 +211,7 @@ mod tests {
     async fn retries_transient_until_success() {
         let calls = AtomicU32::new(0);
         let r = fast()
-            .run("op", || async {
+            .run(&op(), || async {
                 if calls.fetch_add(1, Ordering::SeqCst) < 3 {
                     Err(err(ErrorClass::Throttling, "ThrottlingException"))
                 } else {
@@ -148,12 +227,15 @@ mod tests {
     async fn never_retries_permanent_errors() {
         let calls = AtomicU32::new(0);
         let r: Result<(), _> = fast()
-            .run("op", || async {
+            .run(&op(), || async {
                 calls.fetch_add(1, Ordering::SeqCst);
                 Err(err(ErrorClass::Permanent, "AccessDeniedException"))
             })
             .await;
-        assert!(r.unwrap_err().has_code("AccessDeniedException"));
+        let e = r.unwrap_err();
+        assert!(e.has_code("AccessDeniedException"));
+        assert_eq!(e.region.as_deref(), Some("us-east-1"), "the call's region");
+        assert_eq!(e.resource.as_deref(), Some("snap-1"), "the call's resource");
         assert_eq!(calls.load(Ordering::SeqCst), 1);
     }
 
@@ -161,7 +243,7 @@ mod tests {
     async fn stops_after_max_attempts() {
         let calls = AtomicU32::new(0);
         let r: Result<(), _> = fast()
-            .run("op", || async {
+            .run(&op(), || async {
                 calls.fetch_add(1, Ordering::SeqCst);
                 Err(err(ErrorClass::Transient, "InternalError"))
             })
@@ -175,7 +257,7 @@ mod tests {
         let calls = AtomicU32::new(0);
         let r = fast()
             .run_with(
-                "op",
+                &op(),
                 |e| e.has_code("ResourceNotFoundException"),
                 || async {
                     if calls.fetch_add(1, Ordering::SeqCst) == 0 {

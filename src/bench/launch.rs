@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use aws_sdk_ec2::operation::describe_instances::DescribeInstancesOutput;
 use aws_sdk_ec2::types::{
-    Filter, Instance, InstanceStateName, InstanceType, ResourceType, ShutdownBehavior, Tag,
+    Instance, InstanceStateName, InstanceType, ResourceType, ShutdownBehavior, Tag,
     TagSpecification,
 };
 use base64::Engine;
@@ -15,12 +15,7 @@ use futures_util::StreamExt;
 use futures_util::stream::FuturesUnordered;
 use tokio::time::{Instant, MissedTickBehavior};
 
-use crate::aws::{AwsError, Clients, ErrorClass, RetryPolicy};
-use crate::snapshot::{OWNERSHIP_TAG, OWNERSHIP_VALUE};
-
-/// Tag on every benchmark instance: the launch's ClientToken, so an instance whose
-/// RunInstances answer was lost can still be found and terminated.
-pub const TOKEN_TAG: &str = "ec2ami:bench-token";
+use crate::aws::{AwsError, Clients, ErrorClass, RetryPolicy, ec2, tags};
 
 /// EC2's code for an instance id it does not know (yet, or any more).
 const NOT_FOUND: &str = "InvalidInstanceID.NotFound";
@@ -101,8 +96,8 @@ pub async fn run_instance(
 ) -> Result<Launched, AwsError> {
     let tags = TagSpecification::builder()
         .resource_type(ResourceType::Instance)
-        .tags(tag(OWNERSHIP_TAG, OWNERSHIP_VALUE))
-        .tags(tag(TOKEN_TAG, token))
+        .tags(tag(tags::OWNERSHIP, tags::OWNERSHIP_VALUE))
+        .tags(tag(tags::BENCH_TOKEN, token))
         .tags(tag("Name", &format!("ec2ami bench {}", spec.image_id)))
         .build();
     let user_data = spec
@@ -111,7 +106,7 @@ pub async fn run_instance(
         .map(|d| base64::engine::general_purpose::STANDARD.encode(d));
     let attempt_start = Mutex::new(Instant::now());
     let out = retry
-        .run("RunInstances", || {
+        .send(&clients.call("RunInstances").on(&spec.image_id), || {
             *attempt_start.lock().unwrap_or_else(|p| p.into_inner()) = Instant::now();
             let mut req = clients
                 .ec2
@@ -132,11 +127,7 @@ pub async fn run_instance(
             if spec.ipv6 {
                 req = req.ipv6_address_count(1);
             }
-            async move {
-                req.send()
-                    .await
-                    .map_err(|e| AwsError::from_sdk("RunInstances", e))
-            }
+            req.send()
         })
         .await?;
     let answered = Instant::now();
@@ -146,7 +137,7 @@ pub async fn run_instance(
         .first()
         .and_then(|i| i.instance_id())
         .ok_or_else(|| {
-            crate::snapshot::local_error(
+            AwsError::local(
                 "RunInstances",
                 ErrorClass::Permanent,
                 "the answer names no instance".into(),
@@ -203,7 +194,7 @@ pub async fn wait_running(
             let answer: Result<DescribeInstancesOutput, AwsError> =
                 match tokio::time::timeout(timeout, req.send()).await {
                     Ok(r) => r.map_err(|e| AwsError::from_sdk("DescribeInstances", e)),
-                    Err(_) => Err(crate::snapshot::local_error(
+                    Err(_) => Err(AwsError::local(
                         "DescribeInstances",
                         ErrorClass::Transient,
                         format!("no answer within {timeout:?}"),
@@ -289,19 +280,16 @@ pub async fn terminate(
     fresh: bool,
     retry: &RetryPolicy,
 ) -> Result<(), AwsError> {
-    let what = format!("TerminateInstances {instance_id}");
     let r = retry
-        .run_with(
-            &what,
+        .send_with(
+            &clients.call("TerminateInstances").on(instance_id),
             |e| fresh && e.has_code(NOT_FOUND),
-            || async {
+            || {
                 clients
                     .ec2
                     .terminate_instances()
                     .instance_ids(instance_id)
                     .send()
-                    .await
-                    .map_err(|e| AwsError::from_sdk("TerminateInstances", e))
             },
         )
         .await;
@@ -319,44 +307,14 @@ pub async fn find_by_token(
     retry: &RetryPolicy,
 ) -> Result<Vec<String>, AwsError> {
     let filters = vec![
-        Filter::builder()
-            .name(format!("tag:{TOKEN_TAG}"))
-            .values(token)
-            .build(),
-        Filter::builder()
-            .name("instance-state-name")
-            .values("pending")
-            .values("running")
-            .values("stopping")
-            .values("stopped")
-            .build(),
+        ec2::filter(&format!("tag:{}", tags::BENCH_TOKEN), token),
+        ec2::filter_any("instance-state-name", ec2::LIVE_STATES),
     ];
-    let mut ids = Vec::new();
-    let mut next: Option<String> = None;
-    loop {
-        let out = retry
-            .run("DescribeInstances", || async {
-                clients
-                    .ec2
-                    .describe_instances()
-                    .set_filters(Some(filters.clone()))
-                    .set_next_token(next.clone())
-                    .send()
-                    .await
-                    .map_err(|e| AwsError::from_sdk("DescribeInstances", e))
-            })
-            .await?;
-        ids.extend(
-            out.reservations()
-                .iter()
-                .flat_map(|r| r.instances())
-                .filter_map(|i| i.instance_id().map(str::to_string)),
-        );
-        match out.next_token() {
-            Some(t) if !t.is_empty() => next = Some(t.to_string()),
-            _ => return Ok(ids),
-        }
-    }
+    Ok(ec2::instances(clients, filters, retry)
+        .await?
+        .into_iter()
+        .map(|i| i.id)
+        .collect())
 }
 
 #[cfg(test)]

@@ -9,7 +9,6 @@ use serde::Serialize;
 
 use super::history::BuildArgs;
 use super::{Failure, GlobalArgs, connect, parse_duration, shutdown_signal};
-use ec2ami::ami;
 use ec2ami::bench::{self, BenchOptions, BenchReport, LaunchSpec, RunStatus, Scope, phases};
 use ec2ami::history::{self, Benchmark, BuildInfo, Source};
 use ec2ami::state::now_epoch;
@@ -120,21 +119,17 @@ pub async fn run(g: &GlobalArgs, a: &BenchArgs) -> Result<(), Failure> {
     let retry = g.retry();
     // Look before launching: the AMI must exist, and its name and tags say what build
     // it is.
-    let image = ami::describe_one(&clients, image_id, &retry)
+    let image = ec2ami::aws::ec2::image(&clients, image_id, &retry)
         .await?
         .ok_or_else(|| Failure {
             message: format!("{image_id} not found in {}", clients.region()),
             interrupted: false,
         })?;
-    let tags: Vec<(String, String)> = image
-        .tags()
-        .iter()
-        .filter_map(|t| Some((t.key()?.to_string(), t.value()?.to_string())))
-        .collect();
+    let tags: Vec<(String, String)> = image.tags.clone().into_iter().collect();
     let build = a
         .build
         .info()
-        .or(BuildInfo::from_image(image.name(), &tags))
+        .or(BuildInfo::from_image(Some(&image.name), &tags))
         .normalized();
     let runs = a.runs as usize;
     let opts = BenchOptions {

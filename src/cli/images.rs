@@ -101,11 +101,6 @@ pub struct ShareArgs {
     regions: Vec<String>,
 }
 
-/// The line FreeBSD's release scripts grep, as bsdec2-image-upload prints it.
-pub fn created_line(region: &str, image_id: &str) -> String {
-    format!("Created AMI in {region} region: {image_id}")
-}
-
 pub async fn register(g: &GlobalArgs, a: &RegisterArgs) -> Result<(), Failure> {
     let deprecate_at = match (a.deprecate_at, a.deprecate_in) {
         (Some(at), _) => Some(at),
@@ -151,12 +146,12 @@ pub async fn copy(g: &GlobalArgs, a: &CopyArgs) -> Result<(), Failure> {
     let outcomes = ami::copy_to_regions(&clients, &a.image_id, &opts).await?;
     ami::check_outcomes(&a.image_id, &outcomes)?;
     g.print(&outcomes, || {
-        std::iter::once(created_line(clients.region(), &a.image_id))
+        std::iter::once(ami::created_line(clients.region(), &a.image_id))
             .chain(outcomes.iter().filter_map(|o| {
                 o.image_id
                     .as_ref()
                     .filter(|_| o.error.is_none())
-                    .map(|id| created_line(&o.region, id))
+                    .map(|id| ami::created_line(&o.region, id))
             }))
             .collect::<Vec<_>>()
             .join("\n")
@@ -185,7 +180,10 @@ pub async fn share(g: &GlobalArgs, a: &ShareArgs) -> Result<(), Failure> {
                 clients.region()
             ))));
         }
-        images.extend(found);
+        images.extend(found.into_iter().map(|i| ami::Target {
+            region: i.region,
+            image_id: i.id,
+        }));
     }
     let done = ami::share(&clients, &images, &spec, &retry).await?;
     let verb = if a.revoke { "revoked" } else { "shared" };
@@ -196,17 +194,4 @@ pub async fn share(g: &GlobalArgs, a: &ShareArgs) -> Result<(), Failure> {
             .join("\n")
     });
     Ok(())
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn created_line_is_bsdec2s() {
-        assert_eq!(
-            created_line("us-east-1", "ami-0123456789abcdef0"),
-            "Created AMI in us-east-1 region: ami-0123456789abcdef0"
-        );
-    }
 }

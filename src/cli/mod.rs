@@ -3,6 +3,7 @@
 
 mod bench;
 mod boot;
+mod completions;
 mod history;
 mod images;
 mod imds;
@@ -123,6 +124,10 @@ enum Command {
     /// timeouts.
     #[command(subcommand)]
     Imds(imds::ImdsCommand),
+    /// Print a shell completion script (bash, zsh, fish, elvish) on stdout.
+    Completions(completions::CompletionsArgs),
+    /// Write the man pages (ec2ami.1 and one per subcommand) into a directory.
+    Man(completions::ManArgs),
 }
 
 #[derive(Debug, Args)]
@@ -369,6 +374,8 @@ async fn run(cli: Cli) -> Result<(), Failure> {
         Command::Report(a) => history::report_cmd(g, a).await,
         Command::Boot(a) => boot::run(g, a).await,
         Command::Imds(_) => unreachable!("run by imds::main"),
+        Command::Completions(a) => completions::completions(a),
+        Command::Man(a) => completions::man(g, a),
     }
 }
 

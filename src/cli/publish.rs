@@ -7,14 +7,13 @@ use std::time::Duration;
 use clap::{Args, Subcommand};
 
 use super::{Failure, GlobalArgs, OutputFormat, connect, parse_duration, parse_tag};
-use ec2ami::ami::{self, Imds};
+use ec2ami::ami::Imds;
 use ec2ami::aws::{self, Clients};
-use ec2ami::params::{self, PutOptions, Wanted, template};
+use ec2ami::params::{self, PutOptions};
 use ec2ami::publish::compat::{self, Bsdec2Args};
 use ec2ami::publish::{self, PublishError, PublishOptions, Release, ReleaseFile, plan, validate};
 use ec2ami::snapshot;
-use ec2ami::state::journal::Journal;
-use ec2ami::state::{JobLock, StateDb};
+use ec2ami::state::StateDb;
 use ec2ami::units::today;
 
 #[derive(Debug, Args)]
@@ -250,23 +249,16 @@ fn publish_options(g: &GlobalArgs, a: &RunArgs) -> PublishOptions {
     }
 }
 
-/// The date an earlier run of the release fixed, or today.
-fn journal_date(journal: Option<&Journal>) -> String {
-    journal
-        .and_then(|j| serde_json::from_str::<serde_json::Value>(j.vars()).ok())
-        .and_then(|v| v["date"].as_str().map(str::to_string))
-        .unwrap_or_else(today)
-}
-
 pub async fn publish(g: &GlobalArgs, a: &PublishArgs) -> Result<(), Failure> {
     let file = ReleaseFile::read(&a.release)?;
     // Every check of the file (templates, names, images) before anything else.
     let first = file.resolve(&today(), true)?;
     let preflight = preflight_on(&first, &a.run)?;
     let db = Arc::new(g.state_db()?);
+    let label = a.release.display().to_string();
     if a.plan {
-        let journal = Journal::find(&db, &file.key)?;
-        let mut release = file.resolve(&journal_date(journal.as_ref()), true)?;
+        let (journal, date) = publish::recorded(&db, &file.key)?;
+        let mut release = file.resolve(&date, true)?;
         release.preflight = Some(preflight);
         let clients = connect(g).await?;
         let plan = plan::plan(&clients, &release, journal.as_ref(), &g.retry()).await?;
@@ -274,37 +266,22 @@ pub async fn publish(g: &GlobalArgs, a: &PublishArgs) -> Result<(), Failure> {
         return Ok(());
     }
     let clients = connect(g).await?;
-    let _lock = lock(&db, &file.key, &a.release.display().to_string())?;
-    let vars = serde_json::json!({ "date": today() }).to_string();
-    let journal = Journal::open(&db, &file.key, &a.release.display().to_string(), &vars)?;
-    if journal.resumed() {
-        tracing::info!("resuming the publish of {}", a.release.display());
-    }
-    let mut release = file.resolve(&journal_date(Some(&journal)), true)?;
+    let session = publish::start(&db, &file.key, &label).map_err(publish_failure)?;
+    let mut release = file.resolve(&session.date, true)?;
     release.preflight = Some(preflight);
     let mut opts = publish_options(g, &a.run);
     opts.preflight = preflight_options(g, &a.run, &release, &db)?;
-    run_release(g, &clients, &release, &journal, &opts).await
-}
-
-fn lock(db: &StateDb, key: &str, what: &str) -> Result<JobLock, Failure> {
-    let dir = db.path().parent().unwrap_or(std::path::Path::new("."));
-    JobLock::acquire(dir, key)?.ok_or_else(|| Failure {
-        message: format!(
-            "{what} is being published by another ec2ami process (lock {}/locks/{key}.lock)",
-            dir.display()
-        ),
-        interrupted: false,
-    })
+    run_release(g, &clients, &release, &session, &opts).await
 }
 
 async fn run_release(
     g: &GlobalArgs,
     clients: &Clients,
     release: &Release,
-    journal: &Journal,
+    session: &publish::Session,
     opts: &PublishOptions,
 ) -> Result<(), Failure> {
+    let journal = &session.journal;
     let (report, errors) =
         publish::publish(clients, release, journal, opts, super::shutdown_signal())
             .await
@@ -344,8 +321,8 @@ async fn run_release(
 pub async fn validate(g: &GlobalArgs, a: &ValidateArgs) -> Result<(), Failure> {
     let file = ReleaseFile::read(&a.release)?;
     let db = Arc::new(g.state_db()?);
-    let journal = Journal::find(&db, &file.key)?;
-    let release = file.resolve(&journal_date(journal.as_ref()), false)?;
+    let (_, date) = publish::recorded(&db, &file.key)?;
+    let release = file.resolve(&date, false)?;
     let clients = connect(g).await?;
     let v = validate::validate(&clients, &release, &g.retry()).await?;
     g.print(&v, || v.render());
@@ -363,8 +340,14 @@ pub async fn params(g: &GlobalArgs, c: &ParamsCommand) -> Result<(), Failure> {
     let clients = connect(g).await?;
     let retry = g.retry();
     let (wanted, write) = match c {
-        ParamsCommand::Put(a) => (put_wanted(&clients, a, &retry).await?, &a.write),
-        ParamsCommand::Promote(a) => (promote_wanted(&clients, a, &retry).await?, &a.write),
+        ParamsCommand::Put(a) => {
+            let w = params::for_image(&clients, &a.image, &a.names, &a.regions, &a.vars, &retry);
+            (w.await?, &a.write)
+        }
+        ParamsCommand::Promote(a) => {
+            let w = params::promotion(&clients, &a.from, &a.to, &a.regions, &retry);
+            (w.await?, &a.write)
+        }
     };
     if wanted.is_empty() {
         return Err(Failure {
@@ -390,83 +373,6 @@ pub async fn params(g: &GlobalArgs, c: &ParamsCommand) -> Result<(), Failure> {
         params::check(&outcomes)?;
     }
     Ok(())
-}
-
-async fn put_wanted(
-    clients: &Clients,
-    a: &ParamsPutArgs,
-    retry: &aws::RetryPolicy,
-) -> Result<Vec<Wanted>, Failure> {
-    for n in &a.names {
-        template::variables(n)
-            .map_err(|e| Failure::from(params::ParamError::Invalid(e.to_string())))?;
-    }
-    let regions = ami::resolve_regions(clients, &a.regions, retry).await?;
-    let home = ami::describe_one(clients, &a.image, retry)
-        .await?
-        .ok_or_else(|| Failure {
-            message: format!("{} not found in {}", a.image, clients.region()),
-            interrupted: false,
-        })?;
-    let mut vars: template::Vars = home
-        .tags()
-        .iter()
-        .filter_map(|t| {
-            let k = t.key()?.strip_prefix(publish::release::VAR_TAG_PREFIX)?;
-            Some((k.to_string(), t.value()?.to_string()))
-        })
-        .collect();
-    vars.insert("name".into(), home.name().unwrap_or_default().to_string());
-    vars.extend(a.vars.iter().cloned());
-    let found = ami::locate(clients, &a.image, &regions, retry).await?;
-    let mut wanted = Vec::new();
-    for img in &found {
-        let mut v = vars.clone();
-        v.insert("region".into(), img.region.clone());
-        for t in &a.names {
-            let name = template::render(t, &v)
-                .map_err(|e| Failure::from(params::ParamError::Invalid(e.to_string())))?;
-            params::check_name(&name, img.public)
-                .map_err(|e| Failure::from(params::ParamError::Invalid(e)))?;
-            wanted.push(Wanted {
-                region: img.region.clone(),
-                name,
-                value: img.image_id.clone(),
-                ours: None,
-            });
-        }
-    }
-    Ok(wanted)
-}
-
-async fn promote_wanted(
-    clients: &Clients,
-    a: &ParamsPromoteArgs,
-    retry: &aws::RetryPolicy,
-) -> Result<Vec<Wanted>, Failure> {
-    params::check_name(&a.to, true).map_err(|e| Failure::from(params::ParamError::Invalid(e)))?;
-    let regions = ami::resolve_regions(clients, &a.regions, retry).await?;
-    let values = futures_util::future::join_all(regions.iter().map(|r| async move {
-        let c = clients.in_region(r);
-        (r.clone(), params::get(&c, &a.from, retry).await)
-    }))
-    .await;
-    let mut wanted = Vec::new();
-    for (region, v) in values {
-        match v? {
-            Some(value) => wanted.push(Wanted {
-                region,
-                name: a.to.clone(),
-                value,
-                ours: None,
-            }),
-            None => tracing::info!(
-                "{} does not exist in {region}: nothing to promote there",
-                a.from
-            ),
-        }
-    }
-    Ok(wanted)
 }
 
 pub async fn compat(g: &GlobalArgs, c: &CompatCommand) -> Result<(), Failure> {
@@ -517,10 +423,9 @@ pub async fn compat(g: &GlobalArgs, c: &CompatCommand) -> Result<(), Failure> {
     ));
     let clients = aws::connect(&opts).await?;
     let db = Arc::new(g.state_db()?);
-    let _lock = lock(&db, &release.key, &args.image.display().to_string())?;
-    let vars = serde_json::json!({ "date": release.date }).to_string();
-    let journal = Journal::open(&db, &release.key, &args.image.display().to_string(), &vars)?;
+    let label = args.image.display().to_string();
+    let session = publish::start(&db, &release.key, &label).map_err(publish_failure)?;
     let mut opts = publish_options(g, &a.run);
     opts.preflight = preflight_options(g, &a.run, &release, &db)?;
-    run_release(g, &clients, &release, &journal, &opts).await
+    run_release(g, &clients, &release, &session, &opts).await
 }

@@ -1,22 +1,14 @@
 //! What build an AMI is: version, branch, flavour, filesystem, architecture and build
 //! date, read from the tags `ec2ami publish` puts on every AMI (see
-//! `publish::release::TAGGED_VARS`), or parsed from a FreeBSD-style image name when the
+//! `aws::tags::TAGGED_VARS`), or parsed from a FreeBSD-style image name when the
 //! tags are absent.
 
 use serde::Serialize;
 
-/// Tag: OS version, e.g. `14.1`.
-pub const VERSION_TAG: &str = "ec2ami:version";
-/// Tag: branch, e.g. `STABLE` or `14-STABLE`.
-pub const BRANCH_TAG: &str = "ec2ami:branch";
-/// Tag: flavour, e.g. `base`, `cloud-init`, `small`.
-pub const FLAVOUR_TAG: &str = "ec2ami:flavour";
-/// Tag: filesystem, `ufs` or `zfs`.
-pub const FS_TAG: &str = "ec2ami:fs";
-/// Tag: architecture, `amd64` or `arm64`.
-pub const ARCH_TAG: &str = "ec2ami:arch";
-/// Tag: build date, `YYYYMMDD`.
-pub const BUILD_DATE_TAG: &str = "ec2ami:build-date";
+use crate::aws::tags::{
+    ARCH as ARCH_TAG, BRANCH as BRANCH_TAG, BUILD_DATE as BUILD_DATE_TAG, FLAVOUR as FLAVOUR_TAG,
+    FS as FS_TAG, VERSION as VERSION_TAG,
+};
 
 /// The build an AMI was made from; every field may be unknown.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
@@ -240,22 +232,6 @@ mod tests {
         // What the tags do not say comes from the name.
         assert_eq!(b.flavour.as_deref(), Some("small"));
         assert_eq!(b.fs.as_deref(), Some("zfs"));
-    }
-
-    #[test]
-    fn the_tags_read_are_the_tags_publish_writes() {
-        use crate::publish::release::{BUILD_DATE_TAG as WRITTEN, TAGGED_VARS, VAR_TAG_PREFIX};
-        assert_eq!(BUILD_DATE_TAG, WRITTEN);
-        for (tag, var) in [
-            (VERSION_TAG, "version"),
-            (BRANCH_TAG, "branch"),
-            (FLAVOUR_TAG, "flavour"),
-            (FS_TAG, "fs"),
-            (ARCH_TAG, "arch"),
-        ] {
-            assert!(TAGGED_VARS.contains(&var), "publish no longer tags {var}");
-            assert_eq!(tag, format!("{VAR_TAG_PREFIX}{var}"));
-        }
     }
 
     #[test]

@@ -15,12 +15,14 @@ use rusqlite::{OptionalExtension, params};
 use serde::Serialize;
 
 use crate::bench::{Phase, PhaseSummary, Phases, RunResult, RunStatus};
-use crate::state::{StateDb, StateError};
+use crate::state::{Schema, StateDb, StateError};
 
 pub use build::BuildInfo;
 
 /// The history's tables.
-pub const SCHEMA: &str = "
+pub const SCHEMA: Schema = Schema {
+    name: "boot history",
+    ddl: "
 CREATE TABLE IF NOT EXISTS boot_benchmarks (
     id            INTEGER PRIMARY KEY,
     image_id      TEXT NOT NULL,
@@ -63,11 +65,13 @@ CREATE TABLE IF NOT EXISTS boot_marks (
     seconds       REAL NOT NULL,      -- from QEMU's start
     PRIMARY KEY (benchmark_id, run, name)
 );
-";
+",
+    upgrade: Some(upgrade),
+};
 
 /// Bring an older history up to date: the `firmware` column (`bios` / `uefi` for local
 /// boots; NULL for EC2 benchmarks and rows written before it existed). Idempotent.
-pub fn upgrade(c: &rusqlite::Connection) -> rusqlite::Result<()> {
+fn upgrade(c: &rusqlite::Connection) -> rusqlite::Result<()> {
     let has = c
         .prepare("SELECT 1 FROM pragma_table_info('boot_benchmarks') WHERE name = 'firmware'")?
         .exists([])?;
@@ -155,7 +159,7 @@ impl Benchmark {
 
 /// Store a benchmark and its runs in one transaction; returns its id.
 pub fn record(db: &StateDb, b: &Benchmark) -> Result<i64, StateError> {
-    db.with(|c| {
+    db.with_schema(&SCHEMA, |c| {
         let tx = c.unchecked_transaction()?;
         tx.execute(
             "INSERT INTO boot_benchmarks (image_id, image_name, version, branch, flavour, fs,
@@ -220,7 +224,7 @@ pub fn already_imported(
     image_id: &str,
     hash: &str,
 ) -> Result<Option<i64>, StateError> {
-    db.with(|c| {
+    db.with_schema(&SCHEMA, |c| {
         c.query_row(
             "SELECT id FROM boot_benchmarks WHERE image_id = ?1 AND source_hash = ?2",
             params![image_id, hash],
@@ -237,7 +241,7 @@ pub fn record_marks(
     run: usize,
     marks: &[(String, f64)],
 ) -> Result<(), StateError> {
-    db.with(|c| {
+    db.with_schema(&SCHEMA, |c| {
         let tx = c.unchecked_transaction()?;
         for (name, secs) in marks {
             tx.execute(
@@ -252,7 +256,7 @@ pub fn record_marks(
 
 /// The timelines of benchmark `id`: (run, marker, seconds), by run and time.
 pub fn load_marks(db: &StateDb, id: i64) -> Result<Vec<(usize, String, f64)>, StateError> {
-    db.with(|c| {
+    db.with_schema(&SCHEMA, |c| {
         let mut st = c.prepare(
             "SELECT run, name, seconds FROM boot_marks WHERE benchmark_id = ?1
              ORDER BY run, seconds",
@@ -266,7 +270,7 @@ pub fn load_marks(db: &StateDb, id: i64) -> Result<Vec<(usize, String, f64)>, St
 
 /// Every benchmark with its runs, oldest first.
 pub fn load_all(db: &StateDb) -> Result<Vec<Benchmark>, StateError> {
-    db.with(|c| {
+    db.with_schema(&SCHEMA, |c| {
         let mut st = c.prepare(
             "SELECT id, image_id, image_name, version, branch, flavour, fs, arch, build_date,
              region, instance_type, measured_at, source, source_file, source_hash, tool_version,
@@ -641,7 +645,7 @@ pub(crate) mod tests {
         {
             // A database written before the firmware column existed.
             let c = rusqlite::Connection::open(&path).unwrap();
-            c.execute_batch(SCHEMA).unwrap();
+            c.execute_batch(SCHEMA.ddl).unwrap();
             c.execute(
                 "INSERT INTO boot_benchmarks (image_id, region, instance_type, measured_at,
                  source, tool_version) VALUES ('ami-old', 'us-east-1', 'c5.xlarge', 1, 'bench', 'x')",

@@ -9,16 +9,16 @@
 
 pub mod template;
 
+use std::cell::RefCell;
 use std::collections::BTreeMap;
 use std::time::Duration;
 
 use aws_sdk_ssm::types::{ParameterType, Tag};
 use futures_util::future::join_all;
 use serde::Serialize;
-use tokio::time::Instant;
 
-use crate::aws::{AwsError, Clients, RetryPolicy};
-use crate::snapshot::{OWNERSHIP_TAG, OWNERSHIP_VALUE};
+use crate::aws::poll::{Backoff, Poll, PollError, poll_until};
+use crate::aws::{AwsError, Clients, RetryPolicy, ec2, ssm, tags};
 
 /// The DataType that makes SSM check the value is an AMI id.
 pub const EC2_IMAGE_DATA_TYPE: &str = "aws:ec2:image";
@@ -171,6 +171,109 @@ pub fn check_name(name: &str, public: bool) -> Result<(), String> {
     Ok(())
 }
 
+/// Parameters naming `image_id` (in `home`'s region) and its copies in `regions` (`all`
+/// or names): each name template rendered per region with `{region}`, `{name}`, the
+/// AMI's `ec2ami:*` build tags (`{version}`, `{branch}`...) and `vars` (which win). Names
+/// under `/aws/` are allowed only for public AMIs. The templates are checked before any
+/// request.
+pub async fn for_image(
+    home: &Clients,
+    image_id: &str,
+    templates: &[String],
+    regions: &[String],
+    vars: &[(String, String)],
+    retry: &RetryPolicy,
+) -> Result<Vec<Wanted>, ParamError> {
+    for t in templates {
+        template::variables(t).map_err(|e| ParamError::Invalid(e.to_string()))?;
+    }
+    let regions = &resolve_regions(home, regions, retry).await?;
+    let source = ec2::image(home, image_id, retry)
+        .await?
+        .ok_or_else(|| ParamError::Invalid(format!("{image_id} not found in {}", home.region())))?;
+    let mut base: template::Vars = source
+        .tags
+        .iter()
+        .filter_map(|(k, v)| Some((k.strip_prefix(tags::VAR_PREFIX)?.to_string(), v.clone())))
+        .collect();
+    base.insert("name".into(), source.name.clone());
+    base.extend(vars.iter().cloned());
+    let found = crate::ami::locate(home, image_id, regions, retry).await?;
+    let mut wanted = Vec::new();
+    for img in &found {
+        let mut v = base.clone();
+        v.insert("region".into(), img.region.clone());
+        for t in templates {
+            let name = template::render(t, &v).map_err(|e| ParamError::Invalid(e.to_string()))?;
+            check_name(&name, img.public).map_err(ParamError::Invalid)?;
+            wanted.push(Wanted {
+                region: img.region.clone(),
+                name,
+                value: img.id.clone(),
+                ours: None,
+            });
+        }
+    }
+    Ok(wanted)
+}
+
+/// Parameter `to` holding, in each of `regions` (`all` or names), the value `from`
+/// holds there (regions where `from` does not exist are skipped, and said so).
+pub async fn promotion(
+    home: &Clients,
+    from: &str,
+    to: &str,
+    regions: &[String],
+    retry: &RetryPolicy,
+) -> Result<Vec<Wanted>, ParamError> {
+    check_name(to, true).map_err(ParamError::Invalid)?;
+    let regions = &resolve_regions(home, regions, retry).await?;
+    let values = join_all(regions.iter().map(|r| async move {
+        let c = home.in_region(r);
+        (r.clone(), ssm::get_parameter(&c, from, retry).await)
+    }))
+    .await;
+    let mut wanted = Vec::new();
+    for (region, v) in values {
+        match v? {
+            Some(value) => wanted.push(Wanted {
+                region,
+                name: to.to_string(),
+                value,
+                ours: None,
+            }),
+            None => tracing::info!("{from} does not exist in {region}: nothing to promote there"),
+        }
+    }
+    Ok(wanted)
+}
+
+async fn resolve_regions(
+    home: &Clients,
+    wanted: &[String],
+    retry: &RetryPolicy,
+) -> Result<Vec<String>, ParamError> {
+    ec2::resolve_regions(home, wanted, retry)
+        .await?
+        .map_err(ParamError::Invalid)
+}
+
+/// What writing `w` changes when the parameter holds `current`: a parameter holding
+/// another value is refused unless clobbering is allowed or it holds what an earlier run
+/// of the same job wrote (`w.ours`). The one rule for `put`, a publish and its plan.
+pub fn decide(current: Option<&str>, w: &Wanted, allow_clobber: bool) -> Change {
+    match current {
+        None => Change::Created,
+        Some(v) if v == w.value => Change::Unchanged,
+        Some(old) if !allow_clobber && w.ours.as_deref() != Some(old) => Change::Refused {
+            old: old.to_string(),
+        },
+        Some(old) => Change::Updated {
+            old: old.to_string(),
+        },
+    }
+}
+
 /// Put every parameter of `wanted` (each in its region): regions concurrently; in a
 /// region, one GetParameters per 10 names to see what they hold, the writes one after
 /// the other `spacing` apart, then GetParameters again until every written value reads
@@ -212,7 +315,7 @@ pub fn check(outcomes: &[Outcome]) -> Result<(), ParamError> {
 /// [`put`] in one region.
 async fn put_region(clients: &Clients, items: &[&Wanted], opts: &PutOptions) -> Vec<Outcome> {
     let names: Vec<&str> = items.iter().map(|w| w.name.as_str()).collect();
-    let current = match get_many(clients, &names, &opts.retry).await {
+    let current = match ssm::get_parameters(clients, &names, &opts.retry).await {
         Ok(c) => c,
         Err(e) => {
             return items
@@ -227,20 +330,14 @@ async fn put_region(clients: &Clients, items: &[&Wanted], opts: &PutOptions) -> 
     };
     let mut out: Vec<Outcome> = items
         .iter()
-        .map(|w| {
-            let change = match current.get(&w.name) {
-                None => Change::Created,
-                Some(v) if *v == w.value => Change::Unchanged,
-                Some(old) if !opts.allow_clobber && w.ours.as_deref() != Some(old.as_str()) => {
-                    Change::Refused { old: old.clone() }
-                }
-                Some(old) => Change::Updated { old: old.clone() },
-            };
-            Outcome {
-                wanted: (*w).clone(),
-                change,
-                error: None,
-            }
+        .map(|w| Outcome {
+            wanted: (*w).clone(),
+            change: decide(
+                current.get(&w.name).map(String::as_str),
+                w,
+                opts.allow_clobber,
+            ),
+            error: None,
         })
         .collect();
     if opts.dry_run {
@@ -273,64 +370,6 @@ async fn put_region(clients: &Clients, items: &[&Wanted], opts: &PutOptions) -> 
     out
 }
 
-/// The values of the parameters among `names` that exist (one GetParameters per 10).
-pub async fn get_many(
-    clients: &Clients,
-    names: &[&str],
-    retry: &RetryPolicy,
-) -> Result<BTreeMap<String, String>, AwsError> {
-    let mut found = BTreeMap::new();
-    for chunk in names.chunks(10) {
-        let out = retry
-            .run(
-                &format!("GetParameters in {}", clients.region()),
-                || async {
-                    clients
-                        .ssm
-                        .get_parameters()
-                        .set_names(Some(chunk.iter().map(|s| s.to_string()).collect()))
-                        .send()
-                        .await
-                        .map_err(|e| AwsError::from_sdk("GetParameters", e))
-                },
-            )
-            .await?;
-        for p in out.parameters() {
-            if let (Some(n), Some(v)) = (p.name(), p.value()) {
-                found.insert(n.to_string(), v.to_string());
-            }
-        }
-    }
-    Ok(found)
-}
-
-/// The value of parameter `name`, or `None` if it does not exist.
-pub async fn get(
-    clients: &Clients,
-    name: &str,
-    retry: &RetryPolicy,
-) -> Result<Option<String>, AwsError> {
-    let r = retry
-        .run(
-            &format!("GetParameter {name} in {}", clients.region()),
-            || async {
-                clients
-                    .ssm
-                    .get_parameter()
-                    .name(name)
-                    .send()
-                    .await
-                    .map_err(|e| AwsError::from_sdk("GetParameter", e))
-            },
-        )
-        .await;
-    match r {
-        Ok(out) => Ok(out.parameter().and_then(|p| p.value()).map(str::to_string)),
-        Err(e) if e.has_code("ParameterNotFound") => Ok(None),
-        Err(e) => Err(e),
-    }
-}
-
 async fn write(
     clients: &Clients,
     w: &Wanted,
@@ -338,33 +377,28 @@ async fn write(
     retry: &RetryPolicy,
 ) -> Result<(), AwsError> {
     retry
-        .run(
-            &format!("PutParameter {} in {}", w.name, w.region),
-            || async {
-                let mut req = clients
-                    .ssm
-                    .put_parameter()
-                    .name(&w.name)
-                    .value(&w.value)
-                    .r#type(ParameterType::String)
-                    .data_type(EC2_IMAGE_DATA_TYPE);
-                // SSM refuses tags together with Overwrite: tag on creation only.
-                req = if overwrite {
-                    req.overwrite(true)
-                } else {
-                    req.tags(
-                        Tag::builder()
-                            .key(OWNERSHIP_TAG)
-                            .value(OWNERSHIP_VALUE)
-                            .build()
-                            .expect("key and value set"),
-                    )
-                };
-                req.send()
-                    .await
-                    .map_err(|e| AwsError::from_sdk("PutParameter", e))
-            },
-        )
+        .send(&clients.call("PutParameter").on(&w.name), || {
+            let mut req = clients
+                .ssm
+                .put_parameter()
+                .name(&w.name)
+                .value(&w.value)
+                .r#type(ParameterType::String)
+                .data_type(EC2_IMAGE_DATA_TYPE);
+            // SSM refuses tags together with Overwrite: tag on creation only.
+            req = if overwrite {
+                req.overwrite(true)
+            } else {
+                req.tags(
+                    Tag::builder()
+                        .key(tags::OWNERSHIP)
+                        .value(tags::OWNERSHIP_VALUE)
+                        .build()
+                        .expect("key and value set"),
+                )
+            };
+            req.send()
+        })
         .await?;
     Ok(())
 }
@@ -378,38 +412,48 @@ async fn read_back(
     written: &[usize],
     opts: &PutOptions,
 ) -> Result<(), String> {
-    let until = Instant::now() + opts.read_back;
-    let mut delay = Duration::from_millis(200);
-    let mut pending: Vec<usize> = written.to_vec();
-    while !pending.is_empty() {
-        let names: Vec<&str> = pending
+    let backoff = Backoff {
+        first: Duration::from_millis(200),
+        max: Duration::from_secs(5),
+    };
+    // What is still to read back (index, name, value), and what each name read last.
+    let pending = RefCell::new(
+        written
             .iter()
-            .map(|&i| out[i].wanted.name.as_str())
-            .collect();
-        let now = get_many(clients, &names, &opts.retry)
-            .await
-            .map_err(|e| e.to_string())?;
-        pending.retain(|&i| now.get(&out[i].wanted.name) != Some(&out[i].wanted.value));
-        if pending.is_empty() {
-            break;
-        }
-        if Instant::now() + delay > until {
-            for &i in &pending {
-                let w = &out[i].wanted;
+            .map(|&i| (i, out[i].wanted.name.clone(), out[i].wanted.value.clone()))
+            .collect::<Vec<_>>(),
+    );
+    let last = RefCell::new(BTreeMap::new());
+    let r = poll_until(opts.read_back, backoff, || async {
+        let names: Vec<String> = pending.borrow().iter().map(|(_, n, _)| n.clone()).collect();
+        let now = ssm::get_parameters(clients, &names, &opts.retry).await?;
+        pending
+            .borrow_mut()
+            .retain(|(_, n, v)| now.get(n) != Some(v));
+        last.borrow_mut().extend(now);
+        Ok::<_, AwsError>(if pending.borrow().is_empty() {
+            Poll::Ready(())
+        } else {
+            Poll::Pending
+        })
+    })
+    .await;
+    match r {
+        Ok(()) => Ok(()),
+        Err(PollError::Failed(e)) => Err(e.to_string()),
+        Err(PollError::TimedOut { .. }) => {
+            let last = last.into_inner();
+            for (i, name, value) in pending.into_inner() {
                 out[i].error = Some(format!(
-                    "written, but reads back as {} after {}s (is {} an AMI in {}?)",
-                    now.get(&w.name).map(String::as_str).unwrap_or("nothing"),
+                    "written, but reads back as {} after {}s (is {value} an AMI in {}?)",
+                    last.get(&name).map(String::as_str).unwrap_or("nothing"),
                     opts.read_back.as_secs(),
-                    w.value,
-                    w.region
+                    out[i].wanted.region
                 ));
             }
-            break;
+            Ok(())
         }
-        tokio::time::sleep(delay).await;
-        delay = (delay * 2).min(Duration::from_secs(5));
     }
-    Ok(())
 }
 
 #[cfg(test)]

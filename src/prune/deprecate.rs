@@ -12,7 +12,7 @@ use super::PruneError;
 use super::inventory;
 use super::series::{Glob, SeriesPattern};
 use crate::ami;
-use crate::aws::{AwsError, Clients, RetryPolicy};
+use crate::aws::{AwsError, Clients, RetryPolicy, ec2};
 
 /// Which images to deprecate.
 #[derive(Debug, Clone)]
@@ -102,10 +102,10 @@ pub async fn find(
                     let clients = home.in_region(region);
                     // Copies made by other tools lack ec2ami's source tag: same name.
                     let image_id = match by_tag {
-                        Some(f) => Some(f.image_id),
-                        None => ami::find_by_name(&clients, &name, retry)
+                        Some(f) => Some(f.id),
+                        None => ec2::image_named(&clients, &name, retry)
                             .await?
-                            .and_then(|i| i.image_id().map(str::to_string)),
+                            .map(|i| i.id),
                     };
                     match image_id {
                         Some(i) => inventory::image(&clients, &i, retry).await,

@@ -14,7 +14,7 @@ use tokio::time::Instant;
 use super::guard::guards;
 use super::inventory::{self, ParameterSources};
 use super::plan::{Action, Plan, RegionPlan, SnapshotItem};
-use crate::aws::{AwsError, Clients, RetryPolicy};
+use crate::aws::{AwsError, Clients, RetryPolicy, ec2};
 
 /// Default deletions per second in one region: EC2's sustained rate for mutating
 /// calls (its token bucket refills 5 per second).
@@ -418,18 +418,13 @@ impl RegionRun<'_> {
             Ok(Some(_)) => {}
         }
         let result = retry
-            .run(
-                &format!("DeregisterImage {image_id} in {}", self.clients.region()),
-                || async {
-                    self.clients
-                        .ec2
-                        .deregister_image()
-                        .image_id(image_id)
-                        .send()
-                        .await
-                        .map_err(|e| AwsError::from_sdk("DeregisterImage", e))
-                },
-            )
+            .send(&self.clients.call("DeregisterImage").on(image_id), || {
+                self.clients
+                    .ec2
+                    .deregister_image()
+                    .image_id(image_id)
+                    .send()
+            })
             .await;
         match result {
             Ok(_) => {
@@ -494,33 +489,14 @@ impl RegionRun<'_> {
             }
             Ok(Some(_)) => {}
         }
-        // Right after DeregisterImage EC2 may still call the snapshot in use for a
-        // moment; no image maps it (just checked), so that answer is worth a few retries.
-        let in_use = RetryPolicy {
-            max_attempts: retry.max_attempts.min(6),
-            ..retry
-        };
-        let result = in_use
-            .run_with(
-                &format!("DeleteSnapshot {id} in {}", self.clients.region()),
-                |e| e.has_code("InvalidSnapshot.InUse"),
-                || async {
-                    self.clients
-                        .ec2
-                        .delete_snapshot()
-                        .snapshot_id(id)
-                        .send()
-                        .await
-                        .map_err(|e| AwsError::from_sdk("DeleteSnapshot", e))
-                },
-            )
-            .await;
-        match result {
-            Ok(_) => {
+        // No image maps it (just checked): an "in use" answer right after DeregisterImage
+        // is retried a few times by the one DeleteSnapshot path.
+        match ec2::delete_snapshot(&self.clients, id, &retry).await {
+            Ok(true) => {
                 let detail = format!("{} GiB", s.gib);
                 self.record("snapshot", id, Status::Deleted, detail, gib)
             }
-            Err(e) if e.has_code("InvalidSnapshot.NotFound") => {
+            Ok(false) => {
                 let detail = "already deleted".into();
                 self.record("snapshot", id, Status::AlreadyGone, detail, gib)
             }

@@ -14,28 +14,25 @@ pub mod compat;
 pub mod plan;
 pub mod release;
 mod run;
+pub mod survey;
 pub mod validate;
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::Duration;
 
 use serde::Serialize;
 
 use crate::ami::{self, AmiError};
-use crate::aws::{AwsError, Clients, RetryPolicy};
+use crate::aws::{AwsError, Clients, RetryPolicy, ec2};
 use crate::params::ParamError;
 use crate::progress::ProgressMode;
-use crate::state::StateError;
+use crate::state::journal::Journal;
+use crate::state::{JobLock, StateDb, StateError};
+use crate::units::today;
 
 pub use release::{Release, ReleaseError, ReleaseFile, ReleaseImage};
 pub use run::publish;
-
-/// Tag on snapshots a publish uploads: the AMI name they are for, so a rerun that lost
-/// its journal still finds them.
-pub const AMI_NAME_TAG: &str = "ec2ami:ami-name";
-/// Tag a publish adds to a snapshot once its upload has completed: a snapshot with the
-/// name tag and without this one is the remains of an interrupted upload.
-pub const UPLOADED_TAG: &str = "ec2ami:uploaded";
 
 /// How to publish.
 #[derive(Debug, Clone)]
@@ -146,14 +143,59 @@ impl PublishReport {
         self.images
             .iter()
             .flat_map(|i| &i.amis)
-            .map(|a| created_line(&a.region, &a.image_id))
+            .map(|a| ami::created_line(&a.region, &a.image_id))
             .collect()
     }
 }
 
-/// The line FreeBSD's release scripts grep, as bsdec2-image-upload prints it.
-pub fn created_line(region: &str, image_id: &str) -> String {
-    format!("Created AMI in {region} region: {image_id}")
+/// A publish that holds its release: the per-release lock (two publishes of one release
+/// cannot run at once) and the journal, whose first run fixed the build date.
+#[derive(Debug)]
+pub struct Session {
+    /// The release's journal.
+    pub journal: Journal,
+    /// The build date the first run fixed (YYYYMMDD).
+    pub date: String,
+    _lock: JobLock,
+}
+
+/// Start (or resume) publishing the release `key` (`label` names it in messages and the
+/// journal): take its lock, open its journal (recording today's date on a first run).
+pub fn start(db: &Arc<StateDb>, key: &str, label: &str) -> Result<Session, PublishError> {
+    let dir = db.path().parent().unwrap_or(Path::new("."));
+    let lock = JobLock::acquire(dir, key)?.ok_or_else(|| {
+        PublishError::Busy(format!(
+            "{label} is being published by another ec2ami process (lock {}/locks/{key}.lock)",
+            dir.display()
+        ))
+    })?;
+    let vars = serde_json::json!({ "date": today() }).to_string();
+    let journal = Journal::open(db, key, label, &vars)?;
+    if journal.resumed() {
+        tracing::info!("resuming the publish of {label}");
+    }
+    let date = journal_date(Some(&journal));
+    Ok(Session {
+        journal,
+        date,
+        _lock: lock,
+    })
+}
+
+/// The journal an earlier run of release `key` left (read-only), and the build date it
+/// fixed, or today's: what `--plan` and `validate` see.
+pub fn recorded(db: &Arc<StateDb>, key: &str) -> Result<(Option<Journal>, String), PublishError> {
+    let journal = Journal::find(db, key)?;
+    let date = journal_date(journal.as_ref());
+    Ok((journal, date))
+}
+
+/// The date an earlier run of the release fixed, or today.
+fn journal_date(journal: Option<&Journal>) -> String {
+    journal
+        .and_then(|j| serde_json::from_str::<serde_json::Value>(j.vars()).ok())
+        .and_then(|v| v["date"].as_str().map(str::to_string))
+        .unwrap_or_else(today)
 }
 
 /// The regions of a release, resolved: (source region, every region with the source
@@ -163,15 +205,15 @@ pub async fn resolve_regions(
     release: &Release,
     retry: &RetryPolicy,
 ) -> Result<(String, Vec<String>, Vec<String>), PublishError> {
-    let mut regions = ami::resolve_regions(home, &release.regions, retry).await?;
-    let best_effort = if release.best_effort.is_empty() {
-        Vec::new()
-    } else {
-        ami::resolve_regions(home, &release.best_effort, retry).await?
+    let enabled = ec2::enabled_regions(home, retry).await?;
+    let pick = |wanted: &[String]| {
+        ec2::pick_regions(&enabled, wanted).map_err(|m| PublishError::Ami(AmiError::Invalid(m)))
     };
+    let mut regions = pick(&release.regions)?;
+    let best_effort = pick(&release.best_effort)?;
     let source = match &release.source_region {
         Some(s) => {
-            ami::resolve_regions(home, std::slice::from_ref(s), retry).await?;
+            pick(std::slice::from_ref(s))?;
             s.clone()
         }
         None if release.regions.iter().any(|r| r == "all") => home.region().to_string(),

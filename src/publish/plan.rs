@@ -1,14 +1,15 @@
 //! `publish --plan`: every action a publish would take, found with read-only lookups.
 //! Nothing is created, changed or deleted (not even the journal).
 
-use futures_util::future::join_all;
 use serde::Serialize;
 
-use super::{AMI_NAME_TAG, PublishError, Release, ReleaseImage, UPLOADED_TAG, resolve_regions};
-use crate::ami;
+use super::survey::{
+    CopyDecision, PreflightDecision, Scope, SnapshotDecision, Survey, copy_decision,
+    deprecation_set, missing_permissions,
+};
+use super::{PublishError, Release, ReleaseImage};
 use crate::aws::{Clients, RetryPolicy};
-use crate::params;
-use crate::snapshot::ec2 as snap_ec2;
+use crate::params::{self, Change, Wanted};
 use crate::state::journal::{Journal, Status, StepKey};
 
 /// What would happen to one thing.
@@ -106,27 +107,26 @@ pub async fn plan(
     journal: Option<&Journal>,
     retry: &RetryPolicy,
 ) -> Result<Plan, PublishError> {
-    let (source, regions, _) = resolve_regions(home, release, retry).await?;
-    let src = home.in_region(&source);
+    let scope = Scope { parameters: true };
+    let survey = Survey::take(home, release, journal, scope, retry).await?;
     let mut actions = Vec::new();
     for img in &release.images {
-        actions.extend(image_plan(&src, release, img, &regions, journal, retry).await?);
+        actions.extend(image_plan(release, img, &survey, journal)?);
     }
     Ok(Plan {
         date: release.date.clone(),
-        source_region: source,
-        regions,
+        source_region: survey.source.clone(),
+        regions: survey.regions.clone(),
         actions,
     })
 }
 
-async fn image_plan(
-    src: &Clients,
+/// The actions for one image, decided from the survey as the run decides them.
+fn image_plan(
     release: &Release,
     img: &ReleaseImage,
-    regions: &[String],
+    survey: &Survey,
     journal: Option<&Journal>,
-    retry: &RetryPolicy,
 ) -> Result<Vec<Action>, PublishError> {
     let name = img.name();
     let act = |step, region: &str, verb, detail: String| Action {
@@ -136,179 +136,179 @@ async fn image_plan(
         verb,
         detail,
     };
+    let s = survey.image(img);
+    let source = &survey.source;
+    let mut amis = Vec::new();
+    for r in &s.regions {
+        amis.push(r.ami.clone()?);
+    }
     let mut out = Vec::new();
-    let source = &regions[0];
-    // The AMI in every region, looked up concurrently.
-    let found = join_all(regions.iter().map(|r| async move {
-        let c = src.in_region(r);
-        ami::find_by_name(&c, name, retry).await
-    }))
-    .await;
-    let mut ids = Vec::new();
-    for r in found {
-        ids.push(r?.map(|i| {
-            (
-                i.image_id().unwrap_or_default().to_string(),
-                i.public().unwrap_or(false),
-            )
-        }));
-    }
 
-    if ids[0].is_none() {
-        if release.preflight == Some(true) {
-            let key = StepKey::new(name, "preflight", "local", "");
-            let done = match journal {
-                Some(j) => j.get(&key)?.is_some_and(|s| s.status == Status::Done),
-                None => false,
-            };
-            out.push(if done {
-                act(
-                    "preflight",
-                    "local",
-                    Verb::Reuse,
-                    "passed in an earlier run".into(),
-                )
-            } else {
-                act(
-                    "preflight",
-                    "local",
-                    Verb::Check,
-                    crate::boot::preflight::describe(img.spec.effective_boot_mode()).into(),
-                )
-            });
-        }
-        out.extend(snapshot_plan(src, img, journal, retry).await?);
-    }
-    for (i, region) in regions.iter().enumerate() {
-        let (step, new) = if i == 0 {
-            ("register", "register a new AMI".to_string())
-        } else {
-            ("copy", format!("copy from {source}"))
+    let recorded =
+        |kind: &str, region: &str, target: &str| -> Result<Option<String>, PublishError> {
+            Ok(match journal {
+                Some(j) => j
+                    .get(&StepKey::new(name, kind, region, target))?
+                    .and_then(|s| s.resource_id),
+                None => None,
+            })
         };
-        out.push(match &ids[i] {
-            Some((id, _)) => act(step, region, Verb::Reuse, id.clone()),
-            None => act(step, region, Verb::Create, new),
-        });
-    }
-    let perms = release.share.permissions();
-    if !perms.is_empty() {
-        for (i, region) in regions.iter().enumerate() {
-            let public_now = ids[i].as_ref().is_some_and(|(_, p)| *p);
-            let what = super::run::describe_permissions(&release.share).join(", ");
-            // Being public shows in DescribeImages; other grants are re-applied (harmless).
-            let verb = if release.share.public && public_now && perms.len() == 1 {
-                Verb::Unchanged
-            } else {
-                Verb::Update
-            };
-            out.push(act("share", region, verb, what));
-        }
-    }
-    if let Some(at) = img.spec.deprecate_at {
-        let when = at
-            .fmt(aws_smithy_types::date_time::Format::DateTime)
-            .unwrap_or_default();
-        for region in regions {
-            out.push(act("deprecate", region, Verb::Update, format!("at {when}")));
-        }
-    }
-    // Parameters: compare with what each holds now (regions concurrently).
-    let current = join_all(regions.iter().map(|region| async move {
-        let c = src.in_region(region);
-        let names = img.params_in(region);
-        let refs: Vec<&str> = names.iter().map(String::as_str).collect();
-        params::get_many(&c, &refs, retry).await
-    }))
-    .await;
-    for (i, region) in regions.iter().enumerate() {
-        let held = current[i].as_ref().map_err(|e| e.clone())?;
-        let value = ids[i].as_ref().map(|(id, _)| id.as_str());
-        for p in img.params_in(region) {
-            let now = held.get(&p).cloned();
-            let new = value.unwrap_or("(the new AMI)");
-            let (verb, detail) = match (now, value) {
-                (None, _) => (Verb::Create, format!("{p} = {new}")),
-                (Some(v), Some(want)) if v == want => (Verb::Unchanged, format!("{p} = {v}")),
-                (Some(v), _) if release.ssm_overwrite => {
-                    (Verb::Update, format!("{p}: {v} -> {new}"))
-                }
-                (Some(v), _) => (
-                    Verb::Refuse,
-                    format!("{p} holds {v}; set ssm_overwrite = true to replace it with {new}"),
-                ),
-            };
-            out.push(act("param", region, verb, detail));
-        }
-    }
-    Ok(out)
-}
-
-/// The snapshot part: reuse, clean up, or upload.
-async fn snapshot_plan(
-    src: &Clients,
-    img: &ReleaseImage,
-    journal: Option<&Journal>,
-    retry: &RetryPolicy,
-) -> Result<Vec<Action>, PublishError> {
-    let name = img.name();
-    let region = src.region().to_string();
-    let act = |verb, detail: String| Action {
-        image: name.to_string(),
-        step: "snapshot",
-        region: region.clone(),
-        verb,
-        detail,
+    let passed = match journal {
+        Some(j) => j
+            .get(&StepKey::new(name, "preflight", "local", ""))?
+            .is_some_and(|s| s.status == Status::Done),
+        None => false,
     };
-    let mut out = Vec::new();
-    let mut reuse = None;
-    let recorded = match journal {
-        Some(j) => j.get(&StepKey::new(name, "snapshot", &region, ""))?,
-        None => None,
-    };
-    {
-        if let Some(step) = recorded {
-            let id = step.resource_id.unwrap_or_default();
-            match (step.status, snap_ec2::describe_one(src, &id, retry).await?) {
-                (Status::Done, Some(_)) => reuse = Some(id),
-                (_, Some(_)) => out.push(act(Verb::Delete, format!("{id} (interrupted upload)"))),
-                (_, None) => {}
-            }
-        }
+    match s.preflight_decision(release.preflight == Some(true), passed) {
+        PreflightDecision::Boot => out.push(act(
+            "preflight",
+            "local",
+            Verb::Check,
+            crate::boot::preflight::describe(img.spec.effective_boot_mode()).into(),
+        )),
+        PreflightDecision::Passed => out.push(act(
+            "preflight",
+            "local",
+            Verb::Reuse,
+            "passed in an earlier run".into(),
+        )),
+        PreflightDecision::Skip => {}
     }
-    if reuse.is_none() {
-        let tagged = snap_ec2::describe_own(
-            src,
-            vec![ami::filter(&format!("tag:{AMI_NAME_TAG}"), name)],
-            retry,
-        )
-        .await?;
-        for s in &tagged {
-            let id = s.snapshot_id().unwrap_or_default().to_string();
-            if out.iter().any(|a| a.detail.starts_with(&id)) {
-                continue;
-            }
-            if reuse.is_none() && snap_ec2::tag(s, UPLOADED_TAG).is_some() {
-                reuse = Some(id);
-            } else {
-                out.push(act(Verb::Delete, format!("{id} (interrupted upload)")));
-            }
+    match s.snapshot_decision(recorded("snapshot", source, "")?) {
+        SnapshotDecision::FromAmi(_) => {}
+        SnapshotDecision::Reuse { id, delete, .. } => {
+            out.extend(delete.iter().map(|d| leftover(&act, source, d)));
+            out.push(act("snapshot", source, Verb::Reuse, id));
         }
-    }
-    out.push(match reuse {
-        Some(id) => act(Verb::Reuse, id),
-        None => {
+        SnapshotDecision::Upload { delete } => {
+            out.extend(delete.iter().map(|d| leftover(&act, source, d)));
             let (size, format) = crate::image::DiskImage::check(&img.path)
                 .map(|(s, f)| (s, f.to_string()))
                 .unwrap_or((0, "?".into()));
-            act(
+            out.push(act(
+                "snapshot",
+                source,
                 Verb::Create,
                 format!(
                     "upload {} ({format}, {:.2} GiB)",
                     img.path.display(),
                     size as f64 / (1u64 << 30) as f64
                 ),
-            )
+            ));
         }
-    });
+    }
+
+    let source_id = amis[0].as_ref().map(|a| a.id.as_str());
+    for (i, region) in survey.regions.iter().enumerate() {
+        out.push(if i == 0 {
+            match &amis[0] {
+                Some(a) => act("register", region, Verb::Reuse, a.id.clone()),
+                None => act(
+                    "register",
+                    region,
+                    Verb::Create,
+                    "register a new AMI".into(),
+                ),
+            }
+        } else {
+            match copy_decision(source_id, amis[i].as_ref()) {
+                CopyDecision::Reuse(id) => act("copy", region, Verb::Reuse, id),
+                CopyDecision::Create => {
+                    act("copy", region, Verb::Create, format!("copy from {source}"))
+                }
+                CopyDecision::Refuse(why) => act("copy", region, Verb::Refuse, why),
+            }
+        });
+    }
+
+    let wanted = release.share.words();
+    if !wanted.is_empty() {
+        for (i, region) in survey.regions.iter().enumerate() {
+            let missing = match &amis[i] {
+                Some(a) => {
+                    let grants = match &s.regions[i].grants {
+                        Some(g) => Some(g.clone()?),
+                        None => None,
+                    };
+                    missing_permissions(&wanted, a, grants.as_ref())
+                }
+                None => wanted.clone(),
+            };
+            out.push(if missing.is_empty() {
+                act("share", region, Verb::Unchanged, wanted.join(", "))
+            } else {
+                act("share", region, Verb::Update, missing.join(", "))
+            });
+        }
+    }
+    if release.public_snapshots {
+        for (i, region) in survey.regions.iter().enumerate() {
+            let public = match &s.regions[i].snapshots_public {
+                Some(p) => p.clone()?,
+                None => false,
+            };
+            out.push(if public {
+                act("snapshots", region, Verb::Unchanged, "public".into())
+            } else {
+                act("snapshots", region, Verb::Update, "make public".into())
+            });
+        }
+    }
+    if let Some(at) = img.spec.deprecate_at {
+        let when = at
+            .fmt(aws_smithy_types::date_time::Format::DateTime)
+            .unwrap_or_default();
+        for (i, region) in survey.regions.iter().enumerate() {
+            let verb = match &amis[i] {
+                Some(a) if deprecation_set(a, at) => Verb::Unchanged,
+                _ => Verb::Update,
+            };
+            out.push(act("deprecate", region, verb, format!("at {when}")));
+        }
+    }
+
+    for (i, region) in survey.regions.iter().enumerate() {
+        let held = match &s.regions[i].parameters {
+            Some(p) => p.clone()?,
+            None => Default::default(),
+        };
+        let value = amis[i].as_ref().map(|a| a.id.clone());
+        for p in img.params_in(region) {
+            let new = value.clone().unwrap_or_else(|| "(the new AMI)".into());
+            let w = Wanted {
+                region: region.to_string(),
+                name: p.clone(),
+                value: new.clone(),
+                ours: recorded("param", region, &p)?,
+            };
+            let (verb, detail) =
+                match params::decide(held.get(&p).map(String::as_str), &w, release.ssm_overwrite) {
+                    Change::Created => (Verb::Create, format!("{p} = {new}")),
+                    Change::Unchanged => (Verb::Unchanged, format!("{p} = {new}")),
+                    Change::Updated { old } => (Verb::Update, format!("{p}: {old} -> {new}")),
+                    Change::Refused { old } => (
+                        Verb::Refuse,
+                        format!(
+                            "{p} holds {old}; set ssm_overwrite = true to replace it with {new}"
+                        ),
+                    ),
+                };
+            out.push(act("param", region, verb, detail));
+        }
+    }
     Ok(out)
+}
+
+/// The deletion of an interrupted upload's snapshot.
+fn leftover(
+    act: &impl Fn(&'static str, &str, Verb, String) -> Action,
+    region: &str,
+    id: &str,
+) -> Action {
+    act(
+        "snapshot",
+        region,
+        Verb::Delete,
+        format!("{id} (interrupted upload)"),
+    )
 }

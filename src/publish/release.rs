@@ -10,17 +10,10 @@ use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
 use crate::ami::{Arch, BootMode, ImageSpec, Imds, ShareSpec};
+use crate::aws::tags::{BUILD_DATE, TAGGED_VARS, VAR_PREFIX};
 use crate::params;
 use crate::params::template::{self, Vars};
 use crate::units::{parse_date, parse_duration};
-
-/// Tag carrying each build variable on the AMI (`ec2ami:version`, `ec2ami:branch`...),
-/// so the boot benchmark and prune know what an image is without its release file.
-pub const VAR_TAG_PREFIX: &str = "ec2ami:";
-/// The build variables recorded as tags on every AMI, when the release defines them.
-pub const TAGGED_VARS: &[&str] = &["version", "branch", "flavour", "fs", "arch", "git"];
-/// Tag with the build date (YYYYMMDD) on every AMI.
-pub const BUILD_DATE_TAG: &str = "ec2ami:build-date";
 
 /// Keys of `[defaults]` / `[[image]]` that configure the AMI (all are also template
 /// variables when they are plain values).
@@ -434,10 +427,10 @@ impl ReleaseFile {
             .collect::<Result<_, String>>()?;
         for v in TAGGED_VARS {
             if let Some(value) = vars.get(*v) {
-                tags.insert(format!("{VAR_TAG_PREFIX}{v}"), value.clone());
+                tags.insert(format!("{}{v}", VAR_PREFIX), value.clone());
             }
         }
-        tags.insert(BUILD_DATE_TAG.into(), vars["date"].clone());
+        tags.insert(BUILD_DATE.into(), vars["date"].clone());
         match t.get("tags") {
             None => {}
             Some(toml::Value::Table(own)) => {
@@ -624,7 +617,7 @@ fs = "zfs"
         };
         assert_eq!(tag("ec2ami:flavour"), Some("small"));
         assert_eq!(tag("ec2ami:version"), Some("15.0"));
-        assert_eq!(tag(BUILD_DATE_TAG), Some("20261124"));
+        assert_eq!(tag(BUILD_DATE), Some("20261124"));
     }
 
     #[test]

@@ -14,16 +14,16 @@ use futures_util::future::join_all;
 use futures_util::stream::FuturesUnordered;
 use tokio::sync::{mpsc, watch};
 
-use super::{
-    AMI_NAME_TAG, ImageReport, PublishError, PublishOptions, PublishReport, RegionalAmi,
-    ReleaseImage, UPLOADED_TAG, resolve_regions,
+use super::survey::{
+    PreflightDecision, Scope, SnapshotDecision, Survey, deprecation_set, missing_permissions,
 };
-use crate::ami::{self, CopyLimiter, CopyOptions, RegionalImage};
-use crate::aws::Clients;
+use super::{ImageReport, PublishError, PublishOptions, PublishReport, RegionalAmi, ReleaseImage};
+use crate::ami::{self, CopyLimiter, CopyOptions};
+use crate::aws::{Clients, ec2, tags};
 use crate::image::DiskImage;
 use crate::params::{self, PutOptions, Wanted};
 use crate::publish::Release;
-use crate::snapshot::{self, UploadOptions, ec2 as snap_ec2};
+use crate::snapshot::{self, UploadOptions};
 use crate::state::journal::{Journal, Status, StepKey};
 
 /// Publish `release` (clients `home` give credentials and endpoint; regions come from
@@ -39,10 +39,20 @@ pub async fn publish(
     shutdown: impl Future<Output = ()>,
 ) -> Result<(PublishReport, Vec<String>), PublishError> {
     let t0 = Instant::now();
-    let (source, regions, best_effort) = resolve_regions(home, release, &opts.retry).await?;
-    // Every image's copies, looked up at once: one request per region, not per image.
-    let names: Vec<&str> = release.images.iter().map(|i| i.name()).collect();
-    let known = ami::inventory(home, &regions[1..], &names, &opts.retry).await?;
+    // What exists, looked up at once (one request per region, not per image): the run
+    // decides from it as `--plan` does. Parameters are read when they are written.
+    let scope = Scope { parameters: false };
+    let survey = Survey::take(home, release, Some(journal), scope, &opts.retry).await?;
+    let mut known = ami::Inventory::new();
+    for img in &survey.images {
+        for r in &img.regions[1..] {
+            let found = known.entry(r.region.clone()).or_default();
+            if let Some(a) = r.ami.clone()? {
+                found.push(a);
+            }
+        }
+    }
+    let (source, regions) = (survey.source.clone(), survey.regions.clone());
     let run = Run {
         known: Arc::new(known),
         src: home.in_region(&source),
@@ -50,7 +60,8 @@ pub async fn publish(
         journal,
         opts,
         regions: regions.clone(),
-        best_effort,
+        best_effort: survey.best_effort.clone(),
+        survey: &survey,
         limiter: CopyLimiter::default(),
         token_salt: uuid::Uuid::new_v4().to_string(),
         stop: watch::channel(false),
@@ -108,6 +119,8 @@ struct Run<'a> {
     token_salt: String,
     /// Our images in the destination regions when the publish started.
     known: Arc<ami::Inventory>,
+    /// What existed when the publish started.
+    survey: &'a Survey,
     /// Set on Ctrl-C: no new step starts.
     stop: (watch::Sender<bool>, watch::Receiver<bool>),
 }
@@ -182,23 +195,56 @@ impl Run<'_> {
             .collect()
     }
 
+    /// The AMI `a` as the survey found it (with its grants), if it existed then.
+    fn surveyed(
+        &self,
+        img: &ReleaseImage,
+        a: &RegionalAmi,
+    ) -> Option<(&crate::aws::Ami, Option<std::collections::BTreeSet<String>>)> {
+        let r = self
+            .survey
+            .image(img)
+            .regions
+            .iter()
+            .find(|r| r.region == a.region)?;
+        let found = r
+            .ami
+            .as_ref()
+            .ok()?
+            .as_ref()
+            .filter(|f| f.id == a.image_id)?;
+        let grants = r.grants.as_ref().and_then(|g| g.as_ref().ok()).cloned();
+        Some((found, grants))
+    }
+
+    /// True when the survey saw every snapshot of the AMI `a` public.
+    fn snapshots_public(&self, img: &ReleaseImage, a: &RegionalAmi) -> bool {
+        let s = self.survey.image(img);
+        s.regions.iter().any(|r| {
+            r.region == a.region
+                && matches!(&r.ami, Ok(Some(f)) if f.id == a.image_id)
+                && matches!(r.snapshots_public, Some(Ok(true)))
+        })
+    }
+
     fn key(&self, img: &ReleaseImage, kind: &str, region: &str, target: &str) -> StepKey {
         StepKey::new(img.name(), kind, region, target)
     }
 
     /// Boot the image locally in the firmwares its boot mode promises, before anything
-    /// about it is asked of AWS; a pass is journaled, so a resumed publish does not boot
-    /// it again.
+    /// of it is uploaded or registered (only the survey's read-only look-ups come
+    /// first), as the survey decides: a pass is journaled, so a resumed publish does not
+    /// boot it again, and an image whose AMI exists is not booted.
     async fn preflight(&self, img: &ReleaseImage) -> Result<(), PublishError> {
         let Some(opts) = &self.opts.preflight else {
             return Ok(());
         };
         let key = self.key(img, "preflight", "local", "");
-        if self
+        let passed = self
             .journal
             .get(&key)?
-            .is_some_and(|s| s.status == Status::Done)
-        {
+            .is_some_and(|s| s.status == Status::Done);
+        if self.survey.image(img).preflight_decision(true, passed) != PreflightDecision::Boot {
             return Ok(());
         }
         tracing::info!(
@@ -228,78 +274,42 @@ impl Run<'_> {
         Ok(())
     }
 
-    /// Make sure the image's snapshot exists: the AMI's if the AMI already exists, one
-    /// an earlier run completed, or a new upload. Remains of interrupted uploads are
-    /// deleted (and said so).
+    /// Make sure the image's snapshot exists, as the survey decides: the AMI's if the
+    /// AMI already exists, one an earlier run completed, or a new upload. Remains of
+    /// interrupted uploads are deleted (and said so).
     async fn snapshot(&self, img: &ReleaseImage) -> Result<Snap, PublishError> {
         let (src, retry, journal) = (&self.src, &self.opts.retry, self.journal);
         let name = img.name();
         let k_ami = self.key(img, "ami", self.source(), "");
         let k_snap = self.key(img, "snapshot", self.source(), "");
-
-        // The AMI already exists: nothing to upload.
-        let mut existing = None;
-        if let Some(id) = journal.get(&k_ami)?.and_then(|s| s.resource_id) {
-            existing = ami::describe_one(src, &id, retry).await?;
-            if existing.is_none() {
-                journal.forget(&k_ami)?;
-            }
+        let recorded = journal.get(&k_snap)?.and_then(|s| s.resource_id);
+        let survey = self.survey.image(img);
+        if survey.source_ami()?.is_none() && journal.get(&k_ami)?.is_some() {
+            // The AMI an earlier run recorded is gone.
+            journal.forget(&k_ami)?;
         }
-        if existing.is_none() {
-            existing = ami::find_by_name(src, name, retry).await?;
-        }
-        if let Some(image) = existing {
-            let snap = ami::register::source_snapshot(&image)
-                .or_else(|| {
-                    journal
-                        .get(&k_snap)
-                        .ok()
-                        .flatten()
-                        .and_then(|s| s.resource_id)
-                })
-                .unwrap_or_default();
-            return Ok(Snap {
-                id: snap,
-                reused: true,
-            });
-        }
-
-        // A snapshot an earlier run made (journal first, then by tag).
-        if let Some(step) = journal.get(&k_snap)? {
-            let id = step.resource_id.clone().unwrap_or_default();
-            let found = snap_ec2::describe_one(src, &id, retry).await?;
-            let usable = step.status == Status::Done
-                && found
-                    .as_ref()
-                    .is_some_and(|s| s.state().is_some_and(|st| st.as_str() == "completed"));
-            if usable {
+        let delete = match survey.snapshot_decision(recorded.clone()) {
+            SnapshotDecision::FromAmi(id) => return Ok(Snap { id, reused: true }),
+            SnapshotDecision::Reuse {
+                id,
+                found_by,
+                delete,
+            } => {
+                for d in &delete {
+                    self.delete_leftover(d).await?;
+                }
+                if found_by == "tag" {
+                    journal.record(&k_snap, Status::Done, Some(&id), Some("found by tag"))?;
+                }
                 return Ok(Snap { id, reused: true });
             }
-            if found.is_some() {
-                self.delete_leftover(&id).await?;
-            }
+            SnapshotDecision::Upload { delete } => delete,
+        };
+        for d in &delete {
+            self.delete_leftover(d).await?;
+        }
+        if recorded.is_some() {
             journal.forget(&k_snap)?;
-        }
-        let tagged = snap_ec2::describe_own(
-            src,
-            vec![ami::filter(&format!("tag:{AMI_NAME_TAG}"), name)],
-            retry,
-        )
-        .await?;
-        let mut reuse = None;
-        for s in &tagged {
-            let id = s.snapshot_id().unwrap_or_default().to_string();
-            let complete = snap_ec2::tag(s, UPLOADED_TAG).is_some()
-                && s.state().is_some_and(|st| st.as_str() == "completed");
-            if complete && reuse.is_none() {
-                reuse = Some(id);
-            } else {
-                self.delete_leftover(&id).await?;
-            }
-        }
-        if let Some(id) = reuse {
-            journal.record(&k_snap, Status::Done, Some(&id), Some("found by tag"))?;
-            return Ok(Snap { id, reused: true });
         }
 
         // Upload.
@@ -310,7 +320,7 @@ impl Run<'_> {
             .map_err(|e| PublishError::Upload(e.to_string()))?;
         let uopts = UploadOptions {
             description: Some(name.to_string()),
-            tags: vec![(AMI_NAME_TAG.to_string(), name.to_string())],
+            tags: vec![(tags::AMI_NAME.to_string(), name.to_string())],
             workers: self.opts.workers,
             wait: Some(self.opts.wait),
             index_dir: self.opts.index_dir.clone(),
@@ -335,7 +345,7 @@ impl Run<'_> {
             }
         })?;
         let id = report.snapshot_id;
-        snap_ec2::create_tags(src, &id, &[(UPLOADED_TAG, "true")], retry).await?;
+        ec2::create_tags(src, &id, &[(tags::UPLOADED, "true")], retry).await?;
         journal.record(&k_snap, Status::Done, Some(&id), None)?;
         Ok(Snap { id, reused: false })
     }
@@ -345,7 +355,7 @@ impl Run<'_> {
             "deleting {id} in {}: the unfinished snapshot of an interrupted upload",
             self.source()
         );
-        snap_ec2::delete(&self.src, id, &self.opts.retry).await?;
+        ec2::delete_snapshot(&self.src, id, &self.opts.retry).await?;
         Ok(())
     }
 
@@ -412,21 +422,28 @@ impl Run<'_> {
         // Keep the order of the release's regions.
         amis.sort_by_key(|a| self.regions.iter().position(|r| *r == a.region));
 
-        // Sharing and public snapshots.
+        // Sharing (where the survey did not already see every permission) and public
+        // snapshots.
         let mut permissions = Vec::new();
-        if !self.release.share.permissions().is_empty() {
-            let regional: Vec<RegionalImage> = amis
+        let wanted = self.release.share.words();
+        if !wanted.is_empty() {
+            let targets: Vec<ami::Target> = amis
                 .iter()
-                .map(|a| RegionalImage {
+                .filter(|a| match self.surveyed(img, a) {
+                    Some((found, grants)) => {
+                        !missing_permissions(&wanted, found, grants.as_ref()).is_empty()
+                    }
+                    None => true,
+                })
+                .map(|a| ami::Target {
                     region: a.region.clone(),
                     image_id: a.image_id.clone(),
-                    name: img.name().to_string(),
-                    state: "available".into(),
-                    public: false,
                 })
                 .collect();
-            ami::share(src, &regional, &self.release.share, retry).await?;
-            permissions = describe_permissions(&self.release.share);
+            if !targets.is_empty() {
+                ami::share(src, &targets, &self.release.share, retry).await?;
+            }
+            permissions = wanted;
             for a in &amis {
                 journal.record(
                     &self.key(img, "share", &a.region, &permissions.join(",")),
@@ -437,7 +454,8 @@ impl Run<'_> {
             }
         }
         if self.release.public_snapshots {
-            join_all(amis.iter().map(|a| async move {
+            let needed = amis.iter().filter(|a| !self.snapshots_public(img, a));
+            join_all(needed.map(|a| async move {
                 let clients = src.in_region(&a.region);
                 ami::share::make_snapshots_public(&clients, &a.image_id, retry).await
             }))
@@ -447,9 +465,14 @@ impl Run<'_> {
             permissions.push("public-snapshots".into());
         }
 
-        // Deprecation: register set it on the source; copies need their own.
+        // Deprecation: register set it on a new source AMI; every other AMI gets it
+        // unless the survey saw it set already.
         if let Some(at) = img.spec.deprecate_at {
-            join_all(amis.iter().skip(1).map(|a| async move {
+            let needed = amis.iter().filter(|a| match self.surveyed(img, a) {
+                Some((found, _)) => !deprecation_set(found, at),
+                None => a.region != source || registered.reused,
+            });
+            join_all(needed.map(|a| async move {
                 let clients = src.in_region(&a.region);
                 ami::register::deprecate(&clients, &a.image_id, at, retry).await
             }))
@@ -535,16 +558,4 @@ fn preflight_build(img: &ReleaseImage, date: &str) -> crate::history::BuildInfo 
         build_date: v("date").or(Some(date.to_string())),
     }
     .normalized()
-}
-
-/// The permissions of `share`, as words for reports.
-pub(crate) fn describe_permissions(share: &crate::ami::ShareSpec) -> Vec<String> {
-    let mut p = Vec::new();
-    if share.public {
-        p.push("public".to_string());
-    }
-    p.extend(share.accounts.iter().map(|a| format!("account:{a}")));
-    p.extend(share.orgs.iter().map(|a| format!("org:{a}")));
-    p.extend(share.ous.iter().map(|a| format!("ou:{a}")));
-    p
 }

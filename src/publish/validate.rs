@@ -1,13 +1,12 @@
 //! `validate`: compare what exists with what a release says should, item by item:
 //! every AMI in every region (attributes), its launch permissions, its SSM parameters.
 
-use futures_util::future::join_all;
 use serde::Serialize;
 
-use super::{PublishError, Release, ReleaseImage, resolve_regions};
+use super::survey::{RegionSurvey, Scope, Survey};
+use super::{PublishError, Release, ReleaseImage};
 use crate::ami;
 use crate::aws::{AwsError, Clients, RetryPolicy};
-use crate::params;
 
 /// The state of one expected item.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -100,34 +99,32 @@ impl Validation {
     }
 }
 
-/// Check every AMI, permission and parameter `release` describes.
+/// Check every AMI, permission and parameter `release` describes, from one survey.
 pub async fn validate(
     home: &Clients,
     release: &Release,
     retry: &RetryPolicy,
 ) -> Result<Validation, PublishError> {
-    let (_, regions, best_effort) = resolve_regions(home, release, retry).await?;
+    let scope = Scope { parameters: true };
+    let survey = Survey::take(home, release, None, scope, retry).await?;
     let mut checks = Vec::new();
     for img in &release.images {
-        let per_region = join_all(regions.iter().map(|region| {
-            let clients = home.in_region(region);
-            let optional = best_effort.contains(region);
-            async move { check_region(&clients, release, img, optional, retry).await }
-        }))
-        .await;
-        checks.extend(per_region.into_iter().flatten());
+        let s = survey.image(img);
+        for r in &s.regions {
+            let optional = survey.best_effort.contains(&r.region);
+            checks.extend(check_region(r, release, img, optional));
+        }
     }
     Ok(Validation { checks })
 }
 
-async fn check_region(
-    c: &Clients,
+fn check_region(
+    r: &RegionSurvey,
     release: &Release,
     img: &ReleaseImage,
     best_effort: bool,
-    retry: &RetryPolicy,
 ) -> Vec<Check> {
-    let region = c.region().to_string();
+    let region = r.region.clone();
     let check = |kind, target: &str, verdict, detail: String| Check {
         image: img.name().to_string(),
         kind,
@@ -138,10 +135,9 @@ async fn check_region(
     };
     let unreachable = |e: &AwsError| (Verdict::Unreachable, e.to_string());
     let mut out = Vec::new();
-    let found = ami::find_by_name(c, img.name(), retry).await;
-    let image = match found {
+    let image = match &r.ami {
         Err(e) => {
-            let (v, d) = unreachable(&e);
+            let (v, d) = unreachable(e);
             out.push(check("ami", img.name(), v, d));
             return out;
         }
@@ -155,56 +151,57 @@ async fn check_region(
             None
         }
         Ok(Some(i)) => {
-            let id = i.image_id().unwrap_or_default().to_string();
-            let diff = ami::register::differences(&img.spec, &i);
+            let diff = ami::register::differences(&img.spec, i);
             out.push(if diff.is_empty() {
-                check("ami", &id, Verdict::Correct, String::new())
+                check("ami", &i.id, Verdict::Correct, String::new())
             } else {
-                check("ami", &id, Verdict::Incorrect, diff.join("; "))
+                check("ami", &i.id, Verdict::Incorrect, diff.join("; "))
             });
             Some(i)
         }
     };
 
-    if let Some(i) = &image {
-        let id = i.image_id().unwrap_or_default();
-        let public = i.public().unwrap_or(false);
-        let (verdict, detail) = match (release.public(), public) {
+    if let Some(i) = image {
+        let (verdict, detail) = match (release.public(), i.public) {
             (true, true) | (false, false) => (Verdict::Correct, String::new()),
             (true, false) => (Verdict::Incorrect, "private, expected public".into()),
             (false, true) => (Verdict::Incorrect, "public, but the release is not".into()),
         };
         out.push(check("permission", "public", verdict, detail));
-        let grants = &release.share;
-        if !(grants.accounts.is_empty() && grants.orgs.is_empty() && grants.ous.is_empty()) {
-            match ami::share::launch_permissions(c, id, retry).await {
-                Err(e) => {
-                    let (v, d) = unreachable(&e);
-                    out.push(check("permission", "launchPermission", v, d));
-                }
-                Ok(have) => {
-                    let wanted = grants
-                        .accounts
-                        .iter()
-                        .map(|a| format!("account:{a}"))
-                        .chain(grants.orgs.iter().map(|o| format!("org:{o}")))
-                        .chain(grants.ous.iter().map(|o| format!("ou:{o}")));
-                    for w in wanted {
-                        out.push(if have.contains(&w) {
-                            check("permission", &w, Verdict::Correct, String::new())
-                        } else {
-                            check("permission", &w, Verdict::Missing, "not granted".into())
-                        });
-                    }
+        let wanted: Vec<String> = release
+            .share
+            .words()
+            .into_iter()
+            .filter(|w| w != "public")
+            .collect();
+        match &r.grants {
+            _ if wanted.is_empty() => {}
+            Some(Err(e)) => {
+                let (v, d) = unreachable(e);
+                out.push(check("permission", "launchPermission", v, d));
+            }
+            Some(Ok(have)) => {
+                for w in wanted {
+                    out.push(if have.contains(&w) {
+                        check("permission", &w, Verdict::Correct, String::new())
+                    } else {
+                        check("permission", &w, Verdict::Missing, "not granted".into())
+                    });
                 }
             }
+            None => {}
         }
     }
 
-    let expected = image.as_ref().and_then(|i| i.image_id());
+    let expected = image.map(|i| i.id.as_str());
     for p in img.params_in(&region) {
-        let (verdict, detail) = match (params::get(c, &p, retry).await, expected) {
-            (Err(e), _) => unreachable(&e),
+        let held = match &r.parameters {
+            Some(Ok(held)) => Ok(held.get(&p)),
+            Some(Err(e)) => Err(e),
+            None => Ok(None),
+        };
+        let (verdict, detail) = match (held, expected) {
+            (Err(e), _) => unreachable(e),
             (Ok(None), _) => (Verdict::Missing, "no such parameter".into()),
             (Ok(Some(v)), Some(want)) if v == want => (Verdict::Correct, String::new()),
             (Ok(Some(v)), Some(want)) => {

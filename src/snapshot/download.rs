@@ -12,12 +12,13 @@ use std::time::Instant;
 
 use aws_sdk_ebs::types::Block;
 use bytes::Bytes;
-use futures_util::{TryStreamExt, stream};
+use futures_util::{StreamExt, TryStreamExt, stream};
 use serde::Serialize;
 
 use super::checksum;
-use super::{IMAGE_SIZE_TAG, check_block_size, local_error, secs};
-use crate::aws::{AwsError, Clients, ErrorClass, RetryPolicy};
+use super::{check_block_size, secs};
+use crate::aws::paging::pages;
+use crate::aws::{AwsError, Clients, ErrorClass, RetryPolicy, ec2, tags};
 use crate::progress::{Progress, ProgressMode};
 
 /// How to download.
@@ -111,13 +112,6 @@ impl DownloadError {
 }
 
 /// One page of ListSnapshotBlocks.
-struct Page {
-    blocks: Vec<Block>,
-    next: Option<String>,
-    volume_size_gib: Option<i64>,
-    block_size: Option<i32>,
-}
-
 /// Download `snapshot_id` to `output`.
 pub async fn download(
     clients: &Clients,
@@ -186,12 +180,31 @@ async fn fetch_all(
         message,
     };
     let recorded_size = image_size_tag(clients, snapshot_id, &opts.retry).await;
-    let first = list_page(clients, snapshot_id, None, &opts.retry)
+    // Pages are fetched lazily, one ahead of the blocks being fetched: block tokens
+    // expire, and a listing of a 64 TiB snapshot need not be held in memory.
+    let call = clients.call("ListSnapshotBlocks").on(snapshot_id);
+    let mut listing = Box::pin(pages(
+        &opts.retry,
+        &call,
+        |token| {
+            clients
+                .ebs
+                .list_snapshot_blocks()
+                .snapshot_id(snapshot_id)
+                .max_results(10_000)
+                .set_next_token(token)
+                .send()
+        },
+        |page| page.next_token(),
+    ));
+    let first = listing
+        .try_next()
         .await
-        .map_err(aws)?;
-    let block_size = check_block_size(first.block_size.map(i64::from)).map_err(protocol)?;
+        .map_err(aws)?
+        .ok_or_else(|| protocol("ListSnapshotBlocks answered nothing".into()))?;
+    let block_size = check_block_size(first.block_size().map(i64::from)).map_err(protocol)?;
     let volume_bytes = first
-        .volume_size_gib
+        .volume_size()
         .filter(|&g| g > 0)
         .ok_or_else(|| protocol("ListSnapshotBlocks answered no volume size".into()))?
         as u64
@@ -208,22 +221,9 @@ async fn fetch_all(
 
     let progress = Arc::new(Progress::new(opts.progress, "download", 0));
     let zero = Arc::new(AtomicU64::new(0));
-    // Pages are fetched lazily, one ahead of the blocks being fetched: block tokens
-    // expire, and a listing of a 64 TiB snapshot need not be held in memory.
-    let pages = stream::try_unfold(Some(first), |state| async move {
-        let Some(page) = state else {
-            return Ok(None);
-        };
-        let next = match &page.next {
-            Some(token) => {
-                Some(list_page(clients, snapshot_id, Some(token.clone()), &opts.retry).await?)
-            }
-            None => None,
-        };
-        Ok(Some((page.blocks, next)))
-    });
-    let blocks = pages
-        .map_ok(|blocks| stream::iter(blocks.into_iter().map(Ok::<_, AwsError>)))
+    let blocks = stream::once(async { Ok(first) })
+        .chain(listing)
+        .map_ok(|page| stream::iter(page.blocks.unwrap_or_default().into_iter().map(Ok)))
         .try_flatten();
     let ctx = Fetch {
         clients,
@@ -256,43 +256,13 @@ async fn fetch_all(
 /// The image size recorded by `ec2ami upload`, if the snapshot carries it. Best effort:
 /// without it (or without ec2:DescribeSnapshots) the whole volume is written.
 async fn image_size_tag(clients: &Clients, snapshot_id: &str, retry: &RetryPolicy) -> Option<u64> {
-    match super::ec2::describe_one(clients, snapshot_id, retry).await {
-        Ok(snapshot) => super::ec2::tag(&snapshot?, IMAGE_SIZE_TAG)?.parse().ok(),
+    match ec2::snapshot(clients, snapshot_id, retry).await {
+        Ok(snapshot) => snapshot?.tag(tags::IMAGE_SIZE)?.parse().ok(),
         Err(e) => {
             tracing::warn!("cannot read the tags of {snapshot_id} ({e}): writing the whole volume");
             None
         }
     }
-}
-
-async fn list_page(
-    clients: &Clients,
-    snapshot_id: &str,
-    token: Option<String>,
-    retry: &RetryPolicy,
-) -> Result<Page, AwsError> {
-    let out = retry
-        .run(&format!("ListSnapshotBlocks {snapshot_id}"), || async {
-            clients
-                .ebs
-                .list_snapshot_blocks()
-                .snapshot_id(snapshot_id)
-                .max_results(10_000)
-                .set_next_token(token.clone())
-                .send()
-                .await
-                .map_err(|e| AwsError::from_sdk("ListSnapshotBlocks", e))
-        })
-        .await?;
-    Ok(Page {
-        next: out
-            .next_token()
-            .filter(|t| !t.is_empty())
-            .map(str::to_string),
-        volume_size_gib: out.volume_size(),
-        block_size: out.block_size(),
-        blocks: out.blocks.unwrap_or_default(),
-    })
 }
 
 /// Shared state of the block fetchers.
@@ -320,10 +290,13 @@ impl Fetch<'_> {
             });
         };
         let index = index as u64;
-        let what = format!("GetSnapshotBlock {} block {index}", self.snapshot_id);
+        let call = self
+            .clients
+            .call("GetSnapshotBlock")
+            .on(format!("{} block {index}", self.snapshot_id));
         let data = self
             .retry
-            .run(&what, || self.get_verified(index, token))
+            .run(&call, || self.get_verified(index, token))
             .await
             .map_err(aws)?;
         self.progress.inc_total(self.block_size);
@@ -372,7 +345,7 @@ impl Fetch<'_> {
             .collect()
             .await
             .map_err(|e| {
-                local_error(
+                AwsError::local(
                     "GetSnapshotBlock",
                     ErrorClass::Transient,
                     format!("block {index}: reading the body: {e}"),
@@ -380,7 +353,7 @@ impl Fetch<'_> {
             })?
             .into_bytes();
         let bad = |msg: String| {
-            local_error(
+            AwsError::local(
                 "GetSnapshotBlock",
                 ErrorClass::Transient,
                 format!("block {index}: {msg}"),

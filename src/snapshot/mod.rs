@@ -3,26 +3,15 @@
 
 pub mod checksum;
 pub mod download;
-pub mod ec2;
 pub mod index;
 pub mod upload;
 mod wait;
 
 use std::time::Duration;
 
-use crate::aws::{AwsError, ErrorClass};
-
 pub use download::{DownloadError, DownloadOptions, DownloadReport, download};
 pub use upload::{UploadError, UploadOptions, UploadReport, upload, upload_with};
 pub use wait::wait_for_completed;
-
-/// Tag key marking every resource ec2ami creates (clean-up finds its own by it).
-pub const OWNERSHIP_TAG: &str = "ec2ami:managed-by";
-/// Value of [`OWNERSHIP_TAG`].
-pub const OWNERSHIP_VALUE: &str = "ec2ami";
-/// Tag recording the size in bytes of the raw image a snapshot was made from, so a
-/// download gives back exactly the image, not the whole GiB-rounded volume.
-pub const IMAGE_SIZE_TAG: &str = "ec2ami:image-size";
 
 /// The block size AWS uses (and the only one it has ever answered).
 pub const AWS_BLOCK_SIZE: u64 = 512 * 1024;
@@ -42,18 +31,6 @@ pub fn check_block_size(size: Option<i64>) -> Result<u64, String> {
 /// Volume size in GiB for an image of `bytes` (rounded up, at least 1).
 pub fn volume_size_gib(bytes: u64) -> u64 {
     bytes.div_ceil(1 << 30).max(1)
-}
-
-/// An error of ours (not AWS's) for an operation, to go through the same retry layer.
-pub(crate) fn local_error(operation: &'static str, class: ErrorClass, msg: String) -> AwsError {
-    AwsError {
-        operation,
-        code: None,
-        message: None,
-        status: None,
-        class,
-        detail: Some(msg),
-    }
 }
 
 /// Render seconds for reports.

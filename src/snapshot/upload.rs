@@ -22,11 +22,8 @@ use tokio::sync::Semaphore;
 
 use super::checksum::{self, BlockDigest, LinearAggregate};
 use super::index::{IndexHeader, IndexWriter};
-use super::{
-    IMAGE_SIZE_TAG, OWNERSHIP_TAG, OWNERSHIP_VALUE, check_block_size, secs, volume_size_gib,
-    wait_for_completed,
-};
-use crate::aws::{AwsError, Clients, RetryPolicy};
+use super::{check_block_size, secs, volume_size_gib, wait_for_completed};
+use crate::aws::{AwsError, Clients, RetryPolicy, ec2, tags};
 use crate::image::{DiskImage, ImageError, PlannedBlock};
 use crate::progress::{Progress, ProgressMode};
 
@@ -304,12 +301,15 @@ impl Blocks {
 
     async fn put(&self, index: u64, data: &Bytes, digest: &BlockDigest) -> Result<(), AwsError> {
         let sum = checksum::to_base64(digest);
-        let what = format!("PutSnapshotBlock {} block {index}", self.snapshot_id);
+        let call = self
+            .clients
+            .call("PutSnapshotBlock")
+            .on(format!("{} block {index}", self.snapshot_id));
         let fresh = |e: &AwsError| {
             e.has_code("ResourceNotFoundException") && self.started.elapsed() < NOT_FOUND_GRACE
         };
         self.retry
-            .run_with(&what, fresh, || async {
+            .send_with(&call, fresh, || {
                 self.clients
                     .ebs
                     .put_snapshot_block()
@@ -320,8 +320,6 @@ impl Blocks {
                     .checksum(&sum)
                     .checksum_algorithm(ChecksumAlgorithm::ChecksumAlgorithmSha256)
                     .send()
-                    .await
-                    .map_err(|e| AwsError::from_sdk("PutSnapshotBlock", e))
             })
             .await?;
         Ok(())
@@ -399,11 +397,11 @@ impl Job<'_> {
         let (encrypted, volume_gib) = (self.encrypted, self.volume_gib);
         let mut tags = vec![
             Tag::builder()
-                .key(OWNERSHIP_TAG)
-                .value(OWNERSHIP_VALUE)
+                .key(tags::OWNERSHIP)
+                .value(tags::OWNERSHIP_VALUE)
                 .build(),
             Tag::builder()
-                .key(IMAGE_SIZE_TAG)
+                .key(tags::IMAGE_SIZE)
                 .value(image.size().to_string())
                 .build(),
         ];
@@ -420,7 +418,7 @@ impl Job<'_> {
             .unwrap_or_else(|| uuid::Uuid::new_v4().to_string());
         let out = opts
             .retry
-            .run("StartSnapshot", || async {
+            .send(&clients.call("StartSnapshot"), || {
                 let mut req = clients
                     .ebs
                     .start_snapshot()
@@ -435,8 +433,6 @@ impl Job<'_> {
                         .set_kms_key_arn(opts.kms_key_arn.clone());
                 }
                 req.send()
-                    .await
-                    .map_err(|e| AwsError::from_sdk("StartSnapshot", e))
             })
             .await?;
         let id = out.snapshot_id().ok_or_else(|| {
@@ -592,7 +588,7 @@ async fn complete(
     retry: &RetryPolicy,
 ) -> Result<(), AwsError> {
     retry
-        .run(&format!("CompleteSnapshot {snapshot_id}"), || async {
+        .send(&clients.call("CompleteSnapshot").on(snapshot_id), || {
             clients
                 .ebs
                 .complete_snapshot()
@@ -602,8 +598,6 @@ async fn complete(
                 .checksum_algorithm(ChecksumAlgorithm::ChecksumAlgorithmSha256)
                 .checksum_aggregation_method(ChecksumAggregationMethod::ChecksumAggregationLinear)
                 .send()
-                .await
-                .map_err(|e| AwsError::from_sdk("CompleteSnapshot", e))
         })
         .await?;
     Ok(())
@@ -629,8 +623,8 @@ async fn clean_up(
         deadline: Duration::from_secs(120),
         ..opts.retry
     };
-    match super::ec2::delete(clients, snapshot_id, &policy).await {
-        Ok(()) => Cleanup::Deleted(snapshot_id.to_string()),
+    match ec2::delete_snapshot(clients, snapshot_id, &policy).await {
+        Ok(_) => Cleanup::Deleted(snapshot_id.to_string()),
         Err(e) => Cleanup::DeleteFailed(snapshot_id.to_string(), e),
     }
 }

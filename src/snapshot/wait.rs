@@ -2,71 +2,64 @@
 
 use std::time::Duration;
 
-use aws_sdk_ec2::types::SnapshotState;
 use tokio::time::Instant;
 
-use super::local_error;
-use crate::aws::{AwsError, Clients, ErrorClass, RetryPolicy};
+use crate::aws::poll::{Backoff, Poll, PollError, poll_until};
+use crate::aws::{AwsError, Clients, ErrorClass, RetryPolicy, ec2};
+
+/// How long a new snapshot may stay invisible to DescribeSnapshots (eventual
+/// consistency) before it is taken as gone.
+const NOT_VISIBLE_GRACE: Duration = Duration::from_secs(120);
 
 /// Poll DescribeSnapshots until `snapshot_id` is `completed`. Fails if it goes to
-/// `error` or the deadline passes.
+/// `error`, stays invisible, or the deadline passes.
 pub async fn wait_for_completed(
     clients: &Clients,
     snapshot_id: &str,
     deadline: Duration,
     retry: &RetryPolicy,
 ) -> Result<(), AwsError> {
-    let until = Instant::now() + deadline;
-    let mut delay = Duration::from_millis(500);
-    loop {
-        let out = retry
-            .run_with(
-                &format!("DescribeSnapshots {snapshot_id}"),
-                // Eventual consistency: a new snapshot may not be visible at once.
-                |e| e.has_code("InvalidSnapshot.NotFound"),
-                || async {
-                    clients
-                        .ec2
-                        .describe_snapshots()
-                        .snapshot_ids(snapshot_id)
-                        .send()
-                        .await
-                        .map_err(|e| AwsError::from_sdk("DescribeSnapshots", e))
-                },
-            )
-            .await?;
-        let snap = out.snapshots().first();
-        match snap.and_then(|s| s.state()) {
-            Some(SnapshotState::Completed) => return Ok(()),
-            Some(SnapshotState::Error) => {
-                let why = snap
-                    .and_then(|s| s.state_message())
-                    .unwrap_or("no reason given");
-                return Err(local_error(
-                    "DescribeSnapshots",
-                    ErrorClass::Permanent,
-                    format!("snapshot {snapshot_id} is in state error: {why}"),
-                ));
+    let failed = |detail: String| {
+        AwsError::local("DescribeSnapshots", ErrorClass::Permanent, detail)
+            .within(&clients.call("DescribeSnapshots").on(snapshot_id))
+    };
+    let started = Instant::now();
+    let backoff = Backoff {
+        first: Duration::from_millis(500),
+        max: Duration::from_secs(15),
+    };
+    let r = poll_until(deadline, backoff, || async {
+        let Some(snap) = ec2::snapshot(clients, snapshot_id, retry).await? else {
+            if started.elapsed() > NOT_VISIBLE_GRACE {
+                return Err(failed(format!(
+                    "snapshot {snapshot_id} does not exist ({}s after it was expected)",
+                    NOT_VISIBLE_GRACE.as_secs()
+                )));
             }
+            return Ok(Poll::Pending);
+        };
+        match snap.state.as_str() {
+            "completed" => Ok(Poll::Ready(())),
+            "error" => Err(failed(format!(
+                "snapshot {snapshot_id} is in state error: {}",
+                snap.state_message.as_deref().unwrap_or("no reason given")
+            ))),
             other => {
-                let progress = snap.and_then(|s| s.progress()).unwrap_or("?");
                 tracing::debug!(
-                    "snapshot {snapshot_id} is {:?} ({progress}), waiting",
-                    other.map(|s| s.as_str())
+                    "snapshot {snapshot_id} is {other} ({}), waiting",
+                    snap.progress.as_deref().unwrap_or("?")
                 );
+                Ok(Poll::Pending)
             }
         }
-        if Instant::now() + delay > until {
-            return Err(local_error(
-                "DescribeSnapshots",
-                ErrorClass::Permanent,
-                format!(
-                    "snapshot {snapshot_id} was not completed within {}s",
-                    deadline.as_secs()
-                ),
-            ));
-        }
-        tokio::time::sleep(delay).await;
-        delay = (delay * 2).min(Duration::from_secs(15));
+    })
+    .await;
+    match r {
+        Ok(()) => Ok(()),
+        Err(PollError::Failed(e)) => Err(e),
+        Err(PollError::TimedOut { .. }) => Err(failed(format!(
+            "snapshot {snapshot_id} was not completed within {}s",
+            deadline.as_secs()
+        ))),
     }
 }

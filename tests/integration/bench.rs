@@ -61,8 +61,8 @@ async fn our_instances(world: &World) -> Vec<(String, InstanceStateName)> {
         .describe_instances()
         .filters(
             Filter::builder()
-                .name(format!("tag:{}", ec2ami::snapshot::OWNERSHIP_TAG))
-                .values(ec2ami::snapshot::OWNERSHIP_VALUE)
+                .name(format!("tag:{}", "ec2ami:managed-by"))
+                .values("ec2ami")
                 .build(),
         )
         .send()

@@ -767,7 +767,7 @@ boot_mode = "uefi-preferred"
         .owner_ids("self")
         .filters(
             aws_sdk_ec2::types::Filter::builder()
-                .name(format!("tag:{}", ec2ami::publish::AMI_NAME_TAG))
+                .name("tag:ec2ami:ami-name")
                 .values(bad)
                 .build(),
         )

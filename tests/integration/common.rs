@@ -175,7 +175,7 @@ impl World {
             .filters(
                 aws_sdk_ec2::types::Filter::builder()
                     .name("tag-key")
-                    .values(ec2ami::snapshot::OWNERSHIP_TAG)
+                    .values("ec2ami:managed-by")
                     .build(),
             )
             .send()

@@ -142,7 +142,7 @@ async fn register_sends_every_attribute_and_reruns_reuse() {
             .map(str::to_string)
     };
     assert_eq!(tag("branch").as_deref(), Some("CURRENT"));
-    assert_eq!(tag(ec2ami::ami::SOURCE_SNAPSHOT_TAG), Some(snap.clone()));
+    assert_eq!(tag("ec2ami:source-snapshot"), Some(snap.clone()));
 
     // Again: the same AMI, nothing registered.
     world.proxy.clear_requests();
@@ -251,8 +251,7 @@ async fn copy_to_regions_then_share_and_revoke() {
         assert!(
             img.tags()
                 .iter()
-                .any(|t| t.key() == Some(ec2ami::ami::SOURCE_IMAGE_TAG)
-                    && t.value() == Some(ami.as_str()))
+                .any(|t| t.key() == Some("ec2ami:source-image") && t.value() == Some(ami.as_str()))
         );
         assert_eq!(own_images(&world, region).await.len(), 1);
     }

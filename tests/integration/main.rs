@@ -11,6 +11,8 @@ mod history;
 mod images;
 mod imds;
 mod moto_ext;
+mod plan_agrees;
 mod prune;
 mod publish;
 mod roundtrip;
+mod shipped;

@@ -117,7 +117,7 @@ async fn state(world: &World) -> State {
             .filters(
                 aws_sdk_ec2::types::Filter::builder()
                     .name("tag-key")
-                    .values(ec2ami::snapshot::OWNERSHIP_TAG)
+                    .values("ec2ami:managed-by")
                     .build(),
             )
             .send()
@@ -128,7 +128,7 @@ async fn state(world: &World) -> State {
             let k = sn
                 .tags()
                 .iter()
-                .find(|t| t.key() == Some(ec2ami::publish::AMI_NAME_TAG))
+                .find(|t| t.key() == Some("ec2ami:ami-name"))
                 .and_then(|t| t.value())
                 .unwrap_or("other")
                 .to_string();
@@ -625,7 +625,7 @@ async fn compat_bsdec2_image_upload_accepts_its_flags_and_prints_its_lines() {
     assert!(!run.stderr.contains("testing-secret-42"), "secret printed");
     let lines = created(&run.stdout);
     // --allregions: every region moto lists, the upload region first.
-    let all = ec2ami::ami::enabled_regions(&world.clients().await, &Default::default())
+    let all = ec2ami::aws::ec2::enabled_regions(&world.clients().await, &Default::default())
         .await
         .unwrap();
     assert_eq!(lines.len(), all.len(), "{}", run.stdout);
@@ -813,7 +813,7 @@ async fn validate_says_correct_then_names_each_breakage() {
 
     // A service that cannot be asked: Unreachable, not Missing.
     world.proxy.set_rules(vec![FaultRule::with_rate(
-        Some("GetParameter"),
+        Some("GetParameters"),
         Fault::AccessDenied,
         1.0,
     )]);

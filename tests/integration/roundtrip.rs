@@ -255,13 +255,11 @@ async fn tags_description_and_ownership_are_sent() {
     assert_eq!(tags.get("release").map(String::as_str), Some("15.0"));
     assert_eq!(tags.get("arch").map(String::as_str), Some("amd64"));
     assert_eq!(
-        tags.get(ec2ami::snapshot::OWNERSHIP_TAG)
-            .map(String::as_str),
-        Some(ec2ami::snapshot::OWNERSHIP_VALUE)
+        tags.get("ec2ami:managed-by").map(String::as_str),
+        Some("ec2ami")
     );
     assert_eq!(
-        tags.get(ec2ami::snapshot::IMAGE_SIZE_TAG)
-            .map(String::as_str),
+        tags.get("ec2ami:image-size").map(String::as_str),
         Some("1000")
     );
     let start = world

@@ -1,0 +1,322 @@
+//! AWS errors as a release engineer can act on them: the operation, the region and the
+//! resource the call was about, AWS's error code and message (never a Debug dump), and
+//! whether another attempt can succeed.
+
+use std::error::Error as StdError;
+use std::fmt;
+
+use aws_sdk_ebs::error::ProvideErrorMetadata;
+use aws_smithy_runtime_api::client::result::SdkError;
+
+/// Whether an error is worth another attempt.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ErrorClass {
+    /// The service asked us to slow down.
+    Throttling,
+    /// Server-side or network trouble that may pass (5xx, reset, timeout).
+    Transient,
+    /// Will fail again the same way (access denied, validation, not found...).
+    Permanent,
+}
+
+/// An AWS call that failed, with the AWS error code and message when there is one. Its
+/// fields are read through [`AwsFailure`] (it is boxed: errors travel in every `Result`
+/// and should stay one pointer wide).
+#[derive(Debug, Clone)]
+pub struct AwsError(Box<AwsFailure>);
+
+/// What [`AwsError`] knows about a failed call.
+#[derive(Debug, Clone)]
+pub struct AwsFailure {
+    /// The API operation, e.g. `PutSnapshotBlock`.
+    pub operation: &'static str,
+    /// The region the call went to, when known.
+    pub region: Option<String>,
+    /// The resource the call was about (snapshot, AMI, parameter...), when there is one.
+    pub resource: Option<String>,
+    /// AWS error code, e.g. `AccessDeniedException`.
+    pub code: Option<String>,
+    /// AWS error message.
+    pub message: Option<String>,
+    /// HTTP status of the answer, when there was one.
+    pub status: Option<u16>,
+    /// Retry classification.
+    pub class: ErrorClass,
+    /// Description of a failure that carried no AWS error (network, timeout, parsing).
+    pub detail: Option<String>,
+}
+
+impl std::ops::Deref for AwsError {
+    type Target = AwsFailure;
+    fn deref(&self) -> &AwsFailure {
+        &self.0
+    }
+}
+
+impl From<AwsFailure> for AwsError {
+    fn from(f: AwsFailure) -> Self {
+        AwsError(Box::new(f))
+    }
+}
+
+impl AwsError {
+    /// An error found before any request was sent (configuration).
+    pub fn config(message: impl Into<String>) -> Self {
+        let mut e = AwsError::local("configuration", ErrorClass::Permanent, String::new());
+        e.0.message = Some(message.into());
+        e
+    }
+
+    /// The same error with AWS's error code `code` (tests, and answers we classify).
+    pub fn with_code(mut self, code: impl Into<String>) -> Self {
+        self.0.code = Some(code.into());
+        self
+    }
+
+    /// An error of ours (not AWS's) about `operation`, to go through the same types and
+    /// retry layer (e.g. an answer missing a field, a snapshot in the wrong state).
+    pub fn local(operation: &'static str, class: ErrorClass, detail: String) -> Self {
+        AwsError::from(AwsFailure {
+            operation,
+            region: None,
+            resource: None,
+            code: None,
+            message: None,
+            status: None,
+            class,
+            detail: (!detail.is_empty()).then_some(detail),
+        })
+    }
+
+    /// Is another attempt worth it?
+    pub fn is_retryable(&self) -> bool {
+        self.class != ErrorClass::Permanent
+    }
+
+    /// True when AWS answered with this error code.
+    pub fn has_code(&self, code: &str) -> bool {
+        self.code.as_deref() == Some(code)
+    }
+
+    /// Fill in the region and resource of `call` where the error does not have them.
+    pub fn within(mut self, call: &super::Call) -> Self {
+        if self.0.region.is_none() {
+            self.0.region = call.region.clone();
+        }
+        if self.0.resource.is_none() {
+            self.0.resource = call.resource.clone();
+        }
+        self
+    }
+
+    /// Classify an SDK error from `operation`.
+    pub fn from_sdk<E, R>(operation: &'static str, err: SdkError<E, R>) -> Self
+    where
+        E: ProvideErrorMetadata + StdError + Send + Sync + 'static,
+        R: HasStatus + fmt::Debug,
+    {
+        let (class, detail, status) = match &err {
+            SdkError::ConstructionFailure(_) => (ErrorClass::Permanent, Some(chain(&err)), None),
+            SdkError::TimeoutError(_) => (
+                ErrorClass::Transient,
+                Some("timed out (attempt timeout)".to_string()),
+                None,
+            ),
+            SdkError::DispatchFailure(d) => {
+                let class = if d.is_user() {
+                    ErrorClass::Permanent
+                } else {
+                    ErrorClass::Transient
+                };
+                (class, Some(chain(&err)), None)
+            }
+            SdkError::ResponseError(r) => (
+                ErrorClass::Transient,
+                Some(format!("unreadable response: {}", chain(&err))),
+                Some(r.raw().status()),
+            ),
+            SdkError::ServiceError(s) => {
+                let status = s.raw().status();
+                (classify_code(s.err().code(), status), None, Some(status))
+            }
+            _ => (ErrorClass::Transient, Some(chain(&err)), None),
+        };
+        let (code, message) = match err.as_service_error() {
+            Some(e) => (
+                e.code().map(str::to_string),
+                e.message().map(str::to_string),
+            ),
+            None => (None, None),
+        };
+        AwsError::from(AwsFailure {
+            operation,
+            region: None,
+            resource: None,
+            code,
+            message,
+            status,
+            class,
+            detail,
+        })
+    }
+}
+
+/// Lets [`AwsError::from_sdk`] read the HTTP status of any raw response type.
+pub trait HasStatus {
+    /// HTTP status code.
+    fn status(&self) -> u16;
+}
+
+impl HasStatus for aws_smithy_runtime_api::http::Response {
+    fn status(&self) -> u16 {
+        self.status().as_u16()
+    }
+}
+
+fn chain(err: &dyn StdError) -> String {
+    let mut s = err.to_string();
+    let mut cur = err.source();
+    while let Some(e) = cur {
+        let m = e.to_string();
+        if !s.contains(&m) {
+            s.push_str(": ");
+            s.push_str(&m);
+        }
+        cur = e.source();
+    }
+    s
+}
+
+/// Throttling codes AWS services use (EC2, EBS, SSM and the common ones).
+const THROTTLING_CODES: &[&str] = &[
+    "Throttling",
+    "ThrottlingException",
+    "ThrottledException",
+    "RequestThrottledException",
+    "TooManyRequestsException",
+    "RequestLimitExceeded",
+    "RequestThrottled",
+    "BandwidthLimitExceeded",
+    "SlowDown",
+    "EC2ThrottledException",
+    "PriorRequestNotComplete",
+];
+
+/// Codes that mean "try again later" without being throttling.
+const TRANSIENT_CODES: &[&str] = &[
+    "RequestTimeout",
+    "RequestTimeoutException",
+    "InternalError",
+    "InternalFailure",
+    "InternalServerError",
+    "InternalServerException",
+    "ServiceUnavailable",
+    "ServiceUnavailableException",
+    "Unavailable",
+];
+
+/// Classify an AWS error by its code, then by HTTP status.
+pub fn classify_code(code: Option<&str>, status: u16) -> ErrorClass {
+    match code {
+        Some(c) if THROTTLING_CODES.contains(&c) => ErrorClass::Throttling,
+        Some(c) if TRANSIENT_CODES.contains(&c) => ErrorClass::Transient,
+        _ if status == 429 => ErrorClass::Throttling,
+        _ if status >= 500 => ErrorClass::Transient,
+        _ => ErrorClass::Permanent,
+    }
+}
+
+impl fmt::Display for AwsError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}", self.operation)?;
+        if let Some(r) = &self.resource {
+            write!(f, " {r}")?;
+        }
+        if let Some(r) = &self.region {
+            write!(f, " in {r}")?;
+        }
+        match (&self.code, &self.message, &self.detail) {
+            (Some(code), Some(msg), _) => write!(f, ": {code}: {msg}"),
+            (Some(code), None, _) => write!(f, ": {code}"),
+            (None, Some(msg), _) => write!(f, ": {msg}"),
+            (None, None, Some(detail)) => write!(f, ": {detail}"),
+            (None, None, None) => match self.status {
+                Some(s) => write!(f, ": HTTP {s} with no error code"),
+                None => write!(f, ": failed"),
+            },
+        }?;
+        if self.code.as_deref().is_some_and(is_access_denied) {
+            write!(
+                f,
+                " (check the credentials in use and that their policy allows {})",
+                self.operation
+            )?;
+        }
+        Ok(())
+    }
+}
+
+impl StdError for AwsError {}
+
+fn is_access_denied(code: &str) -> bool {
+    matches!(
+        code,
+        "AccessDenied" | "AccessDeniedException" | "UnauthorizedOperation" | "AuthFailure"
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn codes_are_classified() {
+        assert_eq!(
+            classify_code(Some("ThrottlingException"), 429),
+            ErrorClass::Throttling
+        );
+        assert_eq!(
+            classify_code(Some("RequestLimitExceeded"), 503),
+            ErrorClass::Throttling
+        );
+        assert_eq!(classify_code(None, 429), ErrorClass::Throttling);
+        assert_eq!(
+            classify_code(Some("InternalError"), 500),
+            ErrorClass::Transient
+        );
+        assert_eq!(classify_code(None, 502), ErrorClass::Transient);
+        assert_eq!(
+            classify_code(Some("AccessDeniedException"), 403),
+            ErrorClass::Permanent
+        );
+        assert_eq!(
+            classify_code(Some("ValidationException"), 400),
+            ErrorClass::Permanent
+        );
+        // An access-denied answer with a 5xx status would be odd, but the code wins only
+        // for known retryable codes; a 5xx stays retryable.
+        assert_eq!(classify_code(Some("Whatever"), 503), ErrorClass::Transient);
+    }
+
+    #[test]
+    fn display_names_code_and_message() {
+        let e = AwsError::from(AwsFailure {
+            code: Some("AccessDeniedException".into()),
+            message: Some("not allowed".into()),
+            status: Some(403),
+            ..(*AwsError::local("StartSnapshot", ErrorClass::Permanent, String::new())).clone()
+        });
+        let s = e.to_string();
+        assert!(
+            s.starts_with("StartSnapshot: AccessDeniedException: not allowed"),
+            "{s}"
+        );
+        assert!(s.contains("policy allows StartSnapshot"), "{s}");
+        let call = super::super::Call::new("StartSnapshot", "eu-west-1").on("snap-0abc");
+        let s = e.within(&call).to_string();
+        assert!(
+            s.starts_with("StartSnapshot snap-0abc in eu-west-1: AccessDeniedException"),
+            "{s}"
+        );
+    }
+}
