@@ -547,13 +547,22 @@ mod tests {
     #[test]
     fn a_preflight_boots_what_is_to_be_registered_and_not_twice() {
         let new = image(None, vec![]);
-        assert_eq!(new.preflight_decision(false, false), PreflightDecision::Skip);
+        assert_eq!(
+            new.preflight_decision(false, false),
+            PreflightDecision::Skip
+        );
         assert_eq!(new.preflight_decision(true, false), PreflightDecision::Boot);
-        assert_eq!(new.preflight_decision(true, true), PreflightDecision::Passed);
+        assert_eq!(
+            new.preflight_decision(true, true),
+            PreflightDecision::Passed
+        );
         // The AMI exists: nothing of the image is uploaded or registered again.
         let mut there = image(None, vec![]);
         there.regions[0].ami = Ok(Some(ami("ami-1", None, false)));
-        assert_eq!(there.preflight_decision(true, false), PreflightDecision::Skip);
+        assert_eq!(
+            there.preflight_decision(true, false),
+            PreflightDecision::Skip
+        );
     }
 
     fn ami(id: &str, source: Option<&str>, public: bool) -> Ami {
