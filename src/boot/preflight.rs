@@ -58,7 +58,7 @@ pub enum PreflightError {
         source: BootError,
     },
     /// A boot failed.
-    #[error("pre-flight boot of {} failed, nothing of it was sent to AWS: {}", path.display(), failures.join("; "))]
+    #[error("pre-flight boot of {} failed; nothing of it was uploaded or registered: {}", path.display(), failures.join("; "))]
     Failed {
         /// The image.
         path: PathBuf,

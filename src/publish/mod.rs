@@ -78,7 +78,7 @@ pub enum PublishError {
     /// Some images failed; the others were published (each named).
     #[error("{}", .0.join("\n"))]
     Images(Vec<String>),
-    /// The image did not boot locally; nothing of it was sent to AWS.
+    /// The image did not boot locally; nothing of it was uploaded or registered.
     #[error(transparent)]
     Preflight(#[from] crate::boot::preflight::PreflightError),
     /// Ctrl-C or SIGTERM.

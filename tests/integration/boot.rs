@@ -400,8 +400,9 @@ async fn an_image_without_sshd_fails_at_the_timeout_and_leaves_nothing() {
     let names: Vec<String> = timeline(r).into_iter().map(|(n, _)| n).collect();
     assert!(names.contains(&"userland".to_string()), "{names:?}");
     assert!(!names.contains(&"ssh".to_string()));
+    // The console log is kept (a failure), and shows the boot got to userland.
     let log = std::fs::read_to_string(str_of(r, "console_log")).unwrap();
-    assert!(log.contains("login:"), "{log}");
+    assert!(log.contains("systemd"), "{log}");
     w.assert_clean();
 }
 
@@ -716,7 +717,8 @@ boot_mode = "uefi-preferred"
     r.assert_failed_with("1 of 2 image(s) failed");
     assert!(
         r.stderr.contains("pre-flight boot of")
-            && r.stderr.contains("nothing of it was sent to AWS"),
+            && r.stderr
+                .contains("nothing of it was uploaded or registered"),
         "{}",
         r.stderr
     );
@@ -743,13 +745,15 @@ boot_mode = "uefi-preferred"
         .map(|q| String::from_utf8_lossy(q.body.as_deref().unwrap_or_default()).into_owned())
         .collect();
     assert!(seen.iter().any(|b| b.contains(good)));
+    // Only the survey's read-only look-ups (made for every image at once, before any
+    // boot) may name it: nothing that creates, changes or deletes anything.
     let leaked: Vec<&String> = seen
         .iter()
-        .filter(|b| b.contains("promised-uefi"))
+        .filter(|b| b.contains("promised-uefi") && !b.starts_with("Action=Describe"))
         .collect();
     assert!(
         leaked.is_empty(),
-        "requests mentioned the image that failed its pre-flight: {leaked:?}"
+        "requests other than look-ups mentioned the image that failed its pre-flight: {leaked:?}"
     );
     let clients = world.clients().await;
     let images = clients
