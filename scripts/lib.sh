@@ -43,6 +43,45 @@ ensure_userdata_readers() {
     fi
 }
 
+# The boot tests: QEMU (x86_64), SeaBIOS, OVMF, OpenSSH's client, and what builds the
+# test images (debootstrap, GRUB's BIOS and EFI modules, gdisk, e2fsprogs, dosfstools,
+# mtools). On bookworm QEMU comes from bookworm-backports with qemu-utils (mixing the
+# suites makes apt remove qemu-utils), so that suite is added when absent.
+ensure_boot_tools() {
+    local have=yes c f
+    for c in qemu-system-x86_64 qemu-img ssh ssh-keygen ssh-keyscan debootstrap sgdisk mke2fs \
+        mkfs.vfat mmd mcopy grub-mkimage; do
+        command -v "$c" >/dev/null || have=no
+    done
+    for f in /usr/share/OVMF/OVMF_CODE_4M.fd /usr/share/OVMF/OVMF_VARS_4M.fd \
+        /usr/share/seabios/bios-256k.bin /usr/lib/grub/i386-pc/boot.img \
+        /usr/lib/grub/x86_64-efi/linux.mod; do
+        [ -e "$f" ] || have=no
+    done
+    [ "$have" = yes ] && return 0
+    local codename suite=()
+    codename=$(. /etc/os-release && echo "${VERSION_CODENAME:-}")
+    if [ "$codename" = bookworm ]; then
+        if ! grep -rqs 'bookworm-backports' /etc/apt/sources.list /etc/apt/sources.list.d/; then
+            log "adding the bookworm-backports apt source"
+            cat > /etc/apt/sources.list.d/backports.sources <<'SRC'
+Types: deb
+URIs: http://deb.debian.org/debian
+Suites: bookworm-backports
+Components: main
+Signed-By: /usr/share/keyrings/debian-archive-keyring.gpg
+SRC
+        fi
+        suite=(-t bookworm-backports)
+    fi
+    log "installing QEMU, SeaBIOS, OVMF and the test image tools (apt)"
+    apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${suite[@]}" \
+        qemu-system-x86 qemu-utils seabios
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq ovmf grub-pc-bin grub-efi-amd64-bin \
+        debootstrap mtools dosfstools gdisk openssh-client e2fsprogs
+}
+
 # groff renders the man pages `ec2ami man` writes (the man page test checks each one).
 ensure_groff() {
     if ! command -v groff >/dev/null; then

@@ -15,8 +15,10 @@
 pub mod ami;
 pub mod aws;
 pub mod bench;
+pub mod boot;
 pub mod history;
 pub mod image;
+pub mod imds;
 pub mod params;
 pub mod progress;
 pub mod prune;

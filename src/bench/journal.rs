@@ -23,6 +23,7 @@ CREATE TABLE IF NOT EXISTS bench_instances (
     launched_at INTEGER NOT NULL
 );
 ",
+    upgrade: None,
 };
 
 /// Which account and endpoint rows belong to: a row is only cleaned up by a process

@@ -164,6 +164,7 @@ pub async fn run(g: &GlobalArgs, a: &BenchArgs) -> Result<(), Failure> {
             build: build.clone(),
             region: report.region.clone(),
             instance_type: instance_type.clone(),
+            firmware: None,
             measured_at,
             source: Source::Bench,
             source_file: None,

@@ -123,9 +123,10 @@ pub(crate) fn man(g: &GlobalArgs, a: &ManArgs) -> Result<(), Failure> {
 mod tests {
     use super::*;
 
-    /// Every command path in the tree, hidden ones included (`ec2ami params put`).
+    /// Every command path in the tree (`ec2ami params put`), but hidden commands (such
+    /// as `ec2ami imds relay`, which only `ec2ami boot` runs) and what is under them.
     fn command_paths(cmd: &clap::Command, prefix: &str, out: &mut Vec<String>) {
-        for sub in cmd.get_subcommands() {
+        for sub in cmd.get_subcommands().filter(|s| !s.is_hide_set()) {
             let path = format!("{prefix} {}", sub.get_name());
             out.push(path.clone());
             command_paths(sub, &path, out);

@@ -288,6 +288,7 @@ fn import_files(g: &GlobalArgs, a: &ImportArgs) -> Result<(), Failure> {
             build: build.clone(),
             region: region.clone(),
             instance_type: a.instance_type.clone(),
+            firmware: None,
             measured_at,
             source: Source::Import,
             source_file: Some(file.display().to_string()),
@@ -386,7 +387,10 @@ fn list(g: &GlobalArgs, a: &ListArgs) -> Result<(), Failure> {
                     .image_name
                     .clone()
                     .unwrap_or_else(|| b.image_id.clone()),
-                b.instance_type.clone(),
+                match &b.firmware {
+                    Some(fw) => format!("{} ({fw})", b.instance_type),
+                    None => b.instance_type.clone(),
+                },
                 b.region.clone(),
                 format!(
                     "{}/{}",

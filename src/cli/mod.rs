@@ -2,9 +2,11 @@
 //! modules each subcommand calls.
 
 mod bench;
+mod boot;
 mod completions;
 mod history;
 mod images;
+mod imds;
 mod lifecycle;
 mod prune;
 mod publish;
@@ -129,6 +131,14 @@ enum Command {
     /// settings, files and a script (configinit or cloud-init), check a file, or write
     /// the generator page.
     Userdata(userdata::UserdataArgs),
+    /// Boot a disk image locally in QEMU (BIOS, UEFI or both) with a local instance
+    /// metadata service: boot timeline from the console, SSH smoke checks; records the
+    /// boot-time history. Never writes the image.
+    Boot(boot::BootArgs),
+    /// The instance metadata service, from an instance: IMDSv2, IPv4 first, 100 ms
+    /// timeouts.
+    #[command(subcommand)]
+    Imds(imds::ImdsCommand),
     /// Print a shell completion script (bash, zsh, fish, elvish) on stdout.
     Completions(completions::CompletionsArgs),
     /// Write the man pages (ec2ami.1 and one per subcommand) into a directory.
@@ -306,7 +316,15 @@ const EXIT_INTERRUPTED: u8 = 130;
 /// Run the command line; returns the process exit code.
 pub fn main() -> ExitCode {
     let cli = Cli::parse();
+    // The relay's stdout and stderr may be the guest's connection: no logging there.
+    if let Command::Imds(c @ imds::ImdsCommand::Relay { .. }) = &cli.command {
+        return imds::main(c);
+    }
     init_logging(cli.global.quiet, cli.global.verbose);
+    // Its own exit statuses.
+    if let Command::Imds(c) = &cli.command {
+        return imds::main(c);
+    }
     let rt = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -373,6 +391,8 @@ async fn run(cli: Cli) -> Result<(), Failure> {
         Command::History(c) => history::run(g, c).await,
         Command::Report(a) => history::report_cmd(g, a).await,
         Command::Userdata(a) => userdata::run(g, a),
+        Command::Boot(a) => boot::run(g, a).await,
+        Command::Imds(_) => unreachable!("run by imds::main"),
         Command::Completions(a) => completions::completions(a),
         Command::Man(a) => completions::man(g, a),
     }

@@ -13,6 +13,7 @@ use ec2ami::params::{self, PutOptions};
 use ec2ami::publish::compat::{self, Bsdec2Args};
 use ec2ami::publish::{self, PublishError, PublishOptions, Release, ReleaseFile, plan, validate};
 use ec2ami::snapshot;
+use ec2ami::state::StateDb;
 use ec2ami::units::today;
 
 #[derive(Debug, Args)]
@@ -38,6 +39,13 @@ struct RunArgs {
     /// Where upload block indexes are kept (default: $XDG_STATE_HOME/ec2ami/blocks).
     #[arg(long, value_name = "DIR")]
     index_dir: Option<PathBuf>,
+    /// Do not boot the images locally before their upload (see `preflight` in the
+    /// release file).
+    #[arg(long)]
+    skip_preflight: bool,
+    /// Longest one pre-flight boot may take.
+    #[arg(long, value_name = "DURATION", default_value = "5m", value_parser = parse_duration)]
+    preflight_timeout: Duration,
 }
 
 #[derive(Debug, Args)]
@@ -174,6 +182,59 @@ fn publish_failure(e: PublishError) -> Failure {
     }
 }
 
+/// Whether images are booted locally before their upload: `--skip-preflight` says no;
+/// else the release's `preflight`; else `EC2AMI_PREFLIGHT` (`on`/`off`); else whether
+/// QEMU is installed. Asked for without QEMU, it is an error before anything is done.
+fn preflight_on(release: &Release, a: &RunArgs) -> Result<bool, Failure> {
+    if a.skip_preflight {
+        return Ok(false);
+    }
+    let installed = ec2ami::boot::qemu::installed();
+    let on = match release.preflight {
+        Some(v) => v,
+        None => match std::env::var("EC2AMI_PREFLIGHT").ok().as_deref() {
+            Some("off" | "0" | "no" | "false") => false,
+            Some("on" | "1" | "yes" | "true") => true,
+            _ => installed,
+        },
+    };
+    if on && !installed {
+        return Err(Failure {
+            message: format!(
+                "{}: pre-flight boots need QEMU, which is not installed (Debian: apt-get install \
+                 qemu-system-x86 ovmf seabios), or pass --skip-preflight",
+                release.path.display()
+            ),
+            interrupted: false,
+        });
+    }
+    Ok(on)
+}
+
+/// The pre-flight boots' options, when they are on.
+fn preflight_options(
+    g: &GlobalArgs,
+    a: &RunArgs,
+    release: &Release,
+    db: &Arc<StateDb>,
+) -> Result<Option<ec2ami::boot::preflight::PreflightOptions>, Failure> {
+    if release.preflight != Some(true) {
+        return Ok(None);
+    }
+    let state = db.path().parent().unwrap_or(std::path::Path::new("."));
+    Ok(Some(ec2ami::boot::preflight::PreflightOptions {
+        relay: super::boot::relay_command()?,
+        timeout: a.preflight_timeout,
+        failure_dir: state.join("boot-consoles"),
+        region: release
+            .source_region
+            .clone()
+            .or_else(|| g.region.clone())
+            .unwrap_or_else(|| "us-east-1".into()),
+        history: Some(db.clone()),
+    }))
+}
+
 fn publish_options(g: &GlobalArgs, a: &RunArgs) -> PublishOptions {
     PublishOptions {
         workers: a.workers,
@@ -184,18 +245,21 @@ fn publish_options(g: &GlobalArgs, a: &RunArgs) -> PublishOptions {
             .index_dir
             .clone()
             .unwrap_or_else(snapshot::default_index_dir),
+        preflight: None,
     }
 }
 
 pub async fn publish(g: &GlobalArgs, a: &PublishArgs) -> Result<(), Failure> {
     let file = ReleaseFile::read(&a.release)?;
     // Every check of the file (templates, names, images) before anything else.
-    file.resolve(&today(), true)?;
+    let first = file.resolve(&today(), true)?;
+    let preflight = preflight_on(&first, &a.run)?;
     let db = Arc::new(g.state_db()?);
     let label = a.release.display().to_string();
     if a.plan {
         let (journal, date) = publish::recorded(&db, &file.key)?;
-        let release = file.resolve(&date, true)?;
+        let mut release = file.resolve(&date, true)?;
+        release.preflight = Some(preflight);
         let clients = connect(g).await?;
         let plan = plan::plan(&clients, &release, journal.as_ref(), &g.retry()).await?;
         g.print(&plan, || plan.render());
@@ -214,8 +278,10 @@ pub async fn publish(g: &GlobalArgs, a: &PublishArgs) -> Result<(), Failure> {
     }
     let clients = connect(g).await?;
     let session = publish::start(&db, &file.key, &label).map_err(publish_failure)?;
-    let release = file.resolve(&session.date, true)?;
-    let opts = publish_options(g, &a.run);
+    let mut release = file.resolve(&session.date, true)?;
+    release.preflight = Some(preflight);
+    let mut opts = publish_options(g, &a.run);
+    opts.preflight = preflight_options(g, &a.run, &release, &db)?;
     run_release(g, &clients, &release, &session, &opts).await
 }
 
@@ -348,7 +414,8 @@ pub async fn compat(g: &GlobalArgs, c: &CompatCommand) -> Result<(), Failure> {
         interrupted: false,
     };
     let keys = compat::read_key_file(&args.keyfile).map_err(invalid)?;
-    let release = args.release(&today()).map_err(invalid)?;
+    let mut release = args.release(&today()).map_err(invalid)?;
+    release.preflight = Some(preflight_on(&release, &a.run)?);
     if !args.announce.is_empty() {
         tracing::warn!(
             "ec2ami sends no SNS announcement: {} ignored",
@@ -369,5 +436,7 @@ pub async fn compat(g: &GlobalArgs, c: &CompatCommand) -> Result<(), Failure> {
     let db = Arc::new(g.state_db()?);
     let label = args.image.display().to_string();
     let session = publish::start(&db, &release.key, &label).map_err(publish_failure)?;
-    run_release(g, &clients, &release, &session, &publish_options(g, &a.run)).await
+    let mut opts = publish_options(g, &a.run);
+    opts.preflight = preflight_options(g, &a.run, &release, &db)?;
+    run_release(g, &clients, &release, &session, &opts).await
 }

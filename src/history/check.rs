@@ -342,6 +342,7 @@ mod tests {
                 fs: None,
                 arch: None,
                 instance_type: "t".into(),
+                firmware: None,
             },
             verdict: v,
         });

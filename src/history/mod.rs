@@ -36,7 +36,7 @@ CREATE TABLE IF NOT EXISTS boot_benchmarks (
     region        TEXT NOT NULL,
     instance_type TEXT NOT NULL,
     measured_at   INTEGER NOT NULL,   -- Unix time
-    source        TEXT NOT NULL,      -- bench | import
+    source        TEXT NOT NULL,      -- bench | import | boot
     source_file   TEXT,
     source_hash   TEXT,               -- SHA-256 of an imported file (no double imports)
     tool_version  TEXT NOT NULL
@@ -57,8 +57,29 @@ CREATE TABLE IF NOT EXISTS boot_runs (
     probes            INTEGER,
     PRIMARY KEY (benchmark_id, run)
 );
+-- The whole timeline of local boots (ec2ami boot): every marker of every run.
+CREATE TABLE IF NOT EXISTS boot_marks (
+    benchmark_id  INTEGER NOT NULL REFERENCES boot_benchmarks(id) ON DELETE CASCADE,
+    run           INTEGER NOT NULL,
+    name          TEXT NOT NULL,      -- qemu_started | firmware | loader | kernel | userland | ssh | ...
+    seconds       REAL NOT NULL,      -- from QEMU's start
+    PRIMARY KEY (benchmark_id, run, name)
+);
 ",
+    upgrade: Some(upgrade),
 };
+
+/// Bring an older history up to date: the `firmware` column (`bios` / `uefi` for local
+/// boots; NULL for EC2 benchmarks and rows written before it existed). Idempotent.
+fn upgrade(c: &rusqlite::Connection) -> rusqlite::Result<()> {
+    let has = c
+        .prepare("SELECT 1 FROM pragma_table_info('boot_benchmarks') WHERE name = 'firmware'")?
+        .exists([])?;
+    if !has {
+        c.execute_batch("ALTER TABLE boot_benchmarks ADD COLUMN firmware TEXT")?;
+    }
+    Ok(())
+}
 
 /// Where a benchmark came from.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -68,6 +89,8 @@ pub enum Source {
     Bench,
     /// Imported from ec2-boot-bench output.
     Import,
+    /// A local boot (`ec2ami boot`, publish's pre-flight).
+    Boot,
 }
 
 impl Source {
@@ -75,6 +98,7 @@ impl Source {
         match self {
             Source::Bench => "bench",
             Source::Import => "import",
+            Source::Boot => "boot",
         }
     }
 }
@@ -93,6 +117,8 @@ pub struct Benchmark {
     pub region: String,
     /// Instance type.
     pub instance_type: String,
+    /// The firmware of a local boot (`bios`, `uefi`); `None` for EC2 benchmarks.
+    pub firmware: Option<String>,
     /// Unix time of the measurement.
     pub measured_at: i64,
     /// bench or import.
@@ -138,8 +164,8 @@ pub fn record(db: &StateDb, b: &Benchmark) -> Result<i64, StateError> {
         tx.execute(
             "INSERT INTO boot_benchmarks (image_id, image_name, version, branch, flavour, fs,
              arch, build_date, region, instance_type, measured_at, source, source_file,
-             source_hash, tool_version)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15)",
+             source_hash, tool_version, firmware)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16)",
             params![
                 b.image_id,
                 b.build.image_name,
@@ -155,7 +181,8 @@ pub fn record(db: &StateDb, b: &Benchmark) -> Result<i64, StateError> {
                 b.source.as_str(),
                 b.source_file,
                 b.source_hash,
-                b.tool_version
+                b.tool_version,
+                b.firmware
             ],
         )?;
         let id = tx.last_insert_rowid();
@@ -207,12 +234,47 @@ pub fn already_imported(
     })
 }
 
+/// Store the timeline of run `run` of benchmark `id` (marker name, seconds).
+pub fn record_marks(
+    db: &StateDb,
+    id: i64,
+    run: usize,
+    marks: &[(String, f64)],
+) -> Result<(), StateError> {
+    db.with_schema(&SCHEMA, |c| {
+        let tx = c.unchecked_transaction()?;
+        for (name, secs) in marks {
+            tx.execute(
+                "INSERT OR REPLACE INTO boot_marks (benchmark_id, run, name, seconds)
+                 VALUES (?1, ?2, ?3, ?4)",
+                params![id, run as i64, name, secs],
+            )?;
+        }
+        tx.commit()
+    })
+}
+
+/// The timelines of benchmark `id`: (run, marker, seconds), by run and time.
+pub fn load_marks(db: &StateDb, id: i64) -> Result<Vec<(usize, String, f64)>, StateError> {
+    db.with_schema(&SCHEMA, |c| {
+        let mut st = c.prepare(
+            "SELECT run, name, seconds FROM boot_marks WHERE benchmark_id = ?1
+             ORDER BY run, seconds",
+        )?;
+        st.query_map([id], |r| {
+            Ok((r.get::<_, i64>(0)? as usize, r.get(1)?, r.get(2)?))
+        })?
+        .collect()
+    })
+}
+
 /// Every benchmark with its runs, oldest first.
 pub fn load_all(db: &StateDb) -> Result<Vec<Benchmark>, StateError> {
     db.with_schema(&SCHEMA, |c| {
         let mut st = c.prepare(
             "SELECT id, image_id, image_name, version, branch, flavour, fs, arch, build_date,
-             region, instance_type, measured_at, source, source_file, source_hash, tool_version
+             region, instance_type, measured_at, source, source_file, source_hash, tool_version,
+             firmware
              FROM boot_benchmarks ORDER BY measured_at, id",
         )?;
         let mut benchmarks: Vec<Benchmark> = st
@@ -231,11 +293,12 @@ pub fn load_all(db: &StateDb) -> Result<Vec<Benchmark>, StateError> {
                     },
                     region: r.get(9)?,
                     instance_type: r.get(10)?,
+                    firmware: r.get(16)?,
                     measured_at: r.get(11)?,
-                    source: if r.get::<_, String>(12)? == "import" {
-                        Source::Import
-                    } else {
-                        Source::Bench
+                    source: match r.get::<_, String>(12)?.as_str() {
+                        "import" => Source::Import,
+                        "boot" => Source::Boot,
+                        _ => Source::Bench,
                     },
                     source_file: r.get(13)?,
                     source_hash: r.get(14)?,
@@ -353,6 +416,8 @@ pub struct SeriesKey {
     pub arch: Option<String>,
     /// Instance type.
     pub instance_type: String,
+    /// The firmware of local boots (`None` for EC2's).
+    pub firmware: Option<String>,
 }
 
 impl SeriesKey {
@@ -364,12 +429,18 @@ impl SeriesKey {
             fs: b.build.fs.clone(),
             arch: b.build.arch.clone(),
             instance_type: b.instance_type.clone(),
+            firmware: b.firmware.clone(),
         }
     }
 
-    /// A file-name-safe form, e.g. `14-STABLE_base_ufs_amd64_c5.xlarge`.
+    /// A file-name-safe form, e.g. `14-STABLE_base_ufs_amd64_c5.xlarge` (with
+    /// `_uefi` or `_bios` after a local boot's instance type).
     pub fn slug(&self) -> String {
-        self.parts()
+        let mut parts = self.parts().to_vec();
+        if let Some(f) = &self.firmware {
+            parts.push(f);
+        }
+        parts
             .iter()
             .map(|p| {
                 p.chars()
@@ -403,7 +474,11 @@ impl SeriesKey {
 impl fmt::Display for SeriesKey {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let p = self.parts();
-        write!(f, "{} {} {} {} on {}", p[0], p[1], p[2], p[3], p[4])
+        write!(f, "{} {} {} {} on {}", p[0], p[1], p[2], p[3], p[4])?;
+        match &self.firmware {
+            Some(fw) => write!(f, " ({fw})"),
+            None => Ok(()),
+        }
     }
 }
 
@@ -517,6 +592,7 @@ pub(crate) mod tests {
             },
             region: "us-east-1".into(),
             instance_type: instance_type.into(),
+            firmware: None,
             measured_at: 1_700_000_000,
             source: Source::Bench,
             source_file: None,
@@ -560,6 +636,40 @@ pub(crate) mod tests {
         assert_eq!(all[0], b);
         assert_eq!(already_imported(&db, "ami-b1", "abc").unwrap(), Some(id));
         assert_eq!(already_imported(&db, "ami-b2", "abc").unwrap(), None);
+    }
+
+    #[test]
+    fn an_older_history_gains_the_firmware_dimension() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("state.db");
+        {
+            // A database written before the firmware column existed.
+            let c = rusqlite::Connection::open(&path).unwrap();
+            c.execute_batch(SCHEMA.ddl).unwrap();
+            c.execute(
+                "INSERT INTO boot_benchmarks (image_id, region, instance_type, measured_at,
+                 source, tool_version) VALUES ('ami-old', 'us-east-1', 'c5.xlarge', 1, 'bench', 'x')",
+                [],
+            )
+            .unwrap();
+        }
+        let db = StateDb::open(&path).unwrap();
+        let mut local = bench_of("b1", "20241003", "qemu-tcg", &[20.0]);
+        local.firmware = Some("uefi".into());
+        record(&db, &local).unwrap();
+        drop(db);
+        // Opening again changes nothing.
+        let db = StateDb::open(&path).unwrap();
+        let all = load_all(&db).unwrap();
+        assert_eq!(all[0].firmware, None);
+        assert_eq!(all[1].firmware.as_deref(), Some("uefi"));
+        let keys: Vec<SeriesKey> = all.iter().map(SeriesKey::of).collect();
+        assert_eq!(keys[1].slug(), "14-STABLE_base_ufs_amd64_qemu-tcg_uefi");
+        assert_eq!(
+            keys[1].to_string(),
+            "14-STABLE base ufs amd64 on qemu-tcg (uefi)"
+        );
+        assert_eq!(keys[0].slug(), "unknown_unknown_unknown_unknown_c5.xlarge");
     }
 
     #[test]

@@ -185,6 +185,7 @@ impl Bsdec2Args {
             public_snapshots: self.public_snap,
             // bsdec2-image-upload always overwrites its parameter.
             ssm_overwrite: true,
+            preflight: None,
             images: vec![ReleaseImage {
                 path: abs,
                 spec,

@@ -47,6 +47,8 @@ pub struct PublishOptions {
     pub progress: ProgressMode,
     /// Where upload block indexes are kept.
     pub index_dir: PathBuf,
+    /// Boot each image locally before its upload (`None`: no pre-flight).
+    pub preflight: Option<crate::boot::preflight::PreflightOptions>,
 }
 
 /// Why a publish stopped.
@@ -84,6 +86,9 @@ pub enum PublishError {
     /// Some images failed; the others were published (each named).
     #[error("{}", .0.join("\n"))]
     Images(Vec<String>),
+    /// The image did not boot locally; nothing of it was uploaded or registered.
+    #[error(transparent)]
+    Preflight(#[from] crate::boot::preflight::PreflightError),
     /// Ctrl-C or SIGTERM.
     #[error("interrupted: what was done is in the journal; run the same command again to finish")]
     Interrupted,

@@ -4,13 +4,13 @@
 use serde::Serialize;
 
 use super::survey::{
-    CopyDecision, Problem, Scope, SnapshotDecision, Survey, copy_decision, deprecation_set,
-    missing_permissions, protection_missing,
+    CopyDecision, PreflightDecision, Problem, Scope, SnapshotDecision, Survey, copy_decision,
+    deprecation_set, missing_permissions, protection_missing,
 };
 use super::{PublishError, Release, ReleaseImage};
 use crate::aws::{Clients, RetryPolicy};
 use crate::params::{self, Change, Wanted};
-use crate::state::journal::{Journal, StepKey};
+use crate::state::journal::{Journal, Status, StepKey};
 
 /// What would happen to one thing.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -28,6 +28,8 @@ pub enum Verb {
     Unchanged,
     /// Would be refused (overwrite not allowed).
     Refuse,
+    /// Checked locally (the pre-flight boot).
+    Check,
 }
 
 /// One planned action.
@@ -102,6 +104,9 @@ impl Plan {
             count(Verb::Refuse),
             count(Verb::Reuse) + count(Verb::Unchanged)
         ));
+        if count(Verb::Check) > 0 {
+            out.push_str(&format!(", {} to boot locally first", count(Verb::Check)));
+        }
         if !self.problems.is_empty() || !self.checks.is_empty() {
             out.push_str("\nchecked before anything is created:");
             for c in &self.checks {
@@ -174,6 +179,27 @@ fn image_plan(
                 None => None,
             })
         };
+    let passed = match journal {
+        Some(j) => j
+            .get(&StepKey::new(name, "preflight", "local", ""))?
+            .is_some_and(|s| s.status == Status::Done),
+        None => false,
+    };
+    match s.preflight_decision(release.preflight == Some(true), passed) {
+        PreflightDecision::Boot => out.push(act(
+            "preflight",
+            "local",
+            Verb::Check,
+            crate::boot::preflight::describe(img.spec.effective_boot_mode()).into(),
+        )),
+        PreflightDecision::Passed => out.push(act(
+            "preflight",
+            "local",
+            Verb::Reuse,
+            "passed in an earlier run".into(),
+        )),
+        PreflightDecision::Skip => {}
+    }
     match s.snapshot_decision(recorded("snapshot", source, "")?) {
         SnapshotDecision::FromAmi(_) => {}
         SnapshotDecision::Reuse { id, delete, .. } => {

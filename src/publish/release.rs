@@ -111,6 +111,8 @@ struct RawRelease {
     #[serde(default)]
     ssm_overwrite: bool,
     #[serde(default)]
+    preflight: Option<bool>,
+    #[serde(default)]
     tags: BTreeMap<String, String>,
     #[serde(default)]
     copy_completion: Option<String>,
@@ -180,6 +182,9 @@ pub struct Release {
     pub public_snapshots: bool,
     /// Overwrite SSM parameters holding another AMI.
     pub ssm_overwrite: bool,
+    /// Boot every image locally before its upload (`preflight`; `None`: not said, the
+    /// command decides).
+    pub preflight: Option<bool>,
     /// The images, in file order.
     pub images: Vec<ReleaseImage>,
     /// The build date used (YYYYMMDD).
@@ -318,6 +323,7 @@ impl ReleaseFile {
             share,
             public_snapshots: r.public_snapshots,
             ssm_overwrite: r.ssm_overwrite,
+            preflight: r.preflight,
             images,
             date,
             copy_completion,

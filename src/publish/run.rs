@@ -14,7 +14,9 @@ use futures_util::future::join_all;
 use futures_util::stream::FuturesUnordered;
 use tokio::sync::{mpsc, watch};
 
-use super::survey::{Scope, SnapshotDecision, Survey, deprecation_set, missing_permissions};
+use super::survey::{
+    PreflightDecision, Scope, SnapshotDecision, Survey, deprecation_set, missing_permissions,
+};
 use super::{ImageReport, PublishError, PublishOptions, PublishReport, RegionalAmi, ReleaseImage};
 use crate::ami::{self, CopyLimiter, CopyOptions};
 use crate::aws::{Clients, ec2, tags};
@@ -168,7 +170,10 @@ impl Run<'_> {
                 if *self.stop.1.borrow() {
                     break;
                 }
-                let r = self.snapshot(img).await;
+                let r = match self.preflight(img).await {
+                    Ok(()) => self.snapshot(img).await,
+                    Err(e) => Err(e),
+                };
                 let _ = tx.send((i, r));
             }
         };
@@ -240,6 +245,49 @@ impl Run<'_> {
 
     fn key(&self, img: &ReleaseImage, kind: &str, region: &str, target: &str) -> StepKey {
         StepKey::new(img.name(), kind, region, target)
+    }
+
+    /// Boot the image locally in the firmwares its boot mode promises, before anything
+    /// of it is uploaded or registered (only the survey's read-only look-ups come
+    /// first), as the survey decides: a pass is journaled, so a resumed publish does not
+    /// boot it again, and an image whose AMI exists is not booted.
+    async fn preflight(&self, img: &ReleaseImage) -> Result<(), PublishError> {
+        let Some(opts) = &self.opts.preflight else {
+            return Ok(());
+        };
+        let key = self.key(img, "preflight", "local", "");
+        let passed = self
+            .journal
+            .get(&key)?
+            .is_some_and(|s| s.status == Status::Done);
+        if self.survey.image(img).preflight_decision(true, passed) != PreflightDecision::Boot {
+            return Ok(());
+        }
+        tracing::info!(
+            "pre-flight: {} ({}) before its upload",
+            crate::boot::preflight::describe(img.spec.effective_boot_mode()),
+            img.path.display()
+        );
+        let report = crate::boot::preflight::check(
+            &img.path,
+            &img.spec,
+            &preflight_build(img, &self.release.date),
+            opts,
+            self.stopped(),
+        )
+        .await
+        .map_err(|e| match e {
+            crate::boot::preflight::PreflightError::Interrupted => PublishError::Interrupted,
+            e => e.into(),
+        })?;
+        let firmwares: Vec<String> = report
+            .firmwares
+            .iter()
+            .map(|f| f.key().to_string())
+            .collect();
+        self.journal
+            .record(&key, Status::Done, None, Some(&firmwares.join(",")))?;
+        Ok(())
     }
 
     /// Make sure the image's snapshot exists, as the survey decides: the AMI's if the
@@ -514,4 +562,19 @@ impl Run<'_> {
         }
         Ok(errors)
     }
+}
+
+/// What build a pre-flight boots, for the history.
+fn preflight_build(img: &ReleaseImage, date: &str) -> crate::history::BuildInfo {
+    let v = |k: &str| img.vars.get(k).cloned();
+    crate::history::BuildInfo {
+        image_name: Some(img.name().to_string()),
+        version: v("version"),
+        branch: v("branch"),
+        flavour: v("flavour"),
+        fs: v("fs"),
+        arch: v("arch"),
+        build_date: v("date").or(Some(date.to_string())),
+    }
+    .normalized()
 }

@@ -641,7 +641,31 @@ pub enum SnapshotDecision {
     },
 }
 
+/// Whether an image is booted locally (the pre-flight) before its upload.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PreflightDecision {
+    /// No boot: the pre-flight is off, or the AMI exists in the source region already
+    /// (nothing of it is uploaded or registered).
+    Skip,
+    /// An earlier run's pre-flight of it passed (journalled): not booted again.
+    Passed,
+    /// Boot it in the firmwares its boot mode promises.
+    Boot,
+}
+
 impl ImageSurvey {
+    /// The pre-flight of this image when pre-flights are `on`, given whether an earlier
+    /// run's pre-flight `passed`.
+    pub fn preflight_decision(&self, on: bool, passed: bool) -> PreflightDecision {
+        if !on || matches!(self.source().ami, Ok(Some(_))) {
+            PreflightDecision::Skip
+        } else if passed {
+            PreflightDecision::Passed
+        } else {
+            PreflightDecision::Boot
+        }
+    }
+
     /// The source region's survey.
     pub fn source(&self) -> &RegionSurvey {
         &self.regions[0]
@@ -869,6 +893,27 @@ mod tests {
         assert_eq!(
             image(None, vec![]).snapshot_decision(None),
             SnapshotDecision::Upload { delete: vec![] }
+        );
+    }
+
+    #[test]
+    fn a_preflight_boots_what_is_to_be_registered_and_not_twice() {
+        let new = image(None, vec![]);
+        assert_eq!(
+            new.preflight_decision(false, false),
+            PreflightDecision::Skip
+        );
+        assert_eq!(new.preflight_decision(true, false), PreflightDecision::Boot);
+        assert_eq!(
+            new.preflight_decision(true, true),
+            PreflightDecision::Passed
+        );
+        // The AMI exists: nothing of the image is uploaded or registered again.
+        let mut there = image(None, vec![]);
+        there.regions[0].ami = Ok(Some(ami("ami-1", None, false)));
+        assert_eq!(
+            there.preflight_decision(true, false),
+            PreflightDecision::Skip
         );
     }
 

@@ -34,6 +34,7 @@ CREATE TABLE IF NOT EXISTS steps (
     PRIMARY KEY (release_id, image, kind, region, target)
 );
 ",
+    upgrade: None,
 };
 
 /// Where one step stands.

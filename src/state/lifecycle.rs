@@ -27,6 +27,7 @@ CREATE TABLE IF NOT EXISTS prune_runs (
     deleted     TEXT NOT NULL           -- JSON list of Deleted
 );
 ",
+    upgrade: None,
 };
 
 /// One image or snapshot a prune deleted.

@@ -30,7 +30,13 @@ pub struct Schema {
     pub name: &'static str,
     /// `CREATE TABLE IF NOT EXISTS ...` statements.
     pub ddl: &'static str,
+    /// Brings tables an older ec2ami made up to date (a column added since), run after
+    /// `ddl` in the same transaction; it must be idempotent.
+    pub upgrade: Option<Upgrade>,
 }
+
+/// An idempotent upgrade of a feature's older tables (see [`Schema::upgrade`]).
+pub type Upgrade = fn(&Connection) -> rusqlite::Result<()>;
 
 /// A failure of the state database, with the file it concerns.
 #[derive(Debug, thiserror::Error)]
@@ -192,6 +198,9 @@ impl StateDb {
             // tables wait for each other instead of failing on a stale read.
             let tx = c.transaction_with_behavior(TransactionBehavior::Immediate)?;
             tx.execute_batch(schema.ddl)?;
+            if let Some(upgrade) = schema.upgrade {
+                upgrade(&tx)?;
+            }
             tx.commit()
         };
         create(&mut conn.conn).map_err(|source| StateError::Schema {
@@ -280,6 +289,7 @@ mod tests {
         name: "things",
         ddl: "CREATE TABLE IF NOT EXISTS things (id INTEGER PRIMARY KEY, what TEXT NOT NULL);
               CREATE INDEX IF NOT EXISTS things_what ON things(what);",
+        upgrade: None,
     };
 
     fn tables(db: &StateDb) -> Vec<String> {
@@ -335,6 +345,7 @@ mod tests {
         let broken = Schema {
             name: "broken",
             ddl: "CREATE TABLE IF NOT EXISTS first (id INTEGER); CREATE TABLE nonsense (;",
+            upgrade: None,
         };
         let e = db.ensure_schema(&broken).unwrap_err();
         assert!(e.to_string().contains("creating the broken tables"), "{e}");

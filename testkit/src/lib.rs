@@ -12,6 +12,7 @@
 pub mod boot_fixture;
 pub mod chromium;
 mod http_util;
+pub mod images;
 pub mod moto;
 pub mod proxy;
 mod rest_ops;
@@ -19,6 +20,7 @@ pub mod strict_ebs;
 mod units;
 
 pub use boot_fixture::{BootFixture, BootSchedule, PortState};
+pub use images::TestImages;
 pub use moto::{MotoOptions, MotoServer};
 pub use proxy::{Fault, FaultProxy, FaultRule, ProxyConfig, RecordedRequest};
 pub use strict_ebs::{SnapshotView, StrictEbs, StrictEbsConfig};

@@ -110,6 +110,8 @@ impl World {
             .env("XDG_STATE_HOME", self.dir.path().join("state"))
             .env("EC2AMI_LOG", "info")
             .env("EC2AMI_PROGRESS_INTERVAL_MS", "100")
+            // The test worlds' images are not bootable; the pre-flight tests ask for it.
+            .env("EC2AMI_PREFLIGHT", "off")
             .kill_on_drop(true);
         cmd
     }

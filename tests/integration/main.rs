@@ -4,10 +4,12 @@
 
 mod bad_input;
 mod bench;
+mod boot;
 mod common;
 mod faults;
 mod history;
 mod images;
+mod imds;
 mod lifecycle;
 mod moto_ext;
 mod plan_agrees;
