@@ -12,11 +12,13 @@ pub mod boot_fixture;
 mod http_util;
 pub mod moto;
 pub mod proxy;
+pub mod realism;
 pub mod strict_ebs;
 mod units;
 
 pub use boot_fixture::{BootFixture, BootSchedule, PortState};
 pub use moto::{MotoOptions, MotoServer};
 pub use proxy::{Fault, FaultProxy, FaultRule, ProxyConfig, RecordedRequest};
+pub use realism::Realism;
 pub use strict_ebs::{SnapshotView, StrictEbs, StrictEbsConfig};
 pub use units::parse_duration;

@@ -914,6 +914,304 @@ def generate(request, full_url, headers):
 
 
 # ---------------------------------------------------------------------------------------
+# Realism (issue 15): time, eventual consistency and EBS errors as AWS has them.
+#
+# Everything here is off unless the harness asks for it through moto's environment
+# (testkit/src/realism.rs sets these; testkit/WORLD.md documents every deviation):
+#
+# - MOTO_EXT_PENDING_POLLS=N: a new image (RegisterImage, CopyImage) or snapshot (EBS
+#   CompleteSnapshot, the snapshots of a copy) is `pending` in the first N
+#   DescribeImages / DescribeSnapshots answers that show it;
+# - MOTO_EXT_LATENCY="Op=seconds,...": and for at least that long after the request
+#   (Op: RegisterImage, CopyImage, CompleteSnapshot), the harness's scaled latency model;
+# - MOTO_EXT_INVISIBLE_POLLS=N: a new image is missing from the first N DescribeImages
+#   answers that would show it (InvalidAMIID.NotFound when asked for by id);
+# - MOTO_EXT_FAIL_COPIES_TO="region,...": a copy to one of these regions ends `failed`
+#   with a StateReason, and its snapshots `error`.
+#
+# Always on: the EBS direct APIs answer ResourceNotFoundException (404, reason
+# SNAPSHOT_NOT_FOUND) for an unknown snapshot, as AWS does (moto: a KeyError, HTTP 500),
+# and a snapshot started with StartSnapshot is `pending` until CompleteSnapshot.
+
+REALISM_REQUIRED = [
+    "moto.ebs.models:EBSBackend.start_snapshot",
+    "moto.ebs.models:EBSBackend.complete_snapshot",
+    "moto.ebs.models:EBSBackend.put_snapshot_block",
+    "moto.ebs.models:EBSBackend.get_snapshot_block",
+    "moto.ebs.models:EBSBackend.list_changed_blocks",
+    "moto.ebs.models:EBSBackend.list_snapshot_blocks",
+    "moto.ec2.models.elastic_block_store:EBSBackend.describe_snapshots",
+    "moto.ec2.models.elastic_block_store:Snapshot.progress",
+    "moto.core.exceptions:JsonRESTError",
+]
+
+
+def realism_knobs(environ):
+    """The realism settings of `environ` (all off when unset)."""
+
+    def number(key):
+        text = environ.get(key) or "0"
+        try:
+            return int(text)
+        except ValueError:
+            sys.stderr.write(f"moto_ext: {key}={text!r} is not a whole number\n")
+            sys.exit(3)
+
+    latency = {}
+    for item in filter(None, (environ.get("MOTO_EXT_LATENCY") or "").split(",")):
+        op, _, secs = item.partition("=")
+        try:
+            latency[op.strip()] = float(secs)
+        except ValueError:
+            sys.stderr.write(f"moto_ext: MOTO_EXT_LATENCY item {item!r} is not Op=seconds\n")
+            sys.exit(3)
+    return {
+        "pending_polls": number("MOTO_EXT_PENDING_POLLS"),
+        "invisible_polls": number("MOTO_EXT_INVISIBLE_POLLS"),
+        "latency": latency,
+        "fail_copies_to": set(
+            filter(None, (environ.get("MOTO_EXT_FAIL_COPIES_TO") or "").split(","))
+        ),
+    }
+
+
+REALISM = realism_knobs({})
+
+# The StateReason of a copy the harness makes fail (AWS's reasons look like this one;
+# the exact text of a failed copy is not documented).
+COPY_FAILED_REASON = {
+    "Code": "Server.InternalError",
+    "Message": "Copy of the image failed: an internal error occurred (injected).",
+}
+
+
+def ebs_error(status, code, message, reason=None):
+    """An EBS direct API error as AWS answers it: the status, x-amzn-errortype, a JSON
+    body with message and reason."""
+    from moto.core.exceptions import JsonRESTError
+
+    err = JsonRESTError(code, message)
+    err.code = status
+    body = {"message": message, "Message": message}
+    if reason:
+        body["reason"] = reason
+        body["Reason"] = reason
+    err.description = json.dumps(body)
+    return err
+
+
+def snapshot_not_found(snapshot_id):
+    return ebs_error(
+        404,
+        "ResourceNotFoundException",
+        f"The snapshot '{snapshot_id}' does not exist.",
+        "SNAPSHOT_NOT_FOUND",
+    )
+
+
+def life(op, final, reason=None, invisible=0):
+    """When a new resource stops being pending: after this many answers and seconds."""
+    return {
+        "polls": REALISM["pending_polls"],
+        "until": time.monotonic() + REALISM["latency"].get(op, 0.0),
+        "invisible": invisible,
+        "final": final,
+        "reason": reason,
+    }
+
+
+def realism_on(op):
+    return bool(
+        REALISM["pending_polls"] > 0
+        or REALISM["latency"].get(op, 0.0) > 0
+        or REALISM["invisible_polls"] > 0
+        or REALISM["fail_copies_to"]
+    )
+
+
+def begin_image_life(ami, op, failed):
+    """Make a new image pending (and invisible for a while); failed copies end failed."""
+    ami._moto_ext_life = life(
+        op,
+        "failed" if failed else "available",
+        COPY_FAILED_REASON if failed else None,
+        REALISM["invisible_polls"],
+    )
+    ami.state = "pending"
+    ami.state_reason = None
+
+
+def begin_snapshot_life(snapshot, op, failed=False):
+    snapshot._moto_ext_life = life(op, "error" if failed else "completed")
+    snapshot.status = "pending"
+
+
+def shown(resource, kind):
+    """Advance a resource's life by one answer that would show it: False while it is
+    invisible; otherwise it shows the state this answer gives."""
+    lived = resource.__dict__.get("_moto_ext_life")
+    if lived is None:
+        return True
+    if lived["invisible"] > 0:
+        lived["invisible"] -= 1
+        return False
+    if lived["polls"] > 0 or time.monotonic() < lived["until"]:
+        lived["polls"] = max(0, lived["polls"] - 1)
+        return True
+    del resource.__dict__["_moto_ext_life"]
+    if kind == "image":
+        resource.state = lived["final"]
+        if lived["reason"]:
+            resource.state_reason = lived["reason"]
+    else:
+        resource.status = lived["final"]
+    return True
+
+
+def realistic_describe_images(original):
+    """DescribeImages where new images are invisible for a while, then pending."""
+
+    def describe(self):
+        result = original(self)
+        with LOCK:
+            images = [i for i in result.result["Images"] if shown(i, "image")]
+        if self._get_param("ImageIds", []) and not images:
+            raise Moto.InvalidAMIIdError(self._get_param("ImageIds", []))
+        result.result["Images"] = images
+        return result
+
+    return describe
+
+
+def realistic_describe_snapshots(original):
+    """EBSBackend.describe_snapshots where new snapshots are pending for a while."""
+
+    def describe(self, *args, **kwargs):
+        snapshots = original(self, *args, **kwargs)
+        with LOCK:
+            for s in snapshots:
+                shown(s, "snapshot")
+        return snapshots
+
+    return describe
+
+
+def snapshot_progress(snapshot):
+    """Snapshot.progress as AWS shows it: 100% only once completed."""
+    return "100%" if snapshot.status == "completed" else "0%"
+
+
+def timed_image_handler(handler, op):
+    """RegisterImage / CopyImage whose new image lives through the realism settings."""
+
+    def run(self):
+        backend = self.ec2_backend
+        before = set(backend.amis)
+        result = handler(self)
+        image_id = result.result.get("ImageId")
+        if image_id in before or not realism_on(op):
+            return result
+        ami = backend.amis.get(image_id)
+        if ami is None:
+            return result
+        failed = op == "CopyImage" and backend.region_name in REALISM["fail_copies_to"]
+        with LOCK:
+            begin_image_life(ami, op, failed)
+            if op == "CopyImage":
+                for snapshot_id in mapped_snapshots(ami):
+                    snapshot = backend.snapshots.get(snapshot_id)
+                    if snapshot is not None:
+                        begin_snapshot_life(snapshot, op, failed)
+        return result
+
+    run.__name__ = handler.__name__
+    return run
+
+
+def ebs_checked(method, *id_params):
+    """An EBS direct model method that answers ResourceNotFoundException for an unknown
+    snapshot, as AWS does."""
+    names = list(inspect.signature(method).parameters)[1:]
+
+    def run(self, *args, **kwargs):
+        given = dict(zip(names, args))
+        given.update(kwargs)
+        for p in id_params:
+            snapshot_id = given.get(p)
+            if snapshot_id is not None and snapshot_id not in self.snapshots:
+                raise snapshot_not_found(snapshot_id)
+        return method(self, *args, **kwargs)
+
+    return run
+
+
+def ebs_start_snapshot(original):
+    """StartSnapshot: the EC2 snapshot is `pending` until CompleteSnapshot (moto:
+    `completed` at once)."""
+
+    def start(self, *args, **kwargs):
+        ebs_snapshot = original(self, *args, **kwargs)
+        self.ec2_backend.snapshots[ebs_snapshot.snapshot_id].status = "pending"
+        return ebs_snapshot
+
+    return start
+
+
+def ebs_complete_snapshot(original):
+    """CompleteSnapshot: the EC2 snapshot completes after the latency model's time."""
+
+    def complete(self, snapshot_id):
+        if snapshot_id not in self.snapshots:
+            raise snapshot_not_found(snapshot_id)
+        out = original(self, snapshot_id)
+        snapshot = self.ec2_backend.snapshots[snapshot_id]
+        with LOCK:
+            if realism_on("CompleteSnapshot"):
+                begin_snapshot_life(snapshot, "CompleteSnapshot")
+            else:
+                snapshot.status = "completed"
+        return out
+
+    return complete
+
+
+def install_realism():
+    """Patch moto for the realism settings of this process's environment."""
+    missing = []
+    for spec in REALISM_REQUIRED:
+        module, _, path = spec.partition(":")
+        try:
+            obj = importlib.import_module(module)
+            for name in path.split("."):
+                obj = getattr(obj, name)
+        except (ImportError, AttributeError):
+            missing.append(spec)
+    if missing:
+        sys.stderr.write(
+            f"moto_ext: moto lacks what the realism section relies on: {', '.join(missing)}\n"
+        )
+        sys.exit(3)
+    REALISM.update(realism_knobs(os.environ))
+    ebs_models = importlib.import_module("moto.ebs.models")
+    Ebs = ebs_models.EBSBackend
+    Ebs.start_snapshot = ebs_start_snapshot(Ebs.start_snapshot)
+    Ebs.complete_snapshot = ebs_complete_snapshot(Ebs.complete_snapshot)
+    Ebs.put_snapshot_block = ebs_checked(Ebs.put_snapshot_block, "snapshot_id")
+    Ebs.get_snapshot_block = ebs_checked(Ebs.get_snapshot_block, "snapshot_id")
+    Ebs.list_snapshot_blocks = ebs_checked(Ebs.list_snapshot_blocks, "snapshot_id")
+    Ebs.list_changed_blocks = ebs_checked(
+        Ebs.list_changed_blocks, "first_snapshot_id", "second_snapshot_id"
+    )
+    Ec2Ebs = Moto.EBSBackend
+    Ec2Ebs.describe_snapshots = realistic_describe_snapshots(Ec2Ebs.describe_snapshots)
+    store = importlib.import_module("moto.ec2.models.elastic_block_store")
+    store.Snapshot.progress = property(snapshot_progress)
+    ORIGINAL["describe_images"] = realistic_describe_images(ORIGINAL["describe_images"])
+    Moto.AmisResponse.register_image = timed_image_handler(register_image, "RegisterImage")
+    Moto.AmisResponse.copy_image = timed_image_handler(copy_image, "CopyImage")
+
+
+# ---------------------------------------------------------------------------------------
 
 ORIGINAL = {}
 
@@ -951,6 +1249,7 @@ def install():
     Moto.ElasticBlockStore.describe_snapshots = describe_snapshots
     Moto.LaunchTemplates.describe_launch_template_versions = describe_launch_template_versions
     Moto.url_paths["{0}/moto-api/ec2ami/generate"] = generate
+    install_realism()
 
 
 def opt_in_everywhere():

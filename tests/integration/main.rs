@@ -12,5 +12,6 @@ mod moto_ext;
 mod plan_agrees;
 mod prune;
 mod publish;
+mod realism;
 mod roundtrip;
 mod shipped;

@@ -20,6 +20,7 @@ mod moto_fixups;
 mod record;
 #[cfg(test)]
 mod test_support;
+pub mod vocabulary;
 
 use std::io;
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -42,6 +43,7 @@ use record::recorded;
 
 pub use faults::{Fault, FaultRule};
 pub use record::RecordedRequest;
+pub use vocabulary::DocumentedError;
 
 /// Request bodies larger than this are refused (413).
 const MAX_REQUEST_BODY: usize = 64 * 1024 * 1024;
@@ -203,7 +205,9 @@ impl ProxyInner {
         let fault = self.pick_fault(&op, &region);
         let mut rec = recorded(&parts, &body, service, region, &op, fault.as_ref());
         match &fault {
-            Some(f @ (Fault::Throttle | Fault::Status(_) | Fault::AccessDenied)) => {
+            Some(
+                f @ (Fault::Throttle | Fault::Status(_) | Fault::AccessDenied | Fault::Code(_)),
+            ) => {
                 let resp = error_response(proto, f);
                 rec.status = resp.status().as_u16();
                 self.record(rec);

@@ -1,0 +1,378 @@
+//! ec2ami in a world that behaves like AWS rather than like moto: every retryable
+//! error code each service documents, sent the way the service sends it; images and
+//! snapshots that stay `pending`, images that are invisible for a while after they are
+//! made, copies that fail in one region. Each test checks the final state read back
+//! from the world and what went over the wire, computed here independently.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use ec2ami_testkit::proxy::vocabulary;
+use ec2ami_testkit::{Fault, FaultRule, MotoOptions, Realism};
+
+use crate::common::*;
+
+/// A release of `images` images (x86_64 / arm64 alternating) to `regions`, each with a
+/// parameter `/realism/{arch}/{n}`; `best_effort` regions as given.
+fn release(dir: &Path, regions: &[&str], images: usize, best_effort: &[&str]) -> PathBuf {
+    let list = |rs: &[&str]| {
+        rs.iter()
+            .map(|r| format!("{r:?}"))
+            .collect::<Vec<_>>()
+            .join(", ")
+    };
+    let mut text = format!(
+        r#"
+regions = [{}]
+best_effort = [{}]
+ssm = ["/realism/{{arch}}/{{n}}"]
+
+[defaults]
+version = "1.0"
+name = "Realism {{version}} {{arch}} {{n}}"
+boot_mode = "uefi"
+"#,
+        list(regions),
+        list(best_effort)
+    );
+    for i in 0..images {
+        text.push_str(&format!(
+            "\n[[image]]\npath = \"img{i}.raw\"\narch = \"{}\"\nn = \"{i}\"\n",
+            arch(i)
+        ));
+        sparse_file(
+            &dir.join(format!("img{i}.raw")),
+            8 * MIB,
+            &[(i as u64 * MIB, random_bytes(700 + i as u64, MIB as usize))],
+        );
+    }
+    let path = dir.join("release.toml");
+    std::fs::write(&path, text).unwrap();
+    path
+}
+
+fn arch(i: usize) -> &'static str {
+    if i.is_multiple_of(2) {
+        "x86_64"
+    } else {
+        "arm64"
+    }
+}
+
+fn image_name(i: usize) -> String {
+    format!("Realism 1.0 {} {i}", arch(i))
+}
+
+fn param(i: usize) -> String {
+    format!("/realism/{}/{i}", arch(i))
+}
+
+/// Per region: our images (name -> (id, state, public)) and each parameter's value.
+#[derive(Debug)]
+struct Seen {
+    images: BTreeMap<String, BTreeMap<String, (String, String)>>,
+    params: BTreeMap<String, BTreeMap<String, String>>,
+}
+
+/// Read the world back (the checks ride out faults with the SDK's own retries).
+async fn seen(world: &World, regions: &[&str], images: usize) -> Seen {
+    let mut s = Seen {
+        images: BTreeMap::new(),
+        params: BTreeMap::new(),
+    };
+    world.proxy.set_rules(vec![]);
+    for region in regions {
+        let c = world.clients().await.in_region(region);
+        let out = c.ec2.describe_images().owners("self").send().await.unwrap();
+        let imgs = out
+            .images()
+            .iter()
+            .map(|i| {
+                (
+                    i.name().unwrap().to_string(),
+                    (
+                        i.image_id().unwrap().to_string(),
+                        i.state()
+                            .map(|s| s.as_str().to_string())
+                            .unwrap_or_default(),
+                    ),
+                )
+            })
+            .collect();
+        s.images.insert(region.to_string(), imgs);
+        let mut params = BTreeMap::new();
+        for i in 0..images {
+            if let Ok(out) = c.ssm.get_parameter().name(param(i)).send().await {
+                params.insert(
+                    param(i),
+                    out.parameter().unwrap().value().unwrap().to_string(),
+                );
+            }
+        }
+        s.params.insert(region.to_string(), params);
+    }
+    s
+}
+
+/// Every image of the release is available in every region in `complete`, once, and
+/// each parameter there points at it.
+fn assert_published(s: &Seen, complete: &[&str], images: usize) {
+    for region in complete {
+        let imgs = &s.images[*region];
+        assert_eq!(imgs.len(), images, "{region}: {imgs:?}");
+        for i in 0..images {
+            let (id, state) = imgs
+                .get(&image_name(i))
+                .unwrap_or_else(|| panic!("{region}: no {}: {imgs:?}", image_name(i)));
+            assert_eq!(state, "available", "{region} {id}");
+            assert_eq!(
+                s.params[*region].get(&param(i)),
+                Some(id),
+                "{region}: {} points at {id}",
+                param(i)
+            );
+        }
+    }
+}
+
+/// The operations of each service a publish calls often enough to carry injected
+/// faults, in the order codes are spread over them.
+fn carriers(service: &str) -> &'static [&'static str] {
+    match service {
+        "ebs" => &["PutSnapshotBlock", "StartSnapshot", "CompleteSnapshot"],
+        "ec2" => &[
+            "DescribeImages",
+            "RegisterImage",
+            "CopyImage",
+            "DescribeSnapshots",
+        ],
+        "ssm" => &["PutParameter", "GetParameters"],
+        _ => &[],
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_publish_survives_every_documented_retryable_code() {
+    let world = World::moto().await;
+    let regions = ["us-east-1", "us-west-2"];
+    let rel = release(world.dir.path(), &regions, 2, &[]);
+    // Each documented retryable code of EC2, EBS and SSM, once, on an operation of its
+    // service that a publish calls (STS: ec2ami calls it only through the SDK's
+    // credential providers; its codes are checked by the retry layer's unit tests).
+    let mut rules = Vec::new();
+    let mut expected = Vec::new();
+    for service in ["ebs", "ec2", "ssm"] {
+        let ops = carriers(service);
+        for (i, d) in vocabulary::retryable(service).into_iter().enumerate() {
+            let op = ops[i % ops.len()];
+            rules.push(FaultRule::first_n(Some(op), Fault::Code(d.code), 1));
+            expected.push((op, d.code));
+        }
+    }
+    assert!(expected.len() >= 15, "{expected:?}");
+    world.proxy.set_rules(rules);
+    let run = world.run(&["publish", rel.to_str().unwrap()]).await;
+    run.assert_ok();
+    // Every code was sent (a test where a fault did not fire proves nothing) ...
+    let faults: Vec<(String, String)> = world
+        .proxy
+        .requests()
+        .into_iter()
+        .filter_map(|r| r.fault.map(|f| (r.operation, f)))
+        .collect();
+    for (op, code) in &expected {
+        assert!(
+            faults
+                .iter()
+                .any(|(o, f)| o == op && *f == format!("Code({code})")),
+            "{code} was never sent to {op}: {faults:?}"
+        );
+    }
+    // ... and retried: the log names each retry.
+    for (_, code) in &expected {
+        assert!(
+            run.stderr
+                .lines()
+                .any(|l| l.contains("retrying") && l.contains(code)),
+            "no retry of {code} logged:\n{}",
+            run.stderr
+        );
+    }
+    let s = seen(&world, &regions, 2).await;
+    assert_published(&s, &regions, 2);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn permanent_codes_fail_fast_naming_the_code() {
+    let world = World::moto().await;
+    let regions = ["us-east-1"];
+    let rel = release(world.dir.path(), &regions, 1, &[]);
+    for (op, code) in [
+        ("StartSnapshot", "ServiceQuotaExceededException"),
+        ("RegisterImage", "IdempotentParameterMismatch"),
+    ] {
+        world
+            .proxy
+            .set_rules(vec![FaultRule::first_n(Some(op), Fault::Code(code), 100)]);
+        world.proxy.clear_requests();
+        let run = world.run(&["publish", rel.to_str().unwrap()]).await;
+        run.assert_failed_with(code);
+        assert_eq!(world.proxy.count(op), 1, "{code} is not retried");
+    }
+}
+
+/// A world whose images and snapshots take time: pending for `polls` answers and the
+/// scaled latency model, new images invisible for one answer, copies failing in `fail`.
+async fn slow_world(polls: u32, fail: &[&str]) -> World {
+    let mut realism = Realism::scaled(0.005, polls);
+    realism.invisible_polls = 1;
+    realism.fail_copies_to = fail.iter().map(|r| r.to_string()).collect();
+    World::moto_with(MotoOptions {
+        realism,
+        ..MotoOptions::default()
+    })
+    .await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_world_shows_pending_invisible_and_failed_states() {
+    // The world itself, through the SDK: ec2ami's tests are only as good as this.
+    let world = slow_world(2, &["eu-west-1"]).await;
+    let c = world.clients().await;
+    let img = world.path("w.raw");
+    sparse_file(&img, 4 * MIB, &[(0, random_bytes(9, MIB as usize))]);
+    // A direct-API snapshot is pending until CompleteSnapshot, then for 2 answers.
+    let up = world.upload(&img, &[]).await;
+    let snap = up["snapshot_id"].as_str().unwrap().to_string();
+    let reg = c
+        .ec2
+        .register_image()
+        .name("world-check")
+        .architecture(aws_sdk_ec2::types::ArchitectureValues::X8664)
+        .root_device_name("/dev/sda1")
+        .virtualization_type("hvm")
+        .block_device_mappings(
+            aws_sdk_ec2::types::BlockDeviceMapping::builder()
+                .device_name("/dev/sda1")
+                .ebs(
+                    aws_sdk_ec2::types::EbsBlockDevice::builder()
+                        .snapshot_id(&snap)
+                        .build(),
+                )
+                .build(),
+        )
+        .send()
+        .await
+        .unwrap();
+    let id = reg.image_id().unwrap().to_string();
+    let by_id = || async {
+        c.ec2
+            .describe_images()
+            .image_ids(&id)
+            .send()
+            .await
+            .map(|o| o.images()[0].state().unwrap().as_str().to_string())
+    };
+    // Invisible first (eventual consistency): AWS's InvalidAMIID.NotFound.
+    let e = by_id().await.unwrap_err();
+    assert_eq!(
+        aws_sdk_ec2::error::ProvideErrorMetadata::code(&e),
+        Some("InvalidAMIID.NotFound"),
+        "{e:?}"
+    );
+    assert_eq!(by_id().await.unwrap(), "pending");
+    assert_eq!(by_id().await.unwrap(), "pending");
+    // Then available once the (scaled) registration time has passed.
+    let mut state = by_id().await.unwrap();
+    for _ in 0..50 {
+        if state != "pending" {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        state = by_id().await.unwrap();
+    }
+    assert_eq!(state, "available");
+    // A copy to the failing region ends failed, with a reason.
+    let eu = c.in_region("eu-west-1");
+    let copy = eu
+        .ec2
+        .copy_image()
+        .source_image_id(&id)
+        .source_region("us-east-1")
+        .name("world-check")
+        .send()
+        .await
+        .unwrap();
+    let cid = copy.image_id().unwrap().to_string();
+    let mut last = None;
+    for _ in 0..100 {
+        let out = eu.ec2.describe_images().image_ids(&cid).send().await;
+        if let Ok(o) = out {
+            let i = &o.images()[0];
+            if i.state().unwrap().as_str() != "pending" {
+                last = Some(i.clone());
+                break;
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let last = last.expect("the copy leaves pending");
+    assert_eq!(last.state().unwrap().as_str(), "failed");
+    let reason = last.state_reason().unwrap();
+    assert_eq!(reason.code(), Some("Server.InternalError"));
+    assert!(
+        reason
+            .message()
+            .unwrap()
+            .contains("Copy of the image failed")
+    );
+    // The EBS direct APIs answer an unknown snapshot with 404 ResourceNotFoundException
+    // (moto: a 500), passed through by the proxy as is.
+    let e = c
+        .ebs
+        .list_snapshot_blocks()
+        .snapshot_id("snap-0123456789abcdef0")
+        .send()
+        .await
+        .unwrap_err();
+    let svc = e.into_service_error();
+    assert!(svc.is_resource_not_found_exception(), "{svc:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn publish_waits_out_pending_and_invisible_images_and_keeps_best_effort_failures() {
+    let regions = ["us-east-1", "us-west-2", "eu-west-1"];
+    let world = slow_world(2, &["eu-west-1"]).await;
+    let rel = release(world.dir.path(), &regions, 2, &["eu-west-1"]);
+    let run = world.run(&["publish", rel.to_str().unwrap()]).await;
+    run.assert_ok();
+    assert!(
+        run.stderr.contains("eu-west-1") && run.stderr.contains("Copy of the image failed"),
+        "the best-effort failure is reported with its reason:\n{}",
+        run.stderr
+    );
+    let s = seen(&world, &regions, 2).await;
+    assert_published(&s, &["us-east-1", "us-west-2"], 2);
+    // The failed copies: no parameter points at them.
+    assert!(
+        s.params["eu-west-1"].is_empty(),
+        "no parameter for a failed copy: {:?}",
+        s.params["eu-west-1"]
+    );
+    // ec2ami waited by polling: more DescribeImages than images, not one per image.
+    let polls = world.proxy.count("DescribeImages");
+    assert!(polls > 2 * regions.len(), "{polls} DescribeImages");
+
+    // The same failure in a region that is not best effort fails the publish, naming
+    // the region and AWS's reason.
+    let world = slow_world(1, &["us-west-2"]).await;
+    let rel = release(world.dir.path(), &regions[..2], 1, &[]);
+    let run = world.run(&["publish", rel.to_str().unwrap()]).await;
+    run.assert_failed_with("us-west-2");
+    assert!(
+        run.stderr.contains("Copy of the image failed"),
+        "{}",
+        run.stderr
+    );
+}
