@@ -1212,6 +1212,155 @@ def install_realism():
 
 
 # ---------------------------------------------------------------------------------------
+# Limits and rules as AWS documents them (issue 15). Always on.
+#
+# - EnableImageDeprecation: a public image cannot be deprecated more than 2 years after
+#   its creation (private: 10 years from now, checked by `deprecation_time`).
+# - ClientToken (CopyImage, RunInstances): at most 64 ASCII characters.
+# - RunInstances honours ClientToken: a retry with the same token and parameters answers
+#   the first launch's reservation instead of launching again (moto launches again); other
+#   parameters with the same token: IdempotentParameterMismatch.
+# - SSM PutParameter: a parameter's data type cannot change to or from aws:ec2:image
+#   (ValidationException); an aws:ec2:image value that is not an AMI of the region is
+#   validated after the answer: PutParameter succeeds but nothing is stored.
+
+PUBLIC_DEPRECATION_LIMIT = datetime.timedelta(days=730)
+CLIENT_TOKEN_MAX = 64
+AMI_ID_RE = re.compile(r"ami-(?:[0-9a-f]{8}|[0-9a-f]{17})")
+IMAGE_DATA_TYPE = "aws:ec2:image"
+
+
+def check_client_token(token):
+    if token is not None and (len(token) > CLIENT_TOKEN_MAX or not token.isascii()):
+        raise error(
+            "InvalidParameterValue",
+            f"Value ({token}) for parameter clientToken is invalid. The client token must "
+            f"be at most {CLIENT_TOKEN_MAX} ASCII characters.",
+        )
+
+
+def limited_enable_image_deprecation(original):
+    """EnableImageDeprecation refusing a public image's date past 2 years after creation."""
+
+    def enable(self):
+        image_id = self._get_param("ImageId")
+        when = self._get_param("DeprecateAt")
+        ami = self.ec2_backend.amis.get(image_id)
+        if ami is not None and when is not None and ami.is_public:
+            created = ami.creation_date
+            if isinstance(created, str):
+                created = naive_utc(created)
+            if parse_time(when).replace(tzinfo=None) > created + PUBLIC_DEPRECATION_LIMIT:
+                raise error(
+                    "InvalidParameterValue",
+                    f"The deprecation time of a public AMI can't be more than 2 years after "
+                    f"its creation date ({created:%Y-%m-%dT%H:%M:%SZ}) for {image_id}.",
+                )
+        return original(self)
+
+    enable.__name__ = original.__name__
+    return enable
+
+
+def limited_copy_image(original):
+    def copy(self):
+        check_client_token(self._get_param("ClientToken"))
+        return original(self)
+
+    copy.__name__ = original.__name__
+    return copy
+
+
+def idempotent_run_instances(original):
+    """RunInstances that honours ClientToken, as AWS does."""
+
+    def run(self):
+        token = self._get_param("ClientToken")
+        if token is None:
+            return original(self)
+        check_client_token(token)
+        request = repr(
+            sorted((k, repr(v)) for k, v in self.params.items() if k != "ClientToken")
+        )
+        with LOCK:
+            tokens = region_state(self.ec2_backend, "run_tokens", {})
+            if token in tokens:
+                earlier, result = tokens[token]
+                if earlier != request:
+                    raise error(
+                        "IdempotentParameterMismatch",
+                        f"The client token {token} was already used with other parameters.",
+                    )
+                return result
+            result = original(self)
+            tokens[token] = (request, result)
+        return result
+
+    run.__name__ = original.__name__
+    return run
+
+
+def ssm_error(code, message):
+    from moto.core.exceptions import JsonRESTError
+
+    return JsonRESTError(code, message)
+
+
+def validated_put_parameter(original):
+    """PutParameter with AWS's data type rules and aws:ec2:image validation."""
+
+    def put(self):
+        name = self._get_param("Name")
+        value = self._get_param("Value")
+        data_type = self._get_param("DataType")
+        overwrite = bool(self._get_param("Overwrite", False))
+        previous = self.ssm_backend.get_parameter(name) if name else None
+        if previous is not None and overwrite and data_type is not None:
+            if (data_type == IMAGE_DATA_TYPE) != (previous.data_type == IMAGE_DATA_TYPE):
+                raise ssm_error(
+                    "ValidationException",
+                    f"The data type of parameter {name} is {previous.data_type}; it can't "
+                    f"be changed to {data_type}.",
+                )
+        effective = data_type or (previous.data_type if previous is not None else "text")
+        if effective == IMAGE_DATA_TYPE and (previous is None or overwrite):
+            ec2 = Moto.ec2_backends[self.current_account][self.region]
+            ami = ec2.amis.get(value) if AMI_ID_RE.fullmatch(value or "") else None
+            if ami is None or ami.state in ("failed", "error", "deregistered"):
+                # Validated after the answer: AWS answers success and stores nothing.
+                version = previous.version + 1 if previous is not None else 1
+                return Moto.ActionResult({"Version": version, "Tier": "Standard"})
+        result = original(self)
+        if data_type is None and previous is not None:
+            # An overwrite that names no data type keeps the parameter's (moto: `text`).
+            latest = self.ssm_backend.get_parameter(name)
+            if latest is not None:
+                latest.data_type = previous.data_type
+        return result
+
+    put.__name__ = original.__name__
+    return put
+
+
+def install_limits():
+    """Patch moto for the limits and rules above."""
+    instances = importlib.import_module("moto.ec2.responses.instances").InstanceResponse
+    ssm = importlib.import_module("moto.ssm.responses").SimpleSystemManagerResponse
+    if not all(
+        hasattr(c, m)
+        for c, m in ((instances, "run_instances"), (ssm, "put_parameter"))
+    ) or not issubclass(Moto.EC2Response, instances):
+        sys.stderr.write("moto_ext: moto lacks InstanceResponse.run_instances or SSM put_parameter\n")
+        sys.exit(3)
+    Moto.AmisResponse.enable_image_deprecation = limited_enable_image_deprecation(
+        Moto.AmisResponse.enable_image_deprecation
+    )
+    Moto.AmisResponse.copy_image = limited_copy_image(Moto.AmisResponse.copy_image)
+    instances.run_instances = idempotent_run_instances(instances.run_instances)
+    ssm.put_parameter = validated_put_parameter(ssm.put_parameter)
+
+
+# ---------------------------------------------------------------------------------------
 
 ORIGINAL = {}
 
@@ -1250,6 +1399,7 @@ def install():
     Moto.LaunchTemplates.describe_launch_template_versions = describe_launch_template_versions
     Moto.url_paths["{0}/moto-api/ec2ami/generate"] = generate
     install_realism()
+    install_limits()
 
 
 def opt_in_everywhere():

@@ -262,6 +262,7 @@ async fn with_a_parameter_holding_another_ami() {
         .name(PARAM_ARM64)
         .value(&other)
         .r#type(aws_sdk_ssm::types::ParameterType::String)
+        .data_type("aws:ec2:image")
         .overwrite(true)
         .send()
         .await

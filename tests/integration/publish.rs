@@ -436,20 +436,37 @@ async fn bad_release_files_fail_before_any_mutating_request() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn parameters_are_not_clobbered_unless_allowed() {
-    let world = World::moto().await;
+    // Someone else's value in one region: an AMI of Amazon's (SSM keeps only AMI ids
+    // of the region in an aws:ec2:image parameter).
+    let world = World::moto_with(ec2ami_testkit::MotoOptions {
+        amazon_images: true,
+        ..Default::default()
+    })
+    .await;
     let release = example_release(world.dir.path(), false);
-    // Someone else's value in one region.
     let c = world.clients().await.in_region("us-west-2");
+    let foreign = c
+        .ec2
+        .describe_images()
+        .owners("amazon")
+        .send()
+        .await
+        .unwrap()
+        .images()[0]
+        .image_id()
+        .unwrap()
+        .to_string();
     c.ssm
         .put_parameter()
         .name(PARAM_AMD64)
-        .value("ami-0123456789abcdef0")
+        .value(&foreign)
         .r#type(aws_sdk_ssm::types::ParameterType::String)
+        .data_type("aws:ec2:image")
         .send()
         .await
         .unwrap();
     let run = publish(&world, &release, &[]).await;
-    run.assert_failed_with("holds ami-0123456789abcdef0");
+    run.assert_failed_with(&format!("holds {foreign}"));
     assert!(run.stderr.contains("--allow-clobber") || run.stderr.contains("ssm_overwrite"));
     let value = |c: aws_sdk_ssm::Client| async move {
         c.get_parameter()
@@ -463,7 +480,7 @@ async fn parameters_are_not_clobbered_unless_allowed() {
             .unwrap()
             .to_string()
     };
-    assert_eq!(value(c.ssm.clone()).await, "ami-0123456789abcdef0");
+    assert_eq!(value(c.ssm.clone()).await, foreign);
 
     // Allowed in the release file: replaced, and the plan said old -> new first.
     let text = std::fs::read_to_string(&release)
@@ -474,7 +491,7 @@ async fn parameters_are_not_clobbered_unless_allowed() {
     plan.assert_ok();
     assert!(
         plan.stdout
-            .contains(&format!("{PARAM_AMD64}: ami-0123456789abcdef0 -> ami-")),
+            .contains(&format!("{PARAM_AMD64}: {foreign} -> ami-")),
         "{}",
         plan.stdout
     );

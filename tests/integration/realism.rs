@@ -376,3 +376,217 @@ async fn publish_waits_out_pending_and_invisible_images_and_keeps_best_effort_fa
         run.stderr
     );
 }
+
+/// Register a small image through ec2ami in `world` (us-east-1): its id.
+async fn one_image(world: &World) -> String {
+    let rel = release(world.dir.path(), &["us-east-1"], 1, &[]);
+    world
+        .run(&["publish", rel.to_str().unwrap()])
+        .await
+        .assert_ok();
+    let s = seen(world, &["us-east-1"], 1).await;
+    s.images["us-east-1"][&image_name(0)].0.clone()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ssm_keeps_its_data_type_and_drops_values_that_are_not_amis() {
+    let world = World::moto().await;
+    let id = one_image(&world).await;
+    let c = world.clients().await;
+    // The world: an aws:ec2:image value that is no AMI is answered with success and
+    // not stored; a data type does not change.
+    let put = c
+        .ssm
+        .put_parameter()
+        .name("/realism/bogus")
+        .value("ami-0123456789abcdef0")
+        .r#type(aws_sdk_ssm::types::ParameterType::String)
+        .data_type("aws:ec2:image")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(put.version(), 1);
+    let e = c
+        .ssm
+        .get_parameter()
+        .name("/realism/bogus")
+        .send()
+        .await
+        .unwrap_err();
+    assert!(
+        e.into_service_error().is_parameter_not_found(),
+        "an invalid aws:ec2:image value is not stored"
+    );
+    c.ssm
+        .put_parameter()
+        .name("/realism/text")
+        .value("hello")
+        .r#type(aws_sdk_ssm::types::ParameterType::String)
+        .send()
+        .await
+        .unwrap();
+
+    // ec2ami: overwriting the text parameter with an AMI id fails clearly, and the
+    // parameter keeps its value.
+    let run = world
+        .run(&[
+            "params",
+            "put",
+            "--image",
+            &id,
+            "--regions",
+            "us-east-1",
+            "--allow-clobber",
+            "/realism/text",
+        ])
+        .await;
+    run.assert_failed_with("/realism/text");
+    assert!(run.stderr.contains("data type"), "{}", run.stderr);
+    let v = c.ssm.get_parameter().name("/realism/text").send().await;
+    assert_eq!(v.unwrap().parameter().unwrap().value(), Some("hello"));
+
+    // A parameter whose AMI is gone, promoted: SSM answers success and stores nothing;
+    // ec2ami's read-back notices and says so.
+    c.ec2.deregister_image().image_id(&id).send().await.unwrap();
+    world.proxy.clear_requests();
+    let run = world
+        .run(&[
+            "params",
+            "promote",
+            &param(0),
+            "/realism/stable",
+            "--regions",
+            "us-east-1",
+            "--wait-timeout",
+            "2s",
+        ])
+        .await;
+    run.assert_failed_with("/realism/stable");
+    assert!(
+        run.stderr.contains("reads back as nothing") && run.stderr.contains(&id),
+        "{}",
+        run.stderr
+    );
+    assert_eq!(
+        world.proxy.count("PutParameter"),
+        1,
+        "one write, then reads"
+    );
+    assert!(
+        world.proxy.count("GetParameters") > 2,
+        "read back until the deadline"
+    );
+    let e = c
+        .ssm
+        .get_parameter()
+        .name("/realism/stable")
+        .send()
+        .await
+        .unwrap_err();
+    assert!(e.into_service_error().is_parameter_not_found());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn deprecation_and_client_token_limits_are_aws_limits() {
+    let world = World::moto().await;
+    let id = one_image(&world).await;
+    let c = world.clients().await;
+    let years = |n: f64| {
+        aws_sdk_ec2::primitives::DateTime::from_secs(
+            aws_sdk_ec2::primitives::DateTime::from(std::time::SystemTime::now()).secs()
+                + (n * 365.0 * 86_400.0) as i64,
+        )
+    };
+    let deprecate = |at| {
+        c.ec2
+            .enable_image_deprecation()
+            .image_id(&id)
+            .deprecate_at(at)
+            .send()
+    };
+    // Private: up to 10 years ahead.
+    deprecate(years(5.0)).await.unwrap();
+    // Public: at most 2 years after creation.
+    c.ec2
+        .modify_image_attribute()
+        .image_id(&id)
+        .launch_permission(
+            aws_sdk_ec2::types::LaunchPermissionModifications::builder()
+                .add(
+                    aws_sdk_ec2::types::LaunchPermission::builder()
+                        .group(aws_sdk_ec2::types::PermissionGroup::All)
+                        .build(),
+                )
+                .build(),
+        )
+        .send()
+        .await
+        .unwrap();
+    let e = deprecate(years(2.5)).await.unwrap_err();
+    assert_eq!(
+        aws_sdk_ec2::error::ProvideErrorMetadata::code(&e),
+        Some("InvalidParameterValue")
+    );
+    deprecate(years(1.5)).await.unwrap();
+    // ClientToken: at most 64 ASCII characters.
+    let e = c
+        .in_region("us-west-2")
+        .ec2
+        .copy_image()
+        .source_image_id(&id)
+        .source_region("us-east-1")
+        .name("too-long-token")
+        .client_token("x".repeat(65))
+        .send()
+        .await
+        .unwrap_err();
+    assert_eq!(
+        aws_sdk_ec2::error::ProvideErrorMetadata::code(&e),
+        Some("InvalidParameterValue")
+    );
+    // RunInstances honours ClientToken: the same token, the same instance.
+    let launch = |token: &'static str, t: &'static str| {
+        c.ec2
+            .run_instances()
+            .image_id(&id)
+            .instance_type(t.into())
+            .min_count(1)
+            .max_count(1)
+            .client_token(token)
+            .send()
+    };
+    let a = launch("tok-1", "c5.xlarge").await.unwrap();
+    let b = launch("tok-1", "c5.xlarge").await.unwrap();
+    assert_eq!(
+        a.instances()[0].instance_id(),
+        b.instances()[0].instance_id()
+    );
+    let e = launch("tok-1", "m5.large").await.unwrap_err();
+    assert_eq!(
+        aws_sdk_ec2::error::ProvideErrorMetadata::code(&e),
+        Some("IdempotentParameterMismatch")
+    );
+    let n = c
+        .ec2
+        .describe_instances()
+        .send()
+        .await
+        .unwrap()
+        .reservations()
+        .iter()
+        .map(|r| r.instances().len())
+        .sum::<usize>();
+    assert_eq!(n, 1);
+
+    // ec2ami refuses a public release deprecated past the limit before creating anything.
+    let rel = release(world.dir.path(), &["us-east-1"], 1, &[]);
+    let text = std::fs::read_to_string(&rel).unwrap().replace(
+        "[defaults]",
+        "public = true\n\n[defaults]\ndeprecate_in = \"800d\"",
+    );
+    std::fs::write(&rel, text).unwrap();
+    world.proxy.clear_requests();
+    let run = world.run(&["publish", rel.to_str().unwrap()]).await;
+    run.assert_failed_with("2 years after it is created for a public AMI");
+    assert!(mutating(&world).is_empty(), "{:?}", mutating(&world));
+}
