@@ -534,6 +534,40 @@ mod tests {
     }
 
     #[test]
+    fn backoff_spreads_over_its_whole_range_and_grows() {
+        // Full jitter: uniform in 0..=ceiling. A backoff that never waits (or always
+        // waits the ceiling) fails here: the lower bound of the test.
+        let p = RetryPolicy {
+            max_attempts: 10,
+            base_delay: Duration::from_millis(100),
+            max_delay: Duration::from_secs(2),
+            deadline: Duration::from_secs(60),
+        };
+        let mut previous_mean = 0.0;
+        for attempt in 0..5u32 {
+            let ceiling = (100u64 << attempt).min(2000) as f64;
+            let draws: Vec<f64> = (0..2000)
+                .map(|_| p.backoff(attempt).as_secs_f64() * 1000.0)
+                .collect();
+            let mean = draws.iter().sum::<f64>() / draws.len() as f64;
+            assert!(
+                (0.4 * ceiling..=0.6 * ceiling).contains(&mean),
+                "attempt {attempt}: mean {mean} ms of ceiling {ceiling} ms"
+            );
+            assert!(
+                draws.iter().any(|d| *d >= 0.9 * ceiling),
+                "attempt {attempt}"
+            );
+            assert!(
+                draws.iter().any(|d| *d <= 0.1 * ceiling),
+                "attempt {attempt}"
+            );
+            assert!(mean > previous_mean, "backoff grows with the attempt");
+            previous_mean = mean;
+        }
+    }
+
+    #[test]
     fn backoff_is_bounded_by_ceiling() {
         let p = RetryPolicy {
             max_attempts: 10,

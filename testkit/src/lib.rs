@@ -18,7 +18,7 @@ mod units;
 
 pub use boot_fixture::{BootFixture, BootSchedule, PortState};
 pub use moto::{MotoOptions, MotoServer};
-pub use proxy::{Fault, FaultProxy, FaultRule, ProxyConfig, RecordedRequest};
+pub use proxy::{Fault, FaultProxy, FaultRule, Gate, ProxyConfig, RecordedRequest};
 pub use realism::Realism;
 pub use strict_ebs::{SnapshotView, StrictEbs, StrictEbsConfig};
 pub use units::parse_duration;

@@ -590,3 +590,125 @@ async fn deprecation_and_client_token_limits_are_aws_limits() {
     run.assert_failed_with("2 years after it is created for a public AMI");
     assert!(mutating(&world).is_empty(), "{:?}", mutating(&world));
 }
+
+/// The launch permissions of `image` in `region`, read back from the world as
+/// "user:ID" / "org:ARN" / "ou:ARN" / "group:all".
+async fn permissions(world: &World, region: &str, image: &str) -> Vec<String> {
+    let c = world.clients().await.in_region(region);
+    let out = c
+        .ec2
+        .describe_image_attribute()
+        .image_id(image)
+        .attribute(aws_sdk_ec2::types::ImageAttributeName::LaunchPermission)
+        .send()
+        .await
+        .unwrap();
+    let mut v: Vec<String> = out
+        .launch_permissions()
+        .iter()
+        .map(|p| {
+            if let Some(u) = p.user_id() {
+                format!("user:{u}")
+            } else if let Some(o) = p.organization_arn() {
+                format!("org:{o}")
+            } else if let Some(o) = p.organizational_unit_arn() {
+                format!("ou:{o}")
+            } else {
+                format!("group:{:?}", p.group())
+            }
+        })
+        .collect();
+    v.sort();
+    v
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sharing_and_revoking_reach_every_region_on_the_wire_and_in_the_world() {
+    const ACCOUNT: &str = "111122223333";
+    const ORG: &str = "arn:aws:organizations::123456789012:organization/o-abc123def4";
+    const OU: &str = "arn:aws:organizations::123456789012:ou/o-abc123def4/ou-ab12-cdef3456";
+    let world = World::moto().await;
+    let regions = ["us-east-1", "us-west-2", "eu-west-1"];
+    let rel = release(world.dir.path(), &regions, 1, &[]);
+    world
+        .run(&["publish", rel.to_str().unwrap()])
+        .await
+        .assert_ok();
+    let s = seen(&world, &regions, 1).await;
+    let ids: BTreeMap<&str, String> = regions
+        .iter()
+        .map(|r| (*r, s.images[*r][&image_name(0)].0.clone()))
+        .collect();
+    let want: Vec<String> = {
+        let mut v = vec![
+            format!("user:{ACCOUNT}"),
+            format!("org:{ORG}"),
+            format!("ou:{OU}"),
+        ];
+        v.sort();
+        v
+    };
+    let share = |revoke: bool| {
+        let mut args = vec![
+            "share".to_string(),
+            ids["us-east-1"].clone(),
+            "--account".into(),
+            ACCOUNT.into(),
+            "--org".into(),
+            ORG.into(),
+            "--ou".into(),
+            OU.into(),
+            "--regions".into(),
+            regions.join(","),
+        ];
+        if revoke {
+            args.push("--revoke".into());
+        }
+        args
+    };
+    for revoke in [false, true] {
+        world.proxy.clear_requests();
+        let args = share(revoke);
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        world.run(&args).await.assert_ok();
+        // On the wire: one ModifyImageAttribute per region, for that region's image,
+        // adding (or removing) all three.
+        let verb = if revoke { "Remove" } else { "Add" };
+        for region in regions {
+            let sent: Vec<_> = world
+                .proxy
+                .requests()
+                .into_iter()
+                .filter(|r| {
+                    r.operation == "ModifyImageAttribute" && r.region == region && r.status == 200
+                })
+                .map(|r| form(&r))
+                .collect();
+            assert_eq!(sent.len(), 1, "{region}: {sent:?}");
+            let p = &sent[0];
+            assert_eq!(p["ImageId"], ids[region], "{region}");
+            let mut values: Vec<String> = p
+                .iter()
+                .filter(|(k, _)| k.starts_with(&format!("LaunchPermission.{verb}.")))
+                .map(|(k, v)| {
+                    let kind = match k.rsplit('.').next().unwrap() {
+                        "UserId" => "user",
+                        "OrganizationArn" => "org",
+                        "OrganizationalUnitArn" => "ou",
+                        other => other,
+                    };
+                    format!("{kind}:{v}")
+                })
+                .collect();
+            values.sort();
+            assert_eq!(values, want, "{region}: {p:?}");
+            // Read back from the world.
+            let now = permissions(&world, region, &ids[region]).await;
+            if revoke {
+                assert!(now.is_empty(), "{region}: {now:?}");
+            } else {
+                assert_eq!(now, want, "{region}");
+            }
+        }
+    }
+}

@@ -16,6 +16,7 @@
 mod classify;
 mod faults;
 mod forward;
+mod hooks;
 mod moto_fixups;
 mod record;
 #[cfg(test)]
@@ -42,6 +43,7 @@ use forward::loopback_base;
 use record::recorded;
 
 pub use faults::{Fault, FaultRule};
+pub use hooks::Gate;
 pub use record::RecordedRequest;
 pub use vocabulary::DocumentedError;
 
@@ -87,6 +89,7 @@ struct ProxyInner {
     rules: Mutex<Vec<RuleState>>,
     rng: Mutex<fastrand::Rng>,
     requests: Mutex<Vec<RecordedRequest>>,
+    gates: Mutex<Vec<Arc<hooks::GateState>>>,
     client: Client<HttpConnector, Full<Bytes>>,
 }
 
@@ -118,6 +121,7 @@ impl FaultProxy {
             rules: Mutex::new(rules_state(config.rules)),
             rng: Mutex::new(fastrand::Rng::with_seed(config.seed)),
             requests: Mutex::new(Vec::new()),
+            gates: Mutex::new(Vec::new()),
             client,
         });
         let handler_inner = inner.clone();
@@ -201,6 +205,7 @@ impl ProxyInner {
             Err(e) => return Err(Box::new(e)),
         };
         let (op, has_action) = classify(&parts, &body);
+        self.pass_gates(&op).await;
         let proto = protocol(&service, &parts, &op, has_action);
         let fault = self.pick_fault(&op, &region);
         let mut rec = recorded(&parts, &body, service, region, &op, fault.as_ref());
