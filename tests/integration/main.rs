@@ -6,6 +6,7 @@ mod bad_input;
 mod bench;
 mod common;
 mod faults;
+mod flag_coverage;
 mod history;
 mod images;
 mod moto_ext;
