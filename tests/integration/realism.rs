@@ -712,3 +712,91 @@ async fn sharing_and_revoking_reach_every_region_on_the_wire_and_in_the_world() 
         }
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_four_image_release_to_five_regions_under_realism() {
+    // Pending states, new images invisible for a while, a copy that fails in the
+    // best-effort region, 10 % of requests answered with their service's throttling
+    // codes and 5 % with 5xx: all correct, nothing duplicated or leaked.
+    let regions = [
+        "us-east-1",
+        "us-west-2",
+        "eu-west-1",
+        "eu-central-1",
+        "ap-southeast-2",
+    ];
+    let world = slow_world(1, &["ap-southeast-2"]).await;
+    let rel = release(world.dir.path(), &regions, 4, &["ap-southeast-2"]);
+    let mut rules = Vec::new();
+    for service in ["ebs", "ec2", "ssm"] {
+        let throttles: Vec<_> = vocabulary::retryable(service)
+            .into_iter()
+            .filter(|d| d.code.contains("Throttl") || d.code.contains("Limit"))
+            .collect();
+        for d in &throttles {
+            for op in carriers(service) {
+                rules.push(FaultRule::with_rate(
+                    Some(op),
+                    Fault::Code(d.code),
+                    0.10 / throttles.len() as f64,
+                ));
+            }
+        }
+    }
+    rules.push(FaultRule::with_rate(None, Fault::Status(503), 0.05));
+    world.proxy.set_rules(rules);
+    let run = world.run(&["publish", rel.to_str().unwrap()]).await;
+    run.assert_ok();
+    let faults = world
+        .proxy
+        .requests()
+        .iter()
+        .filter(|r| r.fault.is_some())
+        .count();
+    assert!(faults >= 10, "only {faults} faults: the test proves little");
+    let s = seen(&world, &regions, 4).await;
+    assert_published(&s, &regions[..4], 4);
+    // The best-effort region: its copies failed (once each: no second copy), and no
+    // parameter points at them.
+    let failed = &s.images["ap-southeast-2"];
+    assert_eq!(failed.len(), 4, "{failed:?}");
+    assert!(failed.values().all(|(_, st)| st == "failed"), "{failed:?}");
+    assert!(s.params["ap-southeast-2"].is_empty());
+    // Nothing duplicated: one upload per image, one copy per image and region.
+    let uploads = params_of(&world, "StartSnapshot").len();
+    assert_eq!(uploads, 4, "one snapshot per image");
+    let mut copies: Vec<(String, String)> = world
+        .proxy
+        .requests()
+        .iter()
+        .filter(|r| r.operation == "CopyImage" && r.status == 200)
+        .map(|r| (r.region.clone(), form(r)["Name"].clone()))
+        .collect();
+    copies.sort();
+    let n = copies.len();
+    copies.dedup();
+    // A retried CopyImage whose answer was lost carries the same ClientToken: the
+    // world answers the same image, so duplicates on the wire are not duplicates.
+    assert_eq!(
+        copies.len(),
+        4 * 4,
+        "a copy per image and destination ({n} sent)"
+    );
+    // A rerun finishes with nothing new.
+    world.proxy.set_rules(vec![]);
+    world.proxy.clear_requests();
+    let again = world.run(&["publish", rel.to_str().unwrap()]).await;
+    again.assert_ok();
+    let m = mutating(&world);
+    assert!(
+        m.iter()
+            .all(|op| op == "ModifyImageAttribute" || op == "CopyImage"),
+        "{m:?}"
+    );
+    let s2 = seen(&world, &regions, 4).await;
+    assert_eq!(
+        s2.images["us-east-1"].len(),
+        4,
+        "no new image in the source region"
+    );
+}
