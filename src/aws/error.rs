@@ -137,7 +137,11 @@ impl AwsError {
             ),
             SdkError::ServiceError(s) => {
                 let status = s.raw().status();
-                (classify_code(s.err().code(), status), None, Some(status))
+                (
+                    super::retry::classify(s.err().code(), s.err().message(), status),
+                    None,
+                    Some(status),
+                )
             }
             _ => (ErrorClass::Transient, Some(chain(&err)), None),
         };
@@ -187,43 +191,10 @@ fn chain(err: &dyn StdError) -> String {
     s
 }
 
-/// Throttling codes AWS services use (EC2, EBS, SSM and the common ones).
-const THROTTLING_CODES: &[&str] = &[
-    "Throttling",
-    "ThrottlingException",
-    "ThrottledException",
-    "RequestThrottledException",
-    "TooManyRequestsException",
-    "RequestLimitExceeded",
-    "RequestThrottled",
-    "BandwidthLimitExceeded",
-    "SlowDown",
-    "EC2ThrottledException",
-    "PriorRequestNotComplete",
-];
-
-/// Codes that mean "try again later" without being throttling.
-const TRANSIENT_CODES: &[&str] = &[
-    "RequestTimeout",
-    "RequestTimeoutException",
-    "InternalError",
-    "InternalFailure",
-    "InternalServerError",
-    "InternalServerException",
-    "ServiceUnavailable",
-    "ServiceUnavailableException",
-    "Unavailable",
-];
-
-/// Classify an AWS error by its code, then by HTTP status.
+/// Classify an AWS error by its code, then by HTTP status (see [`super::retry::classify`],
+/// which also reads the message).
 pub fn classify_code(code: Option<&str>, status: u16) -> ErrorClass {
-    match code {
-        Some(c) if THROTTLING_CODES.contains(&c) => ErrorClass::Throttling,
-        Some(c) if TRANSIENT_CODES.contains(&c) => ErrorClass::Transient,
-        _ if status == 429 => ErrorClass::Throttling,
-        _ if status >= 500 => ErrorClass::Transient,
-        _ => ErrorClass::Permanent,
-    }
+    super::retry::classify(code, None, status)
 }
 
 impl fmt::Display for AwsError {

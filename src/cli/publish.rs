@@ -102,6 +102,10 @@ struct WriteArgs {
     /// Show what would change and change nothing.
     #[arg(long)]
     plan: bool,
+    /// How long to wait for each written value to read back (SSM checks an AMI id
+    /// after answering, and drops a value that is not an AMI of the region).
+    #[arg(long, value_name = "DURATION", default_value = "60s", value_parser = parse_duration)]
+    wait_timeout: Duration,
 }
 
 #[derive(Debug, Subcommand)]
@@ -369,6 +373,7 @@ pub async fn params(g: &GlobalArgs, c: &ParamsCommand) -> Result<(), Failure> {
     let opts = PutOptions {
         allow_clobber: write.allow_clobber,
         dry_run: write.plan,
+        read_back: write.wait_timeout,
         retry,
         ..PutOptions::default()
     };

@@ -445,6 +445,9 @@ impl ReleaseFile {
             let file = base_dir.join(render("uefi_data", &u, &vars)?);
             spec.uefi_data = Some(UefiData::read(&file)?);
         }
+        if let Some(at) = spec.deprecate_at {
+            check_deprecation_limit(at, self.raw.public)?;
+        }
         // Tags: the release's, the build variables, then the image's own.
         let mut tags: BTreeMap<String, String> = self
             .raw
@@ -533,6 +536,26 @@ fn deprecation(t: &toml::Table) -> Result<Option<DateTime>, String> {
         }
         (None, None) => Ok(None),
     }
+}
+
+/// EC2 deprecates a public AMI at most 2 years after its creation, any other at most 10
+/// years from now: a later time would be refused after the AMIs exist (and, for a
+/// public release, after they are public), so it is refused here.
+fn check_deprecation_limit(at: DateTime, public: bool) -> Result<(), String> {
+    let now = DateTime::from(std::time::SystemTime::now()).secs();
+    let (limit, what) = if public {
+        (730 * 86_400, "2 years after it is created for a public AMI")
+    } else {
+        (3652 * 86_400, "10 years ahead")
+    };
+    if at.secs() > now + limit {
+        return Err(format!(
+            "deprecation time {} is later than EC2 allows ({what})",
+            at.fmt(aws_smithy_types::date_time::Format::DateTime)
+                .unwrap_or_default()
+        ));
+    }
+    Ok(())
 }
 
 /// A plausible AWS region name (`us-east-1`, `ap-southeast-7`, `us-gov-west-1`), or `all`.
@@ -750,18 +773,41 @@ fs = "zfs"
     }
 
     #[test]
+    fn deprecations_past_ec2_limits_are_refused() {
+        let with = |public: bool, deprecate_in: &str| {
+            let text = EXAMPLE
+                .replace("public = true", &format!("public = {public}"))
+                .replace(
+                    "[defaults]",
+                    &format!("[defaults]\ndeprecate_in = \"{deprecate_in}\""),
+                );
+            parse(&text)
+        };
+        assert!(with(true, "729d").is_ok());
+        let e = with(true, "731d").unwrap_err().to_string();
+        assert!(
+            e.contains("2 years after it is created for a public AMI"),
+            "{e}"
+        );
+        assert!(with(false, "731d").is_ok());
+        let e = with(false, "3653d").unwrap_err().to_string();
+        assert!(e.contains("10 years ahead"), "{e}");
+    }
+
+    #[test]
     fn a_deprecation_in_defaults_applies_to_every_image_unless_one_says_otherwise() {
         let text = EXAMPLE
             .replace("[defaults]", "[defaults]\ndeprecate_in = \"180d\"")
             .replace(
                 "flavour = \"small\"",
-                "flavour = \"small\"\ndeprecate_at = \"2030-01-01\"",
+                // Within the 2 years EC2 allows for a public AMI.
+                "flavour = \"small\"\ndeprecate_at = \"2028-06-01\"",
             );
         let before = DateTime::from(std::time::SystemTime::now()).secs();
         let r = parse(&text).unwrap();
         let base = r.images[0].spec.deprecate_at.expect("the default").secs();
         assert!((base - before - 180 * 86_400).abs() < 60, "{base}");
         let small = r.images[1].spec.deprecate_at.expect("its own").secs();
-        assert_eq!(small, 1_893_456_000);
+        assert_eq!(small, 1_843_430_400);
     }
 }

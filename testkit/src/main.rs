@@ -36,6 +36,16 @@ enum TestkitCommand {
         /// Opt the account in to every opt-in region (moto enables only 24 regions).
         #[arg(long)]
         all_regions: bool,
+        /// AWS's time, scaled: images, copies and snapshots stay `pending` for the
+        /// latency model's time times this (0.01: a 5-minute copy takes 3 s; 0: instant).
+        #[arg(long, value_name = "FACTOR", default_value_t = 0.0)]
+        latency_scale: f64,
+        /// And for at least this many DescribeImages/DescribeSnapshots answers.
+        #[arg(long, value_name = "N", default_value_t = 0)]
+        pending_polls: u32,
+        /// New images are missing from this many DescribeImages answers.
+        #[arg(long, value_name = "N", default_value_t = 0)]
+        invisible_polls: u32,
     },
     /// Start the strict in-memory EBS direct endpoint; print its URL and serve until
     /// interrupted.
@@ -103,9 +113,15 @@ async fn run(cmd: &TestkitCommand) -> Result<(), Failure> {
             delays,
             stats,
             all_regions,
+            latency_scale,
+            pending_polls,
+            invisible_polls,
         } => {
+            let mut realism = ec2ami_testkit::Realism::scaled(*latency_scale, *pending_polls);
+            realism.invisible_polls = *invisible_polls;
             let options = MotoOptions {
                 all_regions_opted_in: *all_regions,
+                realism,
                 ..MotoOptions::default()
             };
             let moto =

@@ -1477,6 +1477,450 @@ def restore_snapshot_from_recycle_bin(self):
             "OwnerId": snap.owner_id,
         }
     )
+# Realism (issue 15): time, eventual consistency and EBS errors as AWS has them.
+#
+# Everything here is off unless the harness asks for it through moto's environment
+# (testkit/src/realism.rs sets these; testkit/WORLD.md documents every deviation):
+#
+# - MOTO_EXT_PENDING_POLLS=N: a new image (RegisterImage, CopyImage) or snapshot (EBS
+#   CompleteSnapshot, the snapshots of a copy) is `pending` in the first N
+#   DescribeImages / DescribeSnapshots answers that show it;
+# - MOTO_EXT_LATENCY="Op=seconds,...": and for at least that long after the request
+#   (Op: RegisterImage, CopyImage, CompleteSnapshot), the harness's scaled latency model;
+# - MOTO_EXT_INVISIBLE_POLLS=N: a new image is missing from the first N DescribeImages
+#   answers that would show it (InvalidAMIID.NotFound when asked for by id);
+# - MOTO_EXT_FAIL_COPIES_TO="region,...": a copy to one of these regions ends `failed`
+#   with a StateReason, and its snapshots `error`.
+#
+# Always on: the EBS direct APIs answer ResourceNotFoundException (404, reason
+# SNAPSHOT_NOT_FOUND) for an unknown snapshot, as AWS does (moto: a KeyError, HTTP 500),
+# and a snapshot started with StartSnapshot is `pending` until CompleteSnapshot.
+
+REALISM_REQUIRED = [
+    "moto.ebs.models:EBSBackend.start_snapshot",
+    "moto.ebs.models:EBSBackend.complete_snapshot",
+    "moto.ebs.models:EBSBackend.put_snapshot_block",
+    "moto.ebs.models:EBSBackend.get_snapshot_block",
+    "moto.ebs.models:EBSBackend.list_changed_blocks",
+    "moto.ebs.models:EBSBackend.list_snapshot_blocks",
+    "moto.ec2.models.elastic_block_store:EBSBackend.describe_snapshots",
+    "moto.ec2.models.elastic_block_store:Snapshot.progress",
+    "moto.core.exceptions:JsonRESTError",
+]
+
+
+def realism_knobs(environ):
+    """The realism settings of `environ` (all off when unset)."""
+
+    def number(key):
+        text = environ.get(key) or "0"
+        try:
+            return int(text)
+        except ValueError:
+            sys.stderr.write(f"moto_ext: {key}={text!r} is not a whole number\n")
+            sys.exit(3)
+
+    latency = {}
+    for item in filter(None, (environ.get("MOTO_EXT_LATENCY") or "").split(",")):
+        op, _, secs = item.partition("=")
+        try:
+            latency[op.strip()] = float(secs)
+        except ValueError:
+            sys.stderr.write(f"moto_ext: MOTO_EXT_LATENCY item {item!r} is not Op=seconds\n")
+            sys.exit(3)
+    return {
+        "pending_polls": number("MOTO_EXT_PENDING_POLLS"),
+        "invisible_polls": number("MOTO_EXT_INVISIBLE_POLLS"),
+        "latency": latency,
+        "fail_copies_to": set(
+            filter(None, (environ.get("MOTO_EXT_FAIL_COPIES_TO") or "").split(","))
+        ),
+    }
+
+
+REALISM = realism_knobs({})
+
+# The StateReason of a copy the harness makes fail (AWS's reasons look like this one;
+# the exact text of a failed copy is not documented).
+COPY_FAILED_REASON = {
+    "Code": "Server.InternalError",
+    "Message": "Copy of the image failed: an internal error occurred (injected).",
+}
+
+
+def ebs_error(status, code, message, reason=None):
+    """An EBS direct API error as AWS answers it: the status, x-amzn-errortype, a JSON
+    body with message and reason."""
+    from moto.core.exceptions import JsonRESTError
+
+    err = JsonRESTError(code, message)
+    err.code = status
+    body = {"message": message, "Message": message}
+    if reason:
+        body["reason"] = reason
+        body["Reason"] = reason
+    err.description = json.dumps(body)
+    return err
+
+
+def snapshot_not_found(snapshot_id):
+    return ebs_error(
+        404,
+        "ResourceNotFoundException",
+        f"The snapshot '{snapshot_id}' does not exist.",
+        "SNAPSHOT_NOT_FOUND",
+    )
+
+
+def life(op, final, reason=None, invisible=0):
+    """When a new resource stops being pending: after this many answers and seconds."""
+    return {
+        "polls": REALISM["pending_polls"],
+        "until": time.monotonic() + REALISM["latency"].get(op, 0.0),
+        "invisible": invisible,
+        "final": final,
+        "reason": reason,
+    }
+
+
+def realism_on(op):
+    return bool(
+        REALISM["pending_polls"] > 0
+        or REALISM["latency"].get(op, 0.0) > 0
+        or REALISM["invisible_polls"] > 0
+        or REALISM["fail_copies_to"]
+    )
+
+
+def begin_image_life(ami, op, failed):
+    """Make a new image pending (and invisible for a while); failed copies end failed."""
+    ami._moto_ext_life = life(
+        op,
+        "failed" if failed else "available",
+        COPY_FAILED_REASON if failed else None,
+        REALISM["invisible_polls"],
+    )
+    ami.state = "pending"
+    ami.state_reason = None
+
+
+def begin_snapshot_life(snapshot, op, failed=False):
+    snapshot._moto_ext_life = life(op, "error" if failed else "completed")
+    snapshot.status = "pending"
+
+
+def shown(resource, kind):
+    """Advance a resource's life by one answer that would show it: False while it is
+    invisible; otherwise it shows the state this answer gives."""
+    lived = resource.__dict__.get("_moto_ext_life")
+    if lived is None:
+        return True
+    if lived["invisible"] > 0:
+        lived["invisible"] -= 1
+        return False
+    if lived["polls"] > 0 or time.monotonic() < lived["until"]:
+        lived["polls"] = max(0, lived["polls"] - 1)
+        return True
+    del resource.__dict__["_moto_ext_life"]
+    if kind == "image":
+        resource.state = lived["final"]
+        if lived["reason"]:
+            resource.state_reason = lived["reason"]
+    else:
+        resource.status = lived["final"]
+    return True
+
+
+def realistic_describe_images(original):
+    """DescribeImages where new images are invisible for a while, then pending."""
+
+    def describe(self):
+        result = original(self)
+        with LOCK:
+            images = [i for i in result.result["Images"] if shown(i, "image")]
+        if self._get_param("ImageIds", []) and not images:
+            raise Moto.InvalidAMIIdError(self._get_param("ImageIds", []))
+        result.result["Images"] = images
+        return result
+
+    return describe
+
+
+def realistic_describe_snapshots(original):
+    """EBSBackend.describe_snapshots where new snapshots are pending for a while."""
+
+    def describe(self, *args, **kwargs):
+        snapshots = original(self, *args, **kwargs)
+        with LOCK:
+            for s in snapshots:
+                shown(s, "snapshot")
+        return snapshots
+
+    return describe
+
+
+def snapshot_progress(snapshot):
+    """Snapshot.progress as AWS shows it: 100% only once completed."""
+    return "100%" if snapshot.status == "completed" else "0%"
+
+
+def timed_image_handler(handler, op):
+    """RegisterImage / CopyImage whose new image lives through the realism settings."""
+
+    def run(self):
+        backend = self.ec2_backend
+        before = set(backend.amis)
+        result = handler(self)
+        image_id = result.result.get("ImageId")
+        if image_id in before or not realism_on(op):
+            return result
+        ami = backend.amis.get(image_id)
+        if ami is None:
+            return result
+        failed = op == "CopyImage" and backend.region_name in REALISM["fail_copies_to"]
+        with LOCK:
+            begin_image_life(ami, op, failed)
+            if op == "CopyImage":
+                for snapshot_id in mapped_snapshots(ami):
+                    snapshot = backend.snapshots.get(snapshot_id)
+                    if snapshot is not None:
+                        begin_snapshot_life(snapshot, op, failed)
+        return result
+
+    run.__name__ = handler.__name__
+    return run
+
+
+def ebs_checked(method, *id_params):
+    """An EBS direct model method that answers ResourceNotFoundException for an unknown
+    snapshot, as AWS does."""
+    names = list(inspect.signature(method).parameters)[1:]
+
+    def run(self, *args, **kwargs):
+        given = dict(zip(names, args))
+        given.update(kwargs)
+        for p in id_params:
+            snapshot_id = given.get(p)
+            if snapshot_id is not None and snapshot_id not in self.snapshots:
+                raise snapshot_not_found(snapshot_id)
+        return method(self, *args, **kwargs)
+
+    return run
+
+
+def ebs_start_snapshot(original):
+    """StartSnapshot: the EC2 snapshot is `pending` until CompleteSnapshot (moto:
+    `completed` at once)."""
+
+    def start(self, *args, **kwargs):
+        ebs_snapshot = original(self, *args, **kwargs)
+        self.ec2_backend.snapshots[ebs_snapshot.snapshot_id].status = "pending"
+        return ebs_snapshot
+
+    return start
+
+
+def ebs_complete_snapshot(original):
+    """CompleteSnapshot: the EC2 snapshot completes after the latency model's time."""
+
+    def complete(self, snapshot_id):
+        if snapshot_id not in self.snapshots:
+            raise snapshot_not_found(snapshot_id)
+        out = original(self, snapshot_id)
+        snapshot = self.ec2_backend.snapshots[snapshot_id]
+        with LOCK:
+            if realism_on("CompleteSnapshot"):
+                begin_snapshot_life(snapshot, "CompleteSnapshot")
+            else:
+                snapshot.status = "completed"
+        return out
+
+    return complete
+
+
+def install_realism():
+    """Patch moto for the realism settings of this process's environment."""
+    missing = []
+    for spec in REALISM_REQUIRED:
+        module, _, path = spec.partition(":")
+        try:
+            obj = importlib.import_module(module)
+            for name in path.split("."):
+                obj = getattr(obj, name)
+        except (ImportError, AttributeError):
+            missing.append(spec)
+    if missing:
+        sys.stderr.write(
+            f"moto_ext: moto lacks what the realism section relies on: {', '.join(missing)}\n"
+        )
+        sys.exit(3)
+    REALISM.update(realism_knobs(os.environ))
+    ebs_models = importlib.import_module("moto.ebs.models")
+    Ebs = ebs_models.EBSBackend
+    Ebs.start_snapshot = ebs_start_snapshot(Ebs.start_snapshot)
+    Ebs.complete_snapshot = ebs_complete_snapshot(Ebs.complete_snapshot)
+    Ebs.put_snapshot_block = ebs_checked(Ebs.put_snapshot_block, "snapshot_id")
+    Ebs.get_snapshot_block = ebs_checked(Ebs.get_snapshot_block, "snapshot_id")
+    Ebs.list_snapshot_blocks = ebs_checked(Ebs.list_snapshot_blocks, "snapshot_id")
+    Ebs.list_changed_blocks = ebs_checked(
+        Ebs.list_changed_blocks, "first_snapshot_id", "second_snapshot_id"
+    )
+    Ec2Ebs = Moto.EBSBackend
+    Ec2Ebs.describe_snapshots = realistic_describe_snapshots(Ec2Ebs.describe_snapshots)
+    store = importlib.import_module("moto.ec2.models.elastic_block_store")
+    store.Snapshot.progress = property(snapshot_progress)
+    ORIGINAL["describe_images"] = realistic_describe_images(ORIGINAL["describe_images"])
+    Moto.AmisResponse.register_image = timed_image_handler(register_image, "RegisterImage")
+    Moto.AmisResponse.copy_image = timed_image_handler(copy_image, "CopyImage")
+
+
+# ---------------------------------------------------------------------------------------
+# Limits and rules as AWS documents them (issue 15). Always on.
+#
+# - EnableImageDeprecation: a public image cannot be deprecated more than 2 years after
+#   its creation (private: 10 years from now, checked by `deprecation_time`).
+# - ClientToken (CopyImage, RunInstances): at most 64 ASCII characters.
+# - RunInstances honours ClientToken: a retry with the same token and parameters answers
+#   the first launch's reservation instead of launching again (moto launches again); other
+#   parameters with the same token: IdempotentParameterMismatch.
+# - SSM PutParameter: a parameter's data type cannot change to or from aws:ec2:image
+#   (ValidationException); an aws:ec2:image value that is not an AMI of the region is
+#   validated after the answer: PutParameter succeeds but nothing is stored.
+
+PUBLIC_DEPRECATION_LIMIT = datetime.timedelta(days=730)
+CLIENT_TOKEN_MAX = 64
+AMI_ID_RE = re.compile(r"ami-(?:[0-9a-f]{8}|[0-9a-f]{17})")
+IMAGE_DATA_TYPE = "aws:ec2:image"
+
+
+def check_client_token(token):
+    if token is not None and (len(token) > CLIENT_TOKEN_MAX or not token.isascii()):
+        raise error(
+            "InvalidParameterValue",
+            f"Value ({token}) for parameter clientToken is invalid. The client token must "
+            f"be at most {CLIENT_TOKEN_MAX} ASCII characters.",
+        )
+
+
+def limited_enable_image_deprecation(original):
+    """EnableImageDeprecation refusing a public image's date past 2 years after creation."""
+
+    def enable(self):
+        image_id = self._get_param("ImageId")
+        when = self._get_param("DeprecateAt")
+        ami = self.ec2_backend.amis.get(image_id)
+        if ami is not None and when is not None and ami.is_public:
+            created = ami.creation_date
+            if isinstance(created, str):
+                created = naive_utc(created)
+            if parse_time(when).replace(tzinfo=None) > created + PUBLIC_DEPRECATION_LIMIT:
+                raise error(
+                    "InvalidParameterValue",
+                    f"The deprecation time of a public AMI can't be more than 2 years after "
+                    f"its creation date ({created:%Y-%m-%dT%H:%M:%SZ}) for {image_id}.",
+                )
+        return original(self)
+
+    enable.__name__ = original.__name__
+    return enable
+
+
+def limited_copy_image(original):
+    def copy(self):
+        check_client_token(self._get_param("ClientToken"))
+        return original(self)
+
+    copy.__name__ = original.__name__
+    return copy
+
+
+def idempotent_run_instances(original):
+    """RunInstances that honours ClientToken, as AWS does."""
+
+    def run(self):
+        token = self._get_param("ClientToken")
+        if token is None:
+            return original(self)
+        check_client_token(token)
+        request = repr(
+            sorted((k, repr(v)) for k, v in self.params.items() if k != "ClientToken")
+        )
+        with LOCK:
+            tokens = region_state(self.ec2_backend, "run_tokens", {})
+            if token in tokens:
+                earlier, result = tokens[token]
+                if earlier != request:
+                    raise error(
+                        "IdempotentParameterMismatch",
+                        f"The client token {token} was already used with other parameters.",
+                    )
+                return result
+            result = original(self)
+            tokens[token] = (request, result)
+        return result
+
+    run.__name__ = original.__name__
+    return run
+
+
+def ssm_error(code, message):
+    from moto.core.exceptions import JsonRESTError
+
+    return JsonRESTError(code, message)
+
+
+def validated_put_parameter(original):
+    """PutParameter with AWS's data type rules and aws:ec2:image validation."""
+
+    def put(self):
+        name = self._get_param("Name")
+        value = self._get_param("Value")
+        data_type = self._get_param("DataType")
+        overwrite = bool(self._get_param("Overwrite", False))
+        previous = self.ssm_backend.get_parameter(name) if name else None
+        if previous is not None and overwrite and data_type is not None:
+            if (data_type == IMAGE_DATA_TYPE) != (previous.data_type == IMAGE_DATA_TYPE):
+                raise ssm_error(
+                    "ValidationException",
+                    f"The data type of parameter {name} is {previous.data_type}; it can't "
+                    f"be changed to {data_type}.",
+                )
+        effective = data_type or (previous.data_type if previous is not None else "text")
+        if effective == IMAGE_DATA_TYPE and (previous is None or overwrite):
+            ec2 = Moto.ec2_backends[self.current_account][self.region]
+            ami = ec2.amis.get(value) if AMI_ID_RE.fullmatch(value or "") else None
+            if ami is None or ami.state in ("failed", "error", "deregistered"):
+                # Validated after the answer: AWS answers success and stores nothing.
+                version = previous.version + 1 if previous is not None else 1
+                return Moto.ActionResult({"Version": version, "Tier": "Standard"})
+        result = original(self)
+        if data_type is None and previous is not None:
+            # An overwrite that names no data type keeps the parameter's (moto: `text`).
+            latest = self.ssm_backend.get_parameter(name)
+            if latest is not None:
+                latest.data_type = previous.data_type
+        return result
+
+    put.__name__ = original.__name__
+    return put
+
+
+def install_limits():
+    """Patch moto for the limits and rules above."""
+    instances = importlib.import_module("moto.ec2.responses.instances").InstanceResponse
+    ssm = importlib.import_module("moto.ssm.responses").SimpleSystemManagerResponse
+    if not all(
+        hasattr(c, m)
+        for c, m in ((instances, "run_instances"), (ssm, "put_parameter"))
+    ) or not issubclass(Moto.EC2Response, instances):
+        sys.stderr.write("moto_ext: moto lacks InstanceResponse.run_instances or SSM put_parameter\n")
+        sys.exit(3)
+    Moto.AmisResponse.enable_image_deprecation = limited_enable_image_deprecation(
+        Moto.AmisResponse.enable_image_deprecation
+    )
+    Moto.AmisResponse.copy_image = limited_copy_image(Moto.AmisResponse.copy_image)
+    instances.run_instances = idempotent_run_instances(instances.run_instances)
+    ssm.put_parameter = validated_put_parameter(ssm.put_parameter)
 
 
 # ---------------------------------------------------------------------------------------
@@ -1541,6 +1985,8 @@ def install():
     Moto.url_paths["{0}/moto-api/ec2ami/generate"] = generate
     Moto.url_paths["{0}/moto-api/ec2ami/config"] = config
     Moto.url_paths["{0}/moto-api/ec2ami/last-launched"] = set_last_launched
+    install_realism()
+    install_limits()
 
 
 def opt_in_everywhere():

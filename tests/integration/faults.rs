@@ -148,11 +148,9 @@ async fn ctrl_c_deletes_the_pending_snapshot() {
     let world = World::moto().await;
     let image = world.path("slow.raw");
     write_file(&image, &random_bytes(25, 16 * MIB as usize));
-    world.proxy.set_rules(vec![FaultRule::with_rate(
-        Some("PutSnapshotBlock"),
-        Fault::Delay(Duration::from_millis(300)),
-        1.0,
-    )]);
+    // Two blocks pass, the next are held: the signal lands mid-upload, by a hook, not
+    // by timing.
+    let gate = world.proxy.hold(Some("PutSnapshotBlock"), 2);
     let child = world
         .ec2ami()
         .args(["upload", image.to_str().unwrap(), "--workers", "2"])
@@ -160,17 +158,14 @@ async fn ctrl_c_deletes_the_pending_snapshot() {
         .stderr(std::process::Stdio::piped())
         .spawn()
         .unwrap();
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
-    while world.proxy.count("PutSnapshotBlock") < 2 {
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "upload never started"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    assert!(
+        gate.arrived(1, Duration::from_secs(60)).await,
+        "upload never started"
+    );
     let pid = child.id().unwrap() as i32;
     // SAFETY: sending a signal to our own child process.
     assert_eq!(unsafe { libc::kill(pid, libc::SIGINT) }, 0);
+    gate.open();
     let run = Run::from(
         tokio::time::timeout(Duration::from_secs(60), child.wait_with_output())
             .await

@@ -182,11 +182,8 @@ async fn from_nothing() {
 async fn after_an_upload_killed_midway() {
     let world = World::moto().await;
     let rel = release(world.dir.path());
-    world.proxy.set_rules(vec![FaultRule::with_rate(
-        Some("PutSnapshotBlock"),
-        Fault::Delay(Duration::from_millis(500)),
-        1.0,
-    )]);
+    // The first block is held: the kill lands mid-upload (a hook, not timing).
+    let gate = world.proxy.hold(Some("PutSnapshotBlock"), 0);
     let mut child = world
         .ec2ami()
         .args(["publish", rel.to_str().unwrap(), "--workers", "1"])
@@ -194,14 +191,13 @@ async fn after_an_upload_killed_midway() {
         .stderr(std::process::Stdio::null())
         .spawn()
         .unwrap();
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
-    while world.proxy.count("PutSnapshotBlock") == 0 {
-        assert!(tokio::time::Instant::now() < deadline, "no upload started");
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
+    assert!(
+        gate.arrived(1, Duration::from_secs(30)).await,
+        "no upload started"
+    );
     child.start_kill().unwrap(); // SIGKILL: no clean-up
     let _ = child.wait().await;
-    world.proxy.set_rules(vec![]);
+    gate.open();
     assert_eq!(
         world.our_snapshots().await.len(),
         1,
@@ -266,6 +262,7 @@ async fn with_a_parameter_holding_another_ami() {
         .name(PARAM_ARM64)
         .value(&other)
         .r#type(aws_sdk_ssm::types::ParameterType::String)
+        .data_type("aws:ec2:image")
         .overwrite(true)
         .send()
         .await

@@ -1049,8 +1049,10 @@ async fn a_guard_that_appears_after_the_plan_keeps_the_image() {
         ids.push(register(&c, &name_a(w), &s, *age, true).await);
     }
     world.proxy.clear_requests();
-    // One deletion every 2 s: time for this test to launch an instance from the image
-    // planned second and point a parameter at the third while the first goes.
+    // The first deregistration is held (a hook, not a rate): while it waits, this test
+    // launches an instance from the image planned second and points a parameter at the
+    // third; the guards are looked at again before each later deletion.
+    let gate = world.proxy.hold(Some("DeregisterImage"), 0);
     let mut cmd = world.ec2ami();
     cmd.args([
         "--output",
@@ -1063,7 +1065,7 @@ async fn a_guard_that_appears_after_the_plan_keeps_the_image() {
         "--ssm-path",
         "/late",
         "--rate",
-        "0.5",
+        "20",
         "--yes",
     ]);
     let child = cmd
@@ -1071,14 +1073,10 @@ async fn a_guard_that_appears_after_the_plan_keeps_the_image() {
         .stderr(std::process::Stdio::piped())
         .spawn()
         .unwrap();
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
-    while world.proxy.count("DeregisterImage") == 0 {
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "no deregistration started"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    assert!(
+        gate.arrived(1, Duration::from_secs(60)).await,
+        "no deregistration started"
+    );
     c.ec2
         .run_instances()
         .image_id(&ids[2])
@@ -1095,6 +1093,7 @@ async fn a_guard_that_appears_after_the_plan_keeps_the_image() {
         .send()
         .await
         .unwrap();
+    gate.open();
     let out = tokio::time::timeout(Duration::from_secs(120), child.wait_with_output())
         .await
         .unwrap()
@@ -1149,6 +1148,8 @@ async fn ctrl_c_starts_no_new_deletion_and_names_what_was_left() {
         snaps.push(s);
     }
     world.proxy.clear_requests();
+    // The first deregistration is held: the signal lands while it is in flight.
+    let gate = world.proxy.hold(Some("DeregisterImage"), 0);
     let mut cmd = world.ec2ami();
     cmd.args([
         "--output",
@@ -1159,7 +1160,7 @@ async fn ctrl_c_starts_no_new_deletion_and_names_what_was_left() {
         "--keep",
         "1",
         "--rate",
-        "0.5",
+        "20",
         "--yes",
     ]);
     let child = cmd
@@ -1167,16 +1168,13 @@ async fn ctrl_c_starts_no_new_deletion_and_names_what_was_left() {
         .stderr(std::process::Stdio::piped())
         .spawn()
         .unwrap();
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
-    while world.proxy.count("DeregisterImage") == 0 {
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "no deregistration started"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    assert!(
+        gate.arrived(1, Duration::from_secs(60)).await,
+        "no deregistration started"
+    );
     // SAFETY: signalling the child this test started.
     unsafe { libc::kill(child.id().unwrap() as i32, libc::SIGINT) };
+    gate.open();
     let out = tokio::time::timeout(Duration::from_secs(30), child.wait_with_output())
         .await
         .expect("stops promptly")

@@ -358,6 +358,9 @@ async fn killed_at_many_points_a_rerun_finishes_with_nothing_duplicated() {
     for k in points {
         let world = World::moto().await;
         let release = example_release(world.dir.path(), false);
+        // The first k requests pass; the next is held, and the kill lands while it waits
+        // (a hook: the same point on every machine).
+        let gate = world.proxy.hold(None, k);
         let mut child = world
             .ec2ami()
             .args(["publish", release.to_str().unwrap(), "--workers", "2"])
@@ -365,18 +368,15 @@ async fn killed_at_many_points_a_rerun_finishes_with_nothing_duplicated() {
             .stderr(std::process::Stdio::null())
             .spawn()
             .unwrap();
-        let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
-        loop {
-            if world.proxy.requests().len() >= k {
-                child.start_kill().unwrap(); // SIGKILL
-                break;
-            }
-            if child.try_wait().unwrap().is_some() || tokio::time::Instant::now() > deadline {
-                break;
-            }
-            tokio::time::sleep(Duration::from_millis(2)).await;
+        let held = tokio::select! {
+            held = gate.arrived(1, Duration::from_secs(60)) => held,
+            _ = child.wait() => false,
+        };
+        if held {
+            child.start_kill().unwrap(); // SIGKILL
         }
         let _ = child.wait().await;
+        gate.open();
         let killed_after = world.proxy.requests().len();
         let run = publish(&world, &release, &[]).await;
         run.assert_ok();
@@ -436,20 +436,37 @@ async fn bad_release_files_fail_before_any_mutating_request() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn parameters_are_not_clobbered_unless_allowed() {
-    let world = World::moto().await;
+    // Someone else's value in one region: an AMI of Amazon's (SSM keeps only AMI ids
+    // of the region in an aws:ec2:image parameter).
+    let world = World::moto_with(ec2ami_testkit::MotoOptions {
+        amazon_images: true,
+        ..Default::default()
+    })
+    .await;
     let release = example_release(world.dir.path(), false);
-    // Someone else's value in one region.
     let c = world.clients().await.in_region("us-west-2");
+    let foreign = c
+        .ec2
+        .describe_images()
+        .owners("amazon")
+        .send()
+        .await
+        .unwrap()
+        .images()[0]
+        .image_id()
+        .unwrap()
+        .to_string();
     c.ssm
         .put_parameter()
         .name(PARAM_AMD64)
-        .value("ami-0123456789abcdef0")
+        .value(&foreign)
         .r#type(aws_sdk_ssm::types::ParameterType::String)
+        .data_type("aws:ec2:image")
         .send()
         .await
         .unwrap();
     let run = publish(&world, &release, &[]).await;
-    run.assert_failed_with("holds ami-0123456789abcdef0");
+    run.assert_failed_with(&format!("holds {foreign}"));
     assert!(run.stderr.contains("--allow-clobber") || run.stderr.contains("ssm_overwrite"));
     let value = |c: aws_sdk_ssm::Client| async move {
         c.get_parameter()
@@ -463,7 +480,7 @@ async fn parameters_are_not_clobbered_unless_allowed() {
             .unwrap()
             .to_string()
     };
-    assert_eq!(value(c.ssm.clone()).await, "ami-0123456789abcdef0");
+    assert_eq!(value(c.ssm.clone()).await, foreign);
 
     // Allowed in the release file: replaced, and the plan said old -> new first.
     let text = std::fs::read_to_string(&release)
@@ -474,7 +491,7 @@ async fn parameters_are_not_clobbered_unless_allowed() {
     plan.assert_ok();
     assert!(
         plan.stdout
-            .contains(&format!("{PARAM_AMD64}: ami-0123456789abcdef0 -> ami-")),
+            .contains(&format!("{PARAM_AMD64}: {foreign} -> ami-")),
         "{}",
         plan.stdout
     );
@@ -624,8 +641,9 @@ async fn compat_bsdec2_image_upload_accepts_its_flags_and_prints_its_lines() {
     run.assert_ok();
     assert!(!run.stderr.contains("testing-secret-42"), "secret printed");
     let lines = created(&run.stdout);
-    // --allregions: every region moto lists, the upload region first.
-    let all: Vec<String> = world
+    // --allregions: every region the world has enabled (asked here with DescribeRegions,
+    // not through ec2ami's own region code), the upload region first, each once.
+    let world_regions = world
         .clients()
         .await
         .ec2
@@ -633,7 +651,8 @@ async fn compat_bsdec2_image_upload_accepts_its_flags_and_prints_its_lines() {
         .all_regions(true)
         .send()
         .await
-        .unwrap()
+        .unwrap();
+    let mut enabled: Vec<String> = world_regions
         .regions()
         .iter()
         .filter(|r| {
@@ -642,10 +661,28 @@ async fn compat_bsdec2_image_upload_accepts_its_flags_and_prints_its_lines() {
                 Some("opt-in-not-required") | Some("opted-in")
             )
         })
-        .filter_map(|r| r.region_name().map(str::to_string))
+        .map(|r| r.region_name().unwrap().to_string())
         .collect();
-    assert_eq!(lines.len(), all.len(), "{}", run.stdout);
+    enabled.sort();
+    assert!(
+        enabled.len() >= 16,
+        "the world enables many regions: {enabled:?}"
+    );
+    let mut got: Vec<String> = lines.iter().map(|(r, _)| r.clone()).collect();
+    got.sort();
+    assert_eq!(got, enabled, "{}", run.stdout);
     assert_eq!(lines[0].0, "us-west-2");
+    let mut copied_to: Vec<String> = params_of(&world, "CopyImage")
+        .iter()
+        .map(|p| p["SourceRegion"].clone())
+        .collect();
+    copied_to.dedup();
+    assert_eq!(
+        copied_to,
+        ["us-west-2"],
+        "every copy is from the upload region"
+    );
+    assert_eq!(world.proxy.count("CopyImage"), enabled.len() - 1);
     let reg = world
         .proxy
         .requests()
@@ -859,12 +896,8 @@ async fn validate_says_correct_then_names_each_breakage() {
 async fn ctrl_c_stops_cleanly_and_a_rerun_finishes() {
     let world = World::moto().await;
     let release = example_release(world.dir.path(), false);
-    // Slow blocks so the signal lands mid-upload.
-    world.proxy.set_rules(vec![FaultRule::with_rate(
-        Some("PutSnapshotBlock"),
-        Fault::Delay(Duration::from_millis(300)),
-        1.0,
-    )]);
+    // The first block is held, so the signal lands mid-upload (a hook, not timing).
+    let gate = world.proxy.hold(Some("PutSnapshotBlock"), 0);
     let child = world
         .ec2ami()
         .args(["publish", release.to_str().unwrap(), "--workers", "1"])
@@ -872,13 +905,13 @@ async fn ctrl_c_stops_cleanly_and_a_rerun_finishes() {
         .stderr(std::process::Stdio::piped())
         .spawn()
         .unwrap();
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
-    while world.proxy.count("PutSnapshotBlock") == 0 {
-        assert!(tokio::time::Instant::now() < deadline, "no upload started");
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
+    assert!(
+        gate.arrived(1, Duration::from_secs(30)).await,
+        "no upload started"
+    );
     // SAFETY: sending SIGINT to our own child process.
     unsafe { libc::kill(child.id().unwrap() as i32, libc::SIGINT) };
+    gate.open();
     let out = child.wait_with_output().await.unwrap();
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(130), "{stderr}");

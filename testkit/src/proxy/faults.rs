@@ -9,6 +9,7 @@ use hyper::Response;
 use serde_json::json;
 
 use super::classify::Proto;
+use super::vocabulary;
 use super::{ProxyInner, lock};
 use crate::http_util;
 
@@ -27,6 +28,10 @@ pub enum Fault {
     Delay(Duration),
     /// A service-appropriate 403/400 access-denied answer (not forwarded).
     AccessDenied,
+    /// This error code of the request's service, with the status, message and reason
+    /// the service documents for it (see [`vocabulary`](super::vocabulary)); not
+    /// forwarded.
+    Code(&'static str),
 }
 
 impl Fault {
@@ -39,6 +44,7 @@ impl Fault {
             Fault::DropResponse => "DropResponse".into(),
             Fault::Delay(d) => format!("Delay({}ms)", d.as_millis()),
             Fault::AccessDenied => "AccessDenied".into(),
+            Fault::Code(c) => format!("Code({c})"),
         }
     }
 }
@@ -132,13 +138,43 @@ impl ProxyInner {
     }
 }
 
+/// The service a protocol's requests go to, for the vocabulary.
+fn service_of(proto: Proto) -> &'static str {
+    match proto {
+        Proto::RestJson => "ebs",
+        Proto::Ec2Query => "ec2",
+        Proto::AwsJson => "ssm",
+        Proto::AwsQuery => "sts",
+    }
+}
+
+/// (status, code, message, reason) of a documented error of the protocol's service (a
+/// code the vocabulary lacks is sent as a 400 with a message saying so).
+fn documented_error(
+    proto: Proto,
+    code: &'static str,
+) -> (u16, &'static str, &'static str, Option<&'static str>) {
+    match vocabulary::documented(service_of(proto), code) {
+        Some(d) => (d.status, d.code, d.message, d.reason),
+        None => (
+            400,
+            code,
+            "Injected error (not in the world's vocabulary)",
+            None,
+        ),
+    }
+}
+
 /// (status, code, message, reason) of an injected error for a protocol.
 fn fault_error(
     proto: Proto,
     fault: &Fault,
 ) -> (u16, &'static str, &'static str, Option<&'static str>) {
     match (proto, fault) {
-        (Proto::RestJson, Fault::Throttle) => (429, "ThrottlingException", "Rate exceeded", None),
+        (_, Fault::Code(code)) => documented_error(proto, code),
+        (_, Fault::Throttle) => {
+            documented_error(proto, vocabulary::throttling_code(service_of(proto)))
+        }
         (Proto::RestJson, Fault::AccessDenied) => (
             403,
             "AccessDeniedException",
@@ -173,9 +209,6 @@ fn fault_error(
                 None,
             ),
         },
-        (Proto::Ec2Query, Fault::Throttle) => {
-            (503, "RequestLimitExceeded", "Request limit exceeded.", None)
-        }
         (Proto::Ec2Query, Fault::AccessDenied) => (
             403,
             "UnauthorizedOperation",
@@ -194,7 +227,6 @@ fn fault_error(
             }
             s => (s, "InternalError", "An internal error has occurred.", None),
         },
-        (Proto::AwsJson, Fault::Throttle) => (400, "ThrottlingException", "Rate exceeded", None),
         (Proto::AwsJson, Fault::AccessDenied) => (
             400,
             "AccessDeniedException",
@@ -212,7 +244,6 @@ fn fault_error(
                 None,
             ),
         },
-        (Proto::AwsQuery, Fault::Throttle) => (400, "Throttling", "Rate exceeded", None),
         (Proto::AwsQuery, Fault::AccessDenied) => (
             403,
             "AccessDenied",
@@ -320,11 +351,15 @@ mod tests {
         let base = proxy.url();
         // EBS (restJson1).
         let (st, h, b) = start_snapshot(&c, &base).await;
+        // The EBS direct APIs throttle with HTTP 400, as documented (not 429).
         assert_eq!(
             (st, &h["x-amzn-errortype"]),
-            (429, &"ThrottlingException".parse::<HeaderValue>().unwrap())
+            (
+                400,
+                &"RequestThrottledException".parse::<HeaderValue>().unwrap()
+            )
         );
-        assert_eq!(b["message"], json!("Rate exceeded"));
+        assert_eq!(b["reason"], json!("RESOURCE_LEVEL_THROTTLE"));
         start_snapshot(&c, &base).await;
         let (st, h, _) = start_snapshot(&c, &base).await;
         assert_eq!(
@@ -396,7 +431,7 @@ mod tests {
             .collect();
         assert_eq!(
             faults[0],
-            ("StartSnapshot".into(), 429, Some("Throttle".into()))
+            ("StartSnapshot".into(), 400, Some("Throttle".into()))
         );
         assert_eq!(
             faults[2],
@@ -404,6 +439,55 @@ mod tests {
         );
         assert_eq!(faults[4], ("StartSnapshot".into(), 201, None));
         assert_eq!(proxy.count("StartSnapshot"), 5);
+    }
+
+    #[tokio::test]
+    async fn documented_codes_are_sent_as_each_service_sends_them() {
+        let (_ebs, proxy) = strict_and_proxy(vec![
+            FaultRule::first_n(
+                Some("StartSnapshot"),
+                Fault::Code("ConcurrentLimitExceededException"),
+                1,
+            ),
+            FaultRule::first_n(
+                Some("DescribeSnapshots"),
+                Fault::Code("ConcurrentTagAccess"),
+                1,
+            ),
+            FaultRule::first_n(Some("PutParameter"), Fault::Code("TooManyUpdates"), 1),
+        ])
+        .await;
+        let c = client();
+        let base = proxy.url();
+        let (st, h, _) = start_snapshot(&c, &base).await;
+        assert_eq!(
+            (st, h["x-amzn-errortype"].to_str().unwrap()),
+            (400, "ConcurrentLimitExceededException")
+        );
+        let h = vec![
+            ("authorization", auth("ec2")),
+            (
+                "content-type",
+                "application/x-www-form-urlencoded".to_string(),
+            ),
+        ];
+        let url = format!("{base}/");
+        let (st, _, b) = send(&c, "POST", &url, &h, "Action=DescribeSnapshots")
+            .await
+            .unwrap();
+        assert_eq!(st, 400);
+        assert!(String::from_utf8_lossy(&b).contains("<Code>ConcurrentTagAccess</Code>"));
+        let h = vec![
+            ("authorization", auth("ssm")),
+            ("x-amz-target", "AmazonSSM.PutParameter".to_string()),
+        ];
+        let (st, _, b) = send(&c, "POST", &url, &h, "{}").await.unwrap();
+        let v: Value = serde_json::from_slice(&b).unwrap();
+        assert_eq!((st, &v["__type"]), (400, &json!("TooManyUpdates")));
+        assert_eq!(
+            proxy.requests()[0].fault.as_deref(),
+            Some("Code(ConcurrentLimitExceededException)")
+        );
     }
 
     #[tokio::test]

@@ -16,10 +16,12 @@
 mod classify;
 mod faults;
 mod forward;
+mod hooks;
 mod moto_fixups;
 mod record;
 #[cfg(test)]
 mod test_support;
+pub mod vocabulary;
 
 use std::io;
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -41,7 +43,9 @@ use forward::loopback_base;
 use record::recorded;
 
 pub use faults::{Fault, FaultRule};
+pub use hooks::Gate;
 pub use record::RecordedRequest;
+pub use vocabulary::DocumentedError;
 
 /// Request bodies larger than this are refused (413).
 const MAX_REQUEST_BODY: usize = 64 * 1024 * 1024;
@@ -85,6 +89,7 @@ struct ProxyInner {
     rules: Mutex<Vec<RuleState>>,
     rng: Mutex<fastrand::Rng>,
     requests: Mutex<Vec<RecordedRequest>>,
+    gates: Mutex<Vec<Arc<hooks::GateState>>>,
     client: Client<HttpConnector, Full<Bytes>>,
 }
 
@@ -116,6 +121,7 @@ impl FaultProxy {
             rules: Mutex::new(rules_state(config.rules)),
             rng: Mutex::new(fastrand::Rng::with_seed(config.seed)),
             requests: Mutex::new(Vec::new()),
+            gates: Mutex::new(Vec::new()),
             client,
         });
         let handler_inner = inner.clone();
@@ -199,11 +205,14 @@ impl ProxyInner {
             Err(e) => return Err(Box::new(e)),
         };
         let (op, has_action) = classify(&parts, &body);
+        self.pass_gates(&op).await;
         let proto = protocol(&service, &parts, &op, has_action);
         let fault = self.pick_fault(&op, &region);
         let mut rec = recorded(&parts, &body, service, region, &op, fault.as_ref());
         match &fault {
-            Some(f @ (Fault::Throttle | Fault::Status(_) | Fault::AccessDenied)) => {
+            Some(
+                f @ (Fault::Throttle | Fault::Status(_) | Fault::AccessDenied | Fault::Code(_)),
+            ) => {
                 let resp = error_response(proto, f);
                 rec.status = resp.status().as_u16();
                 self.record(rec);
