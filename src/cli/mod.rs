@@ -127,6 +127,10 @@ struct UploadArgs {
     /// Snapshot description.
     #[arg(long)]
     description: Option<String>,
+    /// Follow the backing file, external data file or extent files the image names
+    /// (their content is uploaded as part of the image); refused by default.
+    #[arg(long)]
+    allow_backing_file: bool,
     /// Tag the snapshot (repeatable).
     #[arg(long = "tag", value_name = "KEY=VALUE", value_parser = parse_tag)]
     tags: Vec<(String, String)>,
@@ -361,7 +365,12 @@ async fn run(cli: Cli) -> Result<(), Failure> {
 
 async fn upload(g: &GlobalArgs, a: &UploadArgs) -> Result<(), Failure> {
     // Every check of the image happens before any AWS call.
-    let image = DiskImage::open(&a.image)?;
+    let image = DiskImage::open_with(
+        &a.image,
+        ec2ami::image::ImageOptions {
+            allow_backing_file: a.allow_backing_file,
+        },
+    )?;
     let clients = connect(g).await?;
     let opts = UploadOptions {
         description: a.description.clone(),

@@ -2,6 +2,7 @@
 //! their magic and convert them to a temporary sparse raw file with `qemu-img`.
 
 pub mod extents;
+pub mod inspect;
 
 use std::fs::{File, OpenOptions};
 use std::io;
@@ -12,6 +13,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 pub use extents::{BlockPlan, Extent, Extents, PlannedBlock};
+pub use inspect::{ImageOptions, Reference};
 
 /// Largest EBS snapshot: 64 TiB.
 pub const MAX_IMAGE_SIZE: u64 = 64 << 40;
@@ -110,6 +112,44 @@ pub enum ImageError {
         /// What qemu-img said.
         detail: String,
     },
+    /// The image refers to another file, which a conversion would read into the snapshot.
+    #[error(
+        "{path} is a {format} image with a {found}: its content would be read into the \
+         snapshot; refused (pass --allow-backing-file if you mean to publish it)"
+    )]
+    Reference {
+        /// The image path.
+        path: PathBuf,
+        /// Its format.
+        format: Format,
+        /// The first reference found.
+        found: Reference,
+    },
+    /// qemu-img finds the image truncated or corrupt.
+    #[error("{path} is a damaged {format} image: {detail}")]
+    Corrupt {
+        /// The image path.
+        path: PathBuf,
+        /// Its format.
+        format: Format,
+        /// What qemu-img found.
+        detail: String,
+    },
+    /// The converted raw file is not the size the image declares.
+    #[error(
+        "converting {path} ({format}) gave {got} bytes where the image declares {want}: \
+         the image is truncated or corrupt"
+    )]
+    ShortConversion {
+        /// The image path.
+        path: PathBuf,
+        /// Its format.
+        format: Format,
+        /// The declared virtual size.
+        want: u64,
+        /// The converted size.
+        got: u64,
+    },
     /// Finding the data extents (SEEK_DATA/SEEK_HOLE) failed.
     #[error("cannot map the data extents of {path}: {source}")]
     Extents {
@@ -147,6 +187,11 @@ impl DiskImage {
     /// Open and check `path`, converting non-raw formats to a temporary raw file
     /// (in `$TMPDIR`) with qemu-img.
     pub fn open(path: &Path) -> Result<Arc<DiskImage>, ImageError> {
+        Self::open_with(path, ImageOptions::default())
+    }
+
+    /// [`DiskImage::open`] with what the operator allows (backing files...).
+    pub fn open_with(path: &Path, opts: ImageOptions) -> Result<Arc<DiskImage>, ImageError> {
         let (file, size, block_device) = open_checked(path)?;
         let format = detect_format(&file, size).map_err(|source| ImageError::Read {
             path: path.to_owned(),
@@ -165,7 +210,7 @@ impl DiskImage {
             }));
         }
         drop(file);
-        let converted = convert_to_raw(path, format)?;
+        let converted = convert_to_raw(path, format, opts)?;
         let (file, size, _) = open_checked(&converted)?;
         Ok(Arc::new(DiskImage {
             path: path.to_owned(),
@@ -181,18 +226,39 @@ impl DiskImage {
     /// Check `path` as [`DiskImage::open`] does, without converting it: what a plan or
     /// a pre-flight check needs. Returns the file's size and format.
     pub fn check(path: &Path) -> Result<(u64, Format), ImageError> {
+        Self::check_with(path, ImageOptions::default())
+    }
+
+    /// The size and format of `path`, checked as a file but not inspected (for a plan
+    /// of images already checked).
+    pub fn probe(path: &Path) -> Result<(u64, Format), ImageError> {
         let (file, size, _) = open_checked(path)?;
         let format = detect_format(&file, size).map_err(|source| ImageError::Read {
             path: path.to_owned(),
             offset: 0,
             source,
         })?;
-        if format != Format::Raw && qemu_img().is_none() {
-            return Err(ImageError::NeedsConversion {
-                path: path.to_owned(),
-                format,
-                qemu: format.qemu_name(),
-            });
+        Ok((size, format))
+    }
+
+    /// [`DiskImage::check`] with what the operator allows. A non-raw image is
+    /// inspected: references refused unless allowed, `qemu-img check` run.
+    pub fn check_with(path: &Path, opts: ImageOptions) -> Result<(u64, Format), ImageError> {
+        let (file, size, _) = open_checked(path)?;
+        let format = detect_format(&file, size).map_err(|source| ImageError::Read {
+            path: path.to_owned(),
+            offset: 0,
+            source,
+        })?;
+        if format != Format::Raw {
+            let Some(qemu) = qemu_img() else {
+                return Err(ImageError::NeedsConversion {
+                    path: path.to_owned(),
+                    format,
+                    qemu: format.qemu_name(),
+                });
+            };
+            inspect::inspect(path, format, &qemu, opts)?;
         }
         Ok((size, format))
     }
@@ -338,7 +404,24 @@ fn qemu_img() -> Option<PathBuf> {
         .find(|p| p.is_file())
 }
 
-fn convert_to_raw(path: &Path, format: Format) -> Result<tempfile::TempPath, ImageError> {
+/// `s` with control characters escaped (`\n`, `\u{1b}`), for printing names and paths.
+pub fn escaped(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    for c in s.chars() {
+        if c.is_control() {
+            out.extend(c.escape_default());
+        } else {
+            out.push(c);
+        }
+    }
+    out
+}
+
+fn convert_to_raw(
+    path: &Path,
+    format: Format,
+    opts: ImageOptions,
+) -> Result<tempfile::TempPath, ImageError> {
     let Some(qemu) = qemu_img() else {
         return Err(ImageError::NeedsConversion {
             path: path.to_owned(),
@@ -351,6 +434,8 @@ fn convert_to_raw(path: &Path, format: Format) -> Result<tempfile::TempPath, Ima
         format,
         detail,
     };
+    // References refused (unless allowed) and qemu-img check passed, before any copy.
+    let inspection = inspect::inspect(path, format, &qemu, opts)?;
     let tmp = tempfile::Builder::new()
         .prefix("ec2ami-")
         .suffix(".raw")
@@ -363,19 +448,28 @@ fn convert_to_raw(path: &Path, format: Format) -> Result<tempfile::TempPath, Ima
         tmp.display()
     );
     // qemu-img writes holes for zero runs (-S default), so the raw copy stays sparse.
+    // The source is a json: specification: a plain file (never a protocol), its format
+    // given, and no backing file opened unless allowed.
+    let spec = inspect::qemu_spec(path, format, opts.allow_backing_file);
     let out = Command::new(&qemu)
-        .args(["convert", "-q", "-f", format.qemu_name(), "-O", "raw"])
-        .arg(path)
+        .args(["convert", "-q", "-O", "raw"])
+        .arg(&spec)
         .arg(&*tmp)
         .output()
         .map_err(|e| conv_err(format!("cannot run {}: {e}", qemu.display())))?;
     if !out.status.success() {
-        let msg = String::from_utf8_lossy(&out.stderr).trim().to_string();
-        return Err(conv_err(if msg.is_empty() {
-            format!("qemu-img exited with {}", out.status)
-        } else {
-            msg
-        }));
+        return Err(conv_err(inspect::qemu_message(&out.stderr, &spec, path)));
+    }
+    let got = std::fs::metadata(&*tmp)
+        .map_err(|e| conv_err(format!("cannot read the converted file: {e}")))?
+        .len();
+    if got != inspection.virtual_size {
+        return Err(ImageError::ShortConversion {
+            path: path.to_owned(),
+            format,
+            want: inspection.virtual_size,
+            got,
+        });
     }
     Ok(tmp)
 }

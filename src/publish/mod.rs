@@ -47,6 +47,8 @@ pub struct PublishOptions {
     pub progress: ProgressMode,
     /// Where upload block indexes are kept.
     pub index_dir: PathBuf,
+    /// What images may do (backing files...).
+    pub image: crate::image::ImageOptions,
 }
 
 /// Why a publish stopped.

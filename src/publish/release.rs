@@ -109,6 +109,8 @@ struct RawRelease {
     #[serde(default)]
     ssm_overwrite: bool,
     #[serde(default)]
+    allow_paths_outside: bool,
+    #[serde(default)]
     tags: BTreeMap<String, String>,
     #[serde(default)]
     defaults: toml::Table,
@@ -121,6 +123,7 @@ struct RawRelease {
 pub struct ReleaseFile {
     path: PathBuf,
     raw: RawRelease,
+    image_options: crate::image::ImageOptions,
     /// Identity of this file and content, for the journal.
     pub key: String,
 }
@@ -219,8 +222,16 @@ impl ReleaseFile {
         Ok(ReleaseFile {
             path: path.to_owned(),
             raw,
+            image_options: Default::default(),
             key,
         })
+    }
+
+    /// Check the images with `opts` (e.g. backing files allowed) rather than the
+    /// strict default.
+    pub fn with_image_options(mut self, opts: crate::image::ImageOptions) -> ReleaseFile {
+        self.image_options = opts;
+        self
     }
 
     /// The date the file sets in `[defaults]` (then no default date is needed).
@@ -373,9 +384,14 @@ impl ReleaseFile {
         }
         let path_t = string("path")?.ok_or("no `path`")?;
         let path = base_dir.join(render("path", &path_t, &vars)?);
-        if check_files {
-            crate::image::DiskImage::check(&path).map_err(|e| e.to_string())?;
-        }
+        let path = if check_files {
+            let real = image_path(base_dir, &path, self.raw.allow_paths_outside)?;
+            crate::image::DiskImage::check_with(&real, self.image_options)
+                .map_err(|e| e.to_string())?;
+            real
+        } else {
+            path
+        };
         let arch_s = string("arch")?.ok_or("no `arch` (x86_64 or arm64)")?;
         let arch = match arch_s.as_str() {
             "amd64" => Arch::X86_64,
@@ -470,6 +486,31 @@ impl ReleaseFile {
             vars,
         })
     }
+}
+
+/// The image file `path` resolved (symbolic links and `..` followed): a regular file
+/// within `base_dir`'s tree unless the release file allows paths outside it.
+fn image_path(base_dir: &Path, path: &Path, allow_outside: bool) -> Result<PathBuf, String> {
+    let shown = crate::image::escaped(&path.to_string_lossy());
+    let real = std::fs::canonicalize(path).map_err(|e| format!("cannot open {shown}: {e}"))?;
+    let real_shown = crate::image::escaped(&real.to_string_lossy());
+    let meta = std::fs::metadata(&real).map_err(|e| format!("cannot open {shown}: {e}"))?;
+    if !meta.is_file() {
+        return Err(format!(
+            "{shown} is not a regular file (a release publishes image files only)"
+        ));
+    }
+    if !allow_outside {
+        let base = std::fs::canonicalize(base_dir).unwrap_or_else(|_| base_dir.to_owned());
+        if !real.starts_with(&base) {
+            return Err(format!(
+                "{shown} resolves to {real_shown}, outside the release file's directory {}; \
+                 set allow_paths_outside = true in the release file to publish it",
+                crate::image::escaped(&base.to_string_lossy())
+            ));
+        }
+    }
+    Ok(real)
 }
 
 /// A TOML value as a template variable, if it is a plain value.

@@ -7,6 +7,7 @@ mod bench;
 mod common;
 mod faults;
 mod history;
+mod hostile;
 mod images;
 mod moto_ext;
 mod plan_agrees;

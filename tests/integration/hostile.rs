@@ -1,0 +1,250 @@
+//! Hostile and broken inputs (issue 10): images that name host files, damaged images,
+//! release files pointing outside their tree. Each is refused with one sentence naming
+//! the input, before any request, and nothing is left behind.
+
+use std::path::Path;
+
+use crate::common::*;
+
+/// Run qemu-img (the test needs it: it fails with the install hint when it is missing).
+fn qemu_img(args: &[&str]) {
+    let out = std::process::Command::new("qemu-img")
+        .args(args)
+        .output()
+        .expect("qemu-img is installed (apt-get install qemu-utils)");
+    assert!(
+        out.status.success(),
+        "qemu-img {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+fn s(p: &Path) -> &str {
+    p.to_str().unwrap()
+}
+
+/// A secret host file an image might try to pull in.
+fn secret(world: &World) -> std::path::PathBuf {
+    let p = world.path("host-secret");
+    let mut data = b"TOP-SECRET-HOST-FILE".to_vec();
+    data.resize(64 * 1024, b'S');
+    write_file(&p, &data);
+    p
+}
+
+/// Refused before any request, with `needle` on stderr, nothing on stdout, one line,
+/// no temporary raw file left in `tmp`.
+async fn refused(world: &World, args: &[&str], needle: &str) {
+    world.proxy.clear_requests();
+    let tmp = world.path("tmp");
+    std::fs::create_dir_all(&tmp).unwrap();
+    let out = world
+        .ec2ami()
+        .env("TMPDIR", &tmp)
+        .env("EC2AMI_LOG", "warn")
+        .args(args)
+        .output()
+        .await
+        .unwrap();
+    let run = Run::from(out);
+    run.assert_failed_with(needle);
+    assert!(run.stdout.is_empty(), "nothing on stdout: {}", run.stdout);
+    assert_eq!(
+        run.stderr.trim().lines().count(),
+        1,
+        "one line: {}",
+        run.stderr
+    );
+    assert!(!run.stderr.contains("panicked"), "{}", run.stderr);
+    let ops: Vec<String> = world
+        .proxy
+        .requests()
+        .iter()
+        .map(|r| r.operation.clone())
+        .collect();
+    assert!(ops.is_empty(), "{args:?} sent requests: {ops:?}");
+    let left: Vec<_> = std::fs::read_dir(&tmp).unwrap().collect();
+    assert!(left.is_empty(), "{args:?} left temporary files: {left:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn images_naming_host_files_are_refused() {
+    let world = World::moto().await;
+    let secret = secret(&world);
+
+    // qcow2 with a backing file: the overlay's unwritten clusters read the host file.
+    let base = world.path("base.raw");
+    std::fs::copy(&secret, &base).unwrap();
+    let overlay = world.path("overlay.qcow2");
+    qemu_img(&[
+        "create",
+        "-q",
+        "-f",
+        "qcow2",
+        "-b",
+        s(&base),
+        "-F",
+        "raw",
+        s(&overlay),
+    ]);
+    refused(&world, &["upload", s(&overlay)], "backing file").await;
+    refused(&world, &["upload", s(&overlay)], s(&base)).await;
+
+    // qcow2 with an external data file.
+    let data = world.path("data.raw");
+    let with_data = world.path("with-data.qcow2");
+    qemu_img(&[
+        "create",
+        "-q",
+        "-f",
+        "qcow2",
+        "-o",
+        &format!("data_file={}", s(&data)),
+        s(&with_data),
+        "1M",
+    ]);
+    refused(&world, &["upload", s(&with_data)], "external data file").await;
+
+    // A VMDK descriptor whose FLAT extent is a host file.
+    let vmdk = world.path("evil.vmdk");
+    write_file(
+        &vmdk,
+        format!(
+            "# Disk DescriptorFile\nversion=1\nCID=12345678\nparentCID=ffffffff\n\
+             createType=\"monolithicFlat\"\n\nRW 128 FLAT \"{}\" 0\n",
+            s(&secret)
+        )
+        .as_bytes(),
+    );
+    refused(&world, &["upload", s(&vmdk)], "FLAT extent file").await;
+
+    // A sparse VMDK naming a parent (a delta link).
+    let sparse = world.path("delta.vmdk");
+    qemu_img(&["create", "-q", "-f", "vmdk", s(&sparse), "1M"]);
+    let mut bytes = std::fs::read(&sparse).unwrap();
+    let at = bytes
+        .windows(9)
+        .position(|w| w == b"parentCID")
+        .expect("an embedded descriptor");
+    // Written over the descriptor's NUL padding: nothing else in the file moves.
+    let end = at + bytes[at..].iter().position(|&b| b == 0).unwrap();
+    let hint = format!("parentFileNameHint=\"{}\"\n", s(&secret));
+    bytes[end..end + hint.len()].copy_from_slice(hint.as_bytes());
+    write_file(&sparse, &bytes);
+    refused(&world, &["upload", s(&sparse)], "backing file").await;
+
+    // publish refuses them too, before any request.
+    let rel = world.path("release.toml");
+    write_file(
+        &rel,
+        b"regions = [\"us-east-1\"]\n[[image]]\npath = \"overlay.qcow2\"\n\
+          name = \"hostile-{date}\"\narch = \"x86_64\"\n",
+    );
+    refused(&world, &["publish", s(&rel)], "backing file").await;
+    refused(&world, &["publish", "--plan", s(&rel)], "backing file").await;
+    assert!(world.our_snapshots().await.is_empty());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn allow_backing_file_opts_in() {
+    let world = World::moto().await;
+    let base = world.path("base.raw");
+    write_file(&base, &random_bytes(3, 1 << 20));
+    let overlay = world.path("overlay.qcow2");
+    qemu_img(&[
+        "create",
+        "-q",
+        "-f",
+        "qcow2",
+        "-b",
+        s(&base),
+        "-F",
+        "raw",
+        s(&overlay),
+    ]);
+    let report = world.upload(&overlay, &["--allow-backing-file"]).await;
+    let out = world.path("back.raw");
+    world
+        .download(report["snapshot_id"].as_str().unwrap(), &out)
+        .await;
+    // The snapshot holds the backing file's content: what the operator asked for.
+    assert_eq!(nonzero_blocks(&out), nonzero_blocks(&base));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn damaged_images_are_refused_before_converting() {
+    let world = World::moto().await;
+    let raw = world.path("os.raw");
+    write_file(&raw, &random_bytes(5, 4 << 20));
+    for (fmt, ext) in [
+        ("qcow2", "qcow2"),
+        ("vmdk", "vmdk"),
+        ("vhdx", "vhdx"),
+        ("vpc", "vhd"),
+    ] {
+        let full = world.path(&format!("full.{ext}"));
+        qemu_img(&["convert", "-f", "raw", "-O", fmt, s(&raw), s(&full)]);
+        let bytes = std::fs::read(&full).unwrap();
+        let cut = world.path(&format!("cut.{ext}"));
+        write_file(&cut, &bytes[..bytes.len() / 2]);
+        refused(&world, &["upload", s(&cut)], s(&cut)).await;
+        // A whole image still goes through the same checks.
+        let r = world.upload(&full, &[]).await;
+        // VHD rounds the disk up to its CHS geometry.
+        let size = r["size_bytes"].as_u64().unwrap();
+        assert!(
+            size == 4 << 20 || fmt == "vpc" && size > 4 << 20,
+            "{fmt}: {size}"
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn release_image_paths_stay_in_the_release_tree() {
+    let world = World::moto().await;
+    let dir = world.path("rel");
+    std::fs::create_dir_all(&dir).unwrap();
+    let outside = world.path("outside.raw");
+    write_file(&outside, &random_bytes(7, 1 << 20));
+    let rel = dir.join("release.toml");
+    let release = |path: &str, extra: &str| {
+        write_file(
+            &rel,
+            format!(
+                "regions = [\"us-east-1\"]\n{extra}\n[[image]]\npath = \"{path}\"\n\
+                 name = \"tree-{{date}}\"\narch = \"x86_64\"\n"
+            )
+            .as_bytes(),
+        );
+    };
+
+    release("../outside.raw", "");
+    refused(&world, &["publish", s(&rel)], "allow_paths_outside = true").await;
+    release(s(&outside), "");
+    refused(
+        &world,
+        &["publish", "--plan", s(&rel)],
+        "outside the release file's directory",
+    )
+    .await;
+    std::os::unix::fs::symlink(&outside, dir.join("link.raw")).unwrap();
+    release("link.raw", "");
+    refused(&world, &["publish", s(&rel)], "outside.raw").await;
+    release("/etc/passwd", "");
+    refused(&world, &["publish", s(&rel)], "/etc/passwd").await;
+
+    // Not a regular file, even inside the tree.
+    std::fs::create_dir_all(dir.join("sub")).unwrap();
+    release("sub", "");
+    refused(&world, &["publish", s(&rel)], "not a regular file").await;
+    release("/dev/null", "allow_paths_outside = true");
+    refused(&world, &["publish", s(&rel)], "not a regular file").await;
+
+    // Opted in: the plan names the file it reads, fully resolved.
+    release("link.raw", "allow_paths_outside = true");
+    let plan = world.run(&["publish", "--plan", s(&rel)]).await;
+    plan.assert_ok();
+    let real = std::fs::canonicalize(&outside).unwrap();
+    assert!(plan.stdout.contains(s(&real)), "{}", plan.stdout);
+    assert!(mutating(&world).is_empty());
+}
