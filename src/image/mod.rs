@@ -150,6 +150,17 @@ pub enum ImageError {
         /// The converted size.
         got: u64,
     },
+    /// The file changed while it was read: the snapshot would match neither version.
+    #[error(
+        "{path} changed while it was being uploaded ({what}): the snapshot would match \
+         neither version; upload it again once nothing writes to it"
+    )]
+    Changed {
+        /// The image path.
+        path: PathBuf,
+        /// What differs (size, modification time, file).
+        what: String,
+    },
     /// Finding the data extents (SEEK_DATA/SEEK_HOLE) failed.
     #[error("cannot map the data extents of {path}: {source}")]
     Extents {
@@ -178,6 +189,7 @@ pub struct DiskImage {
     size: u64,
     format: Format,
     block_device: bool,
+    identity: FileIdentity,
     bytes_read: AtomicU64,
     // Keeps a converted temporary raw file alive; it is deleted on drop.
     _converted: Option<tempfile::TempPath>,
@@ -193,6 +205,7 @@ impl DiskImage {
     /// [`DiskImage::open`] with what the operator allows (backing files...).
     pub fn open_with(path: &Path, opts: ImageOptions) -> Result<Arc<DiskImage>, ImageError> {
         let (file, size, block_device) = open_checked(path)?;
+        let identity = FileIdentity::of(path)?;
         let format = detect_format(&file, size).map_err(|source| ImageError::Read {
             path: path.to_owned(),
             offset: 0,
@@ -205,6 +218,7 @@ impl DiskImage {
                 size,
                 format,
                 block_device,
+                identity,
                 bytes_read: AtomicU64::new(0),
                 _converted: None,
             }));
@@ -212,15 +226,39 @@ impl DiskImage {
         drop(file);
         let converted = convert_to_raw(path, format, opts)?;
         let (file, size, _) = open_checked(&converted)?;
-        Ok(Arc::new(DiskImage {
+        let image = DiskImage {
             path: path.to_owned(),
             file,
             size,
             format,
             block_device: false,
+            identity,
             bytes_read: AtomicU64::new(0),
             _converted: Some(converted),
-        }))
+        };
+        // The source was read by the conversion: it must not have changed meanwhile.
+        image.check_unchanged()?;
+        Ok(Arc::new(image))
+    }
+
+    /// What identifies the file as it was opened (size, modification time, inode).
+    pub fn identity(&self) -> &FileIdentity {
+        &self.identity
+    }
+
+    /// Fail with [`ImageError::Changed`] when the file is no longer the one opened.
+    pub fn check_unchanged(&self) -> Result<(), ImageError> {
+        if self.block_device {
+            return Ok(());
+        }
+        let now = FileIdentity::of(&self.path)?;
+        match self.identity.difference(&now) {
+            None => Ok(()),
+            Some(what) => Err(ImageError::Changed {
+                path: self.path.clone(),
+                what,
+            }),
+        }
     }
 
     /// Check `path` as [`DiskImage::open`] does, without converting it: what a plan or
@@ -402,6 +440,46 @@ fn qemu_img() -> Option<PathBuf> {
     std::env::split_paths(&path)
         .map(|d| d.join("qemu-img"))
         .find(|p| p.is_file())
+}
+
+/// What identifies a file's content cheaply: size, modification time and inode.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct FileIdentity {
+    /// Size in bytes.
+    pub size: u64,
+    /// Modification time, nanoseconds since the epoch.
+    pub mtime_ns: i128,
+    /// Device and inode numbers.
+    pub dev_ino: (u64, u64),
+}
+
+impl FileIdentity {
+    /// The identity of the file at `path` now.
+    pub fn of(path: &Path) -> Result<FileIdentity, ImageError> {
+        use std::os::unix::fs::MetadataExt;
+        let m = std::fs::metadata(path).map_err(|source| ImageError::Open {
+            path: path.to_owned(),
+            source,
+        })?;
+        Ok(FileIdentity {
+            size: m.len(),
+            mtime_ns: i128::from(m.mtime()) * 1_000_000_000 + i128::from(m.mtime_nsec()),
+            dev_ino: (m.dev(), m.ino()),
+        })
+    }
+
+    /// What differs from `other`, in words, or `None`.
+    pub fn difference(&self, other: &FileIdentity) -> Option<String> {
+        if self.dev_ino != other.dev_ino {
+            Some("it was replaced by another file".into())
+        } else if self.size != other.size {
+            Some(format!("size {} then {} bytes", self.size, other.size))
+        } else if self.mtime_ns != other.mtime_ns {
+            Some("its modification time changed".into())
+        } else {
+            None
+        }
+    }
 }
 
 /// `s` with control characters escaped (`\n`, `\u{1b}`), for printing names and paths.
