@@ -23,3 +23,4 @@ pub mod publish;
 pub mod snapshot;
 pub mod state;
 pub mod units;
+pub mod validate_input;

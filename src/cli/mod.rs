@@ -132,7 +132,7 @@ struct UploadArgs {
     #[arg(long)]
     allow_backing_file: bool,
     /// Tag the snapshot (repeatable).
-    #[arg(long = "tag", value_name = "KEY=VALUE", value_parser = parse_tag)]
+    #[arg(long = "tag", value_name = "KEY=VALUE", value_parser = parse_user_tag)]
     tags: Vec<(String, String)>,
     /// Encrypt the snapshot with the account's default EBS key (every block is written).
     #[arg(long)]
@@ -192,6 +192,13 @@ fn parse_tag(s: &str) -> Result<(String, String), String> {
         Some((k, v)) if !k.is_empty() => Ok((k.to_string(), v.to_string())),
         _ => Err(format!("expected KEY=VALUE, got `{s}`")),
     }
+}
+
+/// A `--tag KEY=VALUE` a user may set (not a reserved `ec2ami:` or `aws:` key).
+fn parse_user_tag(s: &str) -> Result<(String, String), String> {
+    let (k, v) = parse_tag(s)?;
+    ec2ami::validate_input::user_tag_key(&k)?;
+    Ok((k, v))
 }
 
 pub use ec2ami::units::parse_duration;

@@ -428,7 +428,17 @@ impl ReleaseFile {
             }
         };
         spec.deprecate_at = deprecation(t)?;
+        if let Some(at) = spec.deprecate_at {
+            crate::validate_input::deprecation_time(
+                at,
+                crate::validate_input::now(),
+                self.raw.public,
+            )?;
+        }
         // Tags: the release's, the build variables, then the image's own.
+        for k in self.raw.tags.keys() {
+            crate::validate_input::user_tag_key(k)?;
+        }
         let mut tags: BTreeMap<String, String> = self
             .raw
             .tags
@@ -445,6 +455,7 @@ impl ReleaseFile {
             None => {}
             Some(toml::Value::Table(own)) => {
                 for (k, v) in own {
+                    crate::validate_input::user_tag_key(k)?;
                     let v = v
                         .as_str()
                         .ok_or_else(|| format!("tag `{k}` must be a string"))?;
@@ -704,6 +715,34 @@ fs = "zfs"
                 &EXAMPLE.replace("path = \"base-ufs-amd64.raw\"", "path = 1"),
                 "must be a string",
             ),
+            (
+                &EXAMPLE.replace("[defaults]", "[defaults]\ndeprecate_at = \"2020-01-01\""),
+                "in the past",
+            ),
+            (
+                &EXAMPLE.replace("[defaults]", "[defaults]\ndeprecate_in = \"1100d\""),
+                "2 years ahead for a public AMI",
+            ),
+            (
+                &EXAMPLE
+                    .replace("public = true", "public = false")
+                    .replace("[defaults]", "[defaults]\ndeprecate_in = \"4000d\""),
+                "10 years ahead",
+            ),
+            (
+                &EXAMPLE.replace(
+                    "[defaults]",
+                    "[tags]\n\"ec2ami:managed-by\" = \"me\"\n[defaults]",
+                ),
+                "tag `ec2ami:managed-by` is reserved",
+            ),
+            (
+                &EXAMPLE.replace(
+                    "flavour = \"small\"",
+                    "flavour = \"small\"\ntags = { \"ec2ami:image-size\" = \"1\" }",
+                ),
+                "tag `ec2ami:image-size` is reserved",
+            ),
             ("regions = []\n[[image]]\npath='x'", "`regions` is empty"),
             ("regions = 'all'", "no [[image]]"),
             ("regions = ", "TOML"),
@@ -760,6 +799,7 @@ fs = "zfs"
     #[test]
     fn a_deprecation_in_defaults_applies_to_every_image_unless_one_says_otherwise() {
         let text = EXAMPLE
+            .replace("public = true", "public = false")
             .replace("[defaults]", "[defaults]\ndeprecate_in = \"180d\"")
             .replace(
                 "flavour = \"small\"",

@@ -303,3 +303,71 @@ async fn an_image_changed_during_upload_fails_and_its_snapshot_is_deleted() {
     assert!(ops.iter().any(|o| o == "DeleteSnapshot"), "{ops:?}");
     assert!(world.our_snapshots().await.is_empty());
 }
+
+/// Refused before any request, `needle` on stderr (clap's usage errors take a few lines).
+async fn refused_loosely(world: &World, args: &[&str], needle: &str) {
+    world.proxy.clear_requests();
+    let run = world.run(args).await;
+    run.assert_failed_with(needle);
+    assert!(!run.stderr.contains("panicked"), "{}", run.stderr);
+    let ops: Vec<String> = world
+        .proxy
+        .requests()
+        .iter()
+        .map(|r| r.operation.clone())
+        .collect();
+    assert!(ops.is_empty(), "{args:?} sent requests: {ops:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn deprecations_and_reserved_tags_are_refused_before_any_request() {
+    let world = World::moto().await;
+    let img = world.path("os.raw");
+    write_file(&img, &random_bytes(1, 1 << 20));
+    let snap = "snap-0123456789abcdef0";
+    let register = |extra: &'static [&'static str]| {
+        let mut v = vec!["register", snap, "--name", "hostile-1", "--arch", "x86_64"];
+        v.extend_from_slice(extra);
+        v
+    };
+    refused(
+        &world,
+        &register(&["--deprecate-at", "2020-01-01"]),
+        "in the past",
+    )
+    .await;
+    refused(
+        &world,
+        &register(&["--deprecate-in", "4000d"]),
+        "10 years ahead",
+    )
+    .await;
+    refused_loosely(
+        &world,
+        &register(&["--tag", "ec2ami:managed-by=me"]),
+        "tag `ec2ami:managed-by` is reserved",
+    )
+    .await;
+    refused_loosely(
+        &world,
+        &["upload", s(&img), "--tag", "ec2ami:image-size=1"],
+        "tag `ec2ami:image-size` is reserved",
+    )
+    .await;
+    let rel = world.path("release.toml");
+    for (extra, needle) in [
+        ("deprecate_at = \"2020-01-01\"", "in the past"),
+        ("tags = { \"ec2ami:managed-by\" = \"x\" }", "is reserved"),
+    ] {
+        write_file(
+            &rel,
+            format!(
+                "regions = [\"us-east-1\"]\n[[image]]\npath = \"os.raw\"\n\
+                 name = \"dep-{{date}}\"\narch = \"x86_64\"\n{extra}\n"
+            )
+            .as_bytes(),
+        );
+        refused(&world, &["publish", s(&rel)], needle).await;
+    }
+    assert!(world.our_snapshots().await.is_empty());
+}
