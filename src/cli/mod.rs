@@ -294,6 +294,7 @@ pub async fn shutdown_signal() {
         } => {}
     }
     tracing::warn!("interrupted: stopping and cleaning up");
+    ec2ami::image::stop_conversions();
 }
 
 /// Exit status for an interrupted command (128 + SIGINT).

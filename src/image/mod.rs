@@ -191,8 +191,6 @@ pub struct DiskImage {
     block_device: bool,
     identity: FileIdentity,
     bytes_read: AtomicU64,
-    // Keeps a converted temporary raw file alive; it is deleted on drop.
-    _converted: Option<tempfile::TempPath>,
 }
 
 impl DiskImage {
@@ -220,12 +218,10 @@ impl DiskImage {
                 block_device,
                 identity,
                 bytes_read: AtomicU64::new(0),
-                _converted: None,
             }));
         }
         drop(file);
-        let converted = convert_to_raw(path, format, opts)?;
-        let (file, size, _) = open_checked(&converted)?;
+        let (file, size) = convert_to_raw(path, format, opts)?;
         let image = DiskImage {
             path: path.to_owned(),
             file,
@@ -234,7 +230,6 @@ impl DiskImage {
             block_device: false,
             identity,
             bytes_read: AtomicU64::new(0),
-            _converted: Some(converted),
         };
         // The source was read by the conversion: it must not have changed meanwhile.
         image.check_unchanged()?;
@@ -495,11 +490,29 @@ pub fn escaped(s: &str) -> String {
     out
 }
 
+/// The qemu-img conversions running now (their process ids).
+fn running_conversions() -> std::sync::MutexGuard<'static, Vec<u32>> {
+    static RUNNING: std::sync::Mutex<Vec<u32>> = std::sync::Mutex::new(Vec::new());
+    RUNNING.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// Stop every running qemu-img conversion (on Ctrl-C or SIGTERM): each fails as
+/// interrupted and its temporary raw file goes with it.
+pub fn stop_conversions() {
+    for pid in running_conversions().iter() {
+        // SAFETY: kill has no memory-safety preconditions; the pid is our child, not yet
+        // reaped (it is removed from the list once waited for).
+        unsafe {
+            libc::kill(*pid as libc::pid_t, libc::SIGKILL);
+        }
+    }
+}
+
 fn convert_to_raw(
     path: &Path,
     format: Format,
     opts: ImageOptions,
-) -> Result<tempfile::TempPath, ImageError> {
+) -> Result<(File, u64), ImageError> {
     let Some(qemu) = qemu_img() else {
         return Err(ImageError::NeedsConversion {
             path: path.to_owned(),
@@ -514,42 +527,86 @@ fn convert_to_raw(
     };
     // References refused (unless allowed) and qemu-img check passed, before any copy.
     let inspection = inspect::inspect(path, format, &qemu, opts)?;
-    let tmp = tempfile::Builder::new()
-        .prefix("ec2ami-")
-        .suffix(".raw")
-        .tempfile()
-        .map_err(|e| conv_err(format!("cannot create a temporary file: {e}")))?
-        .into_temp_path();
+    let size = inspection.virtual_size;
+    if size == 0 {
+        return Err(ImageError::Empty {
+            path: path.to_owned(),
+        });
+    }
+    if size > MAX_IMAGE_SIZE {
+        return Err(ImageError::TooLarge {
+            path: path.to_owned(),
+            size,
+        });
+    }
+    // An unnamed temporary file (in $TMPDIR): nothing is left on disk however ec2ami
+    // ends. qemu-img writes it through /dev/fd/3; it is already the right (sparse) size
+    // and all zeros, so qemu-img writes only data.
+    let tmp = tempfile::tempfile()
+        .map_err(|e| conv_err(format!("cannot create a temporary file: {e}")))?;
+    tmp.set_len(size)
+        .map_err(|e| conv_err(format!("cannot size the temporary file: {e}")))?;
     tracing::info!(
-        "converting {} ({format}) to raw at {} with qemu-img",
-        path.display(),
-        tmp.display()
+        "converting {} ({format}) to a temporary raw file with qemu-img",
+        path.display()
     );
-    // qemu-img writes holes for zero runs (-S default), so the raw copy stays sparse.
     // The source is a json: specification: a plain file (never a protocol), its format
     // given, and no backing file opened unless allowed.
     let spec = inspect::qemu_spec(path, format, opts.allow_backing_file);
-    let out = Command::new(&qemu)
-        .args(["convert", "-q", "-O", "raw"])
+    let mut cmd = Command::new(&qemu);
+    cmd.args(["convert", "-q", "-n", "--target-is-zero", "-O", "raw"])
         .arg(&spec)
-        .arg(&*tmp)
-        .output()
+        .arg("/dev/fd/3")
+        .stdin(std::process::Stdio::null());
+    let fd = std::os::fd::AsRawFd::as_raw_fd(&tmp);
+    // SAFETY: only async-signal-safe calls between fork and exec.
+    unsafe {
+        std::os::unix::process::CommandExt::pre_exec(&mut cmd, move || {
+            // qemu-img dies with ec2ami (SIGKILL when the spawning thread ends).
+            if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) != 0 {
+                return Err(io::Error::last_os_error());
+            }
+            if fd == 3 {
+                let flags = libc::fcntl(3, libc::F_GETFD);
+                if flags < 0 || libc::fcntl(3, libc::F_SETFD, flags & !libc::FD_CLOEXEC) < 0 {
+                    return Err(io::Error::last_os_error());
+                }
+            } else if libc::dup2(fd, 3) < 0 {
+                return Err(io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+    cmd.stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped());
+    let child = cmd
+        .spawn()
         .map_err(|e| conv_err(format!("cannot run {}: {e}", qemu.display())))?;
+    let pid = child.id();
+    running_conversions().push(pid);
+    let out = child.wait_with_output();
+    running_conversions().retain(|p| *p != pid);
+    let out = out.map_err(|e| conv_err(format!("waiting for qemu-img: {e}")))?;
     if !out.status.success() {
+        use std::os::unix::process::ExitStatusExt;
+        if out.status.signal() == Some(libc::SIGKILL) {
+            return Err(conv_err("qemu-img was stopped (interrupted)".into()));
+        }
         return Err(conv_err(inspect::qemu_message(&out.stderr, &spec, path)));
     }
-    let got = std::fs::metadata(&*tmp)
+    let got = tmp
+        .metadata()
         .map_err(|e| conv_err(format!("cannot read the converted file: {e}")))?
         .len();
-    if got != inspection.virtual_size {
+    if got != size {
         return Err(ImageError::ShortConversion {
             path: path.to_owned(),
             format,
-            want: inspection.virtual_size,
+            want: size,
             got,
         });
     }
-    Ok(tmp)
+    Ok((tmp, size))
 }
 
 #[cfg(test)]

@@ -371,3 +371,77 @@ async fn deprecations_and_reserved_tags_are_refused_before_any_request() {
     }
     assert!(world.our_snapshots().await.is_empty());
 }
+
+/// True while process `pid` runs (a zombie counts as gone).
+fn alive(pid: i32) -> bool {
+    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+        Ok(stat) => !stat
+            .rsplit_once(") ")
+            .is_some_and(|(_, rest)| rest.starts_with('Z')),
+        Err(_) => false,
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_during_conversion_stops_qemu_img_and_leaves_no_file() {
+    use std::os::unix::fs::PermissionsExt;
+    let world = World::moto().await;
+    let qcow = world.path("os.qcow2");
+    qemu_img(&["create", "-q", "-f", "qcow2", s(&qcow), "64M"]);
+    // A qemu-img whose conversion never ends (info and check are the real ones).
+    let pidfile = world.path("convert.pid");
+    let fake = world.path("qemu-img");
+    write_file(
+        &fake,
+        format!(
+            "#!/bin/sh\nif [ \"$1\" = convert ]; then echo $$ > {}; exec sleep 600; fi\n\
+             exec qemu-img \"$@\"\n",
+            s(&pidfile)
+        )
+        .as_bytes(),
+    );
+    std::fs::set_permissions(&fake, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let tmp = world.path("tmp");
+    std::fs::create_dir_all(&tmp).unwrap();
+    let mut child = world
+        .ec2ami()
+        .env("EC2AMI_QEMU_IMG", &fake)
+        .env("TMPDIR", &tmp)
+        .args(["upload", s(&qcow)])
+        .spawn()
+        .unwrap();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    let qemu_pid: i32 = loop {
+        if let Some(pid) = std::fs::read_to_string(&pidfile)
+            .ok()
+            .and_then(|t| t.trim().parse().ok())
+        {
+            break pid;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the conversion never started"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    };
+    // SAFETY: kill with the pid of our own child.
+    unsafe {
+        libc::kill(child.id().unwrap() as i32, libc::SIGTERM);
+    }
+    let status = tokio::time::timeout(std::time::Duration::from_secs(20), child.wait())
+        .await
+        .expect("ec2ami exits after SIGTERM")
+        .unwrap();
+    assert!(!status.success());
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while alive(qemu_pid) {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "qemu-img ({qemu_pid}) outlived ec2ami"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    let left: Vec<_> = std::fs::read_dir(&tmp).unwrap().collect();
+    assert!(left.is_empty(), "temporary files left: {left:?}");
+    assert!(world.proxy.requests().is_empty());
+}
