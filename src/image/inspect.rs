@@ -325,8 +325,7 @@ pub(super) fn qemu_message(stderr: &[u8], spec: &str, path: &Path) -> String {
     let text = String::from_utf8_lossy(stderr).replace(spec, &path.to_string_lossy());
     let msg = text
         .lines()
-        .filter(|l| !l.trim().is_empty() && !l.contains("warning:"))
-        .next_back()
+        .rfind(|l| !l.trim().is_empty() && !l.contains("warning:"))
         .unwrap_or("qemu-img failed without a message")
         .trim()
         .trim_start_matches("qemu-img: ")
