@@ -445,3 +445,39 @@ async fn sigterm_during_conversion_stops_qemu_img_and_leaves_no_file() {
     assert!(left.is_empty(), "temporary files left: {left:?}");
     assert!(world.proxy.requests().is_empty());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn history_import_reads_only_bounded_regular_files() {
+    let world = World::offline().await;
+    let fifo = world.path("fifo");
+    let c = std::ffi::CString::new(s(&fifo)).unwrap();
+    // SAFETY: mkfifo with a valid NUL-terminated path.
+    assert_eq!(unsafe { libc::mkfifo(c.as_ptr(), 0o600) }, 0);
+    let big = world.path("big.txt");
+    let f = std::fs::File::create(&big).unwrap();
+    f.set_len(65 << 20).unwrap();
+    let import = |file: &str| {
+        vec![
+            "history".to_string(),
+            "import".into(),
+            file.into(),
+            "--ami".into(),
+            "ami-0123456789abcdef0".into(),
+            "--instance-type".into(),
+            "c7i.large".into(),
+        ]
+    };
+    for (file, needle) in [
+        ("/dev/zero", "/dev/zero is not a regular file"),
+        (s(&fifo), "is not a regular file"),
+        (s(&big), "more than the 67108864 bytes"),
+    ] {
+        let args = import(file);
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        let run = tokio::time::timeout(std::time::Duration::from_secs(20), world.run(&args))
+            .await
+            .expect("refused at once, not read forever");
+        run.assert_failed_with(needle);
+    }
+    assert!(world.proxy.requests().is_empty());
+}
