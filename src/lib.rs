@@ -27,3 +27,4 @@ pub mod snapshot;
 pub mod state;
 pub mod units;
 pub mod userdata;
+pub mod validate_input;

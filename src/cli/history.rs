@@ -256,7 +256,8 @@ fn import_files(g: &GlobalArgs, a: &ImportArgs) -> Result<(), Failure> {
     let mut parsed = Vec::new();
     for file in &a.files {
         let text =
-            std::fs::read_to_string(file).map_err(|e| fail(format!("{}: {e}", file.display())))?;
+            ec2ami::validate_input::read_text_file(file, ec2ami::validate_input::MAX_TEXT_FILE)
+                .map_err(fail)?;
         let runs = import::parse(&text).map_err(|e| fail(format!("{}: {e}", file.display())))?;
         let measured_at = match &a.measured_on {
             Some(d) => history::day_number(d).unwrap_or(0) * 86_400,

@@ -5,7 +5,7 @@ use std::time::Duration;
 use aws_smithy_types::DateTime;
 use clap::Args;
 
-use super::{Failure, GlobalArgs, connect, parse_duration, parse_tag};
+use super::{Failure, GlobalArgs, connect, parse_duration};
 use ec2ami::ami::{
     self, Arch, BootMode, Completion, CopyLimiter, CopyOptions, CopyWaiter, ImageSpec, Imds,
     Protect, ShareSpec, UefiData,
@@ -57,7 +57,7 @@ pub struct RegisterArgs {
     #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
     deprecate_in: Option<Duration>,
     /// Tag the AMI (repeatable).
-    #[arg(long = "tag", value_name = "KEY=VALUE", value_parser = parse_tag)]
+    #[arg(long = "tag", value_name = "KEY=VALUE", value_parser = super::parse_user_tag)]
     tags: Vec<(String, String)>,
     /// Protect the AMI from deregistration; `--protect=cooldown` keeps it protected 24
     /// hours after protection is disabled.
@@ -148,6 +148,13 @@ pub async fn register(g: &GlobalArgs, a: &RegisterArgs) -> Result<(), Failure> {
         ..ImageSpec::new(a.name.clone(), a.arch)
     };
     spec.validate()?;
+    if let Some(at) = spec.deprecate_at {
+        ec2ami::validate_input::deprecation_time(at, ec2ami::validate_input::now(), false)
+            .map_err(|message| Failure {
+                message,
+                interrupted: false,
+            })?;
+    }
     let clients = connect(g).await?;
     let r = ami::register(&clients, &a.snapshot_id, &spec, a.wait_timeout, &g.retry()).await?;
     g.print(&r, || r.image_id.clone());

@@ -152,8 +152,12 @@ struct UploadArgs {
     /// Snapshot description.
     #[arg(long)]
     description: Option<String>,
+    /// Follow the backing file, external data file or extent files the image names
+    /// (their content is uploaded as part of the image); refused by default.
+    #[arg(long)]
+    allow_backing_file: bool,
     /// Tag the snapshot (repeatable).
-    #[arg(long = "tag", value_name = "KEY=VALUE", value_parser = parse_tag)]
+    #[arg(long = "tag", value_name = "KEY=VALUE", value_parser = parse_user_tag)]
     tags: Vec<(String, String)>,
     /// Encrypt the snapshot with the account's default EBS key (every block is written).
     #[arg(long)]
@@ -213,6 +217,13 @@ fn parse_tag(s: &str) -> Result<(String, String), String> {
         Some((k, v)) if !k.is_empty() => Ok((k.to_string(), v.to_string())),
         _ => Err(format!("expected KEY=VALUE, got `{s}`")),
     }
+}
+
+/// A `--tag KEY=VALUE` a user may set (not a reserved `ec2ami:` or `aws:` key).
+fn parse_user_tag(s: &str) -> Result<(String, String), String> {
+    let (k, v) = parse_tag(s)?;
+    ec2ami::validate_input::user_tag_key(&k)?;
+    Ok((k, v))
 }
 
 pub use ec2ami::units::parse_duration;
@@ -308,6 +319,7 @@ pub async fn shutdown_signal() {
         } => {}
     }
     tracing::warn!("interrupted: stopping and cleaning up");
+    ec2ami::image::stop_conversions();
 }
 
 /// Exit status for an interrupted command (128 + SIGINT).
@@ -400,7 +412,12 @@ async fn run(cli: Cli) -> Result<(), Failure> {
 
 async fn upload(g: &GlobalArgs, a: &UploadArgs) -> Result<(), Failure> {
     // Every check of the image happens before any AWS call.
-    let image = DiskImage::open(&a.image)?;
+    let image = DiskImage::open_with(
+        &a.image,
+        ec2ami::image::ImageOptions {
+            allow_backing_file: a.allow_backing_file,
+        },
+    )?;
     let clients = connect(g).await?;
     let opts = UploadOptions {
         description: a.description.clone(),

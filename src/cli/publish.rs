@@ -9,6 +9,7 @@ use clap::{Args, Subcommand};
 use super::{Failure, GlobalArgs, OutputFormat, connect, parse_duration, parse_tag};
 use ec2ami::ami::Imds;
 use ec2ami::aws::{self, Clients};
+use ec2ami::image::ImageOptions;
 use ec2ami::params::{self, PutOptions};
 use ec2ami::publish::compat::{self, Bsdec2Args};
 use ec2ami::publish::{self, PublishError, PublishOptions, Release, ReleaseFile, plan, validate};
@@ -23,6 +24,10 @@ pub struct PublishArgs {
     /// Print every action the publish would take and change nothing.
     #[arg(long)]
     plan: bool,
+    /// Follow the backing files, external data files and extent files that images name
+    /// (their content is uploaded as part of the image); refused by default.
+    #[arg(long)]
+    allow_backing_file: bool,
     #[command(flatten)]
     run: RunArgs,
 }
@@ -250,11 +255,15 @@ fn publish_options(g: &GlobalArgs, a: &RunArgs) -> PublishOptions {
             .clone()
             .unwrap_or_else(snapshot::default_index_dir),
         preflight: None,
+        image: Default::default(),
     }
 }
 
 pub async fn publish(g: &GlobalArgs, a: &PublishArgs) -> Result<(), Failure> {
-    let file = ReleaseFile::read(&a.release)?;
+    let image_opts = ImageOptions {
+        allow_backing_file: a.allow_backing_file,
+    };
+    let file = ReleaseFile::read(&a.release)?.with_image_options(image_opts);
     // Every check of the file (templates, names, images) before anything else.
     let first = file.resolve(&today(), true)?;
     let preflight = preflight_on(&first, &a.run)?;
@@ -286,6 +295,7 @@ pub async fn publish(g: &GlobalArgs, a: &PublishArgs) -> Result<(), Failure> {
     release.preflight = Some(preflight);
     let mut opts = publish_options(g, &a.run);
     opts.preflight = preflight_options(g, &a.run, &release, &db)?;
+    opts.image = image_opts;
     run_release(g, &clients, &release, &session, &opts).await
 }
 

@@ -2,6 +2,7 @@
 //! their magic and convert them to a temporary sparse raw file with `qemu-img`.
 
 pub(crate) mod extents;
+pub mod inspect;
 
 use std::fs::{File, OpenOptions};
 use std::io;
@@ -12,6 +13,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 pub use extents::{BlockPlan, Extent, Extents, PlannedBlock};
+pub use inspect::{ImageOptions, Reference};
 
 /// Largest EBS snapshot: 64 TiB.
 pub const MAX_IMAGE_SIZE: u64 = 64 << 40;
@@ -110,6 +112,55 @@ pub enum ImageError {
         /// What qemu-img said.
         detail: String,
     },
+    /// The image refers to another file, which a conversion would read into the snapshot.
+    #[error(
+        "{path} is a {format} image with a {found}: its content would be read into the \
+         snapshot; refused (pass --allow-backing-file if you mean to publish it)"
+    )]
+    Reference {
+        /// The image path.
+        path: PathBuf,
+        /// Its format.
+        format: Format,
+        /// The first reference found.
+        found: Reference,
+    },
+    /// qemu-img finds the image truncated or corrupt.
+    #[error("{path} is a damaged {format} image: {detail}")]
+    Corrupt {
+        /// The image path.
+        path: PathBuf,
+        /// Its format.
+        format: Format,
+        /// What qemu-img found.
+        detail: String,
+    },
+    /// The converted raw file is not the size the image declares.
+    #[error(
+        "converting {path} ({format}) gave {got} bytes where the image declares {want}: \
+         the image is truncated or corrupt"
+    )]
+    ShortConversion {
+        /// The image path.
+        path: PathBuf,
+        /// Its format.
+        format: Format,
+        /// The declared virtual size.
+        want: u64,
+        /// The converted size.
+        got: u64,
+    },
+    /// The file changed while it was read: the snapshot would match neither version.
+    #[error(
+        "{path} changed while it was being uploaded ({what}): the snapshot would match \
+         neither version; upload it again once nothing writes to it"
+    )]
+    Changed {
+        /// The image path.
+        path: PathBuf,
+        /// What differs (size, modification time, file).
+        what: String,
+    },
     /// Finding the data extents (SEEK_DATA/SEEK_HOLE) failed.
     #[error("cannot map the data extents of {path}: {source}")]
     Extents {
@@ -138,16 +189,21 @@ pub struct DiskImage {
     size: u64,
     format: Format,
     block_device: bool,
+    identity: FileIdentity,
     bytes_read: AtomicU64,
-    // Keeps a converted temporary raw file alive; it is deleted on drop.
-    _converted: Option<tempfile::TempPath>,
 }
 
 impl DiskImage {
     /// Open and check `path`, converting non-raw formats to a temporary raw file
     /// (in `$TMPDIR`) with qemu-img.
     pub fn open(path: &Path) -> Result<Arc<DiskImage>, ImageError> {
+        Self::open_with(path, ImageOptions::default())
+    }
+
+    /// [`DiskImage::open`] with what the operator allows (backing files...).
+    pub fn open_with(path: &Path, opts: ImageOptions) -> Result<Arc<DiskImage>, ImageError> {
         let (file, size, block_device) = open_checked(path)?;
+        let identity = FileIdentity::of(path)?;
         let format = detect_format(&file, size).map_err(|source| ImageError::Read {
             path: path.to_owned(),
             offset: 0,
@@ -160,39 +216,82 @@ impl DiskImage {
                 size,
                 format,
                 block_device,
+                identity,
                 bytes_read: AtomicU64::new(0),
-                _converted: None,
             }));
         }
         drop(file);
-        let converted = convert_to_raw(path, format)?;
-        let (file, size, _) = open_checked(&converted)?;
-        Ok(Arc::new(DiskImage {
+        let (file, size) = convert_to_raw(path, format, opts)?;
+        let image = DiskImage {
             path: path.to_owned(),
             file,
             size,
             format,
             block_device: false,
+            identity,
             bytes_read: AtomicU64::new(0),
-            _converted: Some(converted),
-        }))
+        };
+        // The source was read by the conversion: it must not have changed meanwhile.
+        image.check_unchanged()?;
+        Ok(Arc::new(image))
+    }
+
+    /// What identifies the file as it was opened (size, modification time, inode).
+    pub fn identity(&self) -> &FileIdentity {
+        &self.identity
+    }
+
+    /// Fail with [`ImageError::Changed`] when the file is no longer the one opened.
+    pub fn check_unchanged(&self) -> Result<(), ImageError> {
+        if self.block_device {
+            return Ok(());
+        }
+        let now = FileIdentity::of(&self.path)?;
+        match self.identity.difference(&now) {
+            None => Ok(()),
+            Some(what) => Err(ImageError::Changed {
+                path: self.path.clone(),
+                what,
+            }),
+        }
     }
 
     /// Check `path` as [`DiskImage::open`] does, without converting it: what a plan or
     /// a pre-flight check needs. Returns the file's size and format.
     pub fn check(path: &Path) -> Result<(u64, Format), ImageError> {
+        Self::check_with(path, ImageOptions::default())
+    }
+
+    /// The size and format of `path`, checked as a file but not inspected (for a plan
+    /// of images already checked).
+    pub fn probe(path: &Path) -> Result<(u64, Format), ImageError> {
         let (file, size, _) = open_checked(path)?;
         let format = detect_format(&file, size).map_err(|source| ImageError::Read {
             path: path.to_owned(),
             offset: 0,
             source,
         })?;
-        if format != Format::Raw && qemu_img().is_none() {
-            return Err(ImageError::NeedsConversion {
-                path: path.to_owned(),
-                format,
-                qemu: format.qemu_name(),
-            });
+        Ok((size, format))
+    }
+
+    /// [`DiskImage::check`] with what the operator allows. A non-raw image is
+    /// inspected: references refused unless allowed, `qemu-img check` run.
+    pub fn check_with(path: &Path, opts: ImageOptions) -> Result<(u64, Format), ImageError> {
+        let (file, size, _) = open_checked(path)?;
+        let format = detect_format(&file, size).map_err(|source| ImageError::Read {
+            path: path.to_owned(),
+            offset: 0,
+            source,
+        })?;
+        if format != Format::Raw {
+            let Some(qemu) = qemu_img() else {
+                return Err(ImageError::NeedsConversion {
+                    path: path.to_owned(),
+                    format,
+                    qemu: format.qemu_name(),
+                });
+            };
+            inspect::inspect(path, format, &qemu, opts)?;
         }
         Ok((size, format))
     }
@@ -338,7 +437,82 @@ fn qemu_img() -> Option<PathBuf> {
         .find(|p| p.is_file())
 }
 
-fn convert_to_raw(path: &Path, format: Format) -> Result<tempfile::TempPath, ImageError> {
+/// What identifies a file's content cheaply: size, modification time and inode.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct FileIdentity {
+    /// Size in bytes.
+    pub size: u64,
+    /// Modification time, nanoseconds since the epoch.
+    pub mtime_ns: i128,
+    /// Device and inode numbers.
+    pub dev_ino: (u64, u64),
+}
+
+impl FileIdentity {
+    /// The identity of the file at `path` now.
+    pub fn of(path: &Path) -> Result<FileIdentity, ImageError> {
+        use std::os::unix::fs::MetadataExt;
+        let m = std::fs::metadata(path).map_err(|source| ImageError::Open {
+            path: path.to_owned(),
+            source,
+        })?;
+        Ok(FileIdentity {
+            size: m.len(),
+            mtime_ns: i128::from(m.mtime()) * 1_000_000_000 + i128::from(m.mtime_nsec()),
+            dev_ino: (m.dev(), m.ino()),
+        })
+    }
+
+    /// What differs from `other`, in words, or `None`.
+    pub fn difference(&self, other: &FileIdentity) -> Option<String> {
+        if self.dev_ino != other.dev_ino {
+            Some("it was replaced by another file".into())
+        } else if self.size != other.size {
+            Some(format!("size {} then {} bytes", self.size, other.size))
+        } else if self.mtime_ns != other.mtime_ns {
+            Some("its modification time changed".into())
+        } else {
+            None
+        }
+    }
+}
+
+/// `s` with control characters escaped (`\n`, `\u{1b}`), for printing names and paths.
+pub fn escaped(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    for c in s.chars() {
+        if c.is_control() {
+            out.extend(c.escape_default());
+        } else {
+            out.push(c);
+        }
+    }
+    out
+}
+
+/// The qemu-img conversions running now (their process ids).
+fn running_conversions() -> std::sync::MutexGuard<'static, Vec<u32>> {
+    static RUNNING: std::sync::Mutex<Vec<u32>> = std::sync::Mutex::new(Vec::new());
+    RUNNING.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// Stop every running qemu-img conversion (on Ctrl-C or SIGTERM): each fails as
+/// interrupted and its temporary raw file goes with it.
+pub fn stop_conversions() {
+    for pid in running_conversions().iter() {
+        // SAFETY: kill has no memory-safety preconditions; the pid is our child, not yet
+        // reaped (it is removed from the list once waited for).
+        unsafe {
+            libc::kill(*pid as libc::pid_t, libc::SIGKILL);
+        }
+    }
+}
+
+fn convert_to_raw(
+    path: &Path,
+    format: Format,
+    opts: ImageOptions,
+) -> Result<(File, u64), ImageError> {
     let Some(qemu) = qemu_img() else {
         return Err(ImageError::NeedsConversion {
             path: path.to_owned(),
@@ -351,33 +525,88 @@ fn convert_to_raw(path: &Path, format: Format) -> Result<tempfile::TempPath, Ima
         format,
         detail,
     };
-    let tmp = tempfile::Builder::new()
-        .prefix("ec2ami-")
-        .suffix(".raw")
-        .tempfile()
-        .map_err(|e| conv_err(format!("cannot create a temporary file: {e}")))?
-        .into_temp_path();
-    tracing::info!(
-        "converting {} ({format}) to raw at {} with qemu-img",
-        path.display(),
-        tmp.display()
-    );
-    // qemu-img writes holes for zero runs (-S default), so the raw copy stays sparse.
-    let out = Command::new(&qemu)
-        .args(["convert", "-q", "-f", format.qemu_name(), "-O", "raw"])
-        .arg(path)
-        .arg(&*tmp)
-        .output()
-        .map_err(|e| conv_err(format!("cannot run {}: {e}", qemu.display())))?;
-    if !out.status.success() {
-        let msg = String::from_utf8_lossy(&out.stderr).trim().to_string();
-        return Err(conv_err(if msg.is_empty() {
-            format!("qemu-img exited with {}", out.status)
-        } else {
-            msg
-        }));
+    // References refused (unless allowed) and qemu-img check passed, before any copy.
+    let inspection = inspect::inspect(path, format, &qemu, opts)?;
+    let size = inspection.virtual_size;
+    if size == 0 {
+        return Err(ImageError::Empty {
+            path: path.to_owned(),
+        });
     }
-    Ok(tmp)
+    if size > MAX_IMAGE_SIZE {
+        return Err(ImageError::TooLarge {
+            path: path.to_owned(),
+            size,
+        });
+    }
+    // An unnamed temporary file (in $TMPDIR): nothing is left on disk however ec2ami
+    // ends. qemu-img writes it through /dev/fd/3; it is already the right (sparse) size
+    // and all zeros, so qemu-img writes only data.
+    let tmp = tempfile::tempfile()
+        .map_err(|e| conv_err(format!("cannot create a temporary file: {e}")))?;
+    tmp.set_len(size)
+        .map_err(|e| conv_err(format!("cannot size the temporary file: {e}")))?;
+    tracing::info!(
+        "converting {} ({format}) to a temporary raw file with qemu-img",
+        path.display()
+    );
+    // The source is a json: specification: a plain file (never a protocol), its format
+    // given, and no backing file opened unless allowed.
+    let spec = inspect::qemu_spec(path, format, opts.allow_backing_file);
+    let mut cmd = Command::new(&qemu);
+    cmd.args(["convert", "-q", "-n", "--target-is-zero", "-O", "raw"])
+        .arg(&spec)
+        .arg("/dev/fd/3")
+        .stdin(std::process::Stdio::null());
+    let fd = std::os::fd::AsRawFd::as_raw_fd(&tmp);
+    // SAFETY: only async-signal-safe calls between fork and exec.
+    unsafe {
+        std::os::unix::process::CommandExt::pre_exec(&mut cmd, move || {
+            // qemu-img dies with ec2ami (SIGKILL when the spawning thread ends).
+            if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) != 0 {
+                return Err(io::Error::last_os_error());
+            }
+            if fd == 3 {
+                let flags = libc::fcntl(3, libc::F_GETFD);
+                if flags < 0 || libc::fcntl(3, libc::F_SETFD, flags & !libc::FD_CLOEXEC) < 0 {
+                    return Err(io::Error::last_os_error());
+                }
+            } else if libc::dup2(fd, 3) < 0 {
+                return Err(io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+    cmd.stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped());
+    let child = cmd
+        .spawn()
+        .map_err(|e| conv_err(format!("cannot run {}: {e}", qemu.display())))?;
+    let pid = child.id();
+    running_conversions().push(pid);
+    let out = child.wait_with_output();
+    running_conversions().retain(|p| *p != pid);
+    let out = out.map_err(|e| conv_err(format!("waiting for qemu-img: {e}")))?;
+    if !out.status.success() {
+        use std::os::unix::process::ExitStatusExt;
+        if out.status.signal() == Some(libc::SIGKILL) {
+            return Err(conv_err("qemu-img was stopped (interrupted)".into()));
+        }
+        return Err(conv_err(inspect::qemu_message(&out.stderr, &spec, path)));
+    }
+    let got = tmp
+        .metadata()
+        .map_err(|e| conv_err(format!("cannot read the converted file: {e}")))?
+        .len();
+    if got != size {
+        return Err(ImageError::ShortConversion {
+            path: path.to_owned(),
+            format,
+            want: size,
+            got,
+        });
+    }
+    Ok((tmp, size))
 }
 
 #[cfg(test)]

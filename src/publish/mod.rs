@@ -49,6 +49,8 @@ pub struct PublishOptions {
     pub index_dir: PathBuf,
     /// Boot each image locally before its upload (`None`: no pre-flight).
     pub preflight: Option<crate::boot::preflight::PreflightOptions>,
+    /// What images may do (backing files...).
+    pub image: crate::image::ImageOptions,
 }
 
 /// Why a publish stopped.

@@ -208,7 +208,7 @@ fn image_plan(
         }
         SnapshotDecision::Upload { delete } => {
             out.extend(delete.iter().map(|d| leftover(&act, source, d)));
-            let (size, format) = crate::image::DiskImage::check(&img.path)
+            let (size, format) = crate::image::DiskImage::probe(&img.path)
                 .map(|(s, f)| (s, f.to_string()))
                 .unwrap_or((0, "?".into()));
             out.push(act(

@@ -112,6 +112,7 @@ struct RawRelease {
     ssm_overwrite: bool,
     #[serde(default)]
     preflight: Option<bool>,
+    allow_paths_outside: bool,
     #[serde(default)]
     tags: BTreeMap<String, String>,
     #[serde(default)]
@@ -127,6 +128,7 @@ struct RawRelease {
 pub struct ReleaseFile {
     path: PathBuf,
     raw: RawRelease,
+    image_options: crate::image::ImageOptions,
     /// Identity of this file and content, for the journal.
     pub key: String,
 }
@@ -230,8 +232,16 @@ impl ReleaseFile {
         Ok(ReleaseFile {
             path: path.to_owned(),
             raw,
+            image_options: Default::default(),
             key,
         })
+    }
+
+    /// Check the images with `opts` (e.g. backing files allowed) rather than the
+    /// strict default.
+    pub fn with_image_options(mut self, opts: crate::image::ImageOptions) -> ReleaseFile {
+        self.image_options = opts;
+        self
     }
 
     /// The date the file sets in `[defaults]` (then no default date is needed).
@@ -392,9 +402,14 @@ impl ReleaseFile {
         }
         let path_t = string("path")?.ok_or("no `path`")?;
         let path = base_dir.join(render("path", &path_t, &vars)?);
-        if check_files {
-            crate::image::DiskImage::check(&path).map_err(|e| e.to_string())?;
-        }
+        let path = if check_files {
+            let real = image_path(base_dir, &path, self.raw.allow_paths_outside)?;
+            crate::image::DiskImage::check_with(&real, self.image_options)
+                .map_err(|e| e.to_string())?;
+            real
+        } else {
+            path
+        };
         let arch_s = string("arch")?.ok_or("no `arch` (x86_64 or arm64)")?;
         let arch = match arch_s.as_str() {
             "amd64" => Arch::X86_64,
@@ -448,7 +463,17 @@ impl ReleaseFile {
         if let Some(at) = spec.deprecate_at {
             check_deprecation_limit(at, self.raw.public)?;
         }
+        if let Some(at) = spec.deprecate_at {
+            crate::validate_input::deprecation_time(
+                at,
+                crate::validate_input::now(),
+                self.raw.public,
+            )?;
+        }
         // Tags: the release's, the build variables, then the image's own.
+        for k in self.raw.tags.keys() {
+            crate::validate_input::user_tag_key(k)?;
+        }
         let mut tags: BTreeMap<String, String> = self
             .raw
             .tags
@@ -465,6 +490,7 @@ impl ReleaseFile {
             None => {}
             Some(toml::Value::Table(own)) => {
                 for (k, v) in own {
+                    crate::validate_input::user_tag_key(k)?;
                     let v = v
                         .as_str()
                         .ok_or_else(|| format!("tag `{k}` must be a string"))?;
@@ -506,6 +532,31 @@ impl ReleaseFile {
             vars,
         })
     }
+}
+
+/// The image file `path` resolved (symbolic links and `..` followed): a regular file
+/// within `base_dir`'s tree unless the release file allows paths outside it.
+fn image_path(base_dir: &Path, path: &Path, allow_outside: bool) -> Result<PathBuf, String> {
+    let shown = crate::image::escaped(&path.to_string_lossy());
+    let real = std::fs::canonicalize(path).map_err(|e| format!("cannot open {shown}: {e}"))?;
+    let real_shown = crate::image::escaped(&real.to_string_lossy());
+    let meta = std::fs::metadata(&real).map_err(|e| format!("cannot open {shown}: {e}"))?;
+    if !meta.is_file() {
+        return Err(format!(
+            "{shown} is not a regular file (a release publishes image files only)"
+        ));
+    }
+    if !allow_outside {
+        let base = std::fs::canonicalize(base_dir).unwrap_or_else(|_| base_dir.to_owned());
+        if !real.starts_with(&base) {
+            return Err(format!(
+                "{shown} resolves to {real_shown}, outside the release file's directory {}; \
+                 set allow_paths_outside = true in the release file to publish it",
+                crate::image::escaped(&base.to_string_lossy())
+            ));
+        }
+    }
+    Ok(real)
 }
 
 /// A TOML value as a template variable, if it is a plain value.
@@ -719,6 +770,34 @@ fs = "zfs"
                 &EXAMPLE.replace("path = \"base-ufs-amd64.raw\"", "path = 1"),
                 "must be a string",
             ),
+            (
+                &EXAMPLE.replace("[defaults]", "[defaults]\ndeprecate_at = \"2020-01-01\""),
+                "in the past",
+            ),
+            (
+                &EXAMPLE.replace("[defaults]", "[defaults]\ndeprecate_in = \"1100d\""),
+                "2 years ahead for a public AMI",
+            ),
+            (
+                &EXAMPLE
+                    .replace("public = true", "public = false")
+                    .replace("[defaults]", "[defaults]\ndeprecate_in = \"4000d\""),
+                "10 years ahead",
+            ),
+            (
+                &EXAMPLE.replace(
+                    "[defaults]",
+                    "[tags]\n\"ec2ami:managed-by\" = \"me\"\n[defaults]",
+                ),
+                "tag `ec2ami:managed-by` is reserved",
+            ),
+            (
+                &EXAMPLE.replace(
+                    "flavour = \"small\"",
+                    "flavour = \"small\"\ntags = { \"ec2ami:image-size\" = \"1\" }",
+                ),
+                "tag `ec2ami:image-size` is reserved",
+            ),
             ("regions = []\n[[image]]\npath='x'", "`regions` is empty"),
             ("regions = 'all'", "no [[image]]"),
             ("regions = ", "TOML"),
@@ -797,6 +876,7 @@ fs = "zfs"
     #[test]
     fn a_deprecation_in_defaults_applies_to_every_image_unless_one_says_otherwise() {
         let text = EXAMPLE
+            .replace("public = true", "public = false")
             .replace("[defaults]", "[defaults]\ndeprecate_in = \"180d\"")
             .replace(
                 "flavour = \"small\"",

@@ -330,7 +330,8 @@ impl Run<'_> {
 
         // Upload.
         let path = img.path.clone();
-        let image = tokio::task::spawn_blocking(move || DiskImage::open(&path))
+        let image_opts = self.opts.image;
+        let image = tokio::task::spawn_blocking(move || DiskImage::open_with(&path, image_opts))
             .await
             .map_err(|e| PublishError::Upload(format!("image reader failed: {e}")))?
             .map_err(|e| PublishError::Upload(e.to_string()))?;

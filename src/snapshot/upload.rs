@@ -531,6 +531,8 @@ impl Job<'_> {
         index.flush().map_err(index_err)?;
         let written = aggregate.blocks();
         let sum = aggregate.finish();
+        // A file written to meanwhile would give a snapshot matching neither version.
+        image.check_unchanged()?;
         complete(clients, snapshot_id, written, &sum, &opts.retry).await?;
         if let Some(deadline) = opts.wait {
             wait_for_completed(clients, snapshot_id, deadline, &opts.retry).await?;

@@ -9,6 +9,7 @@ mod common;
 mod faults;
 mod flag_coverage;
 mod history;
+mod hostile;
 mod images;
 mod imds;
 mod lifecycle;
