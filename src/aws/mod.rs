@@ -13,6 +13,8 @@ pub mod model;
 pub mod paging;
 pub mod poll;
 pub mod retry;
+pub mod s3;
+pub mod sns;
 pub mod ssm;
 pub mod tags;
 

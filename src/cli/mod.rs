@@ -2,6 +2,7 @@
 //! modules each subcommand calls.
 
 mod bench;
+mod compat;
 mod history;
 mod images;
 mod prune;
@@ -103,7 +104,7 @@ enum Command {
     Deprecate(prune::DeprecateArgs),
     /// Other tools' command lines, done by ec2ami.
     #[command(subcommand)]
-    Compat(publish::CompatCommand),
+    Compat(compat::CompatCommand),
     /// Boot an AMI and time it as ec2-boot-bench does (launch, running, port closed,
     /// port open); always terminates what it launched; records the boot-time history.
     Bench(bench::BenchArgs),
@@ -246,10 +247,13 @@ pub(crate) fn emit(text: &str) {
     }
 }
 
-fn init_logging(quiet: bool, verbose: u8) {
+/// Logging to stderr; `compat` commands print their tool's own progress lines, so
+/// ec2ami's info lines are left out unless -v.
+fn init_logging(quiet: bool, verbose: u8, compat: bool) {
     use tracing_subscriber::EnvFilter;
     let default = match (quiet, verbose) {
         (true, _) => "error",
+        (false, 0) if compat => "warn",
         (false, 0) => "warn,ec2ami=info",
         (false, 1) => "info,ec2ami=debug",
         _ => "debug",
@@ -281,12 +285,22 @@ pub async fn shutdown_signal() {
 }
 
 /// Exit status for an interrupted command (128 + SIGINT).
-const EXIT_INTERRUPTED: u8 = 130;
+pub(crate) const EXIT_INTERRUPTED: u8 = 130;
 
 /// Run the command line; returns the process exit code.
 pub fn main() -> ExitCode {
-    let cli = Cli::parse();
-    init_logging(cli.global.quiet, cli.global.verbose);
+    let argv: Vec<std::ffi::OsString> = std::env::args_os().collect();
+    // bsdec2-image-upload's command line has a grammar of its own (its -v is not ours).
+    if let Some((cli, raw)) = compat::split(&argv) {
+        init_logging(cli.global.quiet, cli.global.verbose, true);
+        return compat::main(&cli.global, &raw);
+    }
+    let cli = Cli::parse_from(argv);
+    if let Command::Compat(compat::CompatCommand::Bsdec2 { args }) = &cli.command {
+        init_logging(cli.global.quiet, cli.global.verbose, true);
+        return compat::main(&cli.global, args);
+    }
+    init_logging(cli.global.quiet, cli.global.verbose, false);
     let rt = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -345,7 +359,7 @@ async fn run(cli: Cli) -> Result<(), Failure> {
         Command::Validate(a) => publish::validate(g, a).await,
         Command::Prune(a) => prune::prune(g, a).await,
         Command::Deprecate(a) => prune::deprecate(g, a).await,
-        Command::Compat(c) => publish::compat(g, c).await,
+        Command::Compat(_) => unreachable!("compat command lines are run by compat::main"),
         Command::Bench(a) => bench::run(g, a).await,
         Command::History(c) => history::run(g, c).await,
         Command::Report(a) => history::report_cmd(g, a).await,

@@ -114,6 +114,17 @@ struct RawRelease {
     defaults: toml::Table,
     #[serde(default, rename = "image")]
     images: Vec<toml::Table>,
+    #[serde(default)]
+    announce: Option<RawAnnounce>,
+}
+
+/// `announce = { topic = "arn:aws:sns:...", release = "...", image = "..." }`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawAnnounce {
+    topic: String,
+    release: String,
+    image: String,
 }
 
 /// A parsed release file, before its templates are rendered.
@@ -180,6 +191,8 @@ pub struct Release {
     pub images: Vec<ReleaseImage>,
     /// The build date used (YYYYMMDD).
     pub date: String,
+    /// The SNS announcement of the whole release, sent once it is published.
+    pub announce: Option<super::announce::Announce>,
 }
 
 impl Release {
@@ -268,6 +281,13 @@ impl ReleaseFile {
         if r.images.is_empty() {
             return Err(rel_err("no [[image]] entries".into()));
         }
+        let announce = match &r.announce {
+            Some(a) => Some(
+                super::announce::Announce::new(&a.topic, &a.release, &a.image)
+                    .map_err(|e| rel_err(format!("announce: {e}")))?,
+            ),
+            None => None,
+        };
         let base_dir = self.path.parent().unwrap_or(Path::new("."));
         let date = self.fixed_date().unwrap_or_else(|| date.to_string());
         let mut images = Vec::new();
@@ -308,6 +328,7 @@ impl ReleaseFile {
             ssm_overwrite: r.ssm_overwrite,
             images,
             date,
+            announce,
         };
         check_unique(&release).map_err(rel_err)?;
         Ok(release)
@@ -664,6 +685,18 @@ fs = "zfs"
                 "must be a string",
             ),
             ("regions = []\n[[image]]\npath='x'", "`regions` is empty"),
+            (
+                &format!(
+                    "announce = {{ topic = \"arn:aws:sqs:us-east-1:123456789012:q\", release = \"15.0\", image = \"x\" }}\n{EXAMPLE}"
+                ),
+                "announce: `arn:aws:sqs:us-east-1:123456789012:q` is not an SNS topic ARN",
+            ),
+            (
+                &format!(
+                    "announce = {{ topic = \"arn:aws:sns:us-east-1:123456789012:t\", release = \"15.0\" }}\n{EXAMPLE}"
+                ),
+                "missing field `image`",
+            ),
             ("regions = 'all'", "no [[image]]"),
             ("regions = ", "TOML"),
         ];

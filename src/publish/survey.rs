@@ -15,6 +15,7 @@ use aws_smithy_types::DateTime;
 use aws_smithy_types::date_time::Format;
 use futures_util::future::join_all;
 
+use super::announce::{self, AnnounceDecision};
 use super::{PublishError, Release, ReleaseImage, resolve_regions};
 use crate::ami;
 use crate::aws::{Ami, AwsError, Clients, RetryPolicy, Snapshot, ec2, ssm, tags};
@@ -38,6 +39,9 @@ pub struct Survey {
     pub best_effort: Vec<String>,
     /// Each image of the release, in file order.
     pub images: Vec<ImageSurvey>,
+    /// The release announcement, when the release has one: to send, or sent by an
+    /// earlier run (from the journal).
+    pub announce: Option<AnnounceDecision>,
 }
 
 /// What exists for one image.
@@ -228,11 +232,17 @@ impl Survey {
                 });
             }
         }
+        let announce = match (&release.announce, journal) {
+            (Some(a), Some(j)) => Some(announce::decision(j.get(&a.step())?.as_ref())),
+            (Some(_), None) => Some(AnnounceDecision::Send),
+            (None, _) => None,
+        };
         Ok(Survey {
             source,
             regions,
             best_effort,
             images,
+            announce,
         })
     }
 
