@@ -270,13 +270,28 @@ pub async fn send(
     let sns = crate::aws::sns::client(&clients);
     let body = announce.message(amis);
     let call = clients.call("Publish").on(announce.topic.clone());
+    // A FIFO topic drops a repeat of the same deduplication id (within 5 minutes): a
+    // retry after a lost answer is then not delivered twice. A standard topic has no
+    // such thing; there a lost answer can mean a second message.
+    let fifo = announce.topic.ends_with(".fifo");
+    let dedup = {
+        use sha2::Digest;
+        let d = sha2::Sha256::digest(format!("{}\0{body}", announce.subject()));
+        d.iter().map(|b| format!("{b:02x}")).collect::<String>()
+    };
     let sent = retry
         .send(&call, || {
-            sns.publish()
+            let mut req = sns
+                .publish()
                 .topic_arn(&announce.topic)
                 .subject(announce.subject())
-                .message(&body)
-                .send()
+                .message(&body);
+            if fifo {
+                req = req
+                    .message_group_id("ec2ami-release")
+                    .message_deduplication_id(&dedup);
+            }
+            req.send()
         })
         .await;
     match sent {

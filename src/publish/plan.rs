@@ -110,7 +110,17 @@ pub async fn plan(
         actions.extend(image_plan(release, img, &survey, journal)?);
     }
     if let (Some(a), Some(decision)) = (&release.announce, &survey.announce) {
+        let refused = actions.iter().any(|x| x.verb == Verb::Refuse);
         let (verb, detail) = match decision {
+            // A refused action fails the run: nothing is announced then.
+            AnnounceDecision::Send if refused => (
+                Verb::Refuse,
+                format!(
+                    "`{}` to {}: not sent while an action above is refused",
+                    a.subject(),
+                    a.topic
+                ),
+            ),
             AnnounceDecision::Send => (
                 Verb::Create,
                 format!(

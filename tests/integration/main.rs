@@ -5,6 +5,7 @@
 mod bad_input;
 mod bench;
 mod common;
+mod compat;
 mod faults;
 mod history;
 mod images;
