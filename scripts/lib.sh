@@ -30,6 +30,14 @@ ensure_chromium() {
     fi
 }
 
+# groff renders the man pages `ec2ami man` writes (the man page test checks each one).
+ensure_groff() {
+    if ! command -v groff >/dev/null; then
+        log "installing groff-base (apt)"
+        apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq groff-base
+    fi
+}
+
 ensure_nextest() {
     if ! cargo nextest --version >/dev/null 2>&1; then
         log "installing cargo-nextest"

@@ -3,11 +3,13 @@
 //!
 //! The modules follow the pipeline: [`image`] reads disk images, [`snapshot`] moves
 //! them to and from EBS snapshots, [`ami`] registers, copies and shares machine images;
-//! [`params`] and [`publish`] put a release out; [`bench`] times how fast an AMI boots;
+//! [`params`] and [`publish`] put a release out; [`bench`](mod@bench) times how fast an AMI boots;
 //! [`history`] keeps those times, plots them and catches regressions; [`prune`]
 //! deletes what is obsolete; [`state`] is the SQLite database they and the publish
 //! journal share; [`aws`] builds the SDK clients and holds the one retry layer. The command
 //! line is the `ec2ami` binary's own (`src/main.rs`, `src/cli/`).
+
+#![warn(missing_docs)]
 
 pub mod ami;
 pub mod aws;

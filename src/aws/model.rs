@@ -136,10 +136,14 @@ impl Ami {
 
     /// Every snapshot its mappings name.
     pub fn snapshots(&self) -> Vec<String> {
+        self.snapshot_ids().map(str::to_string).collect()
+    }
+
+    /// The ids of the snapshots its mappings name, borrowed.
+    pub fn snapshot_ids(&self) -> impl Iterator<Item = &str> {
         self.mappings
             .iter()
-            .filter_map(|m| m.snapshot_id.clone())
-            .collect()
+            .filter_map(|m| m.snapshot_id.as_deref())
     }
 
     /// The root device's mapping.

@@ -7,10 +7,12 @@
 use rusqlite::{OptionalExtension, params};
 use serde::Serialize;
 
-use crate::state::{StateDb, StateError, now_epoch};
+use crate::state::{Schema, StateDb, StateError, now_epoch};
 
 /// The journal's table.
-pub const SCHEMA: &str = "
+pub const SCHEMA: Schema = Schema {
+    name: "bench instances",
+    ddl: "
 CREATE TABLE IF NOT EXISTS bench_instances (
     token       TEXT PRIMARY KEY,   -- RunInstances ClientToken and ec2ami:bench-token tag
     region      TEXT NOT NULL,
@@ -20,7 +22,8 @@ CREATE TABLE IF NOT EXISTS bench_instances (
     owner       TEXT NOT NULL,      -- host:pid:start-time of the process that launched it
     launched_at INTEGER NOT NULL
 );
-";
+",
+};
 
 /// Which account and endpoint rows belong to: a row is only cleaned up by a process
 /// talking to the same place, so a test endpoint's fake ids never reach AWS.
@@ -90,7 +93,7 @@ fn start_time(pid: u32) -> Option<String> {
 
 /// Record a launch about to be sent.
 pub fn begin(db: &StateDb, scope: &Scope, token: &str, region: &str) -> Result<(), StateError> {
-    db.with(|c| {
+    db.with_schema(&SCHEMA, |c| {
         c.execute(
             "INSERT OR REPLACE INTO bench_instances
              (token, region, endpoint, profile, instance_id, owner, launched_at)
@@ -110,7 +113,7 @@ pub fn begin(db: &StateDb, scope: &Scope, token: &str, region: &str) -> Result<(
 
 /// Record the instance a launch made.
 pub fn launched(db: &StateDb, token: &str, instance_id: &str) -> Result<(), StateError> {
-    db.with(|c| {
+    db.with_schema(&SCHEMA, |c| {
         c.execute(
             "UPDATE bench_instances SET instance_id = ?2 WHERE token = ?1",
             params![token, instance_id],
@@ -121,7 +124,7 @@ pub fn launched(db: &StateDb, token: &str, instance_id: &str) -> Result<(), Stat
 
 /// Forget a launch whose instance was terminated (or never made).
 pub fn finished(db: &StateDb, token: &str) -> Result<(), StateError> {
-    db.with(|c| {
+    db.with_schema(&SCHEMA, |c| {
         c.execute("DELETE FROM bench_instances WHERE token = ?1", [token])
             .map(|_| ())
     })
@@ -129,7 +132,7 @@ pub fn finished(db: &StateDb, token: &str) -> Result<(), StateError> {
 
 /// One launch by token.
 pub fn get(db: &StateDb, token: &str) -> Result<Option<Launch>, StateError> {
-    db.with(|c| {
+    db.with_schema(&SCHEMA, |c| {
         c.query_row(
             "SELECT token, region, instance_id, owner, launched_at FROM bench_instances
              WHERE token = ?1",
@@ -142,7 +145,7 @@ pub fn get(db: &StateDb, token: &str) -> Result<Option<Launch>, StateError> {
 
 /// Every journaled launch in `scope`, oldest first.
 pub fn pending(db: &StateDb, scope: &Scope) -> Result<Vec<Launch>, StateError> {
-    db.with(|c| {
+    db.with_schema(&SCHEMA, |c| {
         let mut st = c.prepare(
             "SELECT token, region, instance_id, owner, launched_at FROM bench_instances
              WHERE endpoint = ?1 AND profile = ?2 ORDER BY launched_at, token",
@@ -154,7 +157,7 @@ pub fn pending(db: &StateDb, scope: &Scope) -> Result<Vec<Launch>, StateError> {
 
 /// How many journaled launches belong to other scopes (reported, never touched).
 pub fn other_scopes(db: &StateDb, scope: &Scope) -> Result<u64, StateError> {
-    db.with(|c| {
+    db.with_schema(&SCHEMA, |c| {
         c.query_row(
             "SELECT COUNT(*) FROM bench_instances WHERE endpoint != ?1 OR profile != ?2",
             params![scope.endpoint, scope.profile],

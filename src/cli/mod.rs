@@ -3,6 +3,7 @@
 
 mod bench;
 mod compat;
+mod completions;
 mod history;
 mod images;
 mod prune;
@@ -114,6 +115,10 @@ enum Command {
     History(history::HistoryCommand),
     /// Plots of boot time per build for every series, and an index.html showing them.
     Report(history::ReportArgs),
+    /// Print a shell completion script (bash, zsh, fish, elvish) on stdout.
+    Completions(completions::CompletionsArgs),
+    /// Write the man pages (ec2ami.1 and one per subcommand) into a directory.
+    Man(completions::ManArgs),
 }
 
 #[derive(Debug, Args)]
@@ -363,6 +368,8 @@ async fn run(cli: Cli) -> Result<(), Failure> {
         Command::Bench(a) => bench::run(g, a).await,
         Command::History(c) => history::run(g, c).await,
         Command::Report(a) => history::report_cmd(g, a).await,
+        Command::Completions(a) => completions::completions(a),
+        Command::Man(a) => completions::man(g, a),
     }
 }
 

@@ -15,12 +15,14 @@ use rusqlite::{OptionalExtension, params};
 use serde::Serialize;
 
 use crate::bench::{Phase, PhaseSummary, Phases, RunResult, RunStatus};
-use crate::state::{StateDb, StateError};
+use crate::state::{Schema, StateDb, StateError};
 
 pub use build::BuildInfo;
 
 /// The history's tables.
-pub const SCHEMA: &str = "
+pub const SCHEMA: Schema = Schema {
+    name: "boot history",
+    ddl: "
 CREATE TABLE IF NOT EXISTS boot_benchmarks (
     id            INTEGER PRIMARY KEY,
     image_id      TEXT NOT NULL,
@@ -55,7 +57,8 @@ CREATE TABLE IF NOT EXISTS boot_runs (
     probes            INTEGER,
     PRIMARY KEY (benchmark_id, run)
 );
-";
+",
+};
 
 /// Where a benchmark came from.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -130,7 +133,7 @@ impl Benchmark {
 
 /// Store a benchmark and its runs in one transaction; returns its id.
 pub fn record(db: &StateDb, b: &Benchmark) -> Result<i64, StateError> {
-    db.with(|c| {
+    db.with_schema(&SCHEMA, |c| {
         let tx = c.unchecked_transaction()?;
         tx.execute(
             "INSERT INTO boot_benchmarks (image_id, image_name, version, branch, flavour, fs,
@@ -194,7 +197,7 @@ pub fn already_imported(
     image_id: &str,
     hash: &str,
 ) -> Result<Option<i64>, StateError> {
-    db.with(|c| {
+    db.with_schema(&SCHEMA, |c| {
         c.query_row(
             "SELECT id FROM boot_benchmarks WHERE image_id = ?1 AND source_hash = ?2",
             params![image_id, hash],
@@ -206,7 +209,7 @@ pub fn already_imported(
 
 /// Every benchmark with its runs, oldest first.
 pub fn load_all(db: &StateDb) -> Result<Vec<Benchmark>, StateError> {
-    db.with(|c| {
+    db.with_schema(&SCHEMA, |c| {
         let mut st = c.prepare(
             "SELECT id, image_id, image_name, version, branch, flavour, fs, arch, build_date,
              region, instance_type, measured_at, source, source_file, source_hash, tool_version

@@ -16,44 +16,10 @@ pub use crate::aws::ec2::TemplateRef;
 /// A launch template's ImageId may name an SSM parameter instead of an AMI.
 pub const RESOLVE_SSM: &str = "resolve:ssm:";
 
-/// An AMI of the account.
-#[derive(Debug, Clone, PartialEq)]
-pub struct Image {
-    /// AMI id.
-    pub id: String,
-    /// Name.
-    pub name: String,
-    /// available, pending, failed, disabled...
-    pub state: String,
-    /// CreationDate, epoch seconds.
-    pub created: i64,
-    /// Launchable by everyone.
-    pub public: bool,
-    /// The snapshots its block device mappings name.
-    pub snapshots: Vec<String>,
-    /// Carries ec2ami's ownership tag.
-    pub managed: bool,
-    /// DeprecationTime as EC2 shows it, if set.
-    pub deprecation: Option<String>,
-}
-
+/// An AMI of the account: ec2ami's one view of an AMI.
+pub use crate::aws::Ami as Image;
 /// An EBS snapshot of the account.
-#[derive(Debug, Clone, PartialEq)]
-pub struct Snapshot {
-    /// Snapshot id.
-    pub id: String,
-    /// Size for the estimate: the full snapshot size when EC2 reports it, else the
-    /// volume size (an upper bound), in GiB.
-    pub gib: f64,
-    /// Description (CreateImage and CopyImage write the AMI id there).
-    pub description: String,
-    /// StartTime, epoch seconds.
-    pub started: i64,
-    /// State is `completed` (a pending one may be an upload in progress).
-    pub completed: bool,
-    /// Carries ec2ami's ownership tag.
-    pub managed: bool,
-}
+pub use crate::aws::Snapshot;
 
 /// What uses images in a region.
 #[derive(Debug, Clone, Default, PartialEq)]
@@ -86,36 +52,6 @@ pub struct Inventory {
     pub snapshots: Vec<Snapshot>,
     /// What uses the images.
     pub users: Users,
-}
-
-impl Image {
-    /// Prune's view of an AMI.
-    pub fn from_ami(img: &crate::aws::Ami) -> Image {
-        Image {
-            id: img.id.clone(),
-            name: img.name.clone(),
-            state: img.state.clone(),
-            created: img.created,
-            public: img.public,
-            snapshots: img.snapshots(),
-            managed: img.managed(),
-            deprecation: img.deprecation.clone(),
-        }
-    }
-}
-
-impl Snapshot {
-    /// Prune's view of a snapshot.
-    pub fn from_snapshot(s: &crate::aws::Snapshot) -> Snapshot {
-        Snapshot {
-            id: s.id.clone(),
-            gib: s.gib(),
-            description: s.description.clone(),
-            started: s.started,
-            completed: s.completed(),
-            managed: s.managed(),
-        }
-    }
 }
 
 /// Read everything prune needs in `clients`' region.
@@ -171,8 +107,7 @@ pub async fn images(
     filters: Vec<Filter>,
     retry: &RetryPolicy,
 ) -> Result<Vec<Image>, AwsError> {
-    let found = ec2::images(clients, &ImageQuery::everything(filters), retry).await?;
-    Ok(found.iter().map(Image::from_ami).collect())
+    ec2::images(clients, &ImageQuery::everything(filters), retry).await
 }
 
 /// The account's images that map `snapshot_id` now.
@@ -196,15 +131,11 @@ pub async fn image(
     image_id: &str,
     retry: &RetryPolicy,
 ) -> Result<Option<Image>, AwsError> {
-    Ok(ec2::image(clients, image_id, retry)
-        .await?
-        .as_ref()
-        .map(Image::from_ami))
+    ec2::image(clients, image_id, retry).await
 }
 
 async fn snapshots(clients: &Clients, retry: &RetryPolicy) -> Result<Vec<Snapshot>, AwsError> {
-    let all = ec2::snapshots(clients, Vec::new(), retry).await?;
-    Ok(all.iter().map(Snapshot::from_snapshot).collect())
+    ec2::snapshots(clients, Vec::new(), retry).await
 }
 
 /// One snapshot of the account by id, `None` once it is gone.
@@ -213,10 +144,7 @@ pub async fn snapshot(
     snapshot_id: &str,
     retry: &RetryPolicy,
 ) -> Result<Option<Snapshot>, AwsError> {
-    Ok(ec2::snapshot(clients, snapshot_id, retry)
-        .await?
-        .as_ref()
-        .map(Snapshot::from_snapshot))
+    ec2::snapshot(clients, snapshot_id, retry).await
 }
 
 /// AMI id -> live instances (pending, running, stopping, stopped), optionally only those

@@ -2,9 +2,9 @@
 //! and deprecate images about to be superseded; in every region at once, never deleting
 //! what is still in use.
 //!
-//! The stages: [`plan`] reads each region ([`inventory`], read-only, a few paged
+//! The stages: [`plan`](fn@plan) reads each region ([`inventory`], read-only, a few paged
 //! requests per region) and decides ([`plan::plan_region`], pure: [`series`] groups
-//! names, [`policy`] keeps and expires, [`guard`] protects); [`execute`] deletes what
+//! names, [`policy`] keeps and expires, [`guard`] protects); [`execute`](fn@execute) deletes what
 //! the plan lists, looking at the guards again right before each deletion.
 //! [`deprecate`] sets deprecation times.
 

@@ -7,10 +7,12 @@ use std::sync::Arc;
 use rusqlite::{OptionalExtension, params};
 use serde::Serialize;
 
-use super::{StateDb, StateError, now_epoch};
+use super::{Schema, StateDb, StateError, now_epoch};
 
 /// The journal's tables.
-pub const SCHEMA: &str = "
+pub const SCHEMA: Schema = Schema {
+    name: "publish journal",
+    ddl: "
 CREATE TABLE IF NOT EXISTS releases (
     id          INTEGER PRIMARY KEY,
     key         TEXT NOT NULL UNIQUE,   -- identity: release file path + content hash
@@ -31,7 +33,8 @@ CREATE TABLE IF NOT EXISTS steps (
     updated_at  INTEGER NOT NULL,
     PRIMARY KEY (release_id, image, kind, region, target)
 );
-";
+",
+};
 
 /// Where one step stands.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -121,7 +124,7 @@ impl Journal {
         file: &str,
         vars: &str,
     ) -> Result<Journal, StateError> {
-        db.with(|c| {
+        db.with_schema(&SCHEMA, |c| {
             let found: Option<(i64, String)> = c
                 .query_row("SELECT id, vars FROM releases WHERE key = ?1", [key], |r| {
                     Ok((r.get(0)?, r.get(1)?))
@@ -150,7 +153,7 @@ impl Journal {
 
     /// The journal an earlier run of release `key` left, if any (creates nothing).
     pub fn find(db: &Arc<StateDb>, key: &str) -> Result<Option<Journal>, StateError> {
-        db.with(|c| {
+        db.with_schema(&SCHEMA, |c| {
             c.query_row("SELECT id, vars FROM releases WHERE key = ?1", [key], |r| {
                 Ok((r.get(0)?, r.get(1)?))
             })
@@ -178,7 +181,7 @@ impl Journal {
 
     /// The recorded state of `key`.
     pub fn get(&self, key: &StepKey) -> Result<Option<Step>, StateError> {
-        self.db.with(|c| {
+        self.db.with_schema(&SCHEMA, |c| {
             c.query_row(
                 "SELECT resource_id, status, detail FROM steps
                  WHERE release_id = ?1 AND image = ?2 AND kind = ?3 AND region = ?4 AND target = ?5",
@@ -205,7 +208,7 @@ impl Journal {
         resource_id: Option<&str>,
         detail: Option<&str>,
     ) -> Result<(), StateError> {
-        self.db.with(|c| {
+        self.db.with_schema(&SCHEMA, |c| {
             c.execute(
                 "INSERT INTO steps (release_id, image, kind, region, target, resource_id, status, detail, updated_at)
                  VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)
@@ -231,7 +234,7 @@ impl Journal {
 
     /// Forget `key` (its resource is gone).
     pub fn forget(&self, key: &StepKey) -> Result<(), StateError> {
-        self.db.with(|c| {
+        self.db.with_schema(&SCHEMA, |c| {
             c.execute(
                 "DELETE FROM steps WHERE release_id = ?1 AND image = ?2 AND kind = ?3
                  AND region = ?4 AND target = ?5",
@@ -243,7 +246,7 @@ impl Journal {
 
     /// Every recorded step, in key order.
     pub fn steps(&self) -> Result<Vec<Step>, StateError> {
-        self.db.with(|c| {
+        self.db.with_schema(&SCHEMA, |c| {
             let mut st = c.prepare(
                 "SELECT image, kind, region, target, resource_id, status, detail FROM steps
                  WHERE release_id = ?1 ORDER BY image, kind, region, target",
@@ -267,7 +270,7 @@ impl Journal {
 
     /// Mark the release finished (every step done).
     pub fn finish(&self) -> Result<(), StateError> {
-        self.db.with(|c| {
+        self.db.with_schema(&SCHEMA, |c| {
             c.execute(
                 "UPDATE releases SET finished_at = ?2 WHERE id = ?1",
                 params![self.release, now_epoch()],
@@ -280,7 +283,7 @@ impl Journal {
 /// SSM parameter names every journal recorded (with their region), for guards that
 /// must not delete an AMI a published parameter points at.
 pub fn recorded_parameters(db: &StateDb) -> Result<Vec<(String, String)>, StateError> {
-    db.with(|c| {
+    db.with_schema(&SCHEMA, |c| {
         let mut st = c.prepare(
             "SELECT DISTINCT region, target FROM steps WHERE kind = 'param' ORDER BY 1, 2",
         )?;

@@ -1,26 +1,32 @@
-//! The one SQLite database ec2ami keeps: the publish journal, the instances a boot
-//! benchmark launched, the boot-time history. One file, by default
-//! `$XDG_STATE_HOME/ec2ami/state.db` (`~/.local/state/ec2ami/state.db`).
+//! The one SQLite database ec2ami keeps, and job locks. One file, by default
+//! `$XDG_STATE_HOME/ec2ami/state.db` (`~/.local/state/ec2ami/state.db`), shared by the
+//! features that keep state: the publish journal ([`journal`]), the instances a boot
+//! benchmark launched, the boot-time history.
 //!
 //! Every write is its own transaction in WAL mode, so a process killed at any moment
 //! (kill -9 included) leaves the database consistent and holding every step it
-//! recorded. Each feature owns its tables and declares them in [`SCHEMAS`]; they are
-//! created when the database is opened.
+//! recorded. `state` is storage only and knows no feature: each feature owns its tables,
+//! declares them as a [`Schema`] and uses them through [`StateDb::with_schema`], which
+//! creates them (in one transaction) the first time a connection needs them.
 
 pub mod journal;
 
+use std::collections::HashSet;
 use std::path::{Path, PathBuf};
 use std::sync::{Mutex, MutexGuard};
 use std::time::Duration;
 
-use rusqlite::Connection;
+use rusqlite::{Connection, TransactionBehavior};
 
-/// Each feature's tables (`CREATE TABLE IF NOT EXISTS ...`), created on open.
-const SCHEMAS: &[(&str, &str)] = &[
-    ("journal", journal::SCHEMA),
-    ("bench instances", crate::bench::journal::SCHEMA),
-    ("boot history", crate::history::SCHEMA),
-];
+/// A feature's tables: a name for errors and the statements that create them, each
+/// `CREATE ... IF NOT EXISTS`, so applying them again changes nothing.
+#[derive(Debug)]
+pub struct Schema {
+    /// Whose tables (`boot history`); one name per schema.
+    pub name: &'static str,
+    /// `CREATE TABLE IF NOT EXISTS ...` statements.
+    pub ddl: &'static str,
+}
 
 /// A failure of the state database, with the file it concerns.
 #[derive(Debug, thiserror::Error)]
@@ -30,6 +36,17 @@ pub enum StateError {
     Sqlite {
         /// The database file.
         path: PathBuf,
+        /// What SQLite said.
+        #[source]
+        source: rusqlite::Error,
+    },
+    /// A feature's tables cannot be created.
+    #[error("state database {}: creating the {schema} tables: {source}", path.display())]
+    Schema {
+        /// The database file.
+        path: PathBuf,
+        /// Whose tables.
+        schema: &'static str,
         /// What SQLite said.
         #[source]
         source: rusqlite::Error,
@@ -48,8 +65,15 @@ pub enum StateError {
 /// The state database.
 #[derive(Debug)]
 pub struct StateDb {
-    conn: Mutex<Connection>,
+    conn: Mutex<Conn>,
     path: PathBuf,
+}
+
+/// The connection and the schemas already made sure of on it.
+#[derive(Debug)]
+struct Conn {
+    conn: Connection,
+    schemas: HashSet<&'static str>,
 }
 
 /// `$XDG_STATE_HOME/ec2ami` (`~/.local/state/ec2ami`): where ec2ami keeps its state.
@@ -92,13 +116,7 @@ impl StateDb {
             .map_err(err)?;
         conn.pragma_update(None, "foreign_keys", "ON")
             .map_err(err)?;
-        for (_, ddl) in SCHEMAS {
-            conn.execute_batch(ddl).map_err(err)?;
-        }
-        Ok(StateDb {
-            conn: Mutex::new(conn),
-            path: path.to_owned(),
-        })
+        Ok(StateDb::new(conn, path.to_owned()))
     }
 
     /// An in-memory database (tests).
@@ -109,13 +127,17 @@ impl StateDb {
             source,
         };
         let conn = Connection::open_in_memory().map_err(err)?;
-        for (_, ddl) in SCHEMAS {
-            conn.execute_batch(ddl).map_err(err)?;
-        }
-        Ok(StateDb {
-            conn: Mutex::new(conn),
+        Ok(StateDb::new(conn, path))
+    }
+
+    fn new(conn: Connection, path: PathBuf) -> StateDb {
+        StateDb {
+            conn: Mutex::new(Conn {
+                conn,
+                schemas: HashSet::new(),
+            }),
             path,
-        })
+        }
     }
 
     /// The database file.
@@ -129,13 +151,55 @@ impl StateDb {
         f: impl FnOnce(&Connection) -> rusqlite::Result<T>,
     ) -> Result<T, StateError> {
         let conn = self.lock();
-        f(&conn).map_err(|source| StateError::Sqlite {
+        f(&conn.conn).map_err(|source| StateError::Sqlite {
             path: self.path.clone(),
             source,
         })
     }
 
-    fn lock(&self) -> MutexGuard<'_, Connection> {
+    /// Make sure `schema`'s tables exist: created in one transaction the first time
+    /// this connection is asked, a set look-up after that.
+    pub fn ensure_schema(&self, schema: &Schema) -> Result<(), StateError> {
+        let mut conn = self.lock();
+        self.ensure_locked(&mut conn, schema)
+    }
+
+    /// Run `f` on the connection once `schema`'s tables exist: how a feature uses its
+    /// tables.
+    pub fn with_schema<T>(
+        &self,
+        schema: &Schema,
+        f: impl FnOnce(&Connection) -> rusqlite::Result<T>,
+    ) -> Result<T, StateError> {
+        let mut conn = self.lock();
+        self.ensure_locked(&mut conn, schema)?;
+        f(&conn.conn).map_err(|source| StateError::Sqlite {
+            path: self.path.clone(),
+            source,
+        })
+    }
+
+    fn ensure_locked(&self, conn: &mut Conn, schema: &Schema) -> Result<(), StateError> {
+        if conn.schemas.contains(schema.name) {
+            return Ok(());
+        }
+        let create = |c: &mut Connection| -> rusqlite::Result<()> {
+            // IMMEDIATE: take the write lock first, so two processes creating the same
+            // tables wait for each other instead of failing on a stale read.
+            let tx = c.transaction_with_behavior(TransactionBehavior::Immediate)?;
+            tx.execute_batch(schema.ddl)?;
+            tx.commit()
+        };
+        create(&mut conn.conn).map_err(|source| StateError::Schema {
+            path: self.path.clone(),
+            schema: schema.name,
+            source,
+        })?;
+        conn.schemas.insert(schema.name);
+        Ok(())
+    }
+
+    fn lock(&self) -> MutexGuard<'_, Conn> {
         // A panic while holding the lock cannot leave SQLite inconsistent (every
         // statement is atomic), so a poisoned lock is still usable.
         self.conn.lock().unwrap_or_else(|p| p.into_inner())
@@ -206,6 +270,74 @@ mod tests {
         assert!(path.exists());
         // Reopening applies the schemas again without error.
         StateDb::open(&path).unwrap();
+    }
+
+    const THINGS: Schema = Schema {
+        name: "things",
+        ddl: "CREATE TABLE IF NOT EXISTS things (id INTEGER PRIMARY KEY, what TEXT NOT NULL);
+              CREATE INDEX IF NOT EXISTS things_what ON things(what);",
+    };
+
+    fn tables(db: &StateDb) -> Vec<String> {
+        db.with(|c| {
+            let mut st = c.prepare("SELECT name FROM sqlite_master ORDER BY name")?;
+            st.query_map([], |r| r.get(0))?.collect()
+        })
+        .unwrap()
+    }
+
+    #[test]
+    fn a_feature_schema_is_created_when_first_used_and_once() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("state.db");
+        let db = StateDb::open(&path).unwrap();
+        // Opening creates no feature's tables.
+        assert!(tables(&db).is_empty(), "{:?}", tables(&db));
+        db.with_schema(&THINGS, |c| {
+            c.execute("INSERT INTO things (what) VALUES ('a')", [])
+        })
+        .unwrap();
+        assert_eq!(tables(&db), vec!["things", "things_what"]);
+        // Remembered: dropping the table behind the database's back is not noticed by
+        // this connection (a look-up, no DDL)...
+        db.with(|c| c.execute_batch("DROP TABLE things")).unwrap();
+        db.ensure_schema(&THINGS).unwrap();
+        assert!(tables(&db).is_empty());
+        // ...while a new connection makes sure again.
+        let db = StateDb::open(&path).unwrap();
+        let n: i64 = db
+            .with_schema(&THINGS, |c| {
+                c.query_row("SELECT count(*) FROM things", [], |r| r.get(0))
+            })
+            .unwrap();
+        assert_eq!(n, 0);
+        // Applying it again on an existing database keeps the rows.
+        db.with_schema(&THINGS, |c| {
+            c.execute("INSERT INTO things (what) VALUES ('b')", [])
+        })
+        .unwrap();
+        let db = StateDb::open(&path).unwrap();
+        let n: i64 = db
+            .with_schema(&THINGS, |c| {
+                c.query_row("SELECT count(*) FROM things", [], |r| r.get(0))
+            })
+            .unwrap();
+        assert_eq!(n, 1);
+    }
+
+    #[test]
+    fn a_broken_schema_names_itself_and_leaves_nothing_half_made() {
+        let db = StateDb::in_memory().unwrap();
+        let broken = Schema {
+            name: "broken",
+            ddl: "CREATE TABLE IF NOT EXISTS first (id INTEGER); CREATE TABLE nonsense (;",
+        };
+        let e = db.ensure_schema(&broken).unwrap_err();
+        assert!(e.to_string().contains("creating the broken tables"), "{e}");
+        // The first table was rolled back with the failed second one.
+        assert!(tables(&db).is_empty(), "{:?}", tables(&db));
+        // Not remembered: asked again, it fails again.
+        assert!(db.ensure_schema(&broken).is_err());
     }
 
     #[test]

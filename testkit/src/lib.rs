@@ -6,6 +6,8 @@
 //! dev-dependency for its integration tests, and its `ec2ami-testkit` binary runs the
 //! servers for the demo and benchmark scripts.
 
+#![warn(missing_docs)]
+
 pub mod boot_fixture;
 mod http_util;
 pub mod moto;

@@ -14,3 +14,4 @@ mod plan_agrees;
 mod prune;
 mod publish;
 mod roundtrip;
+mod shipped;

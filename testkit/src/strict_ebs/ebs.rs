@@ -1,538 +1,23 @@
-//! A strict, fast, in-memory EBS direct API endpoint (plus the few EC2 query calls that
-//! concern snapshots), on 127.0.0.1.
-//!
-//! It follows the EBS direct API reference (restJson1) and rejects what AWS rejects:
-//! wrong data length, wrong or missing SHA-256 checksums, block indexes past the volume
-//! end, a `ChangedBlocksCount` or aggregate checksum that does not match what was
-//! written, bad page or block tokens. Every rejection is recorded and can be read back
-//! with [`StrictEbs::rejections`].
-//!
-//! Requests must carry a SigV4 `Authorization` header scoped to the right service (`ebs`
-//! for the EBS direct paths, `ec2` for `POST /`); the signature itself is not checked.
-//!
-//! For a snapshot started with a `ParentSnapshotId`, the parent's blocks are inherited;
-//! `ChangedBlocksCount` and the aggregate checksum cover only the blocks written to the
-//! child itself.
+//! The EBS direct operations: StartSnapshot, PutSnapshotBlock, CompleteSnapshot,
+//! ListSnapshotBlocks, ListChangedBlocks, GetSnapshotBlock; each checks what AWS checks.
 
-use std::collections::{BTreeMap, BTreeSet, HashMap};
-use std::io;
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::collections::{BTreeMap, BTreeSet};
 
 use base64::Engine as _;
-use base64::engine::general_purpose::{STANDARD as B64, URL_SAFE_NO_PAD as B64URL};
 use bytes::Bytes;
-use http_body_util::Full;
-use hyper::body::Incoming;
-use hyper::{Method, Request, Response};
 use serde_json::{Value, json};
 use sha2::{Digest, Sha256};
-use tokio::task::JoinHandle;
 
-use super::http_util::{self, BoxError, ConnCtx};
-
-/// Size of every EBS snapshot block, in bytes.
-pub const BLOCK_SIZE: u32 = 524_288;
-/// The fake AWS account that owns every snapshot.
-pub const OWNER_ID: &str = "123456789012";
-const GIB: u64 = 1 << 30;
-const MAX_VOLUME_GIB: u64 = 65_536;
-const MAX_BODY: usize = 8 * 1024 * 1024;
-const EC2_XMLNS: &str = "http://ec2.amazonaws.com/doc/2016-11-15/";
-
-/// Configuration of a [`StrictEbs`] endpoint.
-#[derive(Clone, Debug)]
-pub struct StrictEbsConfig {
-    /// Keep only block checksums, not data (for throughput benchmarks).
-    pub discard_data: bool,
-    /// Maximum number of blocks per ListSnapshotBlocks/ListChangedBlocks page.
-    pub page_size: usize,
-}
-
-impl Default for StrictEbsConfig {
-    fn default() -> Self {
-        StrictEbsConfig {
-            discard_data: false,
-            page_size: 10_000,
-        }
-    }
-}
-
-/// A snapshot as the strict endpoint holds it, copied out for assertions.
-#[derive(Clone, Debug)]
-pub struct SnapshotView {
-    /// Snapshot id (`snap-` + 17 hex digits).
-    pub id: String,
-    /// `pending`, `completed` or `error`.
-    pub status: String,
-    /// Volume size in GiB.
-    pub volume_size_gib: u64,
-    /// Block size in bytes (always 524288).
-    pub block_size: u32,
-    /// Description given to StartSnapshot.
-    pub description: Option<String>,
-    /// Tags given to StartSnapshot, in order.
-    pub tags: Vec<(String, String)>,
-    /// Whether StartSnapshot asked for encryption.
-    pub encrypted: bool,
-    /// Block data by index (inherited parent blocks included); empty when `discard_data`.
-    pub blocks: BTreeMap<u64, Bytes>,
-    /// Base64 SHA-256 of every block by index (inherited parent blocks included).
-    pub block_checksums: BTreeMap<u64, String>,
-    /// Number of accepted PutSnapshotBlock requests (rewrites of a block included).
-    pub put_requests: u64,
-}
-
-/// A running strict EBS endpoint; dropping it stops the server.
-pub struct StrictEbs {
-    port: u16,
-    inner: Arc<Inner>,
-    task: JoinHandle<()>,
-}
-
-struct Inner {
-    config: StrictEbsConfig,
-    state: Mutex<State>,
-}
-
-#[derive(Default)]
-struct State {
-    snapshots: HashMap<String, Snap>,
-    client_tokens: HashMap<String, (String, Value)>,
-    rejections: Vec<String>,
-}
-
-#[derive(Clone, Copy, PartialEq, Eq, Debug)]
-enum Status {
-    Pending,
-    Completed,
-    Error,
-}
-
-impl Status {
-    fn as_str(self) -> &'static str {
-        match self {
-            Status::Pending => "pending",
-            Status::Completed => "completed",
-            Status::Error => "error",
-        }
-    }
-}
-
-#[derive(Clone)]
-struct Block {
-    data: Option<Bytes>,
-    digest: [u8; 32],
-    token: String,
-}
-
-struct Snap {
-    id: String,
-    status: Status,
-    volume_size: u64,
-    description: Option<String>,
-    tags: Vec<(String, String)>,
-    encrypted: bool,
-    kms_key_arn: Option<String>,
-    parent: Option<String>,
-    start_time: f64,
-    blocks: BTreeMap<u64, Block>,
-    written: BTreeSet<u64>,
-    put_requests: u64,
-}
-
-impl Snap {
-    fn max_blocks(&self) -> u64 {
-        self.volume_size * GIB / u64::from(BLOCK_SIZE)
-    }
-}
-
-/// An API error answer (EBS restJson1 or EC2 query XML, by route).
-#[derive(Debug)]
-struct ApiError {
-    status: u16,
-    code: &'static str,
-    reason: Option<&'static str>,
-    message: String,
-}
-
-impl ApiError {
-    fn validation(reason: &'static str, message: impl Into<String>) -> Self {
-        ApiError {
-            status: 400,
-            code: "ValidationException",
-            reason: Some(reason),
-            message: message.into(),
-        }
-    }
-    fn invalid(message: impl Into<String>) -> Self {
-        Self::validation("INVALID_PARAMETER_VALUE", message)
-    }
-    fn snapshot_not_found(id: &str) -> Self {
-        ApiError {
-            status: 404,
-            code: "ResourceNotFoundException",
-            reason: Some("SNAPSHOT_NOT_FOUND"),
-            message: format!("The snapshot '{id}' was not found"),
-        }
-    }
-    fn ec2(status: u16, code: &'static str, message: impl Into<String>) -> Self {
-        ApiError {
-            status,
-            code,
-            reason: None,
-            message: message.into(),
-        }
-    }
-}
-
-type ApiResult = Result<Response<Full<Bytes>>, ApiError>;
-
-impl StrictEbs {
-    /// Start on an ephemeral 127.0.0.1 port, on the current tokio runtime.
-    pub async fn start(config: StrictEbsConfig) -> io::Result<StrictEbs> {
-        Self::start_on(config, 0).await
-    }
-
-    /// Start on a fixed 127.0.0.1 port (0 = any), on the current tokio runtime.
-    pub async fn start_on(config: StrictEbsConfig, port: u16) -> io::Result<StrictEbs> {
-        let listener = http_util::bind_loopback(port).await?;
-        let port = listener.local_addr()?.port();
-        let inner = Arc::new(Inner {
-            config,
-            state: Mutex::new(State::default()),
-        });
-        let handler_inner = inner.clone();
-        let handler = Arc::new(move |req: Request<Incoming>, _ctx: ConnCtx| {
-            let inner = handler_inner.clone();
-            async move { Ok::<_, BoxError>(inner.handle(req).await) }
-        });
-        let task = http_util::serve(listener, handler);
-        Ok(StrictEbs { port, inner, task })
-    }
-
-    /// Base URL, `http://127.0.0.1:PORT`.
-    pub fn url(&self) -> String {
-        format!("http://127.0.0.1:{}", self.port)
-    }
-
-    /// The listening port.
-    pub fn port(&self) -> u16 {
-        self.port
-    }
-
-    /// A copy of one snapshot's state, if it exists.
-    pub fn snapshot(&self, id: &str) -> Option<SnapshotView> {
-        let st = self.inner.lock();
-        let s = st.snapshots.get(id)?;
-        Some(SnapshotView {
-            id: s.id.clone(),
-            status: s.status.as_str().to_string(),
-            volume_size_gib: s.volume_size,
-            block_size: BLOCK_SIZE,
-            description: s.description.clone(),
-            tags: s.tags.clone(),
-            encrypted: s.encrypted,
-            blocks: s
-                .blocks
-                .iter()
-                .filter_map(|(i, b)| b.data.clone().map(|d| (*i, d)))
-                .collect(),
-            block_checksums: s
-                .blocks
-                .iter()
-                .map(|(i, b)| (*i, B64.encode(b.digest)))
-                .collect(),
-            put_requests: s.put_requests,
-        })
-    }
-
-    /// Ids of every snapshot, sorted.
-    pub fn snapshot_ids(&self) -> Vec<String> {
-        let mut ids: Vec<String> = self.inner.lock().snapshots.keys().cloned().collect();
-        ids.sort();
-        ids
-    }
-
-    /// One line per rejected request: operation and reason.
-    pub fn rejections(&self) -> Vec<String> {
-        self.inner.lock().rejections.clone()
-    }
-}
-
-impl Drop for StrictEbs {
-    fn drop(&mut self) {
-        self.task.abort();
-    }
-}
-
-impl std::fmt::Debug for StrictEbs {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("StrictEbs")
-            .field("port", &self.port)
-            .finish()
-    }
-}
-
-fn header<'a>(req: &'a hyper::http::request::Parts, name: &str) -> Option<&'a str> {
-    req.headers.get(name).and_then(|v| v.to_str().ok())
-}
-
-fn query_params(parts: &hyper::http::request::Parts) -> HashMap<String, String> {
-    http_util::parse_form(parts.uri.query().unwrap_or(""))
-        .into_iter()
-        .collect()
-}
-
-fn new_snapshot_id() -> String {
-    let n = fastrand::u128(..) % (1u128 << 68);
-    format!("snap-{n:017x}")
-}
-
-fn new_block_token() -> String {
-    let mut raw = [0u8; 48];
-    for chunk in raw.chunks_mut(8) {
-        chunk.copy_from_slice(&fastrand::u64(..).to_le_bytes());
-    }
-    B64.encode(raw)
-}
-
-fn ebs_json(status: u16, body: &Value) -> Response<Full<Bytes>> {
-    http_util::full_response(
-        status,
-        &[
-            ("content-type", "application/json".to_string()),
-            ("x-amzn-requestid", http_util::request_id()),
-        ],
-        body.to_string(),
-    )
-}
-
-fn ebs_error_response(e: &ApiError) -> Response<Full<Bytes>> {
-    let mut body = json!({ "message": e.message, "Message": e.message });
-    if let Some(r) = e.reason {
-        body["Reason"] = json!(r);
-        body["reason"] = json!(r);
-    }
-    http_util::full_response(
-        e.status,
-        &[
-            ("content-type", "application/json".to_string()),
-            ("x-amzn-errortype", e.code.to_string()),
-            ("x-amzn-requestid", http_util::request_id()),
-        ],
-        body.to_string(),
-    )
-}
-
-fn ec2_error_response(e: &ApiError) -> Response<Full<Bytes>> {
-    let body = format!(
-        "<?xml version=\"1.0\" encoding=\"UTF-8\"?>\n<Response><Errors><Error><Code>{}</Code><Message>{}</Message></Error></Errors><RequestID>{}</RequestID></Response>",
-        http_util::xml_escape(e.code),
-        http_util::xml_escape(&e.message),
-        http_util::request_id()
-    );
-    http_util::full_response(
-        e.status,
-        &[("content-type", "text/xml;charset=UTF-8".to_string())],
-        body,
-    )
-}
-
-fn ec2_xml(body: String) -> Response<Full<Bytes>> {
-    http_util::full_response(
-        200,
-        &[("content-type", "text/xml;charset=UTF-8".to_string())],
-        body,
-    )
-}
-
-/// Encode a pagination token.
-fn page_token(kind: &str, id: &str, next: u64) -> String {
-    B64URL.encode(format!("{kind}:{id}:{next}"))
-}
-
-/// Decode a pagination token, checking it belongs to this listing.
-fn parse_page_token(kind: &str, id: &str, token: &str) -> Result<u64, ApiError> {
-    let bad = || ApiError::validation("INVALID_PAGE_TOKEN", "The pagination token is invalid");
-    let raw = B64URL.decode(token.as_bytes()).map_err(|_| bad())?;
-    let raw = String::from_utf8(raw).map_err(|_| bad())?;
-    let mut it = raw.splitn(3, ':');
-    match (it.next(), it.next(), it.next()) {
-        (Some(k), Some(i), Some(n)) if k == kind && i == id => n.parse().map_err(|_| bad()),
-        _ => Err(bad()),
-    }
-}
-
-/// Parse `maxResults`, `pageToken` and `startingBlockIndex`: (start index, page limit).
-fn page_params(
-    q: &HashMap<String, String>,
-    kind: &str,
-    id: &str,
-    page_size: usize,
-) -> Result<(u64, usize), ApiError> {
-    let max = match q.get("maxResults") {
-        Some(v) => match v.parse::<usize>() {
-            Ok(n) if (100..=10_000).contains(&n) => n,
-            _ => {
-                return Err(ApiError::invalid(format!(
-                    "maxResults must be between 100 and 10000, got '{v}'"
-                )));
-            }
-        },
-        None => 10_000,
-    };
-    let mut start = match q.get("startingBlockIndex") {
-        Some(v) => v
-            .parse::<u64>()
-            .map_err(|_| ApiError::invalid(format!("invalid startingBlockIndex '{v}'")))?,
-        None => 0,
-    };
-    if let Some(t) = q.get("pageToken") {
-        start = parse_page_token(kind, id, t)?;
-    }
-    Ok((start, max.min(page_size.max(1))))
-}
+use super::http_util;
+use super::state::{Block, Snap, Status, new_block_token, new_snapshot_id};
+use super::wire::{
+    ApiError, ApiResult, B64, ebs_json, header, page_params, page_token, parse_index, query_params,
+    start_output,
+};
+use super::{BLOCK_SIZE, Inner, MAX_VOLUME_GIB};
 
 impl Inner {
-    fn lock(&self) -> MutexGuard<'_, State> {
-        self.state.lock().unwrap_or_else(|p| p.into_inner())
-    }
-
-    async fn handle(&self, req: Request<Incoming>) -> Response<Full<Bytes>> {
-        let (parts, body) = req.into_parts();
-        let path = parts.uri.path().to_string();
-        let segs: Vec<&str> = path.trim_start_matches('/').split('/').collect();
-        let method = parts.method.clone();
-        let (op, is_ec2) = match (&method, segs.as_slice()) {
-            (&Method::POST, ["snapshots"]) => ("StartSnapshot", false),
-            (&Method::POST, ["snapshots", "completion", _]) => ("CompleteSnapshot", false),
-            (&Method::PUT, ["snapshots", _, "blocks", _]) => ("PutSnapshotBlock", false),
-            (&Method::GET, ["snapshots", _, "blocks", _]) => ("GetSnapshotBlock", false),
-            (&Method::GET, ["snapshots", _, "blocks"]) => ("ListSnapshotBlocks", false),
-            (&Method::GET, ["snapshots", _, "changedblocks"]) => ("ListChangedBlocks", false),
-            (&Method::POST | &Method::GET, [""]) => ("Ec2Query", true),
-            _ => ("Unknown", false),
-        };
-        let body = match http_util::read_body(body, &parts.headers, MAX_BODY).await {
-            Ok(b) => b,
-            Err(e) => {
-                let err = ApiError::invalid(format!("cannot read request body: {e}"));
-                return self.reject(op, is_ec2, err);
-            }
-        };
-        if op == "Unknown" {
-            let err = ApiError {
-                status: 404,
-                code: "UnknownOperationException",
-                reason: None,
-                message: format!("No operation matches {method} {path}"),
-            };
-            return self.reject(op, false, err);
-        }
-        let expected_service = if is_ec2 { "ec2" } else { "ebs" };
-        match http_util::credential_scope(&parts.headers) {
-            Some((service, _)) if service == expected_service => {}
-            Some((service, _)) => {
-                let err = if is_ec2 {
-                    ApiError::ec2(
-                        401,
-                        "AuthFailure",
-                        format!(
-                            "Credential should be scoped to correct service: 'ec2', not '{service}'"
-                        ),
-                    )
-                } else {
-                    ApiError {
-                        status: 403,
-                        code: "InvalidSignatureException",
-                        reason: None,
-                        message: format!(
-                            "Credential should be scoped to correct service: 'ebs', not '{service}'"
-                        ),
-                    }
-                };
-                return self.reject(op, is_ec2, err);
-            }
-            None => {
-                let err = if is_ec2 {
-                    ApiError::ec2(
-                        401,
-                        "AuthFailure",
-                        "AWS was not able to validate the provided access credentials (no SigV4 Authorization header)",
-                    )
-                } else {
-                    ApiError {
-                        status: 403,
-                        code: "MissingAuthenticationTokenException",
-                        reason: None,
-                        message: "Missing Authentication Token (no SigV4 Authorization header)"
-                            .into(),
-                    }
-                };
-                return self.reject(op, is_ec2, err);
-            }
-        }
-        if is_ec2 {
-            let mut params = http_util::parse_form(parts.uri.query().unwrap_or(""));
-            params.extend(http_util::parse_form(&String::from_utf8_lossy(&body)));
-            let action = params
-                .iter()
-                .find(|(k, _)| k == "Action")
-                .map(|(_, v)| v.clone())
-                .unwrap_or_default();
-            let result = match action.as_str() {
-                "DescribeSnapshots" => self.describe_snapshots(&params),
-                "DeleteSnapshot" => self.delete_snapshot(&params),
-                "" => Err(ApiError::ec2(
-                    400,
-                    "MissingAction",
-                    "The request must contain the parameter Action",
-                )),
-                other => Err(ApiError::ec2(
-                    400,
-                    "InvalidAction",
-                    format!("The action {other} is not valid for this web service."),
-                )),
-            };
-            let name = if action.is_empty() {
-                "Ec2Query".to_string()
-            } else {
-                action
-            };
-            return match result {
-                Ok(r) => r,
-                Err(e) => self.reject(&name, true, e),
-            };
-        }
-        let result = match op {
-            "StartSnapshot" => self.start_snapshot(&body),
-            "CompleteSnapshot" => self.complete_snapshot(&parts, segs[2]),
-            "PutSnapshotBlock" => self.put_block(&parts, segs[1], segs[3], body),
-            "GetSnapshotBlock" => self.get_block(&parts, segs[1], segs[3]),
-            "ListSnapshotBlocks" => self.list_blocks(&parts, segs[1]),
-            _ => self.list_changed_blocks(&parts, segs[1]),
-        };
-        match result {
-            Ok(r) => r,
-            Err(e) => self.reject(op, false, e),
-        }
-    }
-
-    fn reject(&self, op: &str, is_ec2: bool, e: ApiError) -> Response<Full<Bytes>> {
-        let line = match e.reason {
-            Some(r) => format!("{op}: {} {} {r}: {}", e.status, e.code, e.message),
-            None => format!("{op}: {} {}: {}", e.status, e.code, e.message),
-        };
-        tracing::debug!("strict EBS rejected: {line}");
-        self.lock().rejections.push(line);
-        if is_ec2 {
-            ec2_error_response(&e)
-        } else {
-            ebs_error_response(&e)
-        }
-    }
-
-    fn start_snapshot(&self, body: &Bytes) -> ApiResult {
+    pub(super) fn start_snapshot(&self, body: &Bytes) -> ApiResult {
         let req: Value = serde_json::from_slice(body)
             .map_err(|e| ApiError::invalid(format!("request body is not valid JSON: {e}")))?;
         let Value::Object(obj) = &req else {
@@ -716,7 +201,7 @@ impl Inner {
         Ok(ebs_json(201, &out))
     }
 
-    fn put_block(
+    pub(super) fn put_block(
         &self,
         parts: &hyper::http::request::Parts,
         id: &str,
@@ -809,7 +294,7 @@ impl Inner {
         ))
     }
 
-    fn check_writable(&self, id: &str, index: u64) -> Result<(), ApiError> {
+    pub(super) fn check_writable(&self, id: &str, index: u64) -> Result<(), ApiError> {
         let st = self.lock();
         let s = st
             .snapshots
@@ -834,7 +319,11 @@ impl Inner {
         Ok(())
     }
 
-    fn complete_snapshot(&self, parts: &hyper::http::request::Parts, id: &str) -> ApiResult {
+    pub(super) fn complete_snapshot(
+        &self,
+        parts: &hyper::http::request::Parts,
+        id: &str,
+    ) -> ApiResult {
         let count = header(parts, "x-amz-changedblockscount")
             .ok_or_else(|| ApiError::invalid("missing x-amz-ChangedBlocksCount header"))?;
         let count: u64 = count.trim().parse().map_err(|_| {
@@ -924,7 +413,7 @@ impl Inner {
         Ok(ebs_json(202, &json!({ "Status": "completed" })))
     }
 
-    fn list_blocks(&self, parts: &hyper::http::request::Parts, id: &str) -> ApiResult {
+    pub(super) fn list_blocks(&self, parts: &hyper::http::request::Parts, id: &str) -> ApiResult {
         let q = query_params(parts);
         let st = self.lock();
         let s = st
@@ -959,7 +448,11 @@ impl Inner {
         Ok(ebs_json(200, &out))
     }
 
-    fn list_changed_blocks(&self, parts: &hyper::http::request::Parts, id: &str) -> ApiResult {
+    pub(super) fn list_changed_blocks(
+        &self,
+        parts: &hyper::http::request::Parts,
+        id: &str,
+    ) -> ApiResult {
         let q = query_params(parts);
         let st = self.lock();
         let second = st
@@ -1040,7 +533,12 @@ impl Inner {
         Ok(ebs_json(200, &out))
     }
 
-    fn get_block(&self, parts: &hyper::http::request::Parts, id: &str, index: &str) -> ApiResult {
+    pub(super) fn get_block(
+        &self,
+        parts: &hyper::http::request::Parts,
+        id: &str,
+        index: &str,
+    ) -> ApiResult {
         let q = query_params(parts);
         let index = parse_index(index)?;
         let (data, digest) = {
@@ -1088,332 +586,18 @@ impl Inner {
             data,
         ))
     }
-
-    fn describe_snapshots(&self, params: &[(String, String)]) -> ApiResult {
-        let get = |k: &str| params.iter().find(|(n, _)| n == k).map(|(_, v)| v.as_str());
-        if get("DryRun") == Some("true") {
-            return Err(ApiError::ec2(
-                412,
-                "DryRunOperation",
-                "Request would have succeeded, but DryRun flag is set.",
-            ));
-        }
-        let ids: Vec<&str> = numbered(params, "SnapshotId");
-        let owners: Vec<&str> = numbered(params, "Owner");
-        // Filters: Filter.N.Name / Filter.N.Value.M
-        let mut filters: BTreeMap<u32, (String, Vec<String>)> = BTreeMap::new();
-        for (k, v) in params {
-            let Some(rest) = k.strip_prefix("Filter.") else {
-                continue;
-            };
-            let mut it = rest.splitn(3, '.');
-            let (Some(n), Some(field)) = (it.next(), it.next()) else {
-                continue;
-            };
-            let Ok(n) = n.parse::<u32>() else { continue };
-            let e = filters.entry(n).or_default();
-            match field {
-                "Name" => e.0 = v.clone(),
-                "Value" => e.1.push(v.clone()),
-                _ => {}
-            }
-        }
-        for (name, _) in filters.values() {
-            let known = matches!(
-                name.as_str(),
-                "snapshot-id"
-                    | "status"
-                    | "description"
-                    | "volume-size"
-                    | "owner-id"
-                    | "encrypted"
-                    | "tag-key"
-                    | "volume-id"
-            ) || name.starts_with("tag:");
-            if !known {
-                return Err(ApiError::ec2(
-                    400,
-                    "InvalidParameterValue",
-                    format!("The filter '{name}' is invalid"),
-                ));
-            }
-        }
-        let st = self.lock();
-        let mut selected: Vec<&Snap> = Vec::new();
-        if ids.is_empty() {
-            let mut all: Vec<&Snap> = st.snapshots.values().collect();
-            all.sort_by(|a, b| a.id.cmp(&b.id));
-            selected = all;
-        } else {
-            for id in &ids {
-                if !id.starts_with("snap-") {
-                    return Err(ApiError::ec2(
-                        400,
-                        "InvalidSnapshotID.Malformed",
-                        format!("Invalid id: \"{id}\" (expecting \"snap-...\")"),
-                    ));
-                }
-                match st.snapshots.get(*id) {
-                    Some(s) => selected.push(s),
-                    None => {
-                        return Err(ApiError::ec2(
-                            400,
-                            "InvalidSnapshot.NotFound",
-                            format!("The snapshot '{id}' does not exist."),
-                        ));
-                    }
-                }
-            }
-        }
-        let matches = |s: &Snap| -> bool {
-            if !owners.is_empty() && !owners.iter().any(|o| *o == "self" || *o == OWNER_ID) {
-                return false;
-            }
-            filters.values().all(|(name, values)| {
-                let one = |v: &String| -> bool {
-                    match name.as_str() {
-                        "snapshot-id" => v == &s.id,
-                        "status" => v == s.status.as_str(),
-                        "description" => s.description.as_deref() == Some(v.as_str()),
-                        "volume-size" => v == &s.volume_size.to_string(),
-                        "owner-id" => v == OWNER_ID,
-                        "encrypted" => v == if s.encrypted { "true" } else { "false" },
-                        "volume-id" => v == "vol-ffffffff",
-                        "tag-key" => s.tags.iter().any(|(k, _)| k == v),
-                        n => {
-                            let key = n.trim_start_matches("tag:");
-                            s.tags.iter().any(|(k, tv)| k == key && tv == v)
-                        }
-                    }
-                };
-                values.iter().any(one)
-            })
-        };
-        let mut xml = format!(
-            "<?xml version=\"1.0\" encoding=\"UTF-8\"?>\n<DescribeSnapshotsResponse xmlns=\"{EC2_XMLNS}\"><requestId>{}</requestId><snapshotSet>",
-            http_util::request_id()
-        );
-        for s in selected.into_iter().filter(|s| matches(s)) {
-            let x = http_util::xml_escape;
-            xml.push_str("<item>");
-            xml.push_str(&format!("<snapshotId>{}</snapshotId>", x(&s.id)));
-            xml.push_str("<volumeId>vol-ffffffff</volumeId>");
-            xml.push_str(&format!("<status>{}</status>", s.status.as_str()));
-            xml.push_str(&format!(
-                "<startTime>{}</startTime>",
-                http_util::iso8601(s.start_time)
-            ));
-            let progress = if s.status == Status::Completed {
-                "100%"
-            } else {
-                "0%"
-            };
-            xml.push_str(&format!("<progress>{progress}</progress>"));
-            xml.push_str(&format!("<ownerId>{OWNER_ID}</ownerId>"));
-            xml.push_str(&format!("<volumeSize>{}</volumeSize>", s.volume_size));
-            if let Some(d) = &s.description {
-                xml.push_str(&format!("<description>{}</description>", x(d)));
-            } else {
-                xml.push_str("<description/>");
-            }
-            xml.push_str(&format!("<encrypted>{}</encrypted>", s.encrypted));
-            if let Some(k) = &s.kms_key_arn {
-                xml.push_str(&format!("<kmsKeyId>{}</kmsKeyId>", x(k)));
-            }
-            xml.push_str("<storageTier>standard</storageTier>");
-            if !s.tags.is_empty() {
-                xml.push_str("<tagSet>");
-                for (k, v) in &s.tags {
-                    xml.push_str(&format!(
-                        "<item><key>{}</key><value>{}</value></item>",
-                        x(k),
-                        x(v)
-                    ));
-                }
-                xml.push_str("</tagSet>");
-            }
-            xml.push_str("</item>");
-        }
-        xml.push_str("</snapshotSet></DescribeSnapshotsResponse>");
-        Ok(ec2_xml(xml))
-    }
-
-    fn delete_snapshot(&self, params: &[(String, String)]) -> ApiResult {
-        let get = |k: &str| params.iter().find(|(n, _)| n == k).map(|(_, v)| v.as_str());
-        let id = get("SnapshotId").ok_or_else(|| {
-            ApiError::ec2(
-                400,
-                "MissingParameter",
-                "The request must contain the parameter SnapshotId",
-            )
-        })?;
-        if get("DryRun") == Some("true") {
-            return Err(ApiError::ec2(
-                412,
-                "DryRunOperation",
-                "Request would have succeeded, but DryRun flag is set.",
-            ));
-        }
-        let mut st = self.lock();
-        if st.snapshots.remove(id).is_none() {
-            return Err(ApiError::ec2(
-                400,
-                "InvalidSnapshot.NotFound",
-                format!("The snapshot '{id}' does not exist."),
-            ));
-        }
-        st.client_tokens.retain(|_, (sid, _)| sid != id);
-        Ok(ec2_xml(format!(
-            "<?xml version=\"1.0\" encoding=\"UTF-8\"?>\n<DeleteSnapshotResponse xmlns=\"{EC2_XMLNS}\"><requestId>{}</requestId><return>true</return></DeleteSnapshotResponse>",
-            http_util::request_id()
-        )))
-    }
-}
-
-/// Values of `Prefix.1`, `Prefix.2`, ... in numeric order.
-fn numbered<'a>(params: &'a [(String, String)], prefix: &str) -> Vec<&'a str> {
-    let mut out: Vec<(u32, &str)> = params
-        .iter()
-        .filter_map(|(k, v)| {
-            let n = k.strip_prefix(prefix)?.strip_prefix('.')?.parse().ok()?;
-            Some((n, v.as_str()))
-        })
-        .collect();
-    out.sort_by_key(|(n, _)| *n);
-    out.into_iter().map(|(_, v)| v).collect()
-}
-
-fn parse_index(s: &str) -> Result<u64, ApiError> {
-    s.parse::<u64>()
-        .map_err(|_| ApiError::validation("INVALID_BLOCK", format!("invalid block index '{s}'")))
-}
-
-fn start_output(s: &Snap) -> Value {
-    let mut out = json!({
-        "SnapshotId": s.id,
-        "OwnerId": OWNER_ID,
-        "Status": s.status.as_str(),
-        "StartTime": s.start_time,
-        "VolumeSize": s.volume_size,
-        "BlockSize": BLOCK_SIZE,
-        "Tags": s.tags.iter().map(|(k, v)| json!({"Key": k, "Value": v})).collect::<Vec<_>>(),
-        "SseType": match (s.encrypted, s.kms_key_arn.is_some()) {
-            (true, true) => "sse-kms",
-            (true, false) => "sse-ebs",
-            (false, _) => "none",
-        },
-    });
-    if let Some(d) = &s.description {
-        out["Description"] = json!(d);
-    }
-    if let Some(k) = &s.kms_key_arn {
-        out["KmsKeyArn"] = json!(k);
-    }
-    if let Some(p) = &s.parent {
-        out["ParentSnapshotId"] = json!(p);
-    }
-    out
 }
 
 #[cfg(test)]
 mod tests {
-    use super::*;
-    use crate::http_util::test_client::{TestClient, auth, client, send};
+    use std::sync::Arc;
 
-    fn block(fill: u8) -> Bytes {
-        Bytes::from(vec![fill; BLOCK_SIZE as usize])
-    }
+    use bytes::Bytes;
+    use serde_json::{Value, json};
 
-    fn sha_b64(data: &[u8]) -> String {
-        B64.encode(Sha256::digest(data))
-    }
-
-    fn ebs_headers() -> Vec<(&'static str, String)> {
-        vec![("authorization", auth("ebs"))]
-    }
-
-    async fn start(c: &TestClient, base: &str, body: Value) -> (u16, Value) {
-        let (st, _, b) = send(
-            c,
-            "POST",
-            &format!("{base}/snapshots"),
-            &ebs_headers(),
-            body.to_string(),
-        )
-        .await
-        .unwrap();
-        (st, serde_json::from_slice(&b).unwrap_or(Value::Null))
-    }
-
-    async fn put(
-        c: &TestClient,
-        base: &str,
-        id: &str,
-        idx: u64,
-        data: Bytes,
-        checksum: &str,
-    ) -> (u16, HeaderMapLite, Value) {
-        let mut h = ebs_headers();
-        h.push(("x-amz-Data-Length", data.len().to_string()));
-        h.push(("x-amz-Checksum", checksum.to_string()));
-        h.push(("x-amz-Checksum-Algorithm", "SHA256".to_string()));
-        h.push(("content-type", "application/octet-stream".to_string()));
-        let (st, hd, b) = send(
-            c,
-            "PUT",
-            &format!("{base}/snapshots/{id}/blocks/{idx}"),
-            &h,
-            data,
-        )
-        .await
-        .unwrap();
-        let hd = hd
-            .iter()
-            .map(|(k, v)| (k.to_string(), v.to_str().unwrap_or("").to_string()))
-            .collect();
-        (st, hd, serde_json::from_slice(&b).unwrap_or(Value::Null))
-    }
-
-    type HeaderMapLite = Vec<(String, String)>;
-
-    async fn complete(
-        c: &TestClient,
-        base: &str,
-        id: &str,
-        count: u64,
-        checksum: Option<&str>,
-    ) -> (u16, Value) {
-        let mut h = ebs_headers();
-        h.push(("x-amz-ChangedBlocksCount", count.to_string()));
-        if let Some(cs) = checksum {
-            h.push(("x-amz-Checksum", cs.to_string()));
-            h.push(("x-amz-Checksum-Algorithm", "SHA256".to_string()));
-            h.push(("x-amz-Checksum-Aggregation-Method", "LINEAR".to_string()));
-        }
-        let (st, _, b) = send(
-            c,
-            "POST",
-            &format!("{base}/snapshots/completion/{id}"),
-            &h,
-            "",
-        )
-        .await
-        .unwrap();
-        (st, serde_json::from_slice(&b).unwrap_or(Value::Null))
-    }
-
-    async fn get_json(c: &TestClient, url: &str) -> (u16, Value) {
-        let (st, _, b) = send(c, "GET", url, &ebs_headers(), "").await.unwrap();
-        (st, serde_json::from_slice(&b).unwrap_or(Value::Null))
-    }
-
-    fn aggregate(blocks: &[&Bytes]) -> String {
-        let mut h = Sha256::new();
-        for b in blocks {
-            h.update(Sha256::digest(b));
-        }
-        B64.encode(h.finalize())
-    }
+    use super::super::test_support::*;
+    use super::super::wire::page_token;
+    use super::super::{OWNER_ID, StrictEbs, StrictEbsConfig};
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn full_upload_roundtrip_and_rejections() {
@@ -1769,98 +953,6 @@ mod tests {
             (st, e["Reason"].as_str()),
             (400, Some("UNRELATED_SNAPSHOTS"))
         );
-    }
-
-    async fn ec2(c: &TestClient, base: &str, form: &str) -> (u16, String) {
-        let h = vec![
-            ("authorization", auth("ec2")),
-            (
-                "content-type",
-                "application/x-www-form-urlencoded".to_string(),
-            ),
-        ];
-        let (st, _, b) = send(c, "POST", &format!("{base}/"), &h, form.to_string())
-            .await
-            .unwrap();
-        (st, String::from_utf8_lossy(&b).into_owned())
-    }
-
-    #[tokio::test]
-    async fn ec2_describe_and_delete_snapshots() {
-        let ebs = StrictEbs::start(StrictEbsConfig::default()).await.unwrap();
-        let base = ebs.url();
-        let c = client();
-        let (_, out) = start(&c, &base, json!({"VolumeSize": 8, "Description": "d<&>", "Tags": [{"Key": "k", "Value": "v\"1"}]})).await;
-        let id = out["SnapshotId"].as_str().unwrap().to_string();
-        let (_, out) = start(&c, &base, json!({"VolumeSize": 2})).await;
-        let id2 = out["SnapshotId"].as_str().unwrap().to_string();
-
-        let (st, xml) = ec2(
-            &c,
-            &base,
-            &format!("Action=DescribeSnapshots&Version=2016-11-15&SnapshotId.1={id}"),
-        )
-        .await;
-        assert_eq!(st, 200, "{xml}");
-        assert!(xml.contains(
-            "<DescribeSnapshotsResponse xmlns=\"http://ec2.amazonaws.com/doc/2016-11-15/\">"
-        ));
-        assert!(xml.contains(&format!("<snapshotId>{id}</snapshotId>")));
-        assert!(!xml.contains(&id2));
-        assert!(xml.contains("<status>pending</status>"));
-        assert!(xml.contains("<volumeSize>8</volumeSize>"));
-        assert!(xml.contains("<description>d&lt;&amp;&gt;</description>"));
-        assert!(xml.contains("<item><key>k</key><value>v&quot;1</value></item>"));
-        assert!(xml.contains("<volumeId>vol-ffffffff</volumeId>"));
-        // Filters.
-        let (_, xml) = ec2(
-            &c,
-            &base,
-            "Action=DescribeSnapshots&Filter.1.Name=tag%3Ak&Filter.1.Value.1=v%221",
-        )
-        .await;
-        assert!(xml.contains(&id) && !xml.contains(&id2), "{xml}");
-        let (st, xml) = ec2(
-            &c,
-            &base,
-            "Action=DescribeSnapshots&Filter.1.Name=bogus&Filter.1.Value.1=x",
-        )
-        .await;
-        assert_eq!(st, 400, "{xml}");
-        // Unknown id.
-        let (st, xml) = ec2(
-            &c,
-            &base,
-            "Action=DescribeSnapshots&SnapshotId.1=snap-0000000000000000f",
-        )
-        .await;
-        assert_eq!(st, 400);
-        assert!(
-            xml.contains("<Code>InvalidSnapshot.NotFound</Code>"),
-            "{xml}"
-        );
-        // Delete.
-        let (st, xml) = ec2(&c, &base, &format!("Action=DeleteSnapshot&SnapshotId={id}")).await;
-        assert_eq!(st, 200);
-        assert!(xml.contains("<return>true</return>"));
-        assert_eq!(ebs.snapshot_ids(), vec![id2.clone()]);
-        let (st, _) = ec2(&c, &base, &format!("Action=DeleteSnapshot&SnapshotId={id}")).await;
-        assert_eq!(st, 400);
-        let (st, xml) = ec2(&c, &base, "Action=RunInstances").await;
-        assert_eq!(st, 400);
-        assert!(xml.contains("InvalidAction"));
-        // EC2 request signed for the wrong service.
-        let h = vec![("authorization", auth("ebs"))];
-        let (st, _, _) = send(
-            &c,
-            "POST",
-            &format!("{base}/"),
-            &h,
-            "Action=DescribeSnapshots",
-        )
-        .await
-        .unwrap();
-        assert_eq!(st, 401);
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -1,0 +1,203 @@
+//! The prune plan: per region and series what is kept, what is deleted and why, the
+//! snapshots freed and what they cost. [`plan_region`] is pure: it turns a region's
+//! [`Inventory`](super::inventory::Inventory) and the options into a [`RegionPlan`];
+//! nothing here talks to AWS.
+//!
+//! The parts: `group` selects the candidates and groups them into series, `region`
+//! plans one region (verdicts, guards, snapshots, orphans), `render` writes the plan as
+//! text; the types below are the plan itself, and its JSON form.
+
+#[cfg(test)]
+mod fixtures;
+mod group;
+mod region;
+mod render;
+
+use serde::Serialize;
+
+use super::guard::Guard;
+use super::policy::Policy;
+use super::series::{Glob, SeriesPattern};
+
+pub use group::Selection;
+pub use region::{made_for_image, plan_region};
+
+/// Snapshot storage list price, USD per GB-month (EBS standard tier, us-east-1); the
+/// default of `--price-per-gb-month`.
+pub const DEFAULT_PRICE_PER_GB_MONTH: f64 = 0.05;
+
+/// What the plan says the estimate is.
+pub const ESTIMATE_NOTE: &str = "an estimate: each snapshot counts at its full size (or \
+its volume size when EC2 does not report it), while EBS bills the blocks a snapshot \
+stores beyond those it shares with others, so the real saving may be smaller";
+
+/// Everything the planner needs besides the inventory.
+#[derive(Debug, Clone)]
+pub struct PlanOptions {
+    /// Which images are candidates.
+    pub selection: Selection,
+    /// How names split into series and dates.
+    pub pattern: SeriesPattern,
+    /// The retention policy.
+    pub policy: Policy,
+    /// Prune public images too.
+    pub include_public: bool,
+    /// Look for orphaned snapshots.
+    pub orphans: bool,
+    /// Snapshot storage price, USD per GB-month.
+    pub price_per_gb_month: f64,
+    /// The time the plan is made for, epoch seconds.
+    pub now: i64,
+}
+
+/// What happens to an image or snapshot.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Action {
+    /// The policy keeps it.
+    Keep,
+    /// The policy would delete it but a guard keeps it.
+    Guarded,
+    /// Deleted.
+    Delete,
+}
+
+/// A snapshot deleted with an image, or an orphan.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct SnapshotItem {
+    /// Snapshot id.
+    pub snapshot_id: String,
+    /// Size counted in the estimate, GiB.
+    pub gib: f64,
+    /// Delete or keep.
+    pub action: Action,
+    /// Why.
+    pub reason: String,
+}
+
+/// One image of a series in the plan.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct ImageItem {
+    /// AMI id.
+    pub image_id: String,
+    /// Name.
+    pub name: String,
+    /// Build date, YYYY-MM-DD.
+    pub built: String,
+    /// Where the date comes from: `name` or `creation`.
+    pub date_from: &'static str,
+    /// Keep, guarded or delete.
+    pub action: Action,
+    /// The policy's reason (and for guarded images, what the policy would have done).
+    pub reason: String,
+    /// What keeps a guarded image.
+    pub guards: Vec<Guard>,
+    /// Its snapshots: deleted with it, or kept and why.
+    pub snapshots: Vec<SnapshotItem>,
+}
+
+/// One series in a region.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct SeriesPlan {
+    /// The series (`{date}` stands for the build date).
+    pub series: String,
+    /// The rule applied.
+    pub rule: String,
+    /// Its images, newest first.
+    pub images: Vec<ImageItem>,
+}
+
+/// The plan for one region.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct RegionPlan {
+    /// Region.
+    pub region: String,
+    /// Why the region could not be looked at (nothing is planned there).
+    pub error: Option<String>,
+    /// Every series of candidate images.
+    pub series: Vec<SeriesPlan>,
+    /// Orphaned snapshots found.
+    pub orphans: Vec<SnapshotItem>,
+    /// Images to deregister.
+    pub images_to_delete: usize,
+    /// Snapshots to delete (with images and orphans).
+    pub snapshots_to_delete: usize,
+    /// GiB the deleted snapshots hold (see [`ESTIMATE_NOTE`]).
+    pub gib_freed: f64,
+    /// The estimated saving, USD per month.
+    pub usd_per_month: f64,
+}
+
+/// The whole plan.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Plan {
+    /// The candidates.
+    pub selection: String,
+    /// How series were found.
+    pub series_from: String,
+    /// The policy's default rule, and each rule.
+    pub policy: Vec<String>,
+    /// Per region.
+    pub regions: Vec<RegionPlan>,
+    /// Images to deregister, all regions.
+    pub images_to_delete: usize,
+    /// Snapshots to delete, all regions.
+    pub snapshots_to_delete: usize,
+    /// GiB freed, all regions.
+    pub gib_freed: f64,
+    /// Estimated saving, USD per month.
+    pub usd_per_month: f64,
+    /// The price used.
+    pub price_per_gb_month: f64,
+    /// What kind of figure the saving is.
+    pub estimate: &'static str,
+}
+
+impl Plan {
+    /// Assemble the regions' plans.
+    pub fn new(regions: Vec<RegionPlan>, opts: &PlanOptions) -> Plan {
+        let mut policy = vec![format!("default: {}", opts.policy.defaults)];
+        policy.extend(opts.policy.rules.iter().map(|r| {
+            format!(
+                "series {}: {r}",
+                r.series.as_ref().map(Glob::as_str).unwrap_or("*")
+            )
+        }));
+        let gib: f64 = regions.iter().map(|r| r.gib_freed).sum();
+        Plan {
+            selection: opts.selection.describe(),
+            series_from: opts.pattern.describe(),
+            policy,
+            images_to_delete: regions.iter().map(|r| r.images_to_delete).sum(),
+            snapshots_to_delete: regions.iter().map(|r| r.snapshots_to_delete).sum(),
+            gib_freed: round2(gib),
+            usd_per_month: round2(gib * opts.price_per_gb_month),
+            price_per_gb_month: opts.price_per_gb_month,
+            estimate: ESTIMATE_NOTE,
+            regions,
+        }
+    }
+
+    /// Regions that could not be looked at.
+    pub fn failed_regions(&self) -> Vec<&RegionPlan> {
+        self.regions.iter().filter(|r| r.error.is_some()).collect()
+    }
+}
+
+fn round2(x: f64) -> f64 {
+    (x * 100.0).round() / 100.0
+}
+
+/// A region that could not be looked at.
+pub fn failed_region(region: &str, error: String) -> RegionPlan {
+    RegionPlan {
+        region: region.to_string(),
+        error: Some(error),
+        series: Vec::new(),
+        orphans: Vec::new(),
+        images_to_delete: 0,
+        snapshots_to_delete: 0,
+        gib_freed: 0.0,
+        usd_per_month: 0.0,
+    }
+}
