@@ -16,6 +16,7 @@ pub mod aws;
 pub mod bench;
 pub mod history;
 pub mod image;
+pub mod import;
 pub mod params;
 pub mod progress;
 pub mod prune;

@@ -6,6 +6,7 @@ mod compat;
 mod completions;
 mod history;
 mod images;
+mod import;
 mod prune;
 mod publish;
 
@@ -80,7 +81,8 @@ enum OutputFormat {
 
 #[derive(Debug, Subcommand)]
 enum Command {
-    /// Upload a disk image to a new EBS snapshot (EBS direct APIs); prints the snapshot id.
+    /// Upload a disk image to a new EBS snapshot (EBS direct APIs, or through S3 with
+    /// --via s3); prints the snapshot id.
     Upload(UploadArgs),
     /// Download a snapshot to a sparse raw file, verifying every block.
     Download(DownloadArgs),
@@ -103,6 +105,9 @@ enum Command {
     Prune(prune::PruneArgs),
     /// Set EC2 deprecation times: one AMI and its copies, or the older images of series.
     Deprecate(prune::DeprecateArgs),
+    /// Import manifests (the S3 path): write one, verify one's parts by their URLs.
+    #[command(subcommand)]
+    Manifest(import::ManifestCommand),
     /// Other tools' command lines, done by ec2ami.
     #[command(subcommand)]
     Compat(compat::CompatCommand),
@@ -155,6 +160,8 @@ struct UploadArgs {
     /// Idempotency token for StartSnapshot (default: a new random one).
     #[arg(long, value_name = "TOKEN")]
     client_token: Option<String>,
+    #[command(flatten)]
+    s3: import::ViaArgs,
 }
 
 #[derive(Debug, Args)]
@@ -364,6 +371,7 @@ async fn run(cli: Cli) -> Result<(), Failure> {
         Command::Validate(a) => publish::validate(g, a).await,
         Command::Prune(a) => prune::prune(g, a).await,
         Command::Deprecate(a) => prune::deprecate(g, a).await,
+        Command::Manifest(c) => import::manifest(g, c).await,
         Command::Compat(_) => unreachable!("compat command lines are run by compat::main"),
         Command::Bench(a) => bench::run(g, a).await,
         Command::History(c) => history::run(g, c).await,
@@ -374,6 +382,9 @@ async fn run(cli: Cli) -> Result<(), Failure> {
 }
 
 async fn upload(g: &GlobalArgs, a: &UploadArgs) -> Result<(), Failure> {
+    if a.s3.via == import::Via::S3 {
+        return import::upload(g, a).await;
+    }
     // Every check of the image happens before any AWS call.
     let image = DiskImage::open(&a.image)?;
     let clients = connect(g).await?;

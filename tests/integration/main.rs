@@ -14,4 +14,5 @@ mod plan_agrees;
 mod prune;
 mod publish;
 mod roundtrip;
+mod s3_import;
 mod shipped;
