@@ -209,7 +209,7 @@ async fn run(amis: usize) -> Row {
             &prune::Flags {
                 keep: Some(4),
                 min_age: Some(Duration::from_secs(3 * DAY as u64)),
-                max_age: None,
+                ..prune::Flags::default()
             },
             None,
         )
@@ -218,6 +218,8 @@ async fn run(amis: usize) -> Row {
         orphans: true,
         price_per_gb_month: prune::plan::DEFAULT_PRICE_PER_GB_MONTH,
         now,
+        unprotect: false,
+        unused_for: None,
     };
     let (cpu0, t1) = (cpu_seconds(), Instant::now());
     let regions = ec2ami::ami::resolve_regions(&through, &regions, &retry)

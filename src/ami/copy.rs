@@ -13,6 +13,8 @@ use serde::Serialize;
 use sha2::{Digest, Sha256};
 use tokio::sync::Semaphore;
 
+use super::protect::{Completion, Protect};
+use super::waiter::CopyWaiter;
 use super::{AmiError, permanent, wait_available};
 use crate::aws::{Ami, AwsError, Clients, RetryPolicy, ec2, tags};
 
@@ -60,6 +62,13 @@ pub struct CopyOptions {
     /// Our images in each destination region, looked up beforehand for many images at
     /// once (see [`inventory`]); a region missing here is looked up.
     pub known: Option<Arc<Inventory>>,
+    /// A time-based copy (SnapshotCopyCompletionDurationMinutes).
+    pub completion: Option<Completion>,
+    /// Deregistration protection for each copy.
+    pub protect: Option<Protect>,
+    /// Waits for the copies, one poll per region for all of them; share one across
+    /// many images.
+    pub waiter: CopyWaiter,
 }
 
 /// Our images by region, looked up beforehand for many images at once.
@@ -73,6 +82,8 @@ impl std::fmt::Debug for CopyOptions {
             .field("wait", &self.wait)
             .field("retry", &self.retry)
             .field("on_created", &self.on_created.is_some())
+            .field("completion", &self.completion)
+            .field("protect", &self.protect)
             .finish()
     }
 }
@@ -260,23 +271,39 @@ impl CopyJob<'_> {
                 (id, false)
             }
         };
-        wait_available(&dest, &id, self.opts.wait, retry)
+        self.opts
+            .waiter
+            .wait(&dest, &id, self.opts.wait, retry)
             .await
             .map_err(|e| (Some(id.clone()), e))?;
         if !reused {
             tracing::info!("copy of {} to {region} is available: {id}", self.image_id);
+        }
+        if let Some(p) = self.opts.protect {
+            let now = crate::state::now_epoch();
+            let needed = match &existing {
+                Some(img) => p.missing_on(img, now),
+                None => true,
+            };
+            if needed {
+                p.apply(&dest, &id, retry)
+                    .await
+                    .map_err(|e| (Some(id.clone()), e.into()))?;
+            }
         }
         Ok((id, reused))
     }
 
     async fn start(&self, dest: &Clients) -> Result<String, AwsError> {
         let token = copy_token(self.image_id, dest.region(), &self.opts.token_salt);
+        let minutes = self.opts.completion.map(|c| i64::from(c.minutes));
         let out = self
             .opts
             .retry
             .send(&dest.call("CopyImage").on(self.image_id), || {
                 dest.ec2
                     .copy_image()
+                    .set_snapshot_copy_completion_duration_minutes(minutes)
                     .source_image_id(self.image_id)
                     .source_region(self.home.region())
                     .name(self.name)

@@ -3,8 +3,12 @@
 //! harmless.
 
 pub mod copy;
+pub mod protect;
 pub mod register;
+pub mod retire;
 pub mod share;
+pub mod uefi;
+pub mod waiter;
 
 use std::fmt;
 use std::str::FromStr;
@@ -21,8 +25,11 @@ use crate::aws::{Ami, AwsError, Clients, ErrorClass, RetryPolicy, tags};
 pub use copy::{
     CopyLimiter, CopyOptions, CopyOutcome, Inventory, OnCreated, check_outcomes, copy_to_regions,
 };
+pub use protect::{Completion, Protect};
 pub use register::{ImageSpec, Registered, register};
 pub use share::{ShareSpec, Target, share};
+pub use uefi::UefiData;
+pub use waiter::CopyWaiter;
 
 /// CPU architecture of an AMI.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]

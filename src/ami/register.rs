@@ -10,6 +10,8 @@ use aws_sdk_ec2::types::{
 use aws_smithy_types::DateTime;
 use serde::Serialize;
 
+use super::protect::Protect;
+use super::uefi::UefiData;
 use super::{AmiError, Arch, BootMode, Imds, permanent, wait_available};
 use crate::aws::{Ami, AwsError, Clients, RetryPolicy, ec2, tags};
 
@@ -42,6 +44,10 @@ pub struct ImageSpec {
     pub deprecate_at: Option<DateTime>,
     /// Extra tags.
     pub tags: Vec<(String, String)>,
+    /// Deregistration protection (on the image and every copy).
+    pub protect: Option<Protect>,
+    /// The UEFI variable store (needs a UEFI boot mode).
+    pub uefi_data: Option<UefiData>,
 }
 
 impl ImageSpec {
@@ -61,6 +67,8 @@ impl ImageSpec {
             volume_size_gib: None,
             deprecate_at: None,
             tags: Vec::new(),
+            protect: None,
+            uefi_data: None,
         }
     }
 
@@ -97,6 +105,11 @@ impl ImageSpec {
         }
         if self.tpm && self.effective_boot_mode() == BootMode::LegacyBios {
             return bad("--tpm needs a UEFI boot mode (uefi or uefi-preferred)".into());
+        }
+        if self.uefi_data.is_some() && self.effective_boot_mode() == BootMode::LegacyBios {
+            return bad(
+                "UEFI data needs a UEFI boot mode (uefi or uefi-preferred), not legacy-bios".into(),
+            );
         }
         if self
             .volume_size_gib
@@ -142,9 +155,15 @@ pub async fn register(
         reused,
     };
     if let Some(existing) = reusable(clients, snapshot_id, spec, retry).await? {
-        tracing::info!("{existing} in {region} is already `{}`: reused", spec.name);
-        wait_available(clients, &existing, wait, retry).await?;
-        return Ok(done(existing, true));
+        let id = existing.id.clone();
+        tracing::info!("{id} in {region} is already `{}`: reused", spec.name);
+        wait_available(clients, &id, wait, retry).await?;
+        if let Some(p) = spec.protect
+            && p.missing_on(&existing, crate::state::now_epoch())
+        {
+            p.apply(clients, &id, retry).await?;
+        }
+        return Ok(done(id, true));
     }
     let snapshot_gib = snapshot_size(clients, snapshot_id, retry).await?;
     let size = spec.volume_size_gib.unwrap_or(snapshot_gib.max(10));
@@ -166,7 +185,7 @@ pub async fn register(
         // A retried RegisterImage whose first answer was lost finds its own image.
         Err(e) if e.has_code("InvalidAMIName.Duplicate") => {
             match reusable(clients, snapshot_id, spec, retry).await? {
-                Some(id) => id,
+                Some(img) => img.id,
                 None => return Err(e.into()),
             }
         }
@@ -177,6 +196,9 @@ pub async fn register(
         deprecate(clients, &image_id, at, retry).await?;
     }
     wait_available(clients, &image_id, wait, retry).await?;
+    if let Some(p) = spec.protect {
+        p.apply(clients, &image_id, retry).await?;
+    }
     Ok(done(image_id, false))
 }
 
@@ -187,13 +209,13 @@ async fn reusable(
     snapshot_id: &str,
     spec: &ImageSpec,
     retry: &RetryPolicy,
-) -> Result<Option<String>, AmiError> {
+) -> Result<Option<Ami>, AmiError> {
     let Some(img) = ec2::image_named(clients, &spec.name, retry).await? else {
         return Ok(None);
     };
     let image_id = img.id.clone();
     match img.source_snapshot() {
-        Some(s) if s == snapshot_id => Ok(Some(image_id)),
+        Some(s) if s == snapshot_id => Ok(Some(img)),
         other => Err(AmiError::NameTaken {
             name: spec.name.clone(),
             region: clients.region().to_string(),
@@ -287,6 +309,9 @@ fn request(
     if spec.imds == Imds::V2 {
         req = req.imds_support(ImdsSupportValues::V20);
     }
+    if let Some(u) = &spec.uefi_data {
+        req = req.uefi_data(&u.base64);
+    }
     req
 }
 
@@ -377,6 +402,14 @@ pub fn differences(spec: &ImageSpec, img: &Ami) -> Vec<String> {
             }
         }
     }
+    if let Some(p) = spec.protect
+        && p.missing_on(img, crate::state::now_epoch())
+    {
+        d.push(format!(
+            "deregistration protection is {}, expected {p}",
+            img.protection.as_deref().unwrap_or("disabled")
+        ));
+    }
     d
 }
 
@@ -459,5 +492,17 @@ mod tests {
         let mut s = ImageSpec::new("ok name", Arch::X86_64);
         s.volume_type = "gp9".into();
         assert!(s.validate().is_err());
+        let mut s = ImageSpec::new("ok name", Arch::X86_64);
+        s.uefi_data = Some(
+            UefiData::check(
+                &crate::ami::uefi::encode_store(&[0x78, 0x9c, 3, 0, 0, 0, 0, 1]),
+                "t",
+            )
+            .unwrap(),
+        );
+        let e = s.validate().unwrap_err().to_string();
+        assert!(e.contains("UEFI data needs a UEFI boot mode"), "{e}");
+        s.boot_mode = Some(BootMode::Uefi);
+        assert!(s.validate().is_ok());
     }
 }

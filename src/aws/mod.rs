@@ -9,9 +9,12 @@
 
 pub mod ec2;
 mod error;
+pub mod lifecycle;
 pub mod model;
 pub mod paging;
 pub mod poll;
+pub mod quotas;
+pub mod rbin;
 pub mod retry;
 pub mod s3;
 pub mod sns;
@@ -77,6 +80,10 @@ pub struct Clients {
     pub ec2: aws_sdk_ec2::Client,
     /// SSM (parameters).
     pub ssm: aws_sdk_ssm::Client,
+    /// Recycle Bin (retention rules).
+    pub rbin: aws_sdk_rbin::Client,
+    /// Service Quotas (the public AMI quota).
+    pub quotas: aws_sdk_servicequotas::Client,
 }
 
 impl Clients {
@@ -86,6 +93,8 @@ impl Clients {
             ebs: aws_sdk_ebs::Client::new(&config),
             ec2: aws_sdk_ec2::Client::new(&config),
             ssm: aws_sdk_ssm::Client::new(&config),
+            rbin: aws_sdk_rbin::Client::new(&config),
+            quotas: aws_sdk_servicequotas::Client::new(&config),
             config,
         }
     }

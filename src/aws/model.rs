@@ -50,6 +50,11 @@ pub struct Ami {
     pub mappings: Vec<Mapping>,
     /// DeprecationTime as EC2 shows it, if set.
     pub deprecation: Option<String>,
+    /// DeregistrationProtection as EC2 shows it (`enabled`, `enabled-with-cooldown`,
+    /// `disabled-until TIME`, `disabled`), if it says.
+    pub protection: Option<String>,
+    /// LastLaunchedTime, epoch seconds (EC2 reports a launch up to 24 hours late).
+    pub last_launched: Option<i64>,
     /// Tags.
     pub tags: BTreeMap<String, String>,
 }
@@ -115,6 +120,11 @@ impl Ami {
                 })
                 .collect(),
             deprecation: img.deprecation_time().map(str::to_string),
+            protection: img.deregistration_protection().map(str::to_string),
+            last_launched: img
+                .last_launched_time()
+                .and_then(|d| DateTime::from_str(d, Format::DateTime).ok())
+                .map(|d| d.secs()),
             tags: tags::to_map(img.tags().iter().map(|t| (t.key(), t.value()))),
         })
     }
@@ -122,6 +132,13 @@ impl Ami {
     /// The value of tag `key`.
     pub fn tag(&self, key: &str) -> Option<&str> {
         self.tags.get(key).map(String::as_str)
+    }
+
+    /// When ec2ami disabled it (its `ec2ami:disabled-at` tag), epoch seconds.
+    pub fn disabled_at(&self) -> Option<i64> {
+        self.tag(tags::DISABLED_AT)
+            .and_then(|t| DateTime::from_str(t, Format::DateTime).ok())
+            .map(|d| d.secs())
     }
 
     /// Carries ec2ami's ownership tag.

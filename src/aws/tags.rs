@@ -27,6 +27,10 @@ pub const SOURCE_IMAGE: &str = "ec2ami:source-image";
 /// On a copy: the region it was copied from.
 pub const SOURCE_REGION: &str = "ec2ami:source-region";
 
+/// On an AMI ec2ami disabled (`disable`, or a staged `prune`): when (RFC 3339), so a
+/// later prune knows how long it has been disabled (EC2 does not say).
+pub const DISABLED_AT: &str = "ec2ami:disabled-at";
+
 /// On a benchmark instance: the RunInstances ClientToken, so an instance whose launch
 /// answer was lost is still found (and terminated).
 pub const BENCH_TOKEN: &str = "ec2ami:bench-token";
@@ -60,6 +64,7 @@ pub const RESERVED: &[&str] = &[
     SOURCE_IMAGE,
     SOURCE_REGION,
     BENCH_TOKEN,
+    DISABLED_AT,
 ];
 
 /// Tags as a map, from any SDK tag list.
@@ -106,6 +111,7 @@ mod tests {
             SOURCE_IMAGE,
             SOURCE_REGION,
             BENCH_TOKEN,
+            DISABLED_AT,
             VERSION,
             BRANCH,
             FLAVOUR,

@@ -6,7 +6,10 @@ use aws_smithy_types::DateTime;
 use clap::Args;
 
 use super::{Failure, GlobalArgs, connect, parse_duration, parse_tag};
-use ec2ami::ami::{self, Arch, BootMode, CopyLimiter, CopyOptions, ImageSpec, Imds, ShareSpec};
+use ec2ami::ami::{
+    self, Arch, BootMode, Completion, CopyLimiter, CopyOptions, CopyWaiter, ImageSpec, Imds,
+    Protect, ShareSpec, UefiData,
+};
 use ec2ami::units::parse_date;
 
 #[derive(Debug, Args)]
@@ -56,6 +59,15 @@ pub struct RegisterArgs {
     /// Tag the AMI (repeatable).
     #[arg(long = "tag", value_name = "KEY=VALUE", value_parser = parse_tag)]
     tags: Vec<(String, String)>,
+    /// Protect the AMI from deregistration; `--protect=cooldown` keeps it protected 24
+    /// hours after protection is disabled.
+    #[arg(long, value_name = "cooldown", num_args = 0..=1, require_equals = true,
+          default_missing_value = "", value_parser = Protect::parse)]
+    protect: Option<Protect>,
+    /// The UEFI variable store (base64, as `aws ec2 get-instance-uefi-data` prints it,
+    /// e.g. with Secure Boot keys); needs a UEFI boot mode.
+    #[arg(long, value_name = "FILE")]
+    uefi_data: Option<std::path::PathBuf>,
     /// How long to wait for the AMI to become available.
     #[arg(long, value_name = "DURATION", default_value = "30m", value_parser = parse_duration)]
     wait_timeout: Duration,
@@ -74,6 +86,15 @@ pub struct CopyArgs {
     /// How long to wait for every copy to become available.
     #[arg(long, value_name = "DURATION", default_value = "60m", value_parser = parse_duration)]
     wait_timeout: Duration,
+    /// A time-based copy: every snapshot completes within this duration (15-minute
+    /// steps, 15m to 48h; SnapshotCopyCompletionDurationMinutes).
+    #[arg(long, value_name = "DURATION", value_parser = Completion::parse)]
+    completion: Option<Completion>,
+    /// Protect each copy from deregistration (`--protect=cooldown`: with the 24-hour
+    /// cooldown).
+    #[arg(long, value_name = "cooldown", num_args = 0..=1, require_equals = true,
+          default_missing_value = "", value_parser = Protect::parse)]
+    protect: Option<Protect>,
 }
 
 #[derive(Debug, Args)]
@@ -119,6 +140,11 @@ pub async fn register(g: &GlobalArgs, a: &RegisterArgs) -> Result<(), Failure> {
         volume_size_gib: a.volume_size,
         deprecate_at,
         tags: a.tags.clone(),
+        protect: a.protect,
+        uefi_data: match &a.uefi_data {
+            Some(path) => Some(UefiData::read(path).map_err(ami::AmiError::Invalid)?),
+            None => None,
+        },
         ..ImageSpec::new(a.name.clone(), a.arch)
     };
     spec.validate()?;
@@ -142,6 +168,9 @@ pub async fn copy(g: &GlobalArgs, a: &CopyArgs) -> Result<(), Failure> {
         on_created: None,
         token_salt: uuid::Uuid::new_v4().to_string(),
         known: None,
+        completion: a.completion,
+        protect: a.protect,
+        waiter: CopyWaiter::default(),
     };
     let outcomes = ami::copy_to_regions(&clients, &a.image_id, &opts).await?;
     ami::check_outcomes(&a.image_id, &outcomes)?;

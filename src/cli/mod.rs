@@ -7,6 +7,7 @@ mod completions;
 mod history;
 mod images;
 mod import;
+mod lifecycle;
 mod prune;
 mod publish;
 
@@ -108,6 +109,15 @@ enum Command {
     /// Import manifests (the S3 path): write one, verify one's parts by their URLs.
     #[command(subcommand)]
     Manifest(import::ManifestCommand),
+    /// Disable AMIs and their copies (unlaunchable, private; sharing recorded for
+    /// `enable`); prints the plan, disables only with --yes.
+    Disable(lifecycle::DisableArgs),
+    /// Enable disabled AMIs and their copies and re-share what ec2ami recorded they
+    /// had; prints the plan, changes only with --yes.
+    Enable(lifecycle::EnableArgs),
+    /// Bring AMIs and their snapshots back from the Recycle Bin, or exactly what the
+    /// last prune deleted (--last-prune).
+    Restore(lifecycle::RestoreArgs),
     /// Other tools' command lines, done by ec2ami.
     #[command(subcommand)]
     Compat(compat::CompatCommand),
@@ -372,6 +382,9 @@ async fn run(cli: Cli) -> Result<(), Failure> {
         Command::Prune(a) => prune::prune(g, a).await,
         Command::Deprecate(a) => prune::deprecate(g, a).await,
         Command::Manifest(c) => import::manifest(g, c).await,
+        Command::Disable(a) => lifecycle::disable(g, a).await,
+        Command::Enable(a) => lifecycle::enable(g, a).await,
+        Command::Restore(a) => lifecycle::restore(g, a).await,
         Command::Compat(_) => unreachable!("compat command lines are run by compat::main"),
         Command::Bench(a) => bench::run(g, a).await,
         Command::History(c) => history::run(g, c).await,

@@ -15,6 +15,7 @@ use ec2ami::prune::execute::DEFAULT_RATE;
 use ec2ami::prune::plan::DEFAULT_PRICE_PER_GB_MONTH;
 use ec2ami::prune::{self, ExecuteOptions, Flags, Glob, PlanOptions, Policy, SeriesPattern};
 use ec2ami::state::journal::recorded_parameters;
+use ec2ami::state::lifecycle::{Deleted, record_prune};
 use ec2ami::units::parse_date;
 
 #[derive(Debug, Args)]
@@ -53,6 +54,22 @@ pub struct PruneArgs {
     /// Prune public images too (by default they are guarded).
     #[arg(long)]
     include_public: bool,
+    /// Disable the deregistration protection of images the policy deletes (by default
+    /// they are guarded); with the 24-hour cooldown the plan says when each becomes
+    /// deletable and a later run deletes it.
+    #[arg(long)]
+    unprotect: bool,
+    /// Keep images launched within this window (EC2's LastLaunchedTime, which reports a
+    /// launch up to 24 hours late), e.g. launches by other accounts.
+    #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
+    unused_for: Option<Duration>,
+    /// Staged retirement: disable images the policy lets go once they are older than
+    /// this (0d: at once); a later run deletes them (--delete-after).
+    #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
+    disable_after: Option<Duration>,
+    /// Staged retirement: deregister a disabled image this long after it was disabled.
+    #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
+    delete_after: Option<Duration>,
     /// Do not look for orphaned snapshots.
     #[arg(long)]
     skip_orphans: bool,
@@ -147,6 +164,8 @@ pub async fn prune(g: &GlobalArgs, a: &PruneArgs) -> Result<(), Failure> {
             keep: a.keep,
             min_age: a.min_age,
             max_age: a.max_age,
+            disable_after: a.disable_after,
+            delete_after: a.delete_after,
         },
         file.as_ref().map(|(p, t)| (p.as_path(), t.as_str())),
     )?;
@@ -166,6 +185,8 @@ pub async fn prune(g: &GlobalArgs, a: &PruneArgs) -> Result<(), Failure> {
         orphans: !a.skip_orphans,
         price_per_gb_month: a.price_per_gb_month,
         now: now(),
+        unprotect: a.unprotect,
+        unused_for: a.unused_for,
     };
     // The parameters earlier publishes wrote; a plan does not create the database.
     let state = g.state.clone().unwrap_or_else(ec2ami::state::default_path);
@@ -215,13 +236,35 @@ pub async fn prune(g: &GlobalArgs, a: &PruneArgs) -> Result<(), Failure> {
     if g.format == OutputFormat::Text {
         super::emit(&plan.render());
     }
+    // The state database records what a disable takes away and what this prune
+    // deletes (for `ec2ami enable` and `ec2ami restore --last-prune`).
+    let db = std::sync::Arc::new(g.state_db()?);
     let exec = ExecuteOptions {
         retry,
         include_public: a.include_public,
         sources,
         rate: a.rate,
+        unused_for: a.unused_for,
+        db: Some(db.clone()),
     };
     let report = prune::execute(&clients, &plan, &exec, shutdown_signal()).await;
+    let deleted: Vec<Deleted> = report
+        .outcomes
+        .iter()
+        .filter(|o| o.status == prune::Status::Deleted)
+        .map(|o| Deleted {
+            region: o.region.clone(),
+            kind: o.kind.to_string(),
+            id: o.id.clone(),
+            recoverable_until: o.recoverable_until,
+        })
+        .collect();
+    let pruned: Vec<String> = plan.regions.iter().map(|r| r.region.clone()).collect();
+    if let Err(e) = record_prune(&db, &pruned, &deleted) {
+        tracing::error!(
+            "the prune's report could not be journalled ({e}): `restore --last-prune` will not know it"
+        );
+    }
     match g.format {
         OutputFormat::Text => super::emit(&report.render()),
         OutputFormat::Json => super::emit(

@@ -128,6 +128,17 @@ pub async fn publish(g: &GlobalArgs, a: &PublishArgs) -> Result<(), Failure> {
         let clients = connect(g).await?;
         let plan = plan::plan(&clients, &release, journal.as_ref(), &g.retry()).await?;
         g.print(&plan, || plan.render());
+        let blocking = plan.blocking();
+        if !blocking.is_empty() {
+            return Err(Failure {
+                message: format!(
+                    "{} problem(s) would make this publish fail halfway (see the plan): fix \
+                     them before publishing",
+                    blocking.len()
+                ),
+                interrupted: false,
+            });
+        }
         return Ok(());
     }
     let clients = connect(g).await?;

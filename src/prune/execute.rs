@@ -11,10 +11,17 @@ use serde::Serialize;
 use tokio::sync::watch;
 use tokio::time::Instant;
 
-use super::guard::guards;
+use std::sync::Arc;
+
+use super::guard::{guards, lifecycle_guards};
 use super::inventory::{self, ParameterSources};
-use super::plan::{Action, Plan, RegionPlan, SnapshotItem};
+use super::plan::{Action, ImageItem, Plan, RegionPlan, SnapshotItem};
+use super::series::ymd_hm;
+use crate::ami::retire;
+use crate::ami::share::launch_permissions;
+use crate::aws::lifecycle::{self, Protection};
 use crate::aws::{AwsError, Clients, RetryPolicy, ec2};
+use crate::state::StateDb;
 
 /// Default deletions per second in one region: EC2's sustained rate for mutating
 /// calls (its token bucket refills 5 per second).
@@ -31,6 +38,11 @@ pub struct ExecuteOptions {
     pub sources: BTreeMap<String, ParameterSources>,
     /// Deletions (deregistrations and snapshot deletions) per second in one region.
     pub rate: f64,
+    /// Images launched within this window are kept (looked at again before each step).
+    pub unused_for: Option<Duration>,
+    /// Where the launch permissions of images prune disables are recorded (for
+    /// `enable`).
+    pub db: Option<Arc<StateDb>>,
 }
 
 /// What happened to one planned deletion.
@@ -47,6 +59,11 @@ pub enum Status {
     Failed,
     /// Not attempted: interrupted, or what it depends on failed.
     NotDone,
+    /// Disabled (staged retirement).
+    Disabled,
+    /// Its deregistration protection was disabled; the cooldown leaves the deletion to
+    /// a later run.
+    Unprotected,
 }
 
 /// One planned deletion and its fate.
@@ -64,6 +81,9 @@ pub struct Outcome {
     pub detail: String,
     /// Snapshot size in GiB, as planned.
     pub gib: Option<f64>,
+    /// Until when the Recycle Bin keeps it, as planned (deleted items).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub recoverable_until: Option<i64>,
 }
 
 /// What a prune did.
@@ -75,6 +95,10 @@ pub struct Report {
     pub images_deleted: usize,
     /// Snapshots deleted.
     pub snapshots_deleted: usize,
+    /// Images disabled.
+    pub images_disabled: usize,
+    /// Images whose protection was disabled (deleted by a later run).
+    pub images_unprotected: usize,
     /// GiB those snapshots held (as planned).
     pub gib_freed: f64,
     /// Deletions a fresh guard or use stopped.
@@ -98,9 +122,12 @@ impl Report {
             .filter(|o| o.status == Status::Deleted)
             .filter_map(|o| o.gib)
             .sum();
+        let with = |status: Status| outcomes.iter().filter(|o| o.status == status).count();
         Report {
             images_deleted: count("image"),
             snapshots_deleted: count("snapshot"),
+            images_disabled: with(Status::Disabled),
+            images_unprotected: with(Status::Unprotected),
             gib_freed: (gib * 100.0).round() / 100.0,
             skipped: outcomes
                 .iter()
@@ -130,10 +157,18 @@ impl Report {
                 Status::Skipped => "skipped",
                 Status::Failed => "FAILED",
                 Status::NotDone => "NOT DONE",
+                Status::Disabled => "disabled",
+                Status::Unprotected => "unprotect",
             };
             out.push_str(&format!(
                 "{status:<9} {:<15} {:<22} {}\n",
                 o.region, o.id, o.detail
+            ));
+        }
+        if self.images_disabled + self.images_unprotected > 0 {
+            out.push_str(&format!(
+                "disabled {} image(s); disabled the protection of {} image(s) (a later run deletes them)\n",
+                self.images_disabled, self.images_unprotected
             ));
         }
         out.push_str(&format!(
@@ -233,7 +268,43 @@ async fn run_region(
         opts,
         pacer: Pacer::new(opts.rate, stop),
         out: Vec::new(),
+        recovery: plan
+            .series
+            .iter()
+            .flat_map(|s| &s.images)
+            .flat_map(|i| {
+                let own = i
+                    .recovery
+                    .as_ref()
+                    .and_then(|r| r.until)
+                    .map(|u| (i.image_id.clone(), u));
+                own.into_iter().chain(i.snapshots.iter().filter_map(|sn| {
+                    sn.recovery
+                        .as_ref()
+                        .and_then(|r| r.until)
+                        .map(|u| (sn.snapshot_id.clone(), u))
+                }))
+            })
+            .chain(plan.orphans.iter().filter_map(|sn| {
+                sn.recovery
+                    .as_ref()
+                    .and_then(|r| r.until)
+                    .map(|u| (sn.snapshot_id.clone(), u))
+            }))
+            .collect(),
     };
+    for img in plan
+        .series
+        .iter()
+        .flat_map(|s| &s.images)
+        .filter(|i| matches!(i.action, Action::Disable | Action::Unprotect))
+    {
+        if !r.pacer.next().await {
+            r.not_done_image(&img.image_id, &img.name, &[]);
+            continue;
+        }
+        r.stage(img).await;
+    }
     for img in plan
         .series
         .iter()
@@ -249,7 +320,7 @@ async fn run_region(
             r.not_done_image(&img.image_id, &img.name, &snaps);
             continue;
         }
-        match r.image(&img.image_id, &img.name).await {
+        match r.image(img).await {
             ImageFate::Gone => {
                 for s in &snaps {
                     if r.pacer.next().await {
@@ -319,6 +390,8 @@ struct RegionRun<'a> {
     opts: &'a ExecuteOptions,
     pacer: Pacer,
     out: Vec<Outcome>,
+    /// Until when the plan expects the Recycle Bin to keep each deletion.
+    recovery: std::collections::HashMap<String, i64>,
 }
 
 impl RegionRun<'_> {
@@ -338,7 +411,13 @@ impl RegionRun<'_> {
             Status::Failed | Status::NotDone => {
                 tracing::error!("{kind} {id} in {region} not deleted: {detail}")
             }
+            Status::Disabled => tracing::info!("disabled {kind} {id} in {region} ({detail})"),
+            Status::Unprotected => tracing::info!("{kind} {id} in {region}: {detail}"),
         }
+        let recoverable_until = match status {
+            Status::Deleted => self.recovery.get(id).copied(),
+            _ => None,
+        };
         self.out.push(Outcome {
             region,
             kind,
@@ -346,6 +425,7 @@ impl RegionRun<'_> {
             status,
             detail,
             gib,
+            recoverable_until,
         });
     }
 
@@ -368,22 +448,132 @@ impl RegionRun<'_> {
         }
     }
 
-    /// Look again, then deregister.
-    async fn image(&mut self, image_id: &str, name: &str) -> ImageFate {
+    /// Look again: the image as it is now (`None` once gone) and what guards it now
+    /// (its protection aside).
+    async fn look_again(
+        &self,
+        image_id: &str,
+    ) -> Result<Option<(inventory::Image, Vec<String>)>, AwsError> {
         let retry = self.opts.retry;
-        let check = async {
-            let Some(img) = inventory::image(&self.clients, image_id, &retry).await? else {
-                return Ok::<_, AwsError>(None);
-            };
-            let users = inventory::users_of(&self.clients, image_id, self.sources, &retry).await?;
-            Ok(Some(guards(
-                image_id,
-                img.public,
-                &users,
-                self.opts.include_public,
-            )))
+        let Some(img) = inventory::image(&self.clients, image_id, &retry).await? else {
+            return Ok(None);
         };
-        match check.await {
+        let users = inventory::users_of(&self.clients, image_id, self.sources, &retry).await?;
+        let now = crate::state::now_epoch();
+        let mut g = guards(image_id, img.public, &users, self.opts.include_public);
+        g.extend(lifecycle_guards(&img, self.opts.unused_for, now));
+        Ok(Some((img, g.iter().map(|g| g.to_string()).collect())))
+    }
+
+    /// A staged step: disable the image, or disable its protection (the cooldown leaves
+    /// the deletion to a later run).
+    async fn stage(&mut self, item: &ImageItem) {
+        let id = item.image_id.as_str();
+        let retry = self.opts.retry;
+        let (img, why) = match self.look_again(id).await {
+            Err(e) => {
+                let detail = format!("could not look at it again: {e}");
+                return self.record("image", id, Status::Failed, detail, None);
+            }
+            Ok(None) => {
+                let detail = "already deregistered".into();
+                return self.record("image", id, Status::AlreadyGone, detail, None);
+            }
+            Ok(Some(found)) => found,
+        };
+        if !why.is_empty() {
+            let detail = format!("guarded since the plan: {}", why.join("; "));
+            return self.record("image", id, Status::Skipped, detail, None);
+        }
+        if item.action == Action::Disable {
+            if img.state == "disabled" {
+                let detail = "already disabled".into();
+                return self.record("image", id, Status::Skipped, detail, None);
+            }
+            let result = async {
+                let perms = launch_permissions(&self.clients, id, &retry).await?;
+                let mut perms = perms;
+                if img.public && !perms.iter().any(|p| p == "public") {
+                    perms.insert(0, "public".into());
+                }
+                retire::disable_one(&self.clients, id, &perms, self.opts.db.as_deref(), &retry)
+                    .await
+                    .map_err(|e| {
+                        AwsError::local(
+                            "DisableImage",
+                            crate::aws::ErrorClass::Permanent,
+                            e.to_string(),
+                        )
+                    })?;
+                Ok::<_, AwsError>(perms)
+            }
+            .await;
+            return match result {
+                Ok(perms) => {
+                    let lost = if perms.is_empty() {
+                        "it had no launch permissions".to_string()
+                    } else {
+                        format!(
+                            "its launch permissions ({}) recorded for `ec2ami enable`",
+                            perms.join(", ")
+                        )
+                    };
+                    self.record(
+                        "image",
+                        id,
+                        Status::Disabled,
+                        format!("`{}`; {lost}", item.name),
+                        None,
+                    )
+                }
+                Err(e) => self.record("image", id, Status::Failed, e.to_string(), None),
+            };
+        }
+        self.unprotect(id).await;
+    }
+
+    /// Disable the protection of `id` and say when it becomes deletable.
+    async fn unprotect(&mut self, id: &str) -> bool {
+        let retry = self.opts.retry;
+        if let Err(e) = lifecycle::disable_protection(&self.clients, id, &retry).await {
+            self.record("image", id, Status::Failed, e.to_string(), None);
+            return false;
+        }
+        let now = crate::state::now_epoch();
+        let state = match inventory::image(&self.clients, id, &retry).await {
+            Ok(Some(img)) => Protection::parse(img.protection.as_deref(), now),
+            Ok(None) => Protection::Off,
+            Err(e) => {
+                let detail = format!("protection disabled, but looking at it again failed: {e}");
+                self.record("image", id, Status::Failed, detail, None);
+                return false;
+            }
+        };
+        match state {
+            Protection::Off => true,
+            Protection::Cooling { until } => {
+                let detail = format!(
+                    "deregistration protection disabled; its cooldown runs until {}: run prune \
+                     again after then to delete it",
+                    ymd_hm(until)
+                );
+                self.record("image", id, Status::Unprotected, detail, None);
+                false
+            }
+            Protection::On { .. } => {
+                let detail = "still protected after DisableImageDeregistrationProtection".into();
+                self.record("image", id, Status::Failed, detail, None);
+                false
+            }
+        }
+    }
+
+    /// Look again, then deregister (disabling its protection first when the plan says
+    /// so).
+    async fn image(&mut self, item: &ImageItem) -> ImageFate {
+        let (image_id, name) = (item.image_id.as_str(), item.name.as_str());
+        let retry = self.opts.retry;
+        match self.look_again(image_id).await {
             Err(e) => {
                 self.record(
                     "image",
@@ -404,18 +594,33 @@ impl RegionRun<'_> {
                 );
                 return ImageFate::Gone;
             }
-            Ok(Some(g)) if !g.is_empty() => {
-                let why: Vec<String> = g.iter().map(|g| g.to_string()).collect();
+            Ok(Some((_, g))) if !g.is_empty() => {
                 self.record(
                     "image",
                     image_id,
                     Status::Skipped,
-                    format!("guarded since the plan: {}", why.join("; ")),
+                    format!("guarded since the plan: {}", g.join("; ")),
                     None,
                 );
                 return ImageFate::Guarded;
             }
-            Ok(Some(_)) => {}
+            Ok(Some((img, _))) => {
+                let now = crate::state::now_epoch();
+                let p = Protection::parse(img.protection.as_deref(), now);
+                if p.blocks_deregistration() {
+                    if !item.unprotect {
+                        let detail = format!(
+                            "protected from deregistration since the plan ({}): pass --unprotect",
+                            img.protection.as_deref().unwrap_or("enabled")
+                        );
+                        self.record("image", image_id, Status::Skipped, detail, None);
+                        return ImageFate::Guarded;
+                    }
+                    if !self.unprotect(image_id).await {
+                        return ImageFate::Guarded;
+                    }
+                }
+            }
         }
         let result = retry
             .send(&self.clients.call("DeregisterImage").on(image_id), || {

@@ -7,7 +7,11 @@ use std::fmt;
 
 use serde::Serialize;
 
-use super::inventory::{RESOLVE_SSM, Users};
+use std::time::Duration;
+
+use super::inventory::{Image, RESOLVE_SSM, Users};
+use super::policy::human;
+use super::series::ymd_hm;
 
 /// Why an image must not be deleted.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -36,6 +40,23 @@ pub enum Guard {
     },
     /// Everyone may launch it (kept unless --include-public).
     Public,
+    /// Deregistration protection is on (kept unless --unprotect).
+    Protected {
+        /// With the 24-hour cooldown.
+        cooldown: bool,
+    },
+    /// Its protection was disabled and the cooldown still runs.
+    CoolingDown {
+        /// When it ends (UTC).
+        until: String,
+    },
+    /// Launched recently (`--unused-for`).
+    RecentlyLaunched {
+        /// When EC2 says it was last launched (UTC).
+        at: String,
+        /// The window.
+        window: String,
+    },
 }
 
 impl fmt::Display for Guard {
@@ -61,6 +82,24 @@ impl fmt::Display for Guard {
                 }
             }
             Guard::Public => write!(f, "public (pass --include-public to prune public images)"),
+            Guard::Protected { cooldown } => write!(
+                f,
+                "deregistration protection is on{} (pass --unprotect to disable it and delete)",
+                if *cooldown {
+                    ", with the 24-hour cooldown"
+                } else {
+                    ""
+                }
+            ),
+            Guard::CoolingDown { until } => write!(
+                f,
+                "its deregistration protection cooldown runs until {until}: deletable by a run \
+                 after then"
+            ),
+            Guard::RecentlyLaunched { at, window } => write!(
+                f,
+                "launched {at}, within --unused-for {window} (EC2 reports launches up to 24 h late)"
+            ),
         }
     }
 }
@@ -96,6 +135,22 @@ pub fn guards(image_id: &str, public: bool, users: &Users, include_public: bool)
     }
     if public && !include_public {
         out.push(Guard::Public);
+    }
+    out
+}
+
+/// The guards that come from the image itself: launched within `unused_for` of `now`
+/// (deregistration protection is judged where the plan knows about --unprotect).
+pub fn lifecycle_guards(img: &Image, unused_for: Option<Duration>, now: i64) -> Vec<Guard> {
+    let mut out = Vec::new();
+    if let (Some(window), Some(at)) = (unused_for, img.last_launched) {
+        let w = i64::try_from(window.as_secs()).unwrap_or(i64::MAX);
+        if now.saturating_sub(at) < w {
+            out.push(Guard::RecentlyLaunched {
+                at: ymd_hm(at),
+                window: human(window),
+            });
+        }
     }
     out
 }

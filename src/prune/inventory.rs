@@ -9,6 +9,7 @@ use aws_sdk_ec2::types::Filter;
 use futures_util::future::try_join4;
 
 use crate::aws::ec2::{self, ImageQuery};
+use crate::aws::rbin::{self, RetentionRule};
 use crate::aws::{AwsError, Clients, RetryPolicy, ssm};
 
 pub use crate::aws::ec2::TemplateRef;
@@ -42,7 +43,7 @@ pub struct ParameterSources {
 }
 
 /// Everything prune needs to know about one region.
-#[derive(Debug, Clone, Default, PartialEq)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct Inventory {
     /// Region.
     pub region: String,
@@ -52,6 +53,9 @@ pub struct Inventory {
     pub snapshots: Vec<Snapshot>,
     /// What uses the images.
     pub users: Users,
+    /// The region's Recycle Bin retention rules for AMIs and snapshots, or why they
+    /// could not be read.
+    pub rules: Result<Vec<RetentionRule>, String>,
 }
 
 /// Read everything prune needs in `clients`' region.
@@ -68,6 +72,9 @@ pub async fn scan(
     )
     .await?;
     let parameters = parameters(clients, sources, &templates, retry).await?;
+    // Recoverability is information, not a precondition: a region whose rules cannot
+    // be read is still pruned, and the plan says recoverability is unknown there.
+    let rules = rbin::rules(clients, retry).await.map_err(|e| e.to_string());
     Ok(Inventory {
         region: clients.region().to_string(),
         images,
@@ -77,6 +84,7 @@ pub async fn scan(
             templates,
             parameters,
         },
+        rules,
     })
 }
 
@@ -125,13 +133,17 @@ pub async fn images_using_snapshot(
     Ok(found.into_iter().map(|i| i.id).collect())
 }
 
-/// One image of the account by id, `None` once it is gone.
+/// One image of the account by id (a disabled one too), `None` once it is gone.
 pub async fn image(
     clients: &Clients,
     image_id: &str,
     retry: &RetryPolicy,
 ) -> Result<Option<Image>, AwsError> {
-    ec2::image(clients, image_id, retry).await
+    let ids = [image_id.to_string()];
+    Ok(crate::aws::lifecycle::images_by_id(clients, &ids, retry)
+        .await?
+        .first()
+        .cloned())
 }
 
 async fn snapshots(clients: &Clients, retry: &RetryPolicy) -> Result<Vec<Snapshot>, AwsError> {

@@ -14,6 +14,7 @@ pub mod guard;
 pub mod inventory;
 pub mod plan;
 pub mod policy;
+pub mod restore;
 pub mod series;
 
 use std::collections::BTreeMap;

@@ -51,6 +51,19 @@ pub struct Rule {
     pub min_age: Duration,
     /// Delete images older than this, even among the newest `keep`.
     pub max_age: Option<Duration>,
+    /// Staged retirement: an image the policy lets go is first disabled, once older
+    /// than this (from its build date; `Some(0)`: at once).
+    pub disable_after: Option<Duration>,
+    /// Staged retirement: a disabled image is deregistered this long after it was
+    /// disabled.
+    pub delete_after: Option<Duration>,
+}
+
+impl Rule {
+    /// True when images are disabled before they are deleted.
+    pub fn staged(&self) -> bool {
+        self.disable_after.is_some() || self.delete_after.is_some()
+    }
 }
 
 impl fmt::Display for Rule {
@@ -69,6 +82,16 @@ impl fmt::Display for Rule {
             parts.push("no keep or max-age: keeps everything".into());
         }
         parts.push(format!("min-age {}", human(self.min_age)));
+        if self.staged() {
+            parts.push(format!(
+                "disable after {}",
+                human(self.disable_after.unwrap_or_default())
+            ));
+            parts.push(match self.delete_after {
+                Some(d) => format!("delete {} after disabling", human(d)),
+                None => "never delete".into(),
+            });
+        }
         f.write_str(&parts.join(", "))
     }
 }
@@ -91,6 +114,10 @@ pub struct Flags {
     pub min_age: Option<Duration>,
     /// `--max-age`.
     pub max_age: Option<Duration>,
+    /// `--disable-after`.
+    pub disable_after: Option<Duration>,
+    /// `--delete-after`.
+    pub delete_after: Option<Duration>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -99,6 +126,8 @@ struct RawPolicy {
     keep: Option<i64>,
     min_age: Option<String>,
     max_age: Option<String>,
+    disable_after: Option<String>,
+    delete_after: Option<String>,
     #[serde(default, rename = "rule")]
     rules: Vec<RawRule>,
 }
@@ -112,6 +141,8 @@ struct RawRule {
     keep_all: bool,
     min_age: Option<String>,
     max_age: Option<String>,
+    disable_after: Option<String>,
+    delete_after: Option<String>,
 }
 
 /// A keep count: 0 or more.
@@ -174,12 +205,30 @@ impl Policy {
                 age(&raw.as_ref().and_then(|r| r.max_age.clone()), "max_age").map_err(in_file)?
             }
         };
+        let disable_after = match flags.disable_after {
+            Some(d) => Some(d),
+            None => age(
+                &raw.as_ref().and_then(|r| r.disable_after.clone()),
+                "disable_after",
+            )
+            .map_err(in_file)?,
+        };
+        let delete_after = match flags.delete_after {
+            Some(d) => Some(d),
+            None => age(
+                &raw.as_ref().and_then(|r| r.delete_after.clone()),
+                "delete_after",
+            )
+            .map_err(in_file)?,
+        };
         let defaults = Rule {
             series: None,
             keep,
             keep_all: false,
             min_age: min_age.unwrap_or(DEFAULT_MIN_AGE),
             max_age,
+            disable_after,
+            delete_after,
         };
         let mut rules = Vec::new();
         for (i, r) in raw
@@ -198,9 +247,17 @@ impl Policy {
                 .map(|k| check_keep(k, "keep"))
                 .transpose()
                 .map_err(err)?;
-            if !r.keep_all && keep.is_none() && r.max_age.is_none() && r.min_age.is_none() {
+            if !r.keep_all
+                && keep.is_none()
+                && r.max_age.is_none()
+                && r.min_age.is_none()
+                && r.disable_after.is_none()
+                && r.delete_after.is_none()
+            {
                 return Err(err(
-                    "sets nothing: give keep, keep_all, min_age or max_age".into()
+                    "sets nothing: give keep, keep_all, min_age, max_age, disable_after or \
+                     delete_after"
+                        .into(),
                 ));
             }
             rules.push(Rule {
@@ -221,6 +278,12 @@ impl Policy {
                         .map_err(err)?
                         .or(defaults.max_age)
                 },
+                disable_after: age(&r.disable_after, "disable_after")
+                    .map_err(err)?
+                    .or(defaults.disable_after),
+                delete_after: age(&r.delete_after, "delete_after")
+                    .map_err(err)?
+                    .or(defaults.delete_after),
             });
         }
         if rules.is_empty() && defaults.keep.is_none() && defaults.max_age.is_none() {
@@ -403,6 +466,7 @@ mod tests {
                 keep: Some(3),
                 min_age: Some(Duration::ZERO),
                 max_age: Some(Duration::from_secs(10 * DAY as u64)),
+                ..Flags::default()
             },
             None,
         )
@@ -473,6 +537,39 @@ max_age = "30d"
         assert!(bad("[[rule]]\nseries = \"x\"\nkeep = 1\nkeep_all = true\n").contains("not both"));
         assert!(bad("max_age = \"soon\"").contains("max_age"));
         assert!(bad("[[rule]]\nseries = \"x\"\nkeep = -2\n").contains("rule 1 (series `x`)"));
+    }
+
+    #[test]
+    fn staged_retirement_is_read_from_flags_and_file() {
+        let text = "keep = 2\ndisable_after = \"0d\"\ndelete_after = \"14d\"\n\n[[rule]]\nseries = \"X*\"\ndelete_after = \"30d\"\n";
+        let p = Policy::build(&Flags::default(), Some((Path::new("p.toml"), text))).unwrap();
+        assert!(p.defaults.staged());
+        assert_eq!(
+            p.defaults.delete_after,
+            Some(Duration::from_secs(14 * 86_400))
+        );
+        let x = p.rule_for("X1");
+        assert_eq!(x.delete_after, Some(Duration::from_secs(30 * 86_400)));
+        assert_eq!(x.disable_after, Some(Duration::ZERO), "inherited");
+        assert!(x.to_string().contains("delete 30d after disabling"), "{x}");
+        let f = Flags {
+            keep: Some(1),
+            disable_after: Some(Duration::from_secs(86_400)),
+            ..Flags::default()
+        };
+        let p = Policy::build(&f, None).unwrap();
+        assert!(
+            p.defaults
+                .to_string()
+                .ends_with("disable after 1d, never delete")
+        );
+        let e = Policy::build(
+            &Flags::default(),
+            Some((Path::new("p.toml"), "keep = 1\ndelete_after = \"soon\"")),
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(e.contains("delete_after"), "{e}");
     }
 
     #[test]

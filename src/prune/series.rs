@@ -134,6 +134,15 @@ pub fn ymd(secs: i64) -> String {
         .unwrap_or_else(|| secs.to_string())
 }
 
+/// Epoch seconds as `YYYY-MM-DD HH:MM UTC`.
+pub fn ymd_hm(secs: i64) -> String {
+    DateTime::from_secs(secs)
+        .fmt(Format::DateTime)
+        .ok()
+        .and_then(|s| s.get(..16).map(|t| format!("{} UTC", t.replace('T', " "))))
+        .unwrap_or_else(|| secs.to_string())
+}
+
 /// A shell-style glob: `*` any run of characters, `?` one character, everything else
 /// literal (AMI names may contain `[` and `]`, so there are no classes).
 #[derive(Debug, Clone, PartialEq, Eq)]

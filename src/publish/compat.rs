@@ -337,6 +337,7 @@ impl Bsdec2Args {
             }],
             date: date.to_string(),
             announce: self.announce.clone(),
+            copy_completion: None,
         })
     }
 }

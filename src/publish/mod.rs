@@ -136,6 +136,14 @@ pub enum PublishError {
     /// Another process is publishing the same release.
     #[error("{0}")]
     Busy(String),
+    /// The publish would fail halfway (checked before anything is created): each
+    /// problem, per region, with what to do.
+    #[error(
+        "{} problem(s) would make this publish fail halfway; nothing was created:\n{}",
+        .0.len(),
+        .0.join("\n")
+    )]
+    NotReady(Vec<String>),
     /// Some images failed; the others were published (each named).
     #[error("{}", .0.join("\n"))]
     Images(Vec<String>),

@@ -5,8 +5,8 @@ use serde::Serialize;
 
 use super::announce::AnnounceDecision;
 use super::survey::{
-    CopyDecision, Scope, SnapshotDecision, Survey, copy_decision, deprecation_set,
-    missing_permissions,
+    CopyDecision, Problem, Scope, SnapshotDecision, Survey, copy_decision, deprecation_set,
+    missing_permissions, protection_missing,
 };
 use super::{PublishError, Release, ReleaseImage};
 use crate::aws::{Clients, RetryPolicy};
@@ -57,6 +57,18 @@ pub struct Plan {
     pub regions: Vec<String>,
     /// Every action, image by image.
     pub actions: Vec<Action>,
+    /// What would make the publish fail halfway (a blocking one stops it before the
+    /// first upload), per region, with what to do.
+    pub problems: Vec<Problem>,
+    /// What those checks found in each region, problems or not.
+    pub checks: Vec<String>,
+}
+
+impl Plan {
+    /// The problems that stop a publish before it starts.
+    pub fn blocking(&self) -> Vec<&Problem> {
+        self.problems.iter().filter(|p| p.blocking).collect()
+    }
 }
 
 impl Plan {
@@ -91,6 +103,15 @@ impl Plan {
             count(Verb::Refuse),
             count(Verb::Reuse) + count(Verb::Unchanged)
         ));
+        if !self.problems.is_empty() || !self.checks.is_empty() {
+            out.push_str("\nchecked before anything is created:");
+            for c in &self.checks {
+                out.push_str(&format!("\n  {c}"));
+            }
+            for p in &self.problems {
+                out.push_str(&format!("\n  PROBLEM {}", p.line()));
+            }
+        }
         out
     }
 }
@@ -103,7 +124,10 @@ pub async fn plan(
     journal: Option<&Journal>,
     retry: &RetryPolicy,
 ) -> Result<Plan, PublishError> {
-    let scope = Scope { parameters: true };
+    let scope = Scope {
+        parameters: true,
+        uefi: false,
+    };
     let survey = Survey::take(home, release, journal, scope, retry).await?;
     let mut actions = Vec::new();
     for img in &release.images {
@@ -147,6 +171,8 @@ pub async fn plan(
         source_region: survey.source.clone(),
         regions: survey.regions.clone(),
         actions,
+        problems: survey.problems(release),
+        checks: survey.readiness_lines(),
     })
 }
 
@@ -224,12 +250,30 @@ fn image_plan(
         } else {
             match copy_decision(source_id, amis[i].as_ref()) {
                 CopyDecision::Reuse(id) => act("copy", region, Verb::Reuse, id),
-                CopyDecision::Create => {
-                    act("copy", region, Verb::Create, format!("copy from {source}"))
-                }
+                CopyDecision::Create => act(
+                    "copy",
+                    region,
+                    Verb::Create,
+                    match release.copy_completion {
+                        Some(c) => format!("copy from {source} ({c})"),
+                        None => format!("copy from {source}"),
+                    },
+                ),
                 CopyDecision::Refuse(why) => act("copy", region, Verb::Refuse, why),
             }
         });
+    }
+
+    if let Some(p) = img.spec.protect {
+        let now = crate::state::now_epoch();
+        for (i, region) in survey.regions.iter().enumerate() {
+            let verb = if protection_missing(img, amis[i].as_ref(), now) {
+                Verb::Update
+            } else {
+                Verb::Unchanged
+            };
+            out.push(act("protect", region, verb, p.to_string()));
+        }
     }
 
     let wanted = release.share.words();

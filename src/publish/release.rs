@@ -9,7 +9,7 @@ use aws_smithy_types::DateTime;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
-use crate::ami::{Arch, BootMode, ImageSpec, Imds, ShareSpec};
+use crate::ami::{Arch, BootMode, Completion, ImageSpec, Imds, Protect, ShareSpec, UefiData};
 use crate::aws::tags::{BUILD_DATE, TAGGED_VARS, VAR_PREFIX};
 use crate::params;
 use crate::params::template::{self, Vars};
@@ -34,6 +34,8 @@ const IMAGE_KEYS: &[&str] = &[
     "deprecate_in",
     "tags",
     "ssm",
+    "protect",
+    "uefi_data",
 ];
 
 /// A release file that cannot be used; nothing has been created.
@@ -110,6 +112,8 @@ struct RawRelease {
     ssm_overwrite: bool,
     #[serde(default)]
     tags: BTreeMap<String, String>,
+    #[serde(default)]
+    copy_completion: Option<String>,
     #[serde(default)]
     defaults: toml::Table,
     #[serde(default, rename = "image")]
@@ -193,6 +197,8 @@ pub struct Release {
     pub date: String,
     /// The SNS announcement of the whole release, sent once it is published.
     pub announce: Option<super::announce::Announce>,
+    /// Copies are time-based (`copy_completion`).
+    pub copy_completion: Option<Completion>,
 }
 
 impl Release {
@@ -288,6 +294,12 @@ impl ReleaseFile {
             ),
             None => None,
         };
+        let copy_completion = r
+            .copy_completion
+            .as_deref()
+            .map(Completion::parse)
+            .transpose()
+            .map_err(|e| rel_err(format!("`copy_completion`: {e}")))?;
         let base_dir = self.path.parent().unwrap_or(Path::new("."));
         let date = self.fixed_date().unwrap_or_else(|| date.to_string());
         let mut images = Vec::new();
@@ -329,6 +341,7 @@ impl ReleaseFile {
             images,
             date,
             announce,
+            copy_completion,
         };
         check_unique(&release).map_err(rel_err)?;
         Ok(release)
@@ -433,6 +446,20 @@ impl ReleaseFile {
             }
         };
         spec.deprecate_at = deprecation(t)?;
+        spec.protect = match t.get("protect") {
+            None | Some(toml::Value::Boolean(false)) => None,
+            Some(toml::Value::Boolean(true)) => Some(Protect { cooldown: false }),
+            Some(toml::Value::String(s)) if s == "cooldown" => Some(Protect { cooldown: true }),
+            Some(v) => {
+                return Err(format!(
+                    "`protect` must be true, false or \"cooldown\", not {v:?}"
+                ));
+            }
+        };
+        if let Some(u) = string("uefi_data")? {
+            let file = base_dir.join(render("uefi_data", &u, &vars)?);
+            spec.uefi_data = Some(UefiData::read(&file)?);
+        }
         // Tags: the release's, the build variables, then the image's own.
         let mut tags: BTreeMap<String, String> = self
             .raw

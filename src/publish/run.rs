@@ -39,8 +39,21 @@ pub async fn publish(
     let t0 = Instant::now();
     // What exists, looked up at once (one request per region, not per image): the run
     // decides from it as `--plan` does. Parameters are read when they are written.
-    let scope = Scope { parameters: false };
+    let scope = Scope {
+        parameters: false,
+        uefi: false,
+    };
     let survey = Survey::take(home, release, Some(journal), scope, &opts.retry).await?;
+    // What would fail halfway is refused before the first upload.
+    let blocking: Vec<String> = survey
+        .problems(release)
+        .iter()
+        .filter(|p| p.blocking)
+        .map(|p| p.line())
+        .collect();
+    if !blocking.is_empty() {
+        return Err(PublishError::NotReady(blocking));
+    }
     let mut known = ami::Inventory::new();
     for img in &survey.images {
         for r in &img.regions[1..] {
@@ -61,6 +74,7 @@ pub async fn publish(
         best_effort: survey.best_effort.clone(),
         survey: &survey,
         limiter: CopyLimiter::default(),
+        waiter: ami::CopyWaiter::default(),
         token_salt: uuid::Uuid::new_v4().to_string(),
         stop: watch::channel(false),
     };
@@ -140,6 +154,8 @@ struct Run<'a> {
     regions: Vec<String>,
     best_effort: Vec<String>,
     limiter: CopyLimiter,
+    /// Waits for every image's copies, one poll per region.
+    waiter: ami::CopyWaiter,
     /// Makes this run's CopyImage ClientTokens.
     token_salt: String,
     /// Our images in the destination regions when the publish started.
@@ -401,6 +417,9 @@ impl Run<'_> {
             on_created: Some(on_created),
             token_salt: self.token_salt.clone(),
             known: Some(self.known.clone()),
+            completion: self.release.copy_completion,
+            protect: img.spec.protect,
+            waiter: self.waiter.clone(),
         };
         let outcomes = ami::copy_to_regions(src, &image_id, &copy_opts).await?;
         ami::check_outcomes(&image_id, &outcomes)?;

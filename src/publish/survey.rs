@@ -8,6 +8,12 @@
 //! batched: one DescribeImages per region for all of the release's names, one
 //! GetParameters per ten parameter names and region, one DescribeSnapshots for every
 //! image's tagged snapshots.
+//!
+//! It also looks at what makes a first public release fail halfway, before anything is
+//! created ([`Survey::problems`]): regions the account has not enabled, and for a public
+//! release, per region, block public access for images (and for snapshots when they are
+//! to be public) and the public AMIs the region would hold against the account's quota
+//! (GetServiceQuota, else AWS's default, said so).
 
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -16,9 +22,12 @@ use aws_smithy_types::date_time::Format;
 use futures_util::future::join_all;
 
 use super::announce::{self, AnnounceDecision};
+use serde::Serialize;
+
 use super::{PublishError, Release, ReleaseImage, resolve_regions};
 use crate::ami;
-use crate::aws::{Ami, AwsError, Clients, RetryPolicy, Snapshot, ec2, ssm, tags};
+use crate::aws::quotas::{self, Quota};
+use crate::aws::{Ami, AwsError, Clients, RetryPolicy, Snapshot, ec2, lifecycle, ssm, tags};
 use crate::state::journal::{Journal, Status, Step, StepKey};
 
 /// What to look at (the run reads parameters when it writes them, not before).
@@ -26,6 +35,8 @@ use crate::state::journal::{Journal, Status, Step, StepKey};
 pub struct Scope {
     /// Read every image's SSM parameters in every region.
     pub parameters: bool,
+    /// Read the UEFI data of every AMI whose release image has some (validate).
+    pub uefi: bool,
 }
 
 /// What exists for a release.
@@ -42,6 +53,59 @@ pub struct Survey {
     /// The release announcement, when the release has one: to send, or sent by an
     /// earlier run (from the journal).
     pub announce: Option<AnnounceDecision>,
+    /// Regions the release names that the account has not enabled (left out of
+    /// `regions`).
+    pub not_enabled: Vec<String>,
+    /// Per region (as `regions`), what a public release depends on.
+    pub readiness: Vec<Readiness>,
+}
+
+/// What a public release depends on in one region, looked at before anything is
+/// created. Each is read only when the release needs it; a look-up that failed is kept
+/// as its error.
+#[derive(Debug)]
+pub struct Readiness {
+    /// Region.
+    pub region: String,
+    /// Block public access for AMIs (`block-new-sharing`, `unblocked`), when public.
+    pub image_bpa: Option<Result<String, AwsError>>,
+    /// Block public access for snapshots, when the snapshots are to be public.
+    pub snapshot_bpa: Option<Result<String, AwsError>>,
+    /// The account's public AMIs there (ids), when public.
+    pub public_images: Option<Result<Vec<String>, AwsError>>,
+    /// The public AMI quota there, when public.
+    pub quota: Option<Result<Quota, AwsError>>,
+}
+
+/// Something that would make the publish fail halfway, in one region, and what to do.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Problem {
+    /// Region.
+    pub region: String,
+    /// `region`, `image-block-public-access`, `snapshot-block-public-access`,
+    /// `public-ami-quota`.
+    pub check: &'static str,
+    /// What is wrong.
+    pub problem: String,
+    /// What to do.
+    pub fix: String,
+    /// True when the publish refuses to start because of it (false: the check itself
+    /// could not be made).
+    pub blocking: bool,
+}
+
+impl Problem {
+    /// One line: `eu-west-1: image-block-public-access: ... -- ...`.
+    pub fn line(&self) -> String {
+        format!(
+            "{}: {}{}: {} -- {}",
+            self.region,
+            if self.blocking { "" } else { "not checked: " },
+            self.check,
+            self.problem,
+            self.fix
+        )
+    }
 }
 
 /// What exists for one image.
@@ -73,6 +137,9 @@ pub struct RegionSurvey {
     /// Whether every snapshot of the AMI is public, read when the release asks for
     /// public snapshots and the AMI exists.
     pub snapshots_public: Option<Result<bool, AwsError>>,
+    /// SHA-256 of the AMI's UEFI data (`None` inside: it has none), read when the scope
+    /// asks, the release image has UEFI data and the AMI exists.
+    pub uefi: Option<Result<Option<String>, AwsError>>,
 }
 
 /// The snapshots earlier uploads of one image left in the source region.
@@ -93,7 +160,38 @@ impl Survey {
         scope: Scope,
         retry: &RetryPolicy,
     ) -> Result<Survey, PublishError> {
-        let (source, regions, best_effort) = resolve_regions(home, release, retry).await?;
+        // Regions the account has not enabled are a problem to report, not the end of
+        // the survey (unless the source region is one of them).
+        let (resolved, not_enabled) = match resolve_regions(home, release, retry).await {
+            Ok(r) => (r, Vec::new()),
+            Err(e) => {
+                let enabled = ec2::enabled_regions(home, retry).await?;
+                let mut not_enabled: Vec<String> = Vec::new();
+                for r in release.regions.iter().chain(&release.best_effort) {
+                    if r != "all" && !enabled.contains(r) && !not_enabled.contains(r) {
+                        not_enabled.push(r.clone());
+                    }
+                }
+                let source_disabled = release
+                    .source_region
+                    .as_ref()
+                    .or(release.regions.first())
+                    .is_some_and(|s| not_enabled.contains(s));
+                if not_enabled.is_empty() || source_disabled {
+                    return Err(e);
+                }
+                let mut enabled_only = release.clone();
+                enabled_only.regions.retain(|r| !not_enabled.contains(r));
+                enabled_only
+                    .best_effort
+                    .retain(|r| !not_enabled.contains(r));
+                (
+                    resolve_regions(home, &enabled_only, retry).await?,
+                    not_enabled,
+                )
+            }
+        };
+        let (source, regions, best_effort) = resolved;
         let names: Vec<&str> = release.images.iter().map(|i| i.name()).collect();
         let grants_wanted = release.share.words().iter().any(|w| w != "public");
 
@@ -136,7 +234,25 @@ impl Survey {
                     }
                     _ => Vec::new(),
                 };
-                (found, params, grants, public_snaps)
+                let uefi =
+                    match (&found, scope.uefi) {
+                        (Ok(amis), true) => {
+                            let wanted: Vec<&Ami> =
+                                amis.iter()
+                                    .filter(|a| {
+                                        release.images.iter().any(|i| {
+                                            i.name() == a.name && i.spec.uefi_data.is_some()
+                                        })
+                                    })
+                                    .collect();
+                            join_all(wanted.into_iter().map(|a| async {
+                                (a.id.clone(), uefi_digest(&c, &a.id, retry).await)
+                            }))
+                            .await
+                        }
+                        _ => Vec::new(),
+                    };
+                (found, params, grants, public_snaps, uefi)
             }
         }))
         .await;
@@ -145,7 +261,9 @@ impl Survey {
         let mut images = Vec::new();
         for img in &release.images {
             let mut rs = Vec::new();
-            for (region, (found, params, grants, public_snaps)) in regions.iter().zip(&per_region) {
+            for (region, (found, params, grants, public_snaps, uefi)) in
+                regions.iter().zip(&per_region)
+            {
                 let ami = match found {
                     Ok(amis) => Ok(amis.iter().find(|a| a.name == img.name()).cloned()),
                     Err(e) => Err(e.clone()),
@@ -178,12 +296,20 @@ impl Survey {
                         .collect()),
                     Err(e) => Err(e.clone()),
                 });
+                let uefi = match &ami {
+                    Ok(Some(a)) => uefi
+                        .iter()
+                        .find(|(id, _)| *id == a.id)
+                        .map(|(_, u)| u.clone()),
+                    _ => None,
+                };
                 rs.push(RegionSurvey {
                     region: region.clone(),
                     ami,
                     grants,
                     parameters,
                     snapshots_public,
+                    uefi,
                 });
             }
             images.push(ImageSurvey {
@@ -237,13 +363,158 @@ impl Survey {
             (Some(_), None) => Some(AnnounceDecision::Send),
             (None, _) => None,
         };
+        let readiness = join_all(regions.iter().map(|r| readiness(home, release, r, retry))).await;
         Ok(Survey {
             source,
             regions,
             best_effort,
             images,
             announce,
+            not_enabled,
+            readiness,
         })
+    }
+
+    /// What the checks before anything is created found, one line per region of a
+    /// public release (block public access, public AMIs against the quota and where the
+    /// quota figure comes from), problems or not.
+    pub fn readiness_lines(&self) -> Vec<String> {
+        let mut out = Vec::new();
+        for (i, ready) in self.readiness.iter().enumerate() {
+            let mut parts = Vec::new();
+            if let Some(Ok(b)) = &ready.image_bpa {
+                parts.push(format!("AMI block public access {b}"));
+            }
+            if let Some(Ok(b)) = &ready.snapshot_bpa {
+                parts.push(format!("snapshot block public access {b}"));
+            }
+            if let (Some(Ok(public)), Some(Ok(quota))) = (&ready.public_images, &ready.quota) {
+                let new = self
+                    .images
+                    .iter()
+                    .filter(|img| !matches!(&img.regions[i].ami, Ok(Some(a)) if a.public))
+                    .count();
+                parts.push(format!(
+                    "public AMIs {} now + {new} to make public, quota {}",
+                    public.len(),
+                    quota.describe()
+                ));
+            }
+            if !parts.is_empty() {
+                out.push(format!("{}: {}", ready.region, parts.join("; ")));
+            }
+        }
+        out
+    }
+
+    /// What would make this publish fail halfway, region by region, with what to do:
+    /// regions not enabled; where AMIs would become public, block public access and
+    /// the public AMI quota; where snapshots would become public, block public access
+    /// for snapshots. The same look-ups serve `--plan`, `validate` and the run, which
+    /// refuses to start on a blocking one.
+    pub fn problems(&self, release: &Release) -> Vec<Problem> {
+        let mut out: Vec<Problem> = self
+            .not_enabled
+            .iter()
+            .map(|r| Problem {
+                region: r.clone(),
+                check: "region",
+                problem: "not enabled for this account (or not a region)".into(),
+                fix: format!(
+                    "enable it (`aws account enable-region --region-name {r}`; opt-in regions \
+                     take minutes to hours) or take it out of the release's regions"
+                ),
+                blocking: true,
+            })
+            .collect();
+        for (i, ready) in self.readiness.iter().enumerate() {
+            let region = &ready.region;
+            // AMIs of the release that are not public there yet (missing ones included).
+            let to_publish = self
+                .images
+                .iter()
+                .filter(|img| !matches!(&img.regions[i].ami, Ok(Some(a)) if a.public))
+                .count();
+            let snaps_to_publish = self
+                .images
+                .iter()
+                .filter(|img| !matches!(img.regions[i].snapshots_public, Some(Ok(true))))
+                .count();
+            let unchecked = |check, e: &AwsError| Problem {
+                region: region.clone(),
+                check,
+                problem: format!("could not be looked at: {e}"),
+                fix: "allow the call to check it beforehand, or check it by hand".into(),
+                blocking: false,
+            };
+            if release.public() && to_publish > 0 {
+                match &ready.image_bpa {
+                    Some(Ok(state)) if state == "block-new-sharing" => out.push(Problem {
+                        region: region.clone(),
+                        check: "image-block-public-access",
+                        problem: format!(
+                            "block public access for AMIs is on ({state}): the {to_publish} \
+                             AMI(s) to make public there would be refused"
+                        ),
+                        fix: format!(
+                            "`aws ec2 disable-image-block-public-access --region {region}` \
+                             (takes up to 10 minutes), or take the region out"
+                        ),
+                        blocking: true,
+                    }),
+                    Some(Err(e)) => out.push(unchecked("image-block-public-access", e)),
+                    _ => {}
+                }
+                match (&ready.public_images, &ready.quota) {
+                    (Some(Ok(public)), Some(Ok(quota))) => {
+                        let would = public.len() + to_publish;
+                        if would > quota.value as usize {
+                            out.push(Problem {
+                                region: region.clone(),
+                                check: "public-ami-quota",
+                                problem: format!(
+                                    "{} public AMI(s) there now and {to_publish} to make public: \
+                                     {would}, over the quota of {}",
+                                    public.len(),
+                                    quota.describe()
+                                ),
+                                fix: format!(
+                                    "ask for at least {would} under Service Quotas > Amazon EC2 > \
+                                     Public AMIs ({}) in {region}, or make older public AMIs \
+                                     private or deregister them (`ec2ami prune --include-public`)",
+                                    quotas::PUBLIC_AMIS
+                                ),
+                                blocking: true,
+                            });
+                        }
+                    }
+                    (Some(Err(e)), _) | (_, Some(Err(e))) => {
+                        out.push(unchecked("public-ami-quota", e))
+                    }
+                    _ => {}
+                }
+            }
+            if release.public_snapshots && snaps_to_publish > 0 {
+                match &ready.snapshot_bpa {
+                    Some(Ok(state)) if state != "unblocked" => out.push(Problem {
+                        region: region.clone(),
+                        check: "snapshot-block-public-access",
+                        problem: format!(
+                            "block public access for snapshots is on ({state}): making the \
+                             snapshots public would be refused"
+                        ),
+                        fix: format!(
+                            "`aws ec2 disable-snapshot-block-public-access --region {region}`, \
+                             or set public_snapshots = false"
+                        ),
+                        blocking: true,
+                    }),
+                    Some(Err(e)) => out.push(unchecked("snapshot-block-public-access", e)),
+                    _ => {}
+                }
+            }
+        }
+        out
     }
 
     /// The survey of `img`.
@@ -252,6 +523,86 @@ impl Survey {
             .iter()
             .find(|s| s.name == img.name())
             .expect("every image of the release is surveyed")
+    }
+}
+
+/// What `release` depends on in `region` (only what it needs: nothing for a private
+/// release).
+async fn readiness(
+    home: &Clients,
+    release: &Release,
+    region: &str,
+    retry: &RetryPolicy,
+) -> Readiness {
+    let c = home.in_region(region);
+    let public = release.public();
+    let (image_bpa, public_images, quota, snapshot_bpa) = tokio::join!(
+        async {
+            match public {
+                true => Some(lifecycle::image_block_public_access(&c, retry).await),
+                false => None,
+            }
+        },
+        async {
+            match public {
+                true => Some(
+                    lifecycle::public_images(&c, retry)
+                        .await
+                        .map(|v| v.into_iter().map(|a| a.id).collect()),
+                ),
+                false => None,
+            }
+        },
+        async {
+            match public {
+                true => Some(quotas::public_amis(&c, retry).await),
+                false => None,
+            }
+        },
+        async {
+            match release.public_snapshots {
+                true => Some(lifecycle::snapshot_block_public_access(&c, retry).await),
+                false => None,
+            }
+        },
+    );
+    Readiness {
+        region: region.to_string(),
+        image_bpa,
+        snapshot_bpa,
+        public_images,
+        quota,
+    }
+}
+
+/// SHA-256 of an AMI's UEFI data (DescribeImageAttribute uefiData), `None` without.
+async fn uefi_digest(
+    c: &Clients,
+    image_id: &str,
+    retry: &RetryPolicy,
+) -> Result<Option<String>, AwsError> {
+    let out = retry
+        .send(&c.call("DescribeImageAttribute").on(image_id), || {
+            c.ec2
+                .describe_image_attribute()
+                .image_id(image_id)
+                .attribute(aws_sdk_ec2::types::ImageAttributeName::UefiData)
+                .send()
+        })
+        .await?;
+    Ok(out
+        .uefi_data()
+        .and_then(|v| v.value())
+        .filter(|v| !v.is_empty())
+        .map(ami::uefi::digest))
+}
+
+/// Whether `ami` lacks the protection `img` asks for (a missing AMI lacks it).
+pub fn protection_missing(img: &ReleaseImage, ami: Option<&Ami>, now: i64) -> bool {
+    match (img.spec.protect, ami) {
+        (None, _) => false,
+        (Some(_), None) => true,
+        (Some(p), Some(a)) => p.missing_on(a, now),
     }
 }
 
@@ -467,6 +818,7 @@ mod tests {
                 grants: None,
                 parameters: None,
                 snapshots_public: None,
+                uefi: None,
             }],
             snapshots: Some(SnapshotSurvey { journal, tagged }),
         }

@@ -105,7 +105,10 @@ pub async fn validate(
     release: &Release,
     retry: &RetryPolicy,
 ) -> Result<Validation, PublishError> {
-    let scope = Scope { parameters: true };
+    let scope = Scope {
+        parameters: true,
+        uefi: true,
+    };
     let survey = Survey::take(home, release, None, scope, retry).await?;
     let mut checks = Vec::new();
     for img in &release.images {
@@ -114,6 +117,21 @@ pub async fn validate(
             let optional = survey.best_effort.contains(&r.region);
             checks.extend(check_region(r, release, img, optional));
         }
+    }
+    // What would make the rest of the publish fail: the same checks `--plan` shows.
+    for p in survey.problems(release) {
+        checks.push(Check {
+            image: "(release)".into(),
+            kind: "readiness",
+            region: p.region.clone(),
+            target: p.check.to_string(),
+            verdict: if p.blocking {
+                Verdict::Incorrect
+            } else {
+                Verdict::Unreachable
+            },
+            detail: format!("{} -- {}", p.problem, p.fix),
+        });
     }
     Ok(Validation { checks })
 }
@@ -160,6 +178,23 @@ fn check_region(
             Some(i)
         }
     };
+
+    if let (Some(i), Some(want)) = (image, &img.spec.uefi_data) {
+        let (verdict, detail) = match &r.uefi {
+            Some(Ok(Some(have))) if *have == want.sha256 => (Verdict::Correct, String::new()),
+            Some(Ok(Some(_))) => (
+                Verdict::Incorrect,
+                format!("holds other UEFI data than {}", want.source),
+            ),
+            Some(Ok(None)) => (
+                Verdict::Incorrect,
+                format!("has no UEFI data, expected {}", want.source),
+            ),
+            Some(Err(e)) => unreachable(e),
+            None => (Verdict::Unreachable, "not read".into()),
+        };
+        out.push(check("uefi-data", &i.id, verdict, detail));
+    }
 
     if let Some(i) = image {
         let (verdict, detail) = match (release.public(), i.public) {

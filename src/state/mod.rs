@@ -10,6 +10,7 @@
 //! creates them (in one transaction) the first time a connection needs them.
 
 pub mod journal;
+pub mod lifecycle;
 
 use std::collections::HashSet;
 use std::path::{Path, PathBuf};

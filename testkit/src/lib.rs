@@ -12,6 +12,7 @@ pub mod boot_fixture;
 mod http_util;
 pub mod moto;
 pub mod proxy;
+mod rest_ops;
 pub mod strict_ebs;
 mod units;
 

@@ -43,6 +43,38 @@ hold. This module changes, with AWS's semantics:
 - With EC2AMI_MOTO_OPT_IN=all, the account is opted in to every opt-in region (moto
   lists them as not-opted-in), so benchmarks can publish to 30+ enabled regions.
 
+The image lifecycle (none of it in moto), with AWS's semantics and errors:
+
+- Deregistration protection: EnableImageDeregistrationProtection (WithCooldown) and
+  DisableImageDeregistrationProtection, shown as DeregistrationProtection (`enabled`,
+  `enabled-with-cooldown`, `disabled-until TIME`); DeregisterImage refuses a protected
+  image, and disabling a protection enabled with the cooldown keeps the image protected
+  for the cooldown (24 hours; harness-only: ``cooldown_seconds`` of the config hook
+  below shortens it). A copy is not protected (CopyImage does not carry it).
+- CopyImage checks SnapshotCopyCompletionDurationMinutes (15-minute steps, 15 to 2880)
+  and carries UEFI data; harness-only: ``copy_pending_seconds`` keeps every new copy
+  `pending` that long, so that waiting for copies can be watched on the wire.
+- RegisterImage keeps UefiData (at most 64,000 characters, refused with legacy-bios),
+  answered by DescribeImageAttribute uefiData.
+- DisableImage / EnableImage: a disabled image is hidden from DescribeImages unless
+  IncludeDisabled, loses every launch permission (EnableImage gives none back), cannot
+  be shared, and RunInstances refuses it.
+- Snapshot block public access per region (Get/Enable/DisableSnapshotBlockPublicAccess);
+  ModifySnapshotAttribute refuses a public share while it is on.
+- The Recycle Bin: the rbin service's CreateRule, ListRules, GetRule and DeleteRule
+  (region-level rules with exclusion tags, tag-level rules); DeregisterImage and
+  DeleteSnapshot put what a rule covers in the bin for its retention;
+  ListImagesInRecycleBin, ListSnapshotsInRecycleBin, RestoreImageFromRecycleBin and
+  RestoreSnapshotFromRecycleBin.
+- Service Quotas GetServiceQuota answers EC2's "Public AMIs" (L-0E3CBAB9): 5, AWS's
+  default; harness-only: ``public_ami_quota`` (a number, or per region) and
+  ``service_quotas_denied`` (AccessDeniedException) in the config hook.
+- LastLaunchedTime in DescribeImages; harness-only: ``POST
+  /moto-api/ec2ami/last-launched`` ({"region", "image_id", "time"}) sets it, as AWS
+  would report a launch (other accounts' launches leave no instance of ours).
+- Harness-only ``POST /moto-api/ec2ami/config`` (JSON) sets the knobs above; they are
+  never AWS behaviour, only a way to run AWS's slow clock fast.
+
 Everything else is moto's. When moto lacks any symbol patched or relied on here, the
 script exits non-zero before serving, naming what is missing, so that a moto upgrade
 breaks the tests loudly instead of quietly testing less.
@@ -95,6 +127,11 @@ REQUIRED = [
     "moto.ec2.utils:random_snapshot_id",
     "moto.core:DEFAULT_ACCOUNT_ID",
     "moto.moto_api._internal.urls:url_paths",
+    "moto.moto_server.werkzeug_app:DomainDispatcherApplication.__call__",
+    "moto.ec2.responses.instances:InstanceResponse.run_instances",
+    "moto.ec2.responses.elastic_block_store:ElasticBlockStore.modify_snapshot_attribute",
+    "moto.servicequotas.models:ServiceQuotasBackend.get_service_quota",
+    "moto.core.exceptions:JsonRESTError",
 ]
 
 # Keyword arguments this module passes to moto's Ami constructor.
@@ -186,6 +223,7 @@ def region_state(backend, key, default):
 
 def find_image(backend, image_id):
     """The live image `image_id` of this region, or InvalidAMIID.NotFound."""
+    refresh(backend)
     images = backend.describe_images(ami_ids=[image_id])
     if not images:
         raise Moto.InvalidAMIIdError(image_id)
@@ -287,9 +325,12 @@ def new_image(backend, image_id, mappings, attrs):
         "tpm_support",
         "source_image_id",
         "source_image_region",
+        "uefi_data",
     ):
         setattr(ami, key, attrs.get(key))
     ami.deprecation_time = None
+    ami.deregistration_protection = None
+    ami.last_launched_time = None
     ami.platform_details = "Linux/UNIX"
     ami.usage_operation = "RunInstances"
     backend.amis[image_id] = ami
@@ -399,8 +440,10 @@ def register_image(self):
         "sriov_net_support": param("SriovNetSupport"),
         "imds_support": param("ImdsSupport"),
         "tpm_support": param("TpmSupport"),
+        "uefi_data": param("UefiData"),
     }
     self.error_on_dryrun()
+    check_uefi_data(attrs["uefi_data"], attrs["boot_mode"])
     check_choice("architecture", attrs["architecture"], ARCHITECTURES)
     check_choice("bootMode", attrs["boot_mode"], BOOT_MODES)
     check_choice("imdsSupport", attrs["imds_support"], ("v2.0",))
@@ -438,7 +481,9 @@ def copy_image(self):
     encrypted = bool(param("Encrypted", False))
     kms_key_id = param("KmsKeyId")
     tags = tag_specs(param("TagSpecifications", []), ("image", "snapshot"))
+    completion = param("SnapshotCopyCompletionDurationMinutes")
     self.error_on_dryrun()
+    check_completion(completion)
     dest = self.ec2_backend
     account_backends = Moto.ec2_backends[dest.account_id]
     if source_region not in account_backends:
@@ -495,6 +540,7 @@ def copy_image(self):
                 "sriov_net_support",
                 "imds_support",
                 "tpm_support",
+                "uefi_data",
             )
         }
         attrs.update(
@@ -505,6 +551,11 @@ def copy_image(self):
             source_image_region=source_region,
         )
         ami = new_image(dest, image_id, mappings, attrs)
+        ami._moto_ext_completion = completion
+        pending = float(CONFIG["copy_pending_seconds"])
+        if pending > 0:
+            ami.state = "pending"
+            ami._moto_ext_ready_at = time.time() + pending
         image_tags = user_tags(source) if copy_tags else {}
         image_tags.update(tags["image"])
         if image_tags:
@@ -569,7 +620,16 @@ def deregister_image(self):
     backend = self.ec2_backend
     ami = backend.amis.get(image_id)
     snapshots = mapped_snapshots(ami) if ami is not None else []
+    if ami is not None and protected(ami):
+        raise error(
+            "OperationNotPermitted",
+            f"The image {image_id} can't be deregistered because deregistration protection "
+            f"is enabled ({protection_state(ami)}). Disable it first.",
+        )
+    days = retention(backend, "EC2_IMAGE", user_tags(ami)) if ami is not None else None
     backend.deregister_image(image_id)
+    if days:
+        to_bin(backend, "bin_images", ami, days)
     result = {"Return": True}
     if delete_snapshots and snapshots:
         result["DeleteSnapshotResults"] = [
@@ -591,11 +651,18 @@ def delete_associated(backend, snapshot_id):
 
 
 def delete_snapshot(self, snapshot_id):
-    """EBSBackend.delete_snapshot that also refuses snapshots our images map."""
+    """EBSBackend.delete_snapshot that also refuses snapshots our images map, and puts
+    what a Recycle Bin rule covers in the bin."""
     user = image_using(self, snapshot_id)
     if user is not None:
         raise Moto.InvalidSnapshotInUse(snapshot_id, user)
-    return ORIGINAL["delete_snapshot"](self, snapshot_id)
+    snapshot = self.snapshots.get(snapshot_id)
+    done = ORIGINAL["delete_snapshot"](self, snapshot_id)
+    if snapshot is not None:
+        days = retention(self, "EBS_SNAPSHOT", user_tags(snapshot))
+        if days:
+            to_bin(self, "bin_snapshots", snapshot, days)
+    return done
 
 
 # ---------------------------------------------------------------------------------------
@@ -733,6 +800,13 @@ def modify_image_attribute(self):
     if public and bpa_state(self.ec2_backend)["state"] == "block-new-sharing":
         find_image(self.ec2_backend, self._get_param("ImageId"))
         raise error(BPA_CODE, BPA_MESSAGE)
+    image_id = self._get_param("ImageId")
+    ami = self.ec2_backend.amis.get(image_id)
+    if ami is not None and ami.state == "disabled" and adds:
+        raise error(
+            "OperationNotPermitted",
+            f"The image {image_id} is disabled: a disabled AMI can't be shared. Enable it first.",
+        )
     return ORIGINAL["modify_image_attribute"](self)
 
 
@@ -794,8 +868,11 @@ def paged(self, key, items, limits):
 
 
 def describe_images(self):
-    """DescribeImages answered in pages."""
+    """DescribeImages answered in pages; disabled images only with IncludeDisabled."""
+    refresh(self.ec2_backend)
     images = ORIGINAL["describe_images"](self).result["Images"]
+    if str(self._get_param("IncludeDisabled", False)).lower() != "true":
+        images = [i for i in images if i.state != "disabled"]
     return paged(self, "Images", images, DESCRIBE_LIMITS)
 
 
@@ -853,8 +930,8 @@ def naive_utc(text):
 def generate(request, full_url, headers):
     """POST /moto-api/ec2ami/generate: make images and snapshots in moto's model at once.
 
-    Body: {"images": [{"region", "name", "created", "tags", "snapshots": [{"size",
-    "description", "created", "tags"}]}], "snapshots": [{"region", "size",
+    Body: {"images": [{"region", "name", "created", "tags", "pending_seconds",
+    "snapshots": [{"size", "description", "created", "tags"}]}], "snapshots": [{"region", "size",
     "description", "created", "tags"}]}. Answers {"images": [ids], "snapshots": [ids]}
     in the same order. Each image maps its snapshots as /dev/sda1, /dev/sdb...
     """
@@ -905,6 +982,10 @@ def generate(request, full_url, headers):
                 "image_location": f"{backend.account_id}/{i['name']}",
             }
             ami = new_image(backend, Moto.random_ami_id(), mappings, attrs)
+            if i.get("pending_seconds"):
+                # Pending like a copy in progress, available that many seconds from now.
+                ami.state = "pending"
+                ami._moto_ext_ready_at = time.time() + float(i["pending_seconds"])
             if i.get("created"):
                 ami.creation_date = naive_utc(i["created"])
             if i.get("tags"):
@@ -1426,6 +1507,490 @@ def install_imports():
     Moto.url_paths["{0}/moto-api/ec2ami/import-faults"] = import_faults
 
 
+# Harness-only knobs (POST /moto-api/ec2ami/config): AWS's slow clock, run fast
+
+CONFIG = {
+    # How long disabling a protection enabled WithCooldown keeps the image protected.
+    "cooldown_seconds": 86400,
+    # How long every new copy stays pending (0: available at once, as moto has it).
+    "copy_pending_seconds": 0,
+    # The Public AMIs quota Service Quotas answers: a number, or {region: number}.
+    "public_ami_quota": 5,
+    # Service Quotas answers AccessDeniedException.
+    "service_quotas_denied": False,
+}
+
+
+def config(request, full_url, headers):
+    """POST /moto-api/ec2ami/config: set harness knobs (JSON object); answers them all."""
+    if request.method == "POST":
+        body = request.get_data() if hasattr(request, "get_data") else request.body
+        given = json.loads(body or b"{}")
+        unknown = [k for k in given if k not in CONFIG]
+        if unknown:
+            return 400, {}, json.dumps({"error": f"unknown knobs: {unknown}"})
+        CONFIG.update(given)
+    return 200, {"Content-Type": "application/json"}, json.dumps(CONFIG)
+
+
+def set_last_launched(request, full_url, headers):
+    """POST /moto-api/ec2ami/last-launched: {"region", "image_id", "time"} sets the
+    image's LastLaunchedTime, as AWS reports a launch (up to 24 hours late)."""
+    body = request.get_data() if hasattr(request, "get_data") else request.body
+    spec = json.loads(body or b"{}")
+    backend = Moto.ec2_backends[spec.get("account", Moto.DEFAULT_ACCOUNT_ID)][spec["region"]]
+    ami = backend.amis.get(spec["image_id"])
+    if ami is None:
+        return 404, {}, json.dumps({"error": f"no image {spec['image_id']}"})
+    ami.last_launched_time = naive_utc(spec["time"]).strftime("%Y-%m-%dT%H:%M:%S.000Z")
+    return 200, {"Content-Type": "application/json"}, json.dumps({"ok": True})
+
+
+def utcnow():
+    return datetime.datetime.now(datetime.timezone.utc)
+
+
+def refresh(backend):
+    """What time does to images: pending copies become available, cooldowns run out."""
+    now = time.time()
+    for ami in list(backend.amis.values()):
+        ready = ami.__dict__.get("_moto_ext_ready_at")
+        if ready is not None and now >= ready and ami.state == "pending":
+            ami.state = "available"
+            ami._moto_ext_ready_at = None
+        until = ami.__dict__.get("_moto_ext_protected_until")
+        if until is not None and now >= until:
+            ami.deregistration_protection = "disabled"
+            ami._moto_ext_protected_until = None
+
+
+# ---------------------------------------------------------------------------------------
+# Deregistration protection
+
+
+def protection_state(ami):
+    return getattr(ami, "deregistration_protection", None) or "disabled"
+
+
+def protected(ami):
+    """True while DeregisterImage is refused: enabled, or in its cooldown."""
+    until = ami.__dict__.get("_moto_ext_protected_until")
+    if until is not None and time.time() < until:
+        return True
+    return protection_state(ami) in ("enabled", "enabled-with-cooldown")
+
+
+def enable_image_deregistration_protection(self):
+    """EnableImageDeregistrationProtection (WithCooldown: 24 h after disabling)."""
+    image_id = self._get_param("ImageId")
+    cooldown = str(self._get_param("WithCooldown", False)).lower() == "true"
+    self.error_on_dryrun()
+    ami = find_image(self.ec2_backend, image_id)
+    ami.deregistration_protection = "enabled-with-cooldown" if cooldown else "enabled"
+    ami._moto_ext_protected_until = None
+    return Moto.ActionResult({"Return": "true"})
+
+
+def disable_image_deregistration_protection(self):
+    """DisableImageDeregistrationProtection: at once, or after the cooldown."""
+    image_id = self._get_param("ImageId")
+    self.error_on_dryrun()
+    ami = find_image(self.ec2_backend, image_id)
+    if protection_state(ami) == "enabled-with-cooldown":
+        until = time.time() + float(CONFIG["cooldown_seconds"])
+        ami._moto_ext_protected_until = until
+        when = datetime.datetime.fromtimestamp(until, datetime.timezone.utc)
+        ami.deregistration_protection = f"disabled-until {when:%Y-%m-%dT%H:%M:%S.000Z}"
+    elif not protection_state(ami).startswith("disabled-until"):
+        ami.deregistration_protection = "disabled"
+    return Moto.ActionResult({"Return": "true"})
+
+
+# ---------------------------------------------------------------------------------------
+# UEFI data and time-based copies
+
+UEFI_DATA_MAX = 64000
+
+
+def check_uefi_data(data, boot_mode):
+    if data is None:
+        return
+    if len(data) > UEFI_DATA_MAX:
+        raise error(
+            "InvalidParameterValue",
+            f"UefiData is {len(data)} characters long; the maximum is {UEFI_DATA_MAX}.",
+        )
+    if boot_mode in (None, "legacy-bios"):
+        raise error(
+            "InvalidParameterCombination",
+            "UefiData requires the boot mode uefi or uefi-preferred.",
+        )
+
+
+def check_completion(value):
+    """SnapshotCopyCompletionDurationMinutes: 15-minute steps, 15 to 2880."""
+    if value is None:
+        return
+    minutes = int(value)
+    if minutes % 15 != 0 or not 15 <= minutes <= 2880:
+        raise error(
+            "InvalidParameterValue",
+            f"Value ({minutes}) for parameter SnapshotCopyCompletionDurationMinutes is invalid. "
+            "Specify a multiple of 15 from 15 to 2880.",
+        )
+
+
+# ---------------------------------------------------------------------------------------
+# DisableImage / EnableImage
+
+
+def disable_image(self):
+    """DisableImage: disabled, every launch permission removed."""
+    image_id = self._get_param("ImageId")
+    self.error_on_dryrun()
+    ami = find_image(self.ec2_backend, image_id)
+    if ami.owner_id != self.ec2_backend.account_id:
+        raise error("AuthFailure", f"Not authorized for image:{image_id}")
+    ami.state = "disabled"
+    ami.launch_permissions.clear()
+    return Moto.ActionResult({"Return": True})
+
+
+def enable_image(self):
+    """EnableImage: available again; the launch permissions are not given back."""
+    image_id = self._get_param("ImageId")
+    self.error_on_dryrun()
+    ami = find_image(self.ec2_backend, image_id)
+    if ami.state == "disabled":
+        ami.state = "available"
+    return Moto.ActionResult({"Return": True})
+
+
+def run_instances(self):
+    """RunInstances refusing a disabled image."""
+    image_id = self._get_param("ImageId")
+    for backend in (self.ec2_backend,):
+        ami = backend.amis.get(image_id)
+        if ami is not None and ami.state == "disabled":
+            raise error(
+                "InvalidAMIID.Unavailable",
+                f"The image id '[{image_id}]' is disabled and can't be used to launch instances.",
+            )
+    return ORIGINAL["run_instances"](self)
+
+
+# ---------------------------------------------------------------------------------------
+# Snapshot block public access
+
+
+def snapshot_bpa(backend):
+    return region_state(backend, "snapshot_bpa", {"state": "unblocked"})
+
+
+def get_snapshot_block_public_access_state(self):
+    self.error_on_dryrun()
+    return Moto.ActionResult(
+        {"State": snapshot_bpa(self.ec2_backend)["state"], "ManagedBy": "account"}
+    )
+
+
+def enable_snapshot_block_public_access(self):
+    state = self._get_param("State")
+    self.error_on_dryrun()
+    check_choice("State", state, ("block-all-sharing", "block-new-sharing"))
+    if state is None:
+        raise error("MissingParameter", "The request must contain the parameter State")
+    snapshot_bpa(self.ec2_backend)["state"] = state
+    return Moto.ActionResult({"State": state})
+
+
+def disable_snapshot_block_public_access(self):
+    self.error_on_dryrun()
+    snapshot_bpa(self.ec2_backend)["state"] = "unblocked"
+    return Moto.ActionResult({"State": "unblocked"})
+
+
+def modify_snapshot_attribute(self):
+    """ModifySnapshotAttribute refusing a public share while snapshot BPA is on."""
+    groups = self._get_param("GroupNames", []) or []
+    adds = (self._get_param("CreateVolumePermission") or {}).get("Add") or []
+    public = (self._get_param("OperationType") == "add" and "all" in groups) or any(
+        p.get("Group") == "all" for p in adds
+    )
+    if public and snapshot_bpa(self.ec2_backend)["state"] != "unblocked":
+        raise error(
+            "OperationNotPermitted",
+            "You can't publicly share this snapshot because block public access for "
+            "snapshots is enabled for this account.",
+        )
+    return ORIGINAL["modify_snapshot_attribute"](self)
+
+
+# ---------------------------------------------------------------------------------------
+# Service Quotas: EC2's Public AMIs
+
+PUBLIC_AMIS_QUOTA = "L-0E3CBAB9"
+
+
+def get_service_quota(self, service_code, quota_code):
+    """ServiceQuotasBackend.get_service_quota that knows EC2's Public AMIs quota."""
+    if service_code == "ec2" and quota_code == PUBLIC_AMIS_QUOTA:
+        if CONFIG["service_quotas_denied"]:
+            raise Moto.JsonRESTError(
+                "AccessDeniedException",
+                "User is not authorized to perform servicequotas:GetServiceQuota",
+            )
+        quota = CONFIG["public_ami_quota"]
+        if isinstance(quota, dict):
+            quota = quota.get(self.region_name, 5)
+        return {
+            "ServiceCode": "ec2",
+            "ServiceName": "Amazon Elastic Compute Cloud (Amazon EC2)",
+            "QuotaArn": f"arn:aws:servicequotas:{self.region_name}:{self.account_id}:ec2/{quota_code}",
+            "QuotaCode": quota_code,
+            "QuotaName": "Public AMIs",
+            "Value": float(quota),
+            "Unit": "None",
+            "Adjustable": True,
+            "GlobalQuota": False,
+        }
+    return ORIGINAL["get_service_quota"](self, service_code, quota_code)
+
+
+# ---------------------------------------------------------------------------------------
+# The Recycle Bin: rbin's rules (a REST-JSON service moto lacks) and EC2's bin calls
+
+RETENTION_UNITS = ("DAYS",)
+RESOURCE_TYPES = ("EBS_SNAPSHOT", "EC2_IMAGE")
+
+
+def rbin_rules(account, region):
+    return region_state(Moto.ec2_backends[account][region], "rbin_rules", {})
+
+
+def retention(backend, resource_type, tags):
+    """The longest retention (days) of the rules in force that cover a resource."""
+    best = None
+    for rule in rbin_rules(backend.account_id, backend.region_name).values():
+        if rule["ResourceType"] != resource_type or rule["Status"] != "available":
+            continue
+        has = lambda t: tags.get(t["ResourceTagKey"]) == t.get("ResourceTagValue", "")
+        if rule["ResourceTags"]:
+            covers = any(has(t) for t in rule["ResourceTags"])
+        else:
+            covers = not any(has(t) for t in rule["ExcludeResourceTags"])
+        if covers:
+            days = rule["RetentionPeriod"]["RetentionPeriodValue"]
+            best = days if best is None else max(best, days)
+    return best
+
+
+def to_bin(backend, key, resource, days):
+    enter = utcnow()
+    region_state(backend, key, {})[resource.id] = (
+        resource,
+        enter,
+        enter + datetime.timedelta(days=days),
+    )
+
+
+def binned(backend, key):
+    """What is in the bin (the expired is gone for good)."""
+    items = region_state(backend, key, {})
+    now = utcnow()
+    for rid in [r for r, (_, _, exit_time) in items.items() if exit_time <= now]:
+        items.pop(rid)
+    return items
+
+
+def rbin_rule_view(rule, full):
+    keys = ("Identifier", "Description", "RetentionPeriod", "LockState", "RuleArn")
+    if full:
+        keys += ("ResourceType", "ResourceTags", "ExcludeResourceTags", "Status", "Tags")
+    return {k: rule[k] for k in keys if k in rule}
+
+
+def rbin_app(environ, start_response, account, region):
+    """The rbin REST-JSON API: POST /rules, POST /list-rules, GET|DELETE /rules/{id}."""
+    method = environ["REQUEST_METHOD"]
+    path = environ.get("PATH_INFO", "")
+    length = int(environ.get("CONTENT_LENGTH") or 0)
+    raw = environ["wsgi.input"].read(length) if length else b""
+
+    def answer(status, doc, error_type=None):
+        body = json.dumps(doc).encode()
+        headers = [("Content-Type", "application/json"), ("Content-Length", str(len(body)))]
+        if error_type:
+            headers.append(("x-amzn-ErrorType", error_type))
+        start_response(status, headers)
+        return [body]
+
+    def invalid(message):
+        return answer("400 Bad Request", {"Message": message, "Reason": "INVALID_VALUE"},
+                      "ValidationException")
+
+    try:
+        body = json.loads(raw or b"{}")
+    except ValueError:
+        return invalid("The request body is not JSON.")
+    with LOCK:
+        rules = rbin_rules(account, region)
+        if method == "POST" and path == "/rules":
+            period = body.get("RetentionPeriod") or {}
+            value = period.get("RetentionPeriodValue")
+            if period.get("RetentionPeriodUnit") not in RETENTION_UNITS or not (
+                isinstance(value, int) and 1 <= value <= 3650
+            ):
+                return invalid("RetentionPeriod must be 1 to 3650 DAYS.")
+            if body.get("ResourceType") not in RESOURCE_TYPES:
+                return invalid(f"ResourceType must be one of {', '.join(RESOURCE_TYPES)}.")
+            if body.get("ResourceTags") and body.get("ExcludeResourceTags"):
+                return invalid("Specify ResourceTags or ExcludeResourceTags, not both.")
+            rid = f"{len(rules) + 1:011d}"
+            rule = {
+                "Identifier": rid,
+                "Description": body.get("Description", ""),
+                "RetentionPeriod": {"RetentionPeriodValue": value, "RetentionPeriodUnit": "DAYS"},
+                "ResourceType": body["ResourceType"],
+                "ResourceTags": body.get("ResourceTags") or [],
+                "ExcludeResourceTags": body.get("ExcludeResourceTags") or [],
+                "Tags": body.get("Tags") or [],
+                "Status": "available",
+                "LockState": "unlocked",
+                "RuleArn": f"arn:aws:rbin:{region}:{account}:rule/{rid}",
+            }
+            rules[rid] = rule
+            return answer("201 Created", rbin_rule_view(rule, True))
+        if method == "POST" and path == "/list-rules":
+            kind = body.get("ResourceType")
+            if kind not in RESOURCE_TYPES:
+                return invalid(f"ResourceType must be one of {', '.join(RESOURCE_TYPES)}.")
+            found = [rbin_rule_view(r, False) for r in rules.values() if r["ResourceType"] == kind]
+            return answer("200 OK", {"Rules": found})
+        if path.startswith("/rules/"):
+            rid = path[len("/rules/"):]
+            if rid not in rules:
+                return answer(
+                    "404 Not Found",
+                    {"Message": f"Rule {rid} does not exist.", "Reason": "RULE_NOT_FOUND"},
+                    "ResourceNotFoundException",
+                )
+            if method == "GET":
+                return answer("200 OK", rbin_rule_view(rules[rid], True))
+            if method == "DELETE":
+                rules.pop(rid)
+                return answer("204 No Content", {})
+    return invalid(f"{method} {path} is not a Recycle Bin operation this harness knows.")
+
+
+def dispatch(self, environ, start_response):
+    """moto's server, with the rbin service answered here (moto has none)."""
+    auth = environ.get("HTTP_AUTHORIZATION", "")
+    try:
+        scope = auth.split(",")[0].split()[1].split("/")
+        region, service = scope[2], scope[3]
+    except (IndexError, ValueError):
+        service = None
+    if service == "rbin":
+        return rbin_app(environ, start_response, Moto.DEFAULT_ACCOUNT_ID, region)
+    return ORIGINAL["dispatch"](self, environ, start_response)
+
+
+def bin_page(self, key, items, limits):
+    ids = self._get_param("ImageIds" if key == "Images" else "SnapshotIds", []) or []
+    if ids:
+        items = [i for i in items if i[id_key(key)] in ids]
+    return paged(self, key, items, limits)
+
+
+def id_key(key):
+    return "ImageId" if key == "Images" else "SnapshotId"
+
+
+def list_images_in_recycle_bin(self):
+    """ListImagesInRecycleBin."""
+    self.error_on_dryrun()
+    items = [
+        {
+            "ImageId": ami.id,
+            "Name": ami.name,
+            "Description": ami.description,
+            "RecycleBinEnterTime": enter,
+            "RecycleBinExitTime": exit_time,
+        }
+        for ami, enter, exit_time in binned(self.ec2_backend, "bin_images").values()
+    ]
+    return bin_page(self, "Images", items, (1, 1000))
+
+
+def list_snapshots_in_recycle_bin(self):
+    """ListSnapshotsInRecycleBin."""
+    self.error_on_dryrun()
+    items = [
+        {
+            "SnapshotId": snap.id,
+            "Description": snap.description,
+            "VolumeId": getattr(snap.volume, "id", None) if getattr(snap, "volume", None) else None,
+            "RecycleBinEnterTime": enter,
+            "RecycleBinExitTime": exit_time,
+        }
+        for snap, enter, exit_time in binned(self.ec2_backend, "bin_snapshots").values()
+    ]
+    return bin_page(self, "Snapshots", items, (5, 1000))
+
+
+def restore_image_from_recycle_bin(self):
+    """RestoreImageFromRecycleBin: the image is back, available."""
+    image_id = self._get_param("ImageId")
+    self.error_on_dryrun()
+    backend = self.ec2_backend
+    with LOCK:
+        items = binned(backend, "bin_images")
+        if image_id not in items:
+            raise error(
+                "InvalidAMIID.NotFound",
+                f"The image id '[{image_id}]' does not exist in the Recycle Bin",
+            )
+        ami = items[image_id][0]
+        for other in backend.amis.values():
+            if other.name == ami.name and other.owner_id == ami.owner_id:
+                raise error(
+                    "InvalidAMIName.Duplicate",
+                    f"AMI name {ami.name} is already in use by AMI {other.id}",
+                )
+        items.pop(image_id)
+        ami.state = "available"
+        backend.amis[image_id] = ami
+        if image_id in backend.deleted_amis:
+            backend.deleted_amis.remove(image_id)
+    return Moto.ActionResult({"Return": True})
+
+
+def restore_snapshot_from_recycle_bin(self):
+    """RestoreSnapshotFromRecycleBin."""
+    snapshot_id = self._get_param("SnapshotId")
+    self.error_on_dryrun()
+    backend = self.ec2_backend
+    with LOCK:
+        items = binned(backend, "bin_snapshots")
+        if snapshot_id not in items:
+            raise error(
+                "InvalidSnapshot.NotFound",
+                f"The snapshot '{snapshot_id}' does not exist in the Recycle Bin",
+            )
+        snap, _, _ = items.pop(snapshot_id)
+        backend.snapshots[snapshot_id] = snap
+    return Moto.ActionResult(
+        {
+            "SnapshotId": snapshot_id,
+            "Description": snap.description,
+            "State": "completed",
+            "VolumeSize": snap.volume_size,
+            "OwnerId": snap.owner_id,
+        }
+    )
+
+
 # ---------------------------------------------------------------------------------------
 
 ORIGINAL = {}
@@ -1442,6 +2007,10 @@ def install():
     ORIGINAL["modify_image_attribute"] = Moto.AmisResponse.modify_image_attribute
     ORIGINAL["describe_images"] = Moto.AmisResponse.describe_images
     ORIGINAL["create_tags"] = Moto.TagBackend.create_tags
+    ORIGINAL["dispatch"] = Moto.DomainDispatcherApplication.__call__
+    ORIGINAL["run_instances"] = Moto.InstanceResponse.run_instances
+    ORIGINAL["modify_snapshot_attribute"] = Moto.ElasticBlockStore.modify_snapshot_attribute
+    ORIGINAL["get_service_quota"] = Moto.ServiceQuotasBackend.get_service_quota
 
     Ami.block_device_mappings = property(mappings_of)
     Ami.get_filter_value = image_filter_value
@@ -1459,11 +2028,31 @@ def install():
         disable_image_block_public_access,
         modify_image_attribute,
         describe_images,
+        enable_image_deregistration_protection,
+        disable_image_deregistration_protection,
+        disable_image,
+        enable_image,
+        list_images_in_recycle_bin,
+        restore_image_from_recycle_bin,
     ):
         setattr(Moto.AmisResponse, handler.__name__, handler)
+    for handler in (
+        get_snapshot_block_public_access_state,
+        enable_snapshot_block_public_access,
+        disable_snapshot_block_public_access,
+        modify_snapshot_attribute,
+        list_snapshots_in_recycle_bin,
+        restore_snapshot_from_recycle_bin,
+    ):
+        setattr(Moto.ElasticBlockStore, handler.__name__, handler)
+    Moto.InstanceResponse.run_instances = run_instances
+    Moto.ServiceQuotasBackend.get_service_quota = get_service_quota
+    Moto.DomainDispatcherApplication.__call__ = dispatch
     Moto.ElasticBlockStore.describe_snapshots = describe_snapshots
     Moto.LaunchTemplates.describe_launch_template_versions = describe_launch_template_versions
     Moto.url_paths["{0}/moto-api/ec2ami/generate"] = generate
+    Moto.url_paths["{0}/moto-api/ec2ami/config"] = config
+    Moto.url_paths["{0}/moto-api/ec2ami/last-launched"] = set_last_launched
 
 
 def opt_in_everywhere():
@@ -1484,7 +2073,8 @@ def main(argv):
     if os.environ.get("EC2AMI_MOTO_OPT_IN") == "all":
         opt_in_everywhere()
     sys.stderr.write(
-        "moto_ext: moto patched (AMI state, deprecation, block public access, pagination)\n"
+        "moto_ext: moto patched (AMI state, deprecation, block public access, pagination, "
+        "image lifecycle, Recycle Bin, Service Quotas)\n"
     )
     Moto.main(argv)
 

@@ -9,6 +9,7 @@ mod compat;
 mod faults;
 mod history;
 mod images;
+mod lifecycle;
 mod moto_ext;
 mod plan_agrees;
 mod prune;

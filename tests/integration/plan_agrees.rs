@@ -16,7 +16,8 @@ const NAME_AMD64: &str = "MyOS 15.0-CURRENT-x86_64-20261124 base UFS";
 const PARAM_ARM64: &str = "/myos/arm64/small/zfs/15.0/CURRENT";
 
 /// A release that exercises every step: upload, register, copies, public sharing and an
-/// account grant, public snapshots, deprecation, parameters and the announcement.
+/// account grant, public snapshots, deprecation, deregistration protection,
+/// parameters and the announcement.
 fn release(dir: &Path) -> PathBuf {
     let text = r#"
 announce = { topic = "arn:aws:sns:us-east-1:123456789012:release-announce", release = "15.0-CURRENT", image = "main@4f1e2d3" }
@@ -33,6 +34,7 @@ date = "20261124"
 name = "MyOS {version}-{branch}-{arch}-{date} {flavour} {fs_upper}"
 boot_mode = "uefi-preferred"
 deprecate_at = "2027-06-30"
+protect = true
 
 [[image]]
 path = "base-ufs-amd64.raw"
@@ -77,6 +79,7 @@ fn promised(plan: &serde_json::Value) -> Requests {
             ("share", "update") => "ModifyImageAttribute",
             ("snapshots", "update") => "ModifySnapshotAttribute",
             ("deprecate", "update") => "EnableImageDeprecation",
+            ("protect", "update") => "EnableImageDeregistrationProtection",
             ("param", "create" | "update") => "PutParameter",
             ("announce", "create") => "Publish",
             (_, "reuse" | "unchanged" | "refuse") => continue,
@@ -99,6 +102,7 @@ fn sent(world: &World) -> Requests {
         "ModifyImageAttribute",
         "ModifySnapshotAttribute",
         "EnableImageDeprecation",
+        "EnableImageDeregistrationProtection",
         "PutParameter",
         "Publish",
     ];

@@ -44,6 +44,8 @@ pub(super) fn image(id: &str, name: &str, days_old: i64, snaps: &[&str]) -> Imag
             })
             .collect(),
         deprecation: None,
+        protection: None,
+        last_launched: None,
         tags: [(
             tags::OWNERSHIP.to_string(),
             tags::OWNERSHIP_VALUE.to_string(),
@@ -79,7 +81,7 @@ pub(super) fn opts(keep: i64) -> PlanOptions {
             &Flags {
                 keep: Some(keep),
                 min_age: Some(Duration::from_secs(2 * DAY as u64)),
-                max_age: None,
+                ..Flags::default()
             },
             None,
         )
@@ -88,6 +90,8 @@ pub(super) fn opts(keep: i64) -> PlanOptions {
         orphans: true,
         price_per_gb_month: DEFAULT_PRICE_PER_GB_MONTH,
         now: NOW,
+        unprotect: false,
+        unused_for: None,
     }
 }
 
@@ -120,6 +124,7 @@ pub(super) fn inventory(images: Vec<Image>) -> Inventory {
         images,
         snapshots,
         users: Default::default(),
+        rules: Ok(Vec::new()),
     }
 }
 

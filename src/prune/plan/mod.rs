@@ -13,6 +13,8 @@ mod group;
 mod region;
 mod render;
 
+use std::time::Duration;
+
 use serde::Serialize;
 
 use super::guard::Guard;
@@ -48,7 +50,16 @@ pub struct PlanOptions {
     pub price_per_gb_month: f64,
     /// The time the plan is made for, epoch seconds.
     pub now: i64,
+    /// Disable the deregistration protection of images the policy deletes (instead of
+    /// keeping them as guarded).
+    pub unprotect: bool,
+    /// Keep images launched within this window (their LastLaunchedTime).
+    pub unused_for: Option<Duration>,
 }
+
+/// What the plan says about last-launched times.
+pub const LAUNCH_LAG_NOTE: &str = "last-launched times are EC2's (LastLaunchedTime), which \
+reports a launch up to 24 hours late: a launch in the last day may not show yet";
 
 /// What happens to an image or snapshot.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -60,6 +71,21 @@ pub enum Action {
     Guarded,
     /// Deleted.
     Delete,
+    /// Disabled (staged retirement: deleted by a later run).
+    Disable,
+    /// Its deregistration protection is disabled now; the 24-hour cooldown makes it
+    /// deletable only by a later run.
+    Unprotect,
+}
+
+/// Whether and until when a deleted image or snapshot can be restored from the Recycle
+/// Bin.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Recovery {
+    /// Until when (epoch seconds), when a retention rule covers it.
+    pub until: Option<i64>,
+    /// As the plan says it.
+    pub note: String,
 }
 
 /// A snapshot deleted with an image, or an orphan.
@@ -73,6 +99,9 @@ pub struct SnapshotItem {
     pub action: Action,
     /// Why.
     pub reason: String,
+    /// For a deleted snapshot: whether the Recycle Bin keeps it.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub recovery: Option<Recovery>,
 }
 
 /// One image of a series in the plan.
@@ -94,6 +123,12 @@ pub struct ImageItem {
     pub guards: Vec<Guard>,
     /// Its snapshots: deleted with it, or kept and why.
     pub snapshots: Vec<SnapshotItem>,
+    /// Deleted after its deregistration protection is disabled (`--unprotect`).
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub unprotect: bool,
+    /// For a deleted image: whether the Recycle Bin keeps it.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub recovery: Option<Recovery>,
 }
 
 /// One series in a region.
@@ -120,12 +155,18 @@ pub struct RegionPlan {
     pub orphans: Vec<SnapshotItem>,
     /// Images to deregister.
     pub images_to_delete: usize,
+    /// Images to disable (staged retirement).
+    pub images_to_disable: usize,
+    /// Images whose protection is disabled now, to be deleted by a later run.
+    pub images_to_unprotect: usize,
     /// Snapshots to delete (with images and orphans).
     pub snapshots_to_delete: usize,
     /// GiB the deleted snapshots hold (see [`ESTIMATE_NOTE`]).
     pub gib_freed: f64,
     /// The estimated saving, USD per month.
     pub usd_per_month: f64,
+    /// The region's Recycle Bin retention rules, as the plan says them.
+    pub recycle_bin: String,
 }
 
 /// The whole plan.
@@ -141,6 +182,10 @@ pub struct Plan {
     pub regions: Vec<RegionPlan>,
     /// Images to deregister, all regions.
     pub images_to_delete: usize,
+    /// Images to disable, all regions.
+    pub images_to_disable: usize,
+    /// Images whose protection is disabled now, all regions.
+    pub images_to_unprotect: usize,
     /// Snapshots to delete, all regions.
     pub snapshots_to_delete: usize,
     /// GiB freed, all regions.
@@ -151,6 +196,9 @@ pub struct Plan {
     pub price_per_gb_month: f64,
     /// What kind of figure the saving is.
     pub estimate: &'static str,
+    /// About last-launched times, when `--unused-for` guards.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub launches: Option<&'static str>,
 }
 
 impl Plan {
@@ -169,6 +217,9 @@ impl Plan {
             series_from: opts.pattern.describe(),
             policy,
             images_to_delete: regions.iter().map(|r| r.images_to_delete).sum(),
+            images_to_disable: regions.iter().map(|r| r.images_to_disable).sum(),
+            images_to_unprotect: regions.iter().map(|r| r.images_to_unprotect).sum(),
+            launches: opts.unused_for.map(|_| LAUNCH_LAG_NOTE),
             snapshots_to_delete: regions.iter().map(|r| r.snapshots_to_delete).sum(),
             gib_freed: round2(gib),
             usd_per_month: round2(gib * opts.price_per_gb_month),
@@ -196,8 +247,11 @@ pub fn failed_region(region: &str, error: String) -> RegionPlan {
         series: Vec::new(),
         orphans: Vec::new(),
         images_to_delete: 0,
+        images_to_disable: 0,
+        images_to_unprotect: 0,
         snapshots_to_delete: 0,
         gib_freed: 0.0,
         usd_per_month: 0.0,
+        recycle_bin: "not looked at".into(),
     }
 }

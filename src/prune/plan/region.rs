@@ -2,14 +2,19 @@
 //! snapshots go with the deleted images, and the orphaned snapshots; pure, from a
 //! region's [`Inventory`].
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::time::Duration;
 
-use super::super::guard::guards;
+use super::super::guard::{Guard, guards, lifecycle_guards};
 use super::super::inventory::Inventory;
-use super::super::policy::{Aged, Verdict, decide, human};
+use super::super::policy::{Aged, Rule, Verdict, decide, human};
 use super::super::series::ymd;
 use super::group::{Groups, Member, dedup, group, snapshot_users};
-use super::{Action, ImageItem, PlanOptions, RegionPlan, SeriesPlan, SnapshotItem, round2};
+use super::{
+    Action, ImageItem, PlanOptions, Recovery, RegionPlan, SeriesPlan, SnapshotItem, round2,
+};
+use crate::aws::lifecycle::Protection;
+use crate::aws::rbin::{self, Kind};
 use crate::aws::{Ami as Image, Snapshot};
 
 /// Image states that may be deregistered (a pending copy is left alone).
@@ -33,7 +38,7 @@ pub fn plan_region(inv: &Inventory, opts: &PlanOptions) -> RegionPlan {
         let images = members
             .iter()
             .zip(verdicts)
-            .map(|(m, v)| judge(m, v, inv, opts))
+            .map(|(m, v)| judge(m, v, rule, inv, opts))
             .collect();
         series.push(SeriesPlan {
             series: name,
@@ -56,6 +61,8 @@ pub fn plan_region(inv: &Inventory, opts: &PlanOptions) -> RegionPlan {
                     reason: "its name does not match --series-pattern".into(),
                     guards: Vec::new(),
                     snapshots: Vec::new(),
+                    unprotect: false,
+                    recovery: None,
                 })
                 .collect(),
         });
@@ -85,6 +92,7 @@ pub fn plan_region(inv: &Inventory, opts: &PlanOptions) -> RegionPlan {
                 gib,
                 action,
                 reason,
+                recovery: None,
             };
             let Some(snap) = snapshots.get(s) else {
                 items.push(item(
@@ -148,20 +156,152 @@ pub fn plan_region(inv: &Inventory, opts: &PlanOptions) -> RegionPlan {
         .chain(&orphans)
         .filter(|s| s.action == Action::Delete);
     let (count, gib) = deleted_snapshots.fold((0, 0.0), |(n, g), s| (n + 1, g + s.gib));
-    RegionPlan {
+    let with = |a: Action| {
+        series
+            .iter()
+            .flat_map(|s| &s.images)
+            .filter(|i| i.action == a)
+            .count()
+    };
+    let (images_to_disable, images_to_unprotect) = (with(Action::Disable), with(Action::Unprotect));
+    let mut plan = RegionPlan {
         region: inv.region.clone(),
         error: None,
         images_to_delete: order.len(),
+        images_to_disable,
+        images_to_unprotect,
         snapshots_to_delete: count,
         gib_freed: round2(gib),
         usd_per_month: round2(gib * opts.price_per_gb_month),
+        recycle_bin: String::new(),
         series,
         orphans,
+    };
+    recoverability(&mut plan, inv, opts.now);
+    plan
+}
+
+/// Say for each deletion whether the Recycle Bin keeps it, and until when.
+fn recoverability(plan: &mut RegionPlan, inv: &Inventory, now: i64) {
+    let rules = match &inv.rules {
+        Ok(r) => r,
+        Err(e) => {
+            plan.recycle_bin = format!("rules could not be read ({e}): recoverability unknown");
+            let unknown = || {
+                Some(Recovery {
+                    until: None,
+                    note: "recoverability unknown (Recycle Bin rules not read)".into(),
+                })
+            };
+            for i in plan.series.iter_mut().flat_map(|s| &mut s.images) {
+                if i.action == Action::Delete {
+                    i.recovery = unknown();
+                }
+                for sn in i
+                    .snapshots
+                    .iter_mut()
+                    .filter(|s| s.action == Action::Delete)
+                {
+                    sn.recovery = unknown();
+                }
+            }
+            for sn in plan
+                .orphans
+                .iter_mut()
+                .filter(|s| s.action == Action::Delete)
+            {
+                sn.recovery = unknown();
+            }
+            return;
+        }
+    };
+    let count = |k: Kind| {
+        rules
+            .iter()
+            .filter(|r| r.kind == k && r.status == "available")
+            .count()
+    };
+    plan.recycle_bin = match (count(Kind::Image), count(Kind::Snapshot)) {
+        (0, 0) => "no retention rule: what is deleted is gone for good".into(),
+        (i, s) => format!("{i} retention rule(s) for AMIs, {s} for snapshots"),
+    };
+    let say = |kind: Kind, tags: &BTreeMap<String, String>| {
+        Some(match rbin::retention(rules, kind, tags) {
+            Some(days) => {
+                let until = now + i64::from(days) * 86_400;
+                Recovery {
+                    until: Some(until),
+                    note: format!(
+                        "recoverable from the Recycle Bin until {} ({days}-day rule)",
+                        ymd(until)
+                    ),
+                }
+            }
+            None => Recovery {
+                until: None,
+                note: "not recoverable: no Recycle Bin rule covers it".into(),
+            },
+        })
+    };
+    let empty = BTreeMap::new();
+    let image_tags: HashMap<&str, &BTreeMap<String, String>> = inv
+        .images
+        .iter()
+        .map(|i| (i.id.as_str(), &i.tags))
+        .collect();
+    let snap_tags: HashMap<&str, &BTreeMap<String, String>> = inv
+        .snapshots
+        .iter()
+        .map(|s| (s.id.as_str(), &s.tags))
+        .collect();
+    for i in plan.series.iter_mut().flat_map(|s| &mut s.images) {
+        if i.action == Action::Delete {
+            i.recovery = say(
+                Kind::Image,
+                image_tags
+                    .get(i.image_id.as_str())
+                    .copied()
+                    .unwrap_or(&empty),
+            );
+        }
+        for sn in i
+            .snapshots
+            .iter_mut()
+            .filter(|s| s.action == Action::Delete)
+        {
+            sn.recovery = say(
+                Kind::Snapshot,
+                snap_tags
+                    .get(sn.snapshot_id.as_str())
+                    .copied()
+                    .unwrap_or(&empty),
+            );
+        }
+    }
+    for sn in plan
+        .orphans
+        .iter_mut()
+        .filter(|s| s.action == Action::Delete)
+    {
+        sn.recovery = say(
+            Kind::Snapshot,
+            snap_tags
+                .get(sn.snapshot_id.as_str())
+                .copied()
+                .unwrap_or(&empty),
+        );
     }
 }
 
-/// The plan line of one image given the policy's verdict: kept, guarded or deleted.
-fn judge(m: &Member, verdict: Verdict, inv: &Inventory, opts: &PlanOptions) -> ImageItem {
+/// The plan line of one image given the policy's verdict: kept, guarded, disabled
+/// (staged retirement), unprotected (a cooldown to wait out) or deleted.
+fn judge(
+    m: &Member,
+    verdict: Verdict,
+    rule: &Rule,
+    inv: &Inventory,
+    opts: &PlanOptions,
+) -> ImageItem {
     let img = m.img;
     let mut item = ImageItem {
         image_id: img.id.clone(),
@@ -172,6 +312,8 @@ fn judge(m: &Member, verdict: Verdict, inv: &Inventory, opts: &PlanOptions) -> I
         reason: verdict.to_string(),
         guards: Vec::new(),
         snapshots: Vec::new(),
+        unprotect: false,
+        recovery: None,
     };
     if !verdict.deletes() {
         return item;
@@ -180,9 +322,65 @@ fn judge(m: &Member, verdict: Verdict, inv: &Inventory, opts: &PlanOptions) -> I
         item.reason = format!("{verdict}, but its state is {}", img.state);
         return item;
     }
-    let g = guards(&img.id, img.public, &inv.users, opts.include_public);
+    let secs = |d: Duration| i64::try_from(d.as_secs()).unwrap_or(i64::MAX);
+    // Staged retirement: disable first, delete a chosen time after.
+    let stage = if !rule.staged() {
+        Action::Delete
+    } else if img.state != "disabled" {
+        let wait = rule.disable_after.unwrap_or_default();
+        if opts.now.saturating_sub(m.aged.built) < secs(wait) {
+            item.reason = format!("{verdict}; disabled once older than {}", human(wait));
+            return item;
+        }
+        Action::Disable
+    } else {
+        let Some(after) = rule.delete_after else {
+            item.reason =
+                format!("{verdict}; disabled, and the policy deletes nothing (no delete_after)");
+            return item;
+        };
+        let (since, known) = match img.disabled_at() {
+            Some(t) => (t, true),
+            None => (m.aged.built, false),
+        };
+        let due = since.saturating_add(secs(after));
+        let when = if known {
+            format!("disabled on {}", ymd(since))
+        } else {
+            "disabled by other means (no ec2ami:disabled-at tag: counted from its build date)"
+                .into()
+        };
+        if opts.now < due {
+            item.reason = format!("{verdict}; {when}, deleted from {}", ymd(due));
+            return item;
+        }
+        item.reason = format!("{verdict}; {when}, {} ago or more", human(after));
+        Action::Delete
+    };
+    let mut g = guards(&img.id, img.public, &inv.users, opts.include_public);
+    g.extend(lifecycle_guards(img, opts.unused_for, opts.now));
+    if stage == Action::Delete {
+        match Protection::parse(img.protection.as_deref(), opts.now) {
+            Protection::Off => {}
+            Protection::On { cooldown: false } if opts.unprotect => item.unprotect = true,
+            Protection::On { cooldown: true } if opts.unprotect && g.is_empty() => {
+                item.action = Action::Unprotect;
+                item.reason = format!(
+                    "{}; its protection has a 24-hour cooldown: disabled now, deletable from {} \
+                     by a later run",
+                    item.reason,
+                    crate::prune::series::ymd_hm(opts.now + 86_400)
+                );
+                return item;
+            }
+            Protection::On { cooldown } => g.push(Guard::Protected { cooldown }),
+            Protection::Cooling { until } => g.push(Guard::CoolingDown {
+                until: crate::prune::series::ymd_hm(until),
+            }),
+        }
+    }
     if g.is_empty() {
-        item.action = Action::Delete;
+        item.action = stage;
     } else {
         item.action = Action::Guarded;
         item.guards = g;
@@ -229,6 +427,7 @@ fn orphans(
             gib: s.gib(),
             action,
             reason,
+            recovery: None,
         });
     }
     out
@@ -449,6 +648,159 @@ mod tests {
         let mut no = opts(1);
         no.orphans = false;
         assert!(plan_region(&inv, &no).orphans.is_empty());
+    }
+
+    fn rfc3339(secs: i64) -> String {
+        aws_smithy_types::DateTime::from_secs(secs)
+            .fmt(aws_smithy_types::date_time::Format::DateTime)
+            .unwrap()
+    }
+
+    #[test]
+    fn staged_retirement_disables_first_and_deletes_a_chosen_time_after() {
+        let mut imgs = weekly("A", 4);
+        // A2 was disabled 20 days ago, A3 5 days ago.
+        imgs[2].state = "disabled".into();
+        imgs[2]
+            .tags
+            .insert(tags::DISABLED_AT.into(), rfc3339(NOW - 20 * DAY));
+        imgs[3].state = "disabled".into();
+        imgs[3]
+            .tags
+            .insert(tags::DISABLED_AT.into(), rfc3339(NOW - 5 * DAY));
+        let mut o = opts(1);
+        o.policy.defaults.disable_after = Some(Duration::ZERO);
+        o.policy.defaults.delete_after = Some(Duration::from_secs(14 * DAY as u64));
+        let p = plan_region(&inventory(imgs), &o);
+        use Action::*;
+        assert_eq!(
+            actions(&p),
+            vec![
+                ("ami-A0".into(), Keep),
+                ("ami-A1".into(), Disable),
+                ("ami-A2".into(), Delete),
+                ("ami-A3".into(), Keep),
+            ]
+        );
+        let a3 = &p.series[0].images[3];
+        assert!(a3.reason.contains("deleted from"), "{}", a3.reason);
+        assert!(
+            p.series[0].images[1].snapshots.is_empty(),
+            "a disabled image frees nothing"
+        );
+        assert_eq!((p.images_to_disable, p.images_to_delete), (1, 1));
+        // disable_after counts from the build date.
+        o.policy.defaults.disable_after = Some(Duration::from_secs(30 * DAY as u64));
+        let p = plan_region(&inventory(weekly("A", 3)), &o);
+        assert_eq!(actions(&p)[1], ("ami-A1".into(), Keep));
+        assert!(
+            p.series[0].images[1]
+                .reason
+                .contains("disabled once older than 30d")
+        );
+    }
+
+    #[test]
+    fn protection_guards_unless_unprotect_and_a_cooldown_waits_for_a_later_run() {
+        let mut imgs = weekly("A", 4);
+        imgs[1].protection = Some("enabled".into());
+        imgs[2].protection = Some("enabled-with-cooldown".into());
+        let until = aws_smithy_types::DateTime::from_secs(NOW + 3600)
+            .fmt(aws_smithy_types::date_time::Format::DateTime)
+            .unwrap();
+        imgs[3].protection = Some(format!("disabled-until {until}"));
+        let inv = inventory(imgs);
+        use Action::*;
+        let p = plan_region(&inv, &opts(0));
+        assert!(
+            actions(&p).iter().skip(1).all(|(_, a)| *a == Guarded),
+            "{:?}",
+            actions(&p)
+        );
+        assert!(
+            p.series[0].images[1].guards[0]
+                .to_string()
+                .contains("--unprotect")
+        );
+        let mut o = opts(0);
+        o.unprotect = true;
+        let p = plan_region(&inv, &o);
+        let imgs = &p.series[0].images;
+        assert_eq!((imgs[1].action, imgs[1].unprotect), (Delete, true));
+        assert_eq!(imgs[2].action, Unprotect);
+        assert!(
+            imgs[2].reason.contains("deletable from"),
+            "{}",
+            imgs[2].reason
+        );
+        assert_eq!(imgs[3].action, Guarded);
+        assert!(
+            imgs[3].guards[0]
+                .to_string()
+                .contains("cooldown runs until")
+        );
+    }
+
+    #[test]
+    fn recently_launched_images_are_kept_with_unused_for() {
+        let mut imgs = weekly("A", 3);
+        imgs[2].last_launched = Some(NOW - 3 * DAY);
+        let inv = inventory(imgs);
+        let mut o = opts(0);
+        o.unused_for = Some(Duration::from_secs(30 * DAY as u64));
+        let p = plan_region(&inv, &o);
+        let a2 = &p.series[0].images[2];
+        assert_eq!(a2.action, Action::Guarded);
+        assert!(
+            a2.guards[0].to_string().contains("within --unused-for 30d"),
+            "{:?}",
+            a2.guards
+        );
+        o.unused_for = Some(Duration::from_secs(2 * DAY as u64));
+        assert_eq!(
+            plan_region(&inv, &o).series[0].images[2].action,
+            Action::Delete
+        );
+    }
+
+    #[test]
+    fn the_plan_says_what_the_recycle_bin_keeps() {
+        use crate::aws::rbin::{Kind, RetentionRule};
+        let mut inv = inventory(weekly("A", 2));
+        inv.rules = Ok(vec![RetentionRule {
+            id: "r1".into(),
+            kind: Kind::Image,
+            days: 7,
+            tags: vec![],
+            exclude: vec![],
+            status: "available".into(),
+        }]);
+        let p = plan_region(&inv, &opts(1));
+        let a1 = &p.series[0].images[1];
+        assert_eq!(a1.recovery.as_ref().unwrap().until, Some(NOW + 7 * DAY));
+        let snap = &a1.snapshots[0];
+        assert!(
+            snap.recovery
+                .as_ref()
+                .unwrap()
+                .note
+                .starts_with("not recoverable")
+        );
+        assert!(
+            p.recycle_bin.contains("1 retention rule(s) for AMIs"),
+            "{}",
+            p.recycle_bin
+        );
+        inv.rules = Err("AccessDeniedException".into());
+        let p = plan_region(&inv, &opts(1));
+        assert!(
+            p.series[0].images[1]
+                .recovery
+                .as_ref()
+                .unwrap()
+                .note
+                .contains("unknown")
+        );
     }
 
     #[test]

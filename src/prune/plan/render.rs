@@ -1,7 +1,7 @@
 //! Rendering: the plan as text, per region and series, one line per image and snapshot.
 //! The JSON form is the same types serialised (`--output json`).
 
-use super::{Action, Plan};
+use super::{Action, Plan, Recovery};
 
 impl Action {
     /// The word in the text plan.
@@ -10,6 +10,8 @@ impl Action {
             Action::Keep => "keep",
             Action::Guarded => "guarded",
             Action::Delete => "delete",
+            Action::Disable => "disable",
+            Action::Unprotect => "unprotect",
         }
     }
 }
@@ -29,18 +31,22 @@ impl Plan {
                 out.push_str(&format!("  NOT LOOKED AT: {e}\n"));
                 continue;
             }
+            out.push_str(&format!("  recycle bin: {}\n", r.recycle_bin));
             if r.series.is_empty() && r.orphans.is_empty() {
                 out.push_str("  nothing selected\n");
             }
             for s in &r.series {
                 out.push_str(&format!("  {}  [{}]\n", s.series, s.rule));
                 for i in &s.images {
-                    let why = if i.guards.is_empty() {
+                    let mut why = if i.guards.is_empty() {
                         i.reason.clone()
                     } else {
                         let g: Vec<String> = i.guards.iter().map(|g| g.to_string()).collect();
                         format!("{}; kept: {}", i.reason, g.join("; "))
                     };
+                    if let Some(r) = &i.recovery {
+                        why.push_str(&format!("; {}", r.note));
+                    }
                     out.push_str(&format!(
                         "    {:<8} {:<21} {}  {why}\n",
                         i.action.label(),
@@ -49,11 +55,12 @@ impl Plan {
                     ));
                     for sn in &i.snapshots {
                         out.push_str(&format!(
-                            "      {:<8} {:<22} {:>8} GiB  {}\n",
+                            "      {:<8} {:<22} {:>8} GiB  {}{}\n",
                             sn.action.label(),
                             sn.snapshot_id,
                             fmt_gib(sn.gib),
-                            sn.reason
+                            sn.reason,
+                            recovery_suffix(&sn.recovery)
                         ));
                     }
                 }
@@ -62,13 +69,20 @@ impl Plan {
                 out.push_str("  orphaned snapshots\n");
                 for sn in &r.orphans {
                     out.push_str(&format!(
-                        "    {:<8} {:<22} {:>8} GiB  {}\n",
+                        "    {:<8} {:<22} {:>8} GiB  {}{}\n",
                         sn.action.label(),
                         sn.snapshot_id,
                         fmt_gib(sn.gib),
-                        sn.reason
+                        sn.reason,
+                        recovery_suffix(&sn.recovery)
                     ));
                 }
+            }
+            if r.images_to_disable + r.images_to_unprotect > 0 {
+                out.push_str(&format!(
+                    "  {}: disable {} image(s); disable the protection of {} image(s) (deleted by a later run)\n",
+                    r.region, r.images_to_disable, r.images_to_unprotect
+                ));
             }
             out.push_str(&format!(
                 "  {}: delete {} image(s) and {} snapshot(s), {} GiB, about ${:.2}/month\n",
@@ -90,12 +104,27 @@ impl Plan {
             self.price_per_gb_month,
             self.estimate
         ));
+        if self.images_to_disable + self.images_to_unprotect > 0 {
+            out.push_str(&format!(
+                "\nand disable {} image(s), disable the deregistration protection of {} image(s)",
+                self.images_to_disable, self.images_to_unprotect
+            ));
+        }
+        if let Some(note) = self.launches {
+            out.push_str(&format!("\n{note}"));
+        }
         let failed = self.failed_regions().len();
         if failed > 0 {
             out.push_str(&format!("\n{failed} region(s) could not be looked at"));
         }
         out
     }
+}
+
+fn recovery_suffix(r: &Option<Recovery>) -> String {
+    r.as_ref()
+        .map(|r| format!("; {}", r.note))
+        .unwrap_or_default()
 }
 
 /// GiB as the plan writes them: whole numbers bare, otherwise two decimals.

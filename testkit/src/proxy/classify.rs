@@ -50,6 +50,9 @@ pub(super) fn classify(parts: &hyper::http::request::Parts, body: &Bytes) -> (St
     if let Some(op) = ebs {
         return (op.to_string(), false);
     }
+    if let Some(op) = crate::rest_ops::rbin_operation(m, &segs) {
+        return (op.to_string(), false);
+    }
     let mut params = http_util::parse_form(parts.uri.query().unwrap_or(""));
     let is_form = parts
         .headers
