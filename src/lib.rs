@@ -19,6 +19,7 @@ pub mod boot;
 pub mod history;
 pub mod image;
 pub mod imds;
+pub mod import;
 pub mod params;
 pub mod progress;
 pub mod prune;

@@ -16,6 +16,8 @@ pub(crate) mod poll;
 pub(crate) mod quotas;
 pub(crate) mod rbin;
 pub(crate) mod retry;
+pub(crate) mod s3;
+pub(crate) mod sns;
 pub(crate) mod ssm;
 pub(crate) mod tags;
 

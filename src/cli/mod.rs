@@ -3,10 +3,12 @@
 
 mod bench;
 mod boot;
+mod compat;
 mod completions;
 mod history;
 mod images;
 mod imds;
+mod import;
 mod lifecycle;
 mod prune;
 mod publish;
@@ -83,7 +85,8 @@ enum OutputFormat {
 
 #[derive(Debug, Subcommand)]
 enum Command {
-    /// Upload a disk image to a new EBS snapshot (EBS direct APIs); prints the snapshot id.
+    /// Upload a disk image to a new EBS snapshot (EBS direct APIs, or through S3 with
+    /// --via s3); prints the snapshot id.
     Upload(UploadArgs),
     /// Download a snapshot to a sparse raw file, verifying every block.
     Download(DownloadArgs),
@@ -106,6 +109,9 @@ enum Command {
     Prune(prune::PruneArgs),
     /// Set EC2 deprecation times: one AMI and its copies, or the older images of series.
     Deprecate(prune::DeprecateArgs),
+    /// Import manifests (the S3 path): write one, verify one's parts by their URLs.
+    #[command(subcommand)]
+    Manifest(import::ManifestCommand),
     /// Disable AMIs and their copies (unlaunchable, private; sharing recorded for
     /// `enable`); prints the plan, disables only with --yes.
     Disable(lifecycle::DisableArgs),
@@ -117,7 +123,7 @@ enum Command {
     Restore(lifecycle::RestoreArgs),
     /// Other tools' command lines, done by ec2ami.
     #[command(subcommand)]
-    Compat(publish::CompatCommand),
+    Compat(compat::CompatCommand),
     /// Boot an AMI and time it as ec2-boot-bench does (launch, running, port closed,
     /// port open); always terminates what it launched; records the boot-time history.
     Bench(bench::BenchArgs),
@@ -183,6 +189,8 @@ struct UploadArgs {
     /// Idempotency token for StartSnapshot (default: a new random one).
     #[arg(long, value_name = "TOKEN")]
     client_token: Option<String>,
+    #[command(flatten)]
+    s3: import::ViaArgs,
 }
 
 #[derive(Debug, Args)]
@@ -287,10 +295,13 @@ pub(crate) fn emit(text: &str) {
     }
 }
 
-fn init_logging(quiet: bool, verbose: u8) {
+/// Logging to stderr; `compat` commands print their tool's own progress lines, so
+/// ec2ami's info lines are left out unless -v.
+fn init_logging(quiet: bool, verbose: u8, compat: bool) {
     use tracing_subscriber::EnvFilter;
     let default = match (quiet, verbose) {
         (true, _) => "error",
+        (false, 0) if compat => "warn",
         (false, 0) => "warn,ec2ami=info",
         (false, 1) => "info,ec2ami=debug",
         _ => "debug",
@@ -323,16 +334,26 @@ pub async fn shutdown_signal() {
 }
 
 /// Exit status for an interrupted command (128 + SIGINT).
-const EXIT_INTERRUPTED: u8 = 130;
+pub(crate) const EXIT_INTERRUPTED: u8 = 130;
 
 /// Run the command line; returns the process exit code.
 pub fn main() -> ExitCode {
-    let cli = Cli::parse();
+    let argv: Vec<std::ffi::OsString> = std::env::args_os().collect();
+    // bsdec2-image-upload's command line has a grammar of its own (its -v is not ours).
+    if let Some((cli, raw)) = compat::split(&argv) {
+        init_logging(cli.global.quiet, cli.global.verbose, true);
+        return compat::main(&cli.global, &raw);
+    }
+    let cli = Cli::parse_from(argv);
     // The relay's stdout and stderr may be the guest's connection: no logging there.
     if let Command::Imds(c @ imds::ImdsCommand::Relay { .. }) = &cli.command {
         return imds::main(c);
     }
-    init_logging(cli.global.quiet, cli.global.verbose);
+    if let Command::Compat(compat::CompatCommand::Bsdec2 { args }) = &cli.command {
+        init_logging(cli.global.quiet, cli.global.verbose, true);
+        return compat::main(&cli.global, args);
+    }
+    init_logging(cli.global.quiet, cli.global.verbose, false);
     // Its own exit statuses.
     if let Command::Imds(c) = &cli.command {
         return imds::main(c);
@@ -395,10 +416,11 @@ async fn run(cli: Cli) -> Result<(), Failure> {
         Command::Validate(a) => publish::validate(g, a).await,
         Command::Prune(a) => prune::prune(g, a).await,
         Command::Deprecate(a) => prune::deprecate(g, a).await,
+        Command::Manifest(c) => import::manifest(g, c).await,
         Command::Disable(a) => lifecycle::disable(g, a).await,
         Command::Enable(a) => lifecycle::enable(g, a).await,
         Command::Restore(a) => lifecycle::restore(g, a).await,
-        Command::Compat(c) => publish::compat(g, c).await,
+        Command::Compat(_) => unreachable!("compat command lines are run by compat::main"),
         Command::Bench(a) => bench::run(g, a).await,
         Command::History(c) => history::run(g, c).await,
         Command::Report(a) => history::report_cmd(g, a).await,
@@ -411,6 +433,9 @@ async fn run(cli: Cli) -> Result<(), Failure> {
 }
 
 async fn upload(g: &GlobalArgs, a: &UploadArgs) -> Result<(), Failure> {
+    if a.s3.via == import::Via::S3 {
+        return import::upload(g, a).await;
+    }
     // Every check of the image happens before any AWS call.
     let image = DiskImage::open_with(
         &a.image,

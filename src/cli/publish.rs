@@ -1,4 +1,4 @@
-//! `ec2ami publish`, `validate`, `params put|promote` and `compat bsdec2-image-upload`.
+//! `ec2ami publish`, `validate` and `params put|promote`.
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -7,11 +7,9 @@ use std::time::Duration;
 use clap::{Args, Subcommand};
 
 use super::{Failure, GlobalArgs, OutputFormat, connect, parse_duration, parse_tag};
-use ec2ami::ami::Imds;
-use ec2ami::aws::{self, Clients};
+use ec2ami::aws::Clients;
 use ec2ami::image::ImageOptions;
 use ec2ami::params::{self, PutOptions};
-use ec2ami::publish::compat::{self, Bsdec2Args};
 use ec2ami::publish::{self, PublishError, PublishOptions, Release, ReleaseFile, plan, validate};
 use ec2ami::snapshot;
 use ec2ami::state::StateDb;
@@ -32,7 +30,7 @@ pub struct PublishArgs {
     run: RunArgs,
 }
 
-/// Options of a publish run (shared with the compat command).
+/// Options of a publish run.
 #[derive(Debug, Args)]
 struct RunArgs {
     /// Concurrent block uploads per image.
@@ -113,78 +111,8 @@ struct WriteArgs {
     wait_timeout: Duration,
 }
 
-#[derive(Debug, Subcommand)]
-pub enum CompatCommand {
-    /// bsdec2-image-upload's command line, done by ec2ami's pipeline (same output lines).
-    ///
-    /// Uploads IMAGE with the EBS direct APIs (no S3: BUCKET is accepted and ignored),
-    /// registers NAME in REGION, copies it (--allregions), shares it (--publicamis),
-    /// writes the --ssm-name parameter, and prints `Created AMI in REGION region: ID`
-    /// per region. The key file's ACCESS_KEY_ID / ACCESS_KEY_SECRET are the credentials.
-    /// A rerun of an interrupted command finishes it.
-    #[command(name = "bsdec2-image-upload")]
-    Bsdec2(Bsdec2Cli),
-}
-
-#[derive(Debug, Args)]
-pub struct Bsdec2Cli {
-    /// --publicamis --allregions.
-    #[arg(long)]
-    public: bool,
-    /// Make the AMIs public.
-    #[arg(long)]
-    publicamis: bool,
-    /// Copy to every enabled region.
-    #[arg(long)]
-    allregions: bool,
-    /// Make the snapshots public.
-    #[arg(long)]
-    publicsnap: bool,
-    /// An SSM parameter (same name in every region) naming the AMI; overwritten.
-    #[arg(long, value_name = "NAME")]
-    ssm_name: Option<String>,
-    /// sriovNetSupport=simple.
-    #[arg(long)]
-    sriov: bool,
-    /// ENA support.
-    #[arg(long)]
-    ena: bool,
-    /// An arm64 image (boots UEFI).
-    #[arg(long)]
-    arm64: bool,
-    /// Boot mode uefi.
-    #[arg(long)]
-    uefi: bool,
-    /// Boot mode uefi-preferred.
-    #[arg(long)]
-    uefi_preferred: bool,
-    /// The image is a VHD (checked: ec2ami detects the format itself).
-    #[arg(long)]
-    vhd: bool,
-    /// IMDS support of the AMI (ec2ami's option): v2.0 (default) or optional.
-    #[arg(long, default_value = "v2.0")]
-    imds: Imds,
-    /// The disk image.
-    image: PathBuf,
-    /// AMI name.
-    name: String,
-    /// AMI description.
-    description: String,
-    /// Region to upload and register in.
-    region: String,
-    /// S3 bucket: not needed by the EBS direct APIs; ignored.
-    bucket: String,
-    /// File with ACCESS_KEY_ID=... and ACCESS_KEY_SECRET=... lines.
-    keyfile: PathBuf,
-    /// TOPICARN RELEASEVERSION IMAGEVERSION: accepted; ec2ami sends no SNS announcement.
-    #[arg(num_args = 0..=3, value_name = "TOPICARN RELEASEVERSION IMAGEVERSION")]
-    announce: Vec<String>,
-    #[command(flatten)]
-    run: RunArgs,
-}
-
 /// A publish failure, with the interrupted exit status for Ctrl-C.
-fn publish_failure(e: PublishError) -> Failure {
+pub(super) fn publish_failure(e: PublishError) -> Failure {
     Failure {
         interrupted: matches!(e, PublishError::Interrupted),
         message: e.to_string(),
@@ -256,6 +184,7 @@ fn publish_options(g: &GlobalArgs, a: &RunArgs) -> PublishOptions {
             .unwrap_or_else(snapshot::default_index_dir),
         preflight: None,
         image: Default::default(),
+        events: None,
     }
 }
 
@@ -299,7 +228,7 @@ pub async fn publish(g: &GlobalArgs, a: &PublishArgs) -> Result<(), Failure> {
     run_release(g, &clients, &release, &session, &opts).await
 }
 
-async fn run_release(
+pub(super) async fn run_release(
     g: &GlobalArgs,
     clients: &Clients,
     release: &Release,
@@ -399,59 +328,4 @@ pub async fn params(g: &GlobalArgs, c: &ParamsCommand) -> Result<(), Failure> {
         params::check(&outcomes)?;
     }
     Ok(())
-}
-
-pub async fn compat(g: &GlobalArgs, c: &CompatCommand) -> Result<(), Failure> {
-    let CompatCommand::Bsdec2(a) = c;
-    let args = Bsdec2Args {
-        public: a.public,
-        public_amis: a.publicamis,
-        all_regions: a.allregions,
-        public_snap: a.publicsnap,
-        ssm_name: a.ssm_name.clone(),
-        sriov: a.sriov,
-        ena: a.ena,
-        arm64: a.arm64,
-        uefi: a.uefi,
-        uefi_preferred: a.uefi_preferred,
-        vhd: a.vhd,
-        imds: a.imds,
-        image: a.image.clone(),
-        name: a.name.clone(),
-        description: a.description.clone(),
-        region: a.region.clone(),
-        bucket: a.bucket.clone(),
-        keyfile: a.keyfile.clone(),
-        announce: a.announce.clone(),
-    };
-    let invalid = |m: String| Failure {
-        message: m,
-        interrupted: false,
-    };
-    let keys = compat::read_key_file(&args.keyfile).map_err(invalid)?;
-    let mut release = args.release(&today()).map_err(invalid)?;
-    release.preflight = Some(preflight_on(&release, &a.run)?);
-    if !args.announce.is_empty() {
-        tracing::warn!(
-            "ec2ami sends no SNS announcement: {} ignored",
-            args.announce.join(" ")
-        );
-    }
-    tracing::debug!("bucket {} is not used (EBS direct APIs)", args.bucket);
-    let mut opts = g.aws();
-    opts.region = Some(args.region.clone());
-    opts.credentials = Some(aws_sdk_ec2::config::Credentials::new(
-        keys.access_key_id,
-        keys.secret,
-        None,
-        None,
-        "bsdec2-image-upload key file",
-    ));
-    let clients = aws::connect(&opts).await?;
-    let db = Arc::new(g.state_db()?);
-    let label = args.image.display().to_string();
-    let session = publish::start(&db, &release.key, &label).map_err(publish_failure)?;
-    let mut opts = publish_options(g, &a.run);
-    opts.preflight = preflight_options(g, &a.run, &release, &db)?;
-    run_release(g, &clients, &release, &session, &opts).await
 }

@@ -10,6 +10,7 @@
 //!
 //! [journal]: crate::state::journal
 
+pub mod announce;
 pub mod compat;
 pub mod plan;
 pub(crate) mod release;
@@ -51,6 +52,68 @@ pub struct PublishOptions {
     pub preflight: Option<crate::boot::preflight::PreflightOptions>,
     /// What images may do (backing files...).
     pub image: crate::image::ImageOptions,
+    /// Told of each step as it finishes (progress lines such as compat's).
+    pub events: Option<EventSink>,
+}
+
+/// A step of a publish, told as it finishes.
+#[derive(Debug, Clone)]
+pub enum Event {
+    /// An image's snapshot exists in the source region.
+    Snapshot {
+        /// The disk image.
+        path: PathBuf,
+        /// The snapshot.
+        snapshot_id: String,
+        /// The source region.
+        region: String,
+        /// Blocks sent (0 when an earlier run's snapshot is reused).
+        blocks: u64,
+        /// True when an earlier run's snapshot is used.
+        reused: bool,
+    },
+    /// The AMI is available in the source region.
+    Registered {
+        /// The AMI id.
+        image_id: String,
+    },
+    /// Copies into these regions are starting.
+    Copying {
+        /// The destination regions.
+        regions: Vec<String>,
+    },
+    /// The copy into a region is available.
+    Copied {
+        /// Region.
+        region: String,
+        /// The copy's id.
+        image_id: String,
+    },
+    /// Launch permissions are in place in every region.
+    Shared,
+    /// The snapshots behind the AMIs are public in every region.
+    SnapshotsPublic,
+    /// Every image's parameters are written.
+    Parameters,
+}
+
+/// Where [`Event`]s go.
+#[derive(Clone)]
+pub struct EventSink(pub Arc<dyn Fn(&Event) + Send + Sync>);
+
+impl std::fmt::Debug for EventSink {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("EventSink")
+    }
+}
+
+impl PublishOptions {
+    /// Tell the event sink, if any, of `event`.
+    pub(crate) fn tell(&self, event: Event) {
+        if let Some(sink) = &self.events {
+            (sink.0)(&event);
+        }
+    }
 }
 
 /// Why a publish stopped.
@@ -145,6 +208,8 @@ pub struct PublishReport {
     pub images: Vec<ImageReport>,
     /// Wall time.
     pub seconds: f64,
+    /// The release announcement, when the release has one and every image was published.
+    pub announcement: Option<announce::AnnounceReport>,
 }
 
 impl PublishReport {
@@ -280,6 +345,7 @@ mod tests {
                 image("b", vec![ami("us-east-1", "ami-3")]),
             ],
             seconds: 1.0,
+            announcement: None,
         };
         assert_eq!(
             report.created_lines(),

@@ -3,6 +3,7 @@
 
 use serde::Serialize;
 
+use super::announce::AnnounceDecision;
 use super::survey::{
     CopyDecision, PreflightDecision, Problem, Scope, SnapshotDecision, Survey, copy_decision,
     deprecation_set, missing_permissions, protection_missing,
@@ -37,7 +38,7 @@ pub enum Verb {
 pub struct Action {
     /// The AMI name it belongs to.
     pub image: String,
-    /// snapshot, ami, copy, share, deprecate, param.
+    /// snapshot, ami, copy, share, deprecate, param, announce.
     pub step: &'static str,
     /// Region.
     pub region: String,
@@ -137,6 +138,39 @@ pub async fn plan(
     for img in &release.images {
         actions.extend(image_plan(release, img, &survey, journal)?);
     }
+    if let (Some(a), Some(decision)) = (&release.announce, &survey.announce) {
+        let refused = actions.iter().any(|x| x.verb == Verb::Refuse);
+        let (verb, detail) = match decision {
+            // A refused action fails the run: nothing is announced then.
+            AnnounceDecision::Send if refused => (
+                Verb::Refuse,
+                format!(
+                    "`{}` to {}: not sent while an action above is refused",
+                    a.subject(),
+                    a.topic
+                ),
+            ),
+            AnnounceDecision::Send => (
+                Verb::Create,
+                format!(
+                    "`{}` to {} once every image is published",
+                    a.subject(),
+                    a.topic
+                ),
+            ),
+            AnnounceDecision::Sent(id) => (
+                Verb::Unchanged,
+                format!("`{}` to {} (sent: message {id})", a.subject(), a.topic),
+            ),
+        };
+        actions.push(Action {
+            image: RELEASE_WIDE.to_string(),
+            step: "announce",
+            region: a.region().to_string(),
+            verb,
+            detail,
+        });
+    }
     Ok(Plan {
         date: release.date.clone(),
         source_region: survey.source.clone(),
@@ -146,6 +180,9 @@ pub async fn plan(
         checks: survey.readiness_lines(),
     })
 }
+
+/// The `image` of actions that belong to the whole release (the announcement).
+pub const RELEASE_WIDE: &str = "(the whole release)";
 
 /// The actions for one image, decided from the survey as the run decides them.
 fn image_plan(

@@ -121,6 +121,17 @@ struct RawRelease {
     defaults: toml::Table,
     #[serde(default, rename = "image")]
     images: Vec<toml::Table>,
+    #[serde(default)]
+    announce: Option<RawAnnounce>,
+}
+
+/// `announce = { topic = "arn:aws:sns:...", release = "...", image = "..." }`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawAnnounce {
+    topic: String,
+    release: String,
+    image: String,
 }
 
 /// A parsed release file, before its templates are rendered.
@@ -191,6 +202,8 @@ pub struct Release {
     pub images: Vec<ReleaseImage>,
     /// The build date used (YYYYMMDD).
     pub date: String,
+    /// The SNS announcement of the whole release, sent once it is published.
+    pub announce: Option<super::announce::Announce>,
     /// Copies are time-based (`copy_completion`).
     pub copy_completion: Option<Completion>,
 }
@@ -289,6 +302,13 @@ impl ReleaseFile {
         if r.images.is_empty() {
             return Err(rel_err("no [[image]] entries".into()));
         }
+        let announce = match &r.announce {
+            Some(a) => Some(
+                super::announce::Announce::new(&a.topic, &a.release, &a.image)
+                    .map_err(|e| rel_err(format!("announce: {e}")))?,
+            ),
+            None => None,
+        };
         let copy_completion = r
             .copy_completion
             .as_deref()
@@ -336,6 +356,7 @@ impl ReleaseFile {
             preflight: r.preflight,
             images,
             date,
+            announce,
             copy_completion,
         };
         check_unique(&release).map_err(rel_err)?;
@@ -799,6 +820,18 @@ fs = "zfs"
                 "tag `ec2ami:image-size` is reserved",
             ),
             ("regions = []\n[[image]]\npath='x'", "`regions` is empty"),
+            (
+                &format!(
+                    "announce = {{ topic = \"arn:aws:sqs:us-east-1:123456789012:q\", release = \"15.0\", image = \"x\" }}\n{EXAMPLE}"
+                ),
+                "announce: `arn:aws:sqs:us-east-1:123456789012:q` is not an SNS topic ARN",
+            ),
+            (
+                &format!(
+                    "announce = {{ topic = \"arn:aws:sns:us-east-1:123456789012:t\", release = \"15.0\" }}\n{EXAMPLE}"
+                ),
+                "missing field `image`",
+            ),
             ("regions = 'all'", "no [[image]]"),
             ("regions = ", "TOML"),
         ];

@@ -104,6 +104,32 @@ pub async fn publish(
     let mut refs: Vec<(&ReleaseImage, &mut ImageReport)> =
         published.iter_mut().map(|(i, r)| (*i, r)).collect();
     errors.extend(run.parameters(&mut refs).await?);
+    // The announcement, once every image is in every region; its failure is a warning.
+    let announcement = match (&release.announce, &survey.announce) {
+        (Some(a), Some(decision)) if errors.is_empty() => {
+            let amis: Vec<super::announce::Entry> = published
+                .iter()
+                .flat_map(|(img, r)| {
+                    r.amis.iter().map(|a| super::announce::Entry {
+                        region: a.region.clone(),
+                        name: img.name().to_string(),
+                        architecture: img.spec.arch.to_string(),
+                        image_id: a.image_id.clone(),
+                    })
+                })
+                .collect();
+            let mut by_region = amis.clone();
+            // Region by region in the release's order, images in file order.
+            by_region.sort_by_key(|e| regions.iter().position(|r| *r == e.region));
+            let report =
+                super::announce::send(home, a, decision, &by_region, journal, &opts.retry).await?;
+            if let Some(w) = &report.warning {
+                tracing::warn!("{w}");
+            }
+            Some(report)
+        }
+        _ => None,
+    };
     let images = published.into_iter().map(|(_, r)| r).collect();
     if errors.is_empty() {
         journal.finish()?;
@@ -115,6 +141,7 @@ pub async fn publish(
         regions,
         images,
         seconds: crate::snapshot::secs(t0.elapsed()),
+        announcement,
     };
     Ok((report, errors))
 }
@@ -145,6 +172,8 @@ struct Run<'a> {
 struct Snap {
     id: String,
     reused: bool,
+    /// Blocks this run sent.
+    blocks: u64,
 }
 
 type ImageResult = Result<ImageReport, PublishError>;
@@ -174,6 +203,15 @@ impl Run<'_> {
                     Ok(()) => self.snapshot(img).await,
                     Err(e) => Err(e),
                 };
+                if let Ok(snap) = &r {
+                    self.opts.tell(super::Event::Snapshot {
+                        path: img.path.clone(),
+                        snapshot_id: snap.id.clone(),
+                        region: self.source().to_string(),
+                        blocks: snap.blocks,
+                        reused: snap.reused,
+                    });
+                }
                 let _ = tx.send((i, r));
             }
         };
@@ -305,7 +343,13 @@ impl Run<'_> {
             journal.forget(&k_ami)?;
         }
         let delete = match survey.snapshot_decision(recorded.clone()) {
-            SnapshotDecision::FromAmi(id) => return Ok(Snap { id, reused: true }),
+            SnapshotDecision::FromAmi(id) => {
+                return Ok(Snap {
+                    id,
+                    reused: true,
+                    blocks: 0,
+                });
+            }
             SnapshotDecision::Reuse {
                 id,
                 found_by,
@@ -317,7 +361,11 @@ impl Run<'_> {
                 if found_by == "tag" {
                     journal.record(&k_snap, Status::Done, Some(&id), Some("found by tag"))?;
                 }
-                return Ok(Snap { id, reused: true });
+                return Ok(Snap {
+                    id,
+                    reused: true,
+                    blocks: 0,
+                });
             }
             SnapshotDecision::Upload { delete } => delete,
         };
@@ -361,10 +409,14 @@ impl Run<'_> {
                 PublishError::Upload(e.to_string())
             }
         })?;
-        let id = report.snapshot_id;
+        let (id, blocks) = (report.snapshot_id, report.blocks_written);
         ec2::create_tags(src, &id, &[(tags::UPLOADED, "true")], retry).await?;
         journal.record(&k_snap, Status::Done, Some(&id), None)?;
-        Ok(Snap { id, reused: false })
+        Ok(Snap {
+            id,
+            reused: false,
+            blocks,
+        })
     }
 
     async fn delete_leftover(&self, id: &str) -> Result<(), PublishError> {
@@ -385,9 +437,17 @@ impl Run<'_> {
         let registered = ami::register(src, &snap.id, &img.spec, self.opts.wait, retry).await?;
         journal.record(&k_ami, Status::Done, Some(&registered.image_id), None)?;
         let image_id = registered.image_id.clone();
+        self.opts.tell(super::Event::Registered {
+            image_id: image_id.clone(),
+        });
 
         // Copies.
         let targets: Vec<String> = self.regions[1..].to_vec();
+        if !targets.is_empty() {
+            self.opts.tell(super::Event::Copying {
+                regions: targets.clone(),
+            });
+        }
         let on_created: ami::OnCreated = {
             let (journal, name) = (journal.clone(), img.name().to_string());
             Arc::new(move |region: &str, id: &str| {
@@ -422,6 +482,10 @@ impl Run<'_> {
         for o in &outcomes {
             match (&o.image_id, &o.error) {
                 (Some(id), None) => {
+                    self.opts.tell(super::Event::Copied {
+                        region: o.region.clone(),
+                        image_id: id.clone(),
+                    });
                     journal.record(
                         &self.key(img, "copy", &o.region, ""),
                         Status::Done,
@@ -464,6 +528,7 @@ impl Run<'_> {
                 ami::share(src, &targets, &self.release.share, retry).await?;
             }
             permissions = wanted;
+            self.opts.tell(super::Event::Shared);
             for a in &amis {
                 journal.record(
                     &self.key(img, "share", &a.region, &permissions.join(",")),
@@ -483,6 +548,7 @@ impl Run<'_> {
             .into_iter()
             .collect::<Result<Vec<_>, _>>()?;
             permissions.push("public-snapshots".into());
+            self.opts.tell(super::Event::SnapshotsPublic);
         }
 
         // Deprecation: register set it on a new source AMI; every other AMI gets it
@@ -546,6 +612,7 @@ impl Run<'_> {
             ..PutOptions::default()
         };
         let outcomes = params::put(&self.src, &wanted, &popts).await;
+        self.opts.tell(super::Event::Parameters);
         let mut errors = Vec::new();
         for (o, i) in outcomes.into_iter().zip(owner) {
             let (img, report) = &mut published[i];

@@ -21,6 +21,7 @@ use aws_smithy_types::DateTime;
 use aws_smithy_types::date_time::Format;
 use futures_util::future::join_all;
 
+use super::announce::{self, AnnounceDecision};
 use serde::Serialize;
 
 use super::{PublishError, Release, ReleaseImage, resolve_regions};
@@ -49,6 +50,9 @@ pub struct Survey {
     pub best_effort: Vec<String>,
     /// Each image of the release, in file order.
     pub images: Vec<ImageSurvey>,
+    /// The release announcement, when the release has one: to send, or sent by an
+    /// earlier run (from the journal).
+    pub announce: Option<AnnounceDecision>,
     /// Regions the release names that the account has not enabled (left out of
     /// `regions`).
     pub not_enabled: Vec<String>,
@@ -354,12 +358,18 @@ impl Survey {
                 });
             }
         }
+        let announce = match (&release.announce, journal) {
+            (Some(a), Some(j)) => Some(announce::decision(j.get(&a.step())?.as_ref())),
+            (Some(_), None) => Some(AnnounceDecision::Send),
+            (None, _) => None,
+        };
         let readiness = join_all(regions.iter().map(|r| readiness(home, release, r, retry))).await;
         Ok(Survey {
             source,
             regions,
             best_effort,
             images,
+            announce,
             not_enabled,
             readiness,
         })

@@ -16,10 +16,11 @@ const NAME_AMD64: &str = "MyOS 15.0-CURRENT-x86_64-20261124 base UFS";
 const PARAM_ARM64: &str = "/myos/arm64/small/zfs/15.0/CURRENT";
 
 /// A release that exercises every step: upload, register, copies, public sharing and an
-/// account grant, public snapshots, deprecation, deregistration protection and
-/// parameters.
+/// account grant, public snapshots, deprecation, deregistration protection,
+/// parameters and the announcement.
 fn release(dir: &Path) -> PathBuf {
     let text = r#"
+announce = { topic = "arn:aws:sns:us-east-1:123456789012:release-announce", release = "15.0-CURRENT", image = "main@4f1e2d3" }
 regions = ["us-east-1", "us-west-2", "eu-west-1"]
 public = true
 public_snapshots = true
@@ -80,6 +81,7 @@ fn promised(plan: &serde_json::Value) -> Requests {
             ("deprecate", "update") => "EnableImageDeprecation",
             ("protect", "update") => "EnableImageDeregistrationProtection",
             ("param", "create" | "update") => "PutParameter",
+            ("announce", "create") => "Publish",
             (_, "reuse" | "unchanged" | "refuse") => continue,
             other => panic!("unexpected action {other:?}: {a}"),
         };
@@ -102,6 +104,7 @@ fn sent(world: &World) -> Requests {
         "EnableImageDeprecation",
         "EnableImageDeregistrationProtection",
         "PutParameter",
+        "Publish",
     ];
     let mut out = Requests::new();
     for r in world.proxy.requests() {
@@ -115,6 +118,14 @@ fn sent(world: &World) -> Requests {
 
 /// Plan, then run, and compare what the plan promised with what the run sent.
 async fn plan_then_run(world: &World, release: &Path, expect_ok: bool) -> Requests {
+    // The release's announcement topic (CreateTopic of an existing name is a no-op).
+    let c = world.clients().await;
+    aws_sdk_sns::Client::new(&c.config)
+        .create_topic()
+        .name("release-announce")
+        .send()
+        .await
+        .unwrap();
     world.proxy.clear_requests();
     let run = world
         .run(&[
@@ -173,6 +184,7 @@ async fn from_nothing() {
     assert_eq!(count(&p, "StartSnapshot"), 2);
     assert_eq!(count(&p, "CopyImage"), 4);
     assert_eq!(count(&p, "PutParameter"), 6);
+    assert_eq!(count(&p, "Publish"), 1);
     // And then everything is in place: the plan promises nothing, the run sends nothing.
     let p = plan_then_run(&world, &rel, true).await;
     assert!(p.is_empty(), "{p:?}");
@@ -278,6 +290,10 @@ async fn with_a_parameter_holding_another_ami() {
     let p = plan_then_run(&world, &rel, true).await;
     assert_eq!(
         p,
-        Requests::from([(("PutParameter".into(), "us-west-2".into()), 1)])
+        Requests::from([
+            (("PutParameter".into(), "us-west-2".into()), 1),
+            // A changed release file is a new release: announced anew.
+            (("Publish".into(), "us-east-1".into()), 1),
+        ])
     );
 }
