@@ -415,9 +415,14 @@ mod tests {
         let raw = dir.path().join("disk.raw");
         std::fs::write(&raw, vec![1u8; 4096]).unwrap();
         let vmdk = dir.path().join("disk.vmdk");
-        let mut head = b"KDMV".to_vec();
-        head.resize(4096, 0);
-        std::fs::write(&vmdk, &head).unwrap();
+        // A well-formed VMDK (a damaged one is refused before the flags are looked at).
+        let made = std::process::Command::new("qemu-img")
+            .args(["convert", "-f", "raw", "-O", "vmdk"])
+            .arg(&raw)
+            .arg(&vmdk)
+            .status()
+            .expect("qemu-img runs (apt-get install qemu-utils)");
+        assert!(made.success());
         let mut a = args(&raw);
         a.vmdk = true;
         let e = a.check().unwrap_err();

@@ -112,6 +112,7 @@ struct RawRelease {
     ssm_overwrite: bool,
     #[serde(default)]
     preflight: Option<bool>,
+    #[serde(default)]
     allow_paths_outside: bool,
     #[serde(default)]
     tags: BTreeMap<String, String>,
@@ -482,9 +483,6 @@ impl ReleaseFile {
             spec.uefi_data = Some(UefiData::read(&file)?);
         }
         if let Some(at) = spec.deprecate_at {
-            check_deprecation_limit(at, self.raw.public)?;
-        }
-        if let Some(at) = spec.deprecate_at {
             crate::validate_input::deprecation_time(
                 at,
                 crate::validate_input::now(),
@@ -608,26 +606,6 @@ fn deprecation(t: &toml::Table) -> Result<Option<DateTime>, String> {
         }
         (None, None) => Ok(None),
     }
-}
-
-/// EC2 deprecates a public AMI at most 2 years after its creation, any other at most 10
-/// years from now: a later time would be refused after the AMIs exist (and, for a
-/// public release, after they are public), so it is refused here.
-fn check_deprecation_limit(at: DateTime, public: bool) -> Result<(), String> {
-    let now = DateTime::from(std::time::SystemTime::now()).secs();
-    let (limit, what) = if public {
-        (730 * 86_400, "2 years after it is created for a public AMI")
-    } else {
-        (3652 * 86_400, "10 years ahead")
-    };
-    if at.secs() > now + limit {
-        return Err(format!(
-            "deprecation time {} is later than EC2 allows ({what})",
-            at.fmt(aws_smithy_types::date_time::Format::DateTime)
-                .unwrap_or_default()
-        ));
-    }
-    Ok(())
 }
 
 /// A plausible AWS region name (`us-east-1`, `ap-southeast-7`, `us-gov-west-1`), or `all`.
@@ -897,10 +875,7 @@ fs = "zfs"
         };
         assert!(with(true, "729d").is_ok());
         let e = with(true, "731d").unwrap_err().to_string();
-        assert!(
-            e.contains("2 years after it is created for a public AMI"),
-            "{e}"
-        );
+        assert!(e.contains("2 years ahead for a public AMI"), "{e}");
         assert!(with(false, "731d").is_ok());
         let e = with(false, "3653d").unwrap_err().to_string();
         assert!(e.contains("10 years ahead"), "{e}");

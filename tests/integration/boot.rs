@@ -654,6 +654,7 @@ async fn publish_preflight_stops_an_image_that_does_not_boot_as_promised_before_
         &release,
         format!(
             r#"regions = ["us-east-1"]
+allow_paths_outside = true  # the test images live in their cache
 preflight = true
 
 [defaults]

@@ -587,7 +587,7 @@ async fn deprecation_and_client_token_limits_are_aws_limits() {
     std::fs::write(&rel, text).unwrap();
     world.proxy.clear_requests();
     let run = world.run(&["publish", rel.to_str().unwrap()]).await;
-    run.assert_failed_with("2 years after it is created for a public AMI");
+    run.assert_failed_with("2 years ahead for a public AMI");
     assert!(mutating(&world).is_empty(), "{:?}", mutating(&world));
 }
 

@@ -547,7 +547,14 @@ async fn s3_path_bad_input_is_refused_before_any_call() {
         run.assert_failed_with(want);
     }
     let qcow = world.path("disk.qcow2");
-    write_file(&qcow, b"QFI\xfb\0\0\0\x03 not really a qcow2 but its magic");
+    // A well-formed qcow2 (a damaged one is refused earlier, as damaged).
+    let made = std::process::Command::new("qemu-img")
+        .args(["create", "-q", "-f", "qcow2"])
+        .arg(&qcow)
+        .arg("1M")
+        .status()
+        .expect("qemu-img runs (apt-get install qemu-utils)");
+    assert!(made.success());
     let run = world
         .run(&[
             "upload",
