@@ -149,6 +149,29 @@ impl World {
         serde_json::from_str(&run.stdout).unwrap()
     }
 
+    /// The regions the world enables, asked with DescribeRegions (never through
+    /// ec2ami's own region code), as the world lists them.
+    pub async fn enabled_regions(&self) -> Vec<String> {
+        self.clients()
+            .await
+            .ec2
+            .describe_regions()
+            .all_regions(true)
+            .send()
+            .await
+            .unwrap()
+            .regions()
+            .iter()
+            .filter(|r| {
+                matches!(
+                    r.opt_in_status(),
+                    Some("opt-in-not-required") | Some("opted-in")
+                )
+            })
+            .filter_map(|r| r.region_name().map(str::to_string))
+            .collect()
+    }
+
     /// An SDK client set talking to the proxy, for checks the CLI does not make.
     pub async fn clients(&self) -> ec2ami::aws::Clients {
         // The SDK reads credentials from the environment of this test process only when

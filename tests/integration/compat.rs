@@ -483,25 +483,7 @@ async fn check_build(
     // stdout: one line per enabled region, the source first.
     let lines = created(&out.stdout);
     // The regions the world enables, asked with DescribeRegions (not ec2ami's code).
-    let all: Vec<String> = world
-        .clients()
-        .await
-        .ec2
-        .describe_regions()
-        .all_regions(true)
-        .send()
-        .await
-        .unwrap()
-        .regions()
-        .iter()
-        .filter(|r| {
-            matches!(
-                r.opt_in_status(),
-                Some("opt-in-not-required") | Some("opted-in")
-            )
-        })
-        .filter_map(|r| r.region_name().map(str::to_string))
-        .collect();
+    let all = world.enabled_regions().await;
     assert_eq!(lines.len(), all.len(), "{}", out.stdout);
     assert_eq!(lines[0].0, region);
     let mut seen: Vec<&str> = lines.iter().map(|(r, _)| r.as_str()).collect();

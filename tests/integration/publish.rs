@@ -643,26 +643,7 @@ async fn compat_bsdec2_image_upload_accepts_its_flags_and_prints_its_lines() {
     let lines = created(&run.stdout);
     // --allregions: every region the world has enabled (asked here with DescribeRegions,
     // not through ec2ami's own region code), the upload region first, each once.
-    let world_regions = world
-        .clients()
-        .await
-        .ec2
-        .describe_regions()
-        .all_regions(true)
-        .send()
-        .await
-        .unwrap();
-    let mut enabled: Vec<String> = world_regions
-        .regions()
-        .iter()
-        .filter(|r| {
-            matches!(
-                r.opt_in_status(),
-                Some("opt-in-not-required") | Some("opted-in")
-            )
-        })
-        .map(|r| r.region_name().unwrap().to_string())
-        .collect();
+    let mut enabled = world.enabled_regions().await;
     enabled.sort();
     assert!(
         enabled.len() >= 16,
