@@ -314,10 +314,12 @@ async fn ipv6_is_asked_only_when_ipv4_cannot_be_connected_to() {
 
 #[tokio::test]
 async fn endpoints_are_loopback_only() {
+    // Refused when the arguments are parsed, before any connect; 198.51.100.1 is a
+    // documentation address (RFC 5737) that routes nowhere.
     for bad in [
         "169.254.169.254:80",
         "[fd00:ec2::254]:80",
-        "10.0.0.1:80",
+        "198.51.100.1:80",
         "nonsense",
     ] {
         let (o, _) = get(&["instance-id", "--endpoint", bad]).await;

@@ -109,8 +109,8 @@ fn release(dir: &Path, file: &str, top: &str, images: &[(&str, &str)]) -> PathBu
     p
 }
 
-/// Our image named `name` in `c`'s region (disabled ones too).
-async fn image_named(c: &Clients, name: &str) -> Option<aws_sdk_ec2::types::Image> {
+/// Our first image in `c`'s region whose `filter` is `value` (disabled ones too).
+async fn image_where(c: &Clients, filter: &str, value: &str) -> Option<aws_sdk_ec2::types::Image> {
     let out = c
         .ec2
         .describe_images()
@@ -118,8 +118,8 @@ async fn image_named(c: &Clients, name: &str) -> Option<aws_sdk_ec2::types::Imag
         .include_disabled(true)
         .filters(
             aws_sdk_ec2::types::Filter::builder()
-                .name("name")
-                .values(name)
+                .name(filter)
+                .values(value)
                 .build(),
         )
         .send()
@@ -128,22 +128,14 @@ async fn image_named(c: &Clients, name: &str) -> Option<aws_sdk_ec2::types::Imag
     out.images().first().cloned()
 }
 
+/// Our image named `name` in `c`'s region (disabled ones too).
+async fn image_named(c: &Clients, name: &str) -> Option<aws_sdk_ec2::types::Image> {
+    image_where(c, "name", name).await
+}
+
+/// Our image `id` in `c`'s region (disabled ones too).
 async fn image(c: &Clients, id: &str) -> Option<aws_sdk_ec2::types::Image> {
-    let out = c
-        .ec2
-        .describe_images()
-        .owners("self")
-        .include_disabled(true)
-        .filters(
-            aws_sdk_ec2::types::Filter::builder()
-                .name("image-id")
-                .values(id)
-                .build(),
-        )
-        .send()
-        .await
-        .unwrap();
-    out.images().first().cloned()
+    image_where(c, "image-id", id).await
 }
 
 async fn permissions(c: &Clients, id: &str) -> BTreeSet<String> {
