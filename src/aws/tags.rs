@@ -53,21 +53,6 @@ pub const ARCH: &str = "ec2ami:arch";
 /// On every AMI a publish makes: the build date, `YYYYMMDD`.
 pub const BUILD_DATE: &str = "ec2ami:build-date";
 
-/// Keys that ec2ami sets itself and a user's `--tag` or release `tags` must not
-/// override (ownership, sizes, lineage, lookup keys).
-#[allow(dead_code)] // refused in --tag and release tags by issue 10's checks
-pub const RESERVED: &[&str] = &[
-    OWNERSHIP,
-    IMAGE_SIZE,
-    AMI_NAME,
-    UPLOADED,
-    SOURCE_SNAPSHOT,
-    SOURCE_IMAGE,
-    SOURCE_REGION,
-    BENCH_TOKEN,
-    DISABLED_AT,
-];
-
 /// Tags as a map, from any SDK tag list.
 pub fn to_map<'a>(
     tags: impl IntoIterator<Item = (Option<&'a str>, Option<&'a str>)>,

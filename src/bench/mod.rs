@@ -33,6 +33,29 @@ pub use phases::{
 };
 pub use probe::{PortWatch, ProbeOptions, watch_port};
 
+/// What build `image_id` is: `given` (the command line's) first, then the AMI's
+/// `ec2ami:*` tags, then its name; `None` when the AMI does not exist in the clients'
+/// region. Bench and test look before they launch anything.
+pub async fn build_of(
+    clients: &Clients,
+    image_id: &str,
+    given: crate::history::BuildInfo,
+    retry: &RetryPolicy,
+) -> Result<Option<crate::history::BuildInfo>, AwsError> {
+    let Some(image) = crate::ami::describe(clients, image_id, retry).await? else {
+        return Ok(None);
+    };
+    let tags: Vec<(String, String)> = image.tags.clone().into_iter().collect();
+    Ok(Some(
+        given
+            .or(crate::history::BuildInfo::from_image(
+                Some(&image.name),
+                &tags,
+            ))
+            .normalized(),
+    ))
+}
+
 /// A journaled launch younger than this whose instance cannot be found yet may still
 /// appear (EC2 is eventually consistent): it is kept for a later clean-up.
 const YOUNG_LAUNCH_SECS: i64 = 600;

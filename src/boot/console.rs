@@ -272,6 +272,7 @@ impl Markers {
     }
 
     /// The marker names, in order.
+    #[cfg(test)]
     pub fn names(&self) -> Vec<&str> {
         self.markers.iter().map(|m| m.name.as_str()).collect()
     }
@@ -423,11 +424,6 @@ impl Tracker {
         Some(f)
     }
 
-    /// When the console first showed anything.
-    pub fn first_output(&self) -> Option<f64> {
-        self.first_output
-    }
-
     /// The markers found, in marker order (firmware output first).
     pub fn marks(&self) -> Vec<Mark> {
         let mut out = Vec::new();
@@ -440,16 +436,6 @@ impl Tracker {
         }
         out.extend(self.found.iter().flatten().cloned());
         out
-    }
-
-    /// The marker names this tracker looks for.
-    pub fn marker_names(&self) -> Vec<&str> {
-        self.markers.names()
-    }
-
-    /// The failure seen, if any.
-    pub fn failure(&self) -> Option<&ConsoleFailure> {
-        self.failure.as_ref()
     }
 
     /// The last lines, as logged.
@@ -495,13 +481,6 @@ pub struct ConsoleHostKeys {
     pub keys: Vec<HostKey>,
     /// `SHA256:...` fingerprints.
     pub fingerprints: Vec<String>,
-}
-
-impl ConsoleHostKeys {
-    /// Nothing printed.
-    pub fn is_empty(&self) -> bool {
-        self.keys.is_empty() && self.fingerprints.is_empty()
-    }
 }
 
 /// Find the host keys in console text (lines may carry a prefix such as `ec2: ` or a
@@ -742,7 +721,7 @@ mod tests {
         );
         // An unterminated block (console cut off) is not trusted.
         let cut = host_keys(["-----BEGIN SSH HOST KEY KEYS-----", "ssh-ed25519 AAAAC3Nz"]);
-        assert!(cut.is_empty());
+        assert!(cut.keys.is_empty() && cut.fingerprints.is_empty());
     }
 
     #[test]

@@ -10,13 +10,13 @@
 //! QEMU runs in its own process group, killed on success, failure, timeout, Ctrl-C and
 //! SIGTERM (and by the kernel if ec2ami itself is killed).
 
-pub mod accel;
-pub mod console;
-pub mod firmware;
-pub mod preflight;
-pub mod qemu;
+pub(crate) mod accel;
+pub(crate) mod console;
+pub(crate) mod firmware;
+pub(crate) mod preflight;
+pub(crate) mod qemu;
 mod run;
-pub mod ssh;
+pub(crate) mod ssh;
 
 use std::ffi::OsString;
 use std::future::Future;
@@ -32,11 +32,15 @@ use crate::bench::{Marks, Phase, Phases, RunResult, RunStatus, Summary};
 use crate::history::{self, Benchmark, BuildInfo, Source};
 use crate::image::{DiskImage, Format, ImageError};
 use crate::state::{StateDb, StateError};
-use accel::{AccelChoice, AccelDecision};
+pub use accel::{Accel, AccelChoice, AccelDecision};
 use console::Markers;
-use firmware::{BootPaths, Firmware, FirmwareChoice, UefiFiles};
+pub use console::{Mark, parse_marker};
+use firmware::{BootPaths, UefiFiles};
+pub use firmware::{Firmware, FirmwareChoice};
+pub use preflight::PreflightOptions;
+pub use qemu::installed as qemu_installed;
 pub use run::{Outcome, RunReport};
-use ssh::Check;
+pub use ssh::{Check, checks_from_file};
 
 /// EC2's limit for user data.
 pub const MAX_USER_DATA: usize = 16 * 1024;

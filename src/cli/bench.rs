@@ -116,18 +116,12 @@ pub async fn run(g: &GlobalArgs, a: &BenchArgs) -> Result<(), Failure> {
     let retry = g.retry();
     // Look before launching: the AMI must exist, and its name and tags say what build
     // it is.
-    let image = ec2ami::ami::describe(&clients, image_id, &retry)
+    let build = bench::build_of(&clients, image_id, a.build.info(), &retry)
         .await?
         .ok_or_else(|| Failure {
             message: format!("{image_id} not found in {}", clients.region()),
             interrupted: false,
         })?;
-    let tags: Vec<(String, String)> = image.tags.clone().into_iter().collect();
-    let build = a
-        .build
-        .info()
-        .or(BuildInfo::from_image(Some(&image.name), &tags))
-        .normalized();
     let runs = a.runs as usize;
     let opts = BenchOptions {
         launch: LaunchSpec {

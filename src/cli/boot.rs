@@ -11,11 +11,9 @@ use serde::Serialize;
 use super::history::BuildArgs;
 use super::{Failure, GlobalArgs, parse_duration, shutdown_signal};
 use ec2ami::ami::{Arch, Imds};
-use ec2ami::boot::accel::AccelChoice;
-use ec2ami::boot::console::parse_marker;
-use ec2ami::boot::firmware::FirmwareChoice;
-use ec2ami::boot::ssh::{self, Check};
-use ec2ami::boot::{self, BootOptions, BootReport, RunReport};
+use ec2ami::boot::{
+    self, AccelChoice, BootOptions, BootReport, Check, FirmwareChoice, RunReport, parse_marker,
+};
 use ec2ami::history::BuildInfo;
 use ec2ami::state::now_epoch;
 
@@ -125,7 +123,7 @@ pub async fn run(g: &GlobalArgs, a: &BootArgs) -> Result<(), Failure> {
             .file_name()
             .map(|n| n.to_string_lossy().into_owned())
             .unwrap_or_default();
-        let found = ssh::checks_from_file(&name, &body);
+        let found = boot::checks_from_file(&name, &body);
         if found.is_empty() {
             return Err(fail(format!("checks file {} has no check", f.display())));
         }

@@ -4,13 +4,12 @@ use std::path::PathBuf;
 
 use clap::{Args, Subcommand};
 use serde::Serialize;
-use sha2::{Digest, Sha256};
 
 use super::{Failure, GlobalArgs};
-use ec2ami::bench::{self, Phase, PhaseSummary, RunResult};
+use ec2ami::bench::{self, Phase, PhaseSummary};
 use ec2ami::history::check::{self, CheckOptions};
 use ec2ami::history::{
-    self, Benchmark, BuildInfo, Selection, Source, dashed, import, is_yyyymmdd, report,
+    self, Benchmark, BuildInfo, Selection, dashed, import, is_yyyymmdd, report,
 };
 use ec2ami::state::now_epoch;
 
@@ -222,14 +221,6 @@ fn fail(message: String) -> Failure {
 }
 
 /// One imported file, for the output.
-#[derive(Debug, Serialize)]
-struct Imported {
-    file: PathBuf,
-    history_id: i64,
-    runs: usize,
-    already_imported: bool,
-}
-
 fn import_files(g: &GlobalArgs, a: &ImportArgs) -> Result<(), Failure> {
     let region = g
         .region
@@ -252,70 +243,23 @@ fn import_files(g: &GlobalArgs, a: &ImportArgs) -> Result<(), Failure> {
              --image-name): these runs go to a series of unknown builds"
         );
     }
-    // Parse every file before storing any, so a bad file leaves the history untouched.
-    let mut parsed = Vec::new();
-    for file in &a.files {
-        let text =
-            ec2ami::validate_input::read_text_file(file, ec2ami::validate_input::MAX_TEXT_FILE)
-                .map_err(fail)?;
-        let runs = import::parse(&text).map_err(|e| fail(format!("{}: {e}", file.display())))?;
-        let measured_at = match &a.measured_on {
-            Some(d) => history::day_number(d).unwrap_or(0) * 86_400,
-            None => std::fs::metadata(file)
-                .and_then(|m| m.modified())
-                .ok()
-                .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
-                .map(|d| d.as_secs() as i64)
-                .unwrap_or_else(now_epoch),
-        };
-        let hash = format!("{:x}", Sha256::digest(text.as_bytes()));
-        parsed.push((file, runs, measured_at, hash));
-    }
     let db = g.state_db()?;
-    let mut done = Vec::new();
-    for (file, runs, measured_at, hash) in parsed {
-        if let Some(id) = history::already_imported(&db, &a.image_id, &hash)? {
-            done.push(Imported {
-                file: file.clone(),
-                history_id: id,
-                runs: runs.len(),
-                already_imported: true,
-            });
-            continue;
-        }
-        let b = Benchmark {
-            id: 0,
-            image_id: a.image_id.clone(),
-            build: build.clone(),
-            region: region.clone(),
-            instance_type: a.instance_type.clone(),
-            firmware: None,
-            measured_at,
-            source: Source::Import,
-            source_file: Some(file.display().to_string()),
-            source_hash: Some(hash),
-            tool_version: "ec2-boot-bench".into(),
-            runs: runs
-                .into_iter()
-                .enumerate()
-                .map(|(i, r)| RunResult {
-                    run: i + 1,
-                    instance_id: None,
-                    discarded: a.discard_first && i == 0,
-                    status: r.status,
-                    phases: r.phases,
-                    probes: 0,
-                })
-                .collect(),
-        };
-        let id = history::record(&db, &b)?;
-        done.push(Imported {
-            file: file.clone(),
-            history_id: id,
-            runs: b.runs.len(),
-            already_imported: false,
-        });
-    }
+    let done = import::import_files(
+        &db,
+        &import::ImportRequest {
+            image_id: &a.image_id,
+            build: &build,
+            region: &region,
+            instance_type: &a.instance_type,
+            measured_on: a.measured_on.as_deref(),
+            discard_first: a.discard_first,
+            files: &a.files,
+        },
+    )
+    .map_err(|e| match e {
+        import::ImportError::File(m) => fail(m),
+        import::ImportError::State(e) => e.into(),
+    })?;
     g.print(&done, || {
         done.iter()
             .map(|d| {

@@ -66,7 +66,7 @@ const EXIT_NO_ANSWER: u8 = 2;
 /// Run an `imds` command; it has its own exit statuses.
 pub fn main(c: &ImdsCommand) -> ExitCode {
     match c {
-        ImdsCommand::Relay { socket } => match imds::relay::relay(socket) {
+        ImdsCommand::Relay { socket } => match imds::relay(socket) {
             Ok(()) => ExitCode::SUCCESS,
             Err(e) => {
                 eprintln!("error: metadata relay to {}: {e}", socket.display());

@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use clap::{Args, Subcommand, ValueEnum};
 
-use ec2ami::import::{self, S3Options, verify};
+use ec2ami::import::{self, S3Options};
 
 use super::{Failure, GlobalArgs, UploadArgs, connect, parse_duration, shutdown_signal};
 
@@ -235,9 +235,9 @@ async fn verify_cmd(g: &GlobalArgs, a: &VerifyArgs) -> Result<(), Failure> {
         message: format!("{}: {e}", a.manifest.display()),
         interrupted: false,
     })?;
-    let v = verify::verify(
+    let v = import::verify(
         &m,
-        verify::VerifyOptions {
+        import::VerifyOptions {
             workers: a.workers,
             timeout: Duration::from_secs(300),
         },

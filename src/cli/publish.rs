@@ -126,7 +126,7 @@ fn preflight_on(release: &Release, a: &RunArgs) -> Result<bool, Failure> {
     if a.skip_preflight {
         return Ok(false);
     }
-    let installed = ec2ami::boot::qemu::installed();
+    let installed = ec2ami::boot::qemu_installed();
     let on = match release.preflight {
         Some(v) => v,
         None => match std::env::var("EC2AMI_PREFLIGHT").ok().as_deref() {
@@ -154,12 +154,12 @@ fn preflight_options(
     a: &RunArgs,
     release: &Release,
     db: &Arc<StateDb>,
-) -> Result<Option<ec2ami::boot::preflight::PreflightOptions>, Failure> {
+) -> Result<Option<ec2ami::boot::PreflightOptions>, Failure> {
     if release.preflight != Some(true) {
         return Ok(None);
     }
     let state = db.path().parent().unwrap_or(std::path::Path::new("."));
-    Ok(Some(ec2ami::boot::preflight::PreflightOptions {
+    Ok(Some(ec2ami::boot::PreflightOptions {
         relay: super::boot::relay_command()?,
         timeout: a.preflight_timeout,
         failure_dir: state.join("boot-consoles"),

@@ -88,7 +88,7 @@ fn fail(message: String) -> Failure {
 
 pub fn run(g: &GlobalArgs, a: &UserdataArgs) -> Result<(), Failure> {
     if let Some(dir) = &a.page {
-        let path = userdata::page::write_page(dir)?;
+        let path = userdata::write_page(dir)?;
         #[derive(Serialize)]
         struct PageOut<'a> {
             page: &'a Path,

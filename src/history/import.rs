@@ -6,7 +6,14 @@
 //! missing moment to the previous one plus 120 s); such a figure is read as "timed out",
 //! never as a measurement.
 
-use crate::bench::{Phase, Phases, RunStatus};
+use std::path::{Path, PathBuf};
+
+use serde::Serialize;
+use sha2::{Digest, Sha256};
+
+use super::{Benchmark, BuildInfo, Source};
+use crate::bench::{Phase, Phases, RunResult, RunStatus};
+use crate::state::{StateDb, StateError, now_epoch};
 
 /// The figure ec2-boot-bench invents for a phase that never ended, as it prints it.
 const INVENTED: &str = "120.000000";
@@ -28,6 +35,120 @@ pub struct ParseError {
     pub line: usize,
     /// What is wrong.
     pub message: String,
+}
+
+/// What `history import` files, and under which build.
+#[derive(Debug, Clone)]
+pub struct ImportRequest<'a> {
+    /// The AMI the runs measured.
+    pub image_id: &'a str,
+    /// The build it is (normalised by the caller).
+    pub build: &'a BuildInfo,
+    /// Where the measurements were made.
+    pub region: &'a str,
+    /// The instance type measured.
+    pub instance_type: &'a str,
+    /// The day measured (`YYYY-MM-DD`/`YYYYMMDD`); else each file's mtime.
+    pub measured_on: Option<&'a str>,
+    /// Mark every file's first run as discarded (a cold first boot).
+    pub discard_first: bool,
+    /// The ec2-boot-bench output files, each one measurement.
+    pub files: &'a [PathBuf],
+}
+
+/// One file's outcome.
+#[derive(Debug, Clone, Serialize)]
+pub struct Imported {
+    /// The file.
+    pub file: PathBuf,
+    /// Its history row (the earlier one when already imported).
+    pub history_id: i64,
+    /// Runs it holds.
+    pub runs: usize,
+    /// The same content was imported before for this AMI: nothing new stored.
+    pub already_imported: bool,
+}
+
+/// Why an import stored nothing.
+#[derive(Debug, thiserror::Error)]
+pub enum ImportError {
+    /// A file is unreadable, not a bounded regular file, or not ec2-boot-bench output.
+    #[error("{0}")]
+    File(String),
+    /// The history database.
+    #[error(transparent)]
+    State(#[from] StateError),
+}
+
+/// Import ec2-boot-bench output files into the history. Every file is read (regular
+/// files only, bounded) and parsed before any is stored, so a bad file leaves the
+/// history untouched; a file whose content was imported before for this AMI is not
+/// stored twice.
+pub fn import_files(db: &StateDb, req: &ImportRequest<'_>) -> Result<Vec<Imported>, ImportError> {
+    let mut parsed = Vec::new();
+    for file in req.files {
+        let text =
+            crate::validate_input::read_text_file(file, crate::validate_input::MAX_TEXT_FILE)
+                .map_err(ImportError::File)?;
+        let runs =
+            parse(&text).map_err(|e| ImportError::File(format!("{}: {e}", file.display())))?;
+        let measured_at = match req.measured_on {
+            Some(d) => super::day_number(d).unwrap_or(0) * 86_400,
+            None => modified_epoch(file).unwrap_or_else(now_epoch),
+        };
+        let hash = format!("{:x}", Sha256::digest(text.as_bytes()));
+        parsed.push((file, runs, measured_at, hash));
+    }
+    let mut done = Vec::new();
+    for (file, runs, measured_at, hash) in parsed {
+        if let Some(id) = super::already_imported(db, req.image_id, &hash)? {
+            done.push(Imported {
+                file: file.clone(),
+                history_id: id,
+                runs: runs.len(),
+                already_imported: true,
+            });
+            continue;
+        }
+        let b = Benchmark {
+            id: 0,
+            image_id: req.image_id.to_string(),
+            build: req.build.clone(),
+            region: req.region.to_string(),
+            instance_type: req.instance_type.to_string(),
+            firmware: None,
+            measured_at,
+            source: Source::Import,
+            source_file: Some(file.display().to_string()),
+            source_hash: Some(hash),
+            tool_version: "ec2-boot-bench".into(),
+            runs: runs
+                .into_iter()
+                .enumerate()
+                .map(|(i, r)| RunResult {
+                    run: i + 1,
+                    instance_id: None,
+                    discarded: req.discard_first && i == 0,
+                    status: r.status,
+                    phases: r.phases,
+                    probes: 0,
+                })
+                .collect(),
+        };
+        let id = super::record(db, &b)?;
+        done.push(Imported {
+            file: file.clone(),
+            history_id: id,
+            runs: b.runs.len(),
+            already_imported: false,
+        });
+    }
+    Ok(done)
+}
+
+fn modified_epoch(file: &Path) -> Option<i64> {
+    let t = std::fs::metadata(file).and_then(|m| m.modified()).ok()?;
+    Some(t.duration_since(std::time::UNIX_EPOCH).ok()?.as_secs() as i64)
 }
 
 /// Parse ec2-boot-bench output: every run of four lines, in order.

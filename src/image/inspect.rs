@@ -11,7 +11,7 @@
 
 use std::fmt;
 use std::fs::File;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::Command;
 
 use super::{Format, ImageError};
@@ -358,16 +358,6 @@ fn check_summary(stdout: &[u8], stderr: &[u8], spec: &str, path: &Path) -> Strin
         }
         (n, None) => format!("qemu-img check found {n} error(s) (truncated or corrupt)"),
     }
-}
-
-/// The paths an image's references name, resolved against the image's directory
-/// (for messages and the plan).
-pub fn resolved(image: &Path, r: &Reference) -> PathBuf {
-    let name = match r {
-        Reference::BackingFile(n) | Reference::DataFile(n) => n,
-        Reference::Extent { file, .. } => file,
-    };
-    image.parent().unwrap_or(Path::new(".")).join(name)
 }
 
 #[cfg(test)]

@@ -2,7 +2,7 @@
 //! their magic and convert them to a temporary sparse raw file with `qemu-img`.
 
 pub(crate) mod extents;
-pub mod inspect;
+pub(crate) mod inspect;
 
 use std::fs::{File, OpenOptions};
 use std::io;

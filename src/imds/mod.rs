@@ -3,11 +3,12 @@
 //! user networking and [`relay`]), and an IMDSv2 client for scripts on an instance
 //! ([`client`], `ec2ami imds get`) that tries IPv4 first with 100 ms timeouts.
 
-pub mod client;
+pub(crate) mod client;
 mod http;
-pub mod relay;
-pub mod server;
+pub(crate) mod relay;
+pub(crate) mod server;
 
 pub use client::{Answer, GetOptions, ImdsError, get};
 pub use http::{Request, Response};
-pub use server::{Imds, ImdsRequest, ImdsServer, InstanceMetadata};
+pub use relay::relay;
+pub use server::{Imds, ImdsRequest, ImdsServer, InstanceMetadata, TOKEN_HEADER, TTL_HEADER};

@@ -8,8 +8,8 @@
 //! leaves an import hanging, end the run with a clear error; `ResourceLimitExceeded`
 //! (too many imports at once) is waited out.
 
-pub mod manifest;
-pub mod verify;
+pub(crate) mod manifest;
+pub(crate) mod verify;
 
 use std::fs::File;
 use std::io::{Seek, SeekFrom};
@@ -35,6 +35,7 @@ use crate::aws::{AwsError, Call, Clients, ErrorClass, RetryPolicy, ec2, tags};
 use crate::image::{self, Format};
 
 pub use manifest::{Manifest, PART_SIZE, Part};
+pub use verify::{VerifyOptions, verify};
 
 /// Concurrent part uploads by default.
 pub const DEFAULT_WORKERS: usize = 8;

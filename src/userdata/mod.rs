@@ -4,15 +4,16 @@
 //! image will read it at first boot ([`check`]), and write the static generator page
 //! ([`page`]) that applies the same rules ([`rules`]) in the browser.
 
-pub mod check;
-pub mod generate;
-pub mod page;
-pub mod rules;
-pub mod tar;
-pub mod yaml;
+pub(crate) mod check;
+pub(crate) mod generate;
+pub(crate) mod page;
+pub(crate) mod rules;
+pub(crate) mod tar;
+pub(crate) mod yaml;
 
 pub use check::{CheckReport, check};
 pub use generate::{
     Field, FileSpec, Flavour, Format, Generated, Part, PartKind, Problem, Spec, generate,
 };
+pub use page::write_page;
 pub use rules::{LIMIT_BYTES, RULES};

@@ -120,8 +120,6 @@ pub struct Messages {
     pub service_package: &'static str,
 }
 
-const NAME: &str = "[A-Za-z_][A-Za-z0-9_]*";
-
 /// The tables.
 pub static RULES: Rules = Rules {
     limit_bytes: LIMIT_BYTES,
@@ -470,12 +468,6 @@ pub fn split_rc_line(line: &str) -> Option<(&str, &str)> {
     }
     let (name, rest) = line.split_once('=')?;
     Some((name, &rest[1..rest.len() - 1]))
-}
-
-/// An rc.conf variable name (for checks of other files' settings).
-pub fn is_var_name(s: &str) -> bool {
-    static RE: LazyLock<Regex> = LazyLock::new(|| Regex::new(&format!("^{NAME}$")).unwrap());
-    RE.is_match(s)
 }
 
 /// Replace `{key}` by its value in `template`.

@@ -7,8 +7,7 @@ use std::process::Output;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use ec2ami::imds::server::{TOKEN_HEADER, TTL_HEADER};
-use ec2ami::imds::{Imds, ImdsServer, InstanceMetadata};
+use ec2ami::imds::{Imds, ImdsServer, InstanceMetadata, TOKEN_HEADER, TTL_HEADER};
 use ec2ami_testkit::{BootFixture, BootSchedule};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};

@@ -500,6 +500,46 @@ async fn import_limit_is_waited_out_and_a_hung_import_fails_clearly() {
     assert!(left.iter().all(|k| k.starts_with("kept/ec2ami-")));
 }
 
+/// Ctrl-C while the import task runs (its first DescribeConversionTasks held by the
+/// proxy, so the signal lands there by a hook, not by timing): exit 130, the task
+/// cancelled on the wire, the parts and the manifest deleted, no snapshot made.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ctrl_c_during_an_import_cancels_the_task_and_empties_the_bucket() {
+    let world = World::moto().await;
+    let s3 = make_bucket(&world).await;
+    let raw = image(&world, "disk.raw", 51);
+    let gate = world.proxy.hold(Some("DescribeConversionTasks"), 0);
+    let child = world
+        .ec2ami()
+        .args(["upload", raw.to_str().unwrap(), "--via", "s3", "--bucket", BUCKET])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    assert!(
+        gate.arrived(1, std::time::Duration::from_secs(120)).await,
+        "the import never started"
+    );
+    assert!(!keys(&s3).await.is_empty(), "the parts are in the bucket");
+    let pid = child.id().unwrap() as i32;
+    // SAFETY: sending a signal to our own child process.
+    assert_eq!(unsafe { libc::kill(pid, libc::SIGINT) }, 0);
+    let run = Run::from(
+        tokio::time::timeout(std::time::Duration::from_secs(60), child.wait_with_output())
+            .await
+            .expect("exits promptly after SIGINT")
+            .unwrap(),
+    );
+    gate.open();
+    assert_eq!(run.code, Some(130), "{}", run.stderr);
+    assert!(run.stderr.contains("interrupted"), "{}", run.stderr);
+    assert_eq!(world.proxy.count("ImportVolume"), 1);
+    assert_eq!(world.proxy.count("CancelConversionTask"), 1);
+    assert!(keys(&s3).await.is_empty(), "parts and manifest deleted");
+    assert_eq!(world.proxy.count("CreateSnapshot"), 0);
+    assert!(world.our_snapshots().await.is_empty(), "nothing imported left");
+}
+
 #[tokio::test]
 async fn s3_path_bad_input_is_refused_before_any_call() {
     let world = World::offline().await;
