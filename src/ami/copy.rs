@@ -263,12 +263,34 @@ impl CopyJob<'_> {
             None => {
                 let slot = self.opts.limiter.region(region);
                 let _permit = slot.acquire().await.expect("never closed");
-                let id = self.start(&dest).await.map_err(|e| (None, e.into()))?;
-                if let Some(f) = &self.opts.on_created {
-                    f(region, &id);
+                match self.start(&dest).await {
+                    Ok(id) => {
+                        if let Some(f) = &self.opts.on_created {
+                            f(region, &id);
+                        }
+                        tracing::info!("copying {} to {region}: {id}", self.image_id);
+                        (id, false)
+                    }
+                    // Another publisher copied it meanwhile: that copy is ours to use.
+                    Err(e) if e.has_code("InvalidAMIName.Duplicate") => {
+                        match ec2::image_named(&dest, self.name, retry)
+                            .await
+                            .map_err(|e| (None, e.into()))?
+                        {
+                            Some(img) if img.tag(tags::SOURCE_IMAGE) == Some(self.image_id) => {
+                                tracing::info!(
+                                    "{} in {region} was copied from {} meanwhile (another \
+                                     publisher): used",
+                                    img.id,
+                                    self.image_id
+                                );
+                                (img.id, true)
+                            }
+                            _ => return Err((None, e.into())),
+                        }
+                    }
+                    Err(e) => return Err((None, e.into())),
                 }
-                tracing::info!("copying {} to {region}: {id}", self.image_id);
-                (id, false)
             }
         };
         self.opts

@@ -192,8 +192,18 @@ pub async fn register(
         Err(e) => return Err(e.into()),
     };
     tracing::info!("registered {image_id} `{}` in {region}", spec.name);
-    if let Some(at) = spec.deprecate_at {
-        deprecate(clients, &image_id, at, retry).await?;
+    if let Some(at) = spec.deprecate_at
+        && let Err(e) = deprecate(clients, &image_id, at, retry).await
+    {
+        // Nothing half-made is left: the new AMI without its deprecation goes.
+        let undone = match ec2::deregister_image(clients, &image_id, retry).await {
+            Ok(_) => format!("{image_id} was deregistered again (snapshot {snapshot_id} kept)"),
+            Err(d) => format!("{image_id} is still registered (deregistering it failed: {d})"),
+        };
+        return Err(AmiError::Invalid(format!(
+            "setting the deprecation of {image_id} `{}` in {region} failed: {e}; {undone}",
+            spec.name
+        )));
     }
     wait_available(clients, &image_id, wait, retry).await?;
     if let Some(p) = spec.protect {

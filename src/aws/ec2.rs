@@ -241,6 +241,27 @@ pub async fn delete_snapshot(
     }
 }
 
+/// Deregister `image_id`: `true` when deregistered, `false` when it was already gone.
+pub async fn deregister_image(
+    clients: &Clients,
+    image_id: &str,
+    retry: &RetryPolicy,
+) -> Result<bool, AwsError> {
+    let r = retry
+        .send(
+            &Call::new("DeregisterImage", clients.region()).on(image_id),
+            || clients.ec2.deregister_image().image_id(image_id).send(),
+        )
+        .await;
+    match r {
+        Ok(_) => Ok(true),
+        Err(e) if e.has_code("InvalidAMIID.NotFound") || e.has_code("InvalidAMIID.Unavailable") => {
+            Ok(false)
+        }
+        Err(e) => Err(e),
+    }
+}
+
 /// Add tags to a resource (snapshot, image...).
 pub async fn create_tags(
     clients: &Clients,

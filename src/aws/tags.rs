@@ -19,6 +19,10 @@ pub const AMI_NAME: &str = "ec2ami:ami-name";
 /// On a snapshot a publish uploaded completely: a snapshot with [`AMI_NAME`] and without
 /// this one is the remains of an interrupted upload.
 pub const UPLOADED: &str = "ec2ami:uploaded";
+/// On a snapshot a publish uploaded and on the AMI registered from it: what the image
+/// file was (size, modification time, the snapshot's aggregate checksum), so a rerun
+/// and `validate` notice that the file changed since.
+pub const IMAGE_IDENTITY: &str = "ec2ami:image-identity";
 
 /// On an AMI: the snapshot it was registered from.
 pub const SOURCE_SNAPSHOT: &str = "ec2ami:source-snapshot";
@@ -93,6 +97,7 @@ mod tests {
             IMAGE_SIZE,
             AMI_NAME,
             UPLOADED,
+            IMAGE_IDENTITY,
             SOURCE_SNAPSHOT,
             SOURCE_IMAGE,
             SOURCE_REGION,

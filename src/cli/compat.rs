@@ -367,6 +367,7 @@ async fn publish_compat(g: &GlobalArgs, run: &CompatRun) -> Result<(), Failure> 
             .clone()
             .unwrap_or_else(snapshot::default_index_dir),
         events: Some(narrator()),
+        replace: false,
         // bsdec2-image-upload boots nothing: `ec2ami boot` or publish's pre-flight do.
         preflight: None,
         image: Default::default(),

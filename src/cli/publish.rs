@@ -26,6 +26,14 @@ pub struct PublishArgs {
     /// (their content is uploaded as part of the image); refused by default.
     #[arg(long)]
     allow_backing_file: bool,
+    /// Deregister and publish again the AMIs made from an earlier version of their image
+    /// file (only AMIs ec2ami made, with their copies and snapshots); without --yes, only
+    /// print what would be deregistered and deleted.
+    #[arg(long)]
+    replace: bool,
+    /// With --replace: deregister and delete what the plan lists.
+    #[arg(long, requires = "replace")]
+    yes: bool,
     #[command(flatten)]
     run: RunArgs,
 }
@@ -185,6 +193,7 @@ fn publish_options(g: &GlobalArgs, a: &RunArgs) -> PublishOptions {
         preflight: None,
         image: Default::default(),
         events: None,
+        replace: false,
     }
 }
 
@@ -203,7 +212,7 @@ pub async fn publish(g: &GlobalArgs, a: &PublishArgs) -> Result<(), Failure> {
         let mut release = file.resolve(&date, true)?;
         release.preflight = Some(preflight);
         let clients = connect(g).await?;
-        let plan = plan::plan(&clients, &release, journal.as_ref(), &g.retry()).await?;
+        let plan = plan::plan(&clients, &release, journal.as_ref(), a.replace, &g.retry()).await?;
         g.print(&plan, || plan.render());
         let blocking = plan.blocking();
         if !blocking.is_empty() {
@@ -222,7 +231,28 @@ pub async fn publish(g: &GlobalArgs, a: &PublishArgs) -> Result<(), Failure> {
     let session = publish::start(&db, &file.key, &label).map_err(publish_failure)?;
     let mut release = file.resolve(&session.date, true)?;
     release.preflight = Some(preflight);
+    if a.replace && !a.yes {
+        // Deregistering is destructive: without --yes, say what would go and stop.
+        let plan = plan::plan(&clients, &release, Some(&session.journal), true, &g.retry()).await?;
+        let doomed: Vec<String> = plan
+            .actions
+            .iter()
+            .filter(|x| x.replaces)
+            .map(|x| format!("  {} {} {}: {}", x.step, x.region, x.image, x.detail))
+            .collect();
+        if !doomed.is_empty() {
+            return Err(Failure {
+                message: format!(
+                    "--replace would deregister and delete:\n{}\nnothing was changed: run again \
+                     with --replace --yes to replace them",
+                    doomed.join("\n")
+                ),
+                interrupted: false,
+            });
+        }
+    }
     let mut opts = publish_options(g, &a.run);
+    opts.replace = a.replace && a.yes;
     opts.preflight = preflight_options(g, &a.run, &release, &db)?;
     opts.image = image_opts;
     run_release(g, &clients, &release, &session, &opts).await
@@ -275,10 +305,10 @@ pub(super) async fn run_release(
 pub async fn validate(g: &GlobalArgs, a: &ValidateArgs) -> Result<(), Failure> {
     let file = ReleaseFile::read(&a.release)?;
     let db = Arc::new(g.state_db()?);
-    let (_, date) = publish::recorded(&db, &file.key)?;
+    let (journal, date) = publish::recorded(&db, &file.key)?;
     let release = file.resolve(&date, false)?;
     let clients = connect(g).await?;
-    let v = validate::validate(&clients, &release, &g.retry()).await?;
+    let v = validate::validate(&clients, &release, journal.as_ref(), &g.retry()).await?;
     g.print(&v, || v.render());
     if v.all_correct() {
         Ok(())

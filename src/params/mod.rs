@@ -376,7 +376,7 @@ async fn write(
     overwrite: bool,
     retry: &RetryPolicy,
 ) -> Result<(), AwsError> {
-    retry
+    let r = retry
         .send(&clients.call("PutParameter").on(&w.name), || {
             let mut req = clients
                 .ssm
@@ -399,8 +399,20 @@ async fn write(
             };
             req.send()
         })
-        .await?;
-    Ok(())
+        .await;
+    match r {
+        Ok(_) => Ok(()),
+        // Another publisher created it meanwhile: fine when it holds the same value.
+        Err(e) if !overwrite && e.has_code("ParameterAlreadyExists") => {
+            let held = ssm::get_parameters(clients, std::slice::from_ref(&w.name), retry).await?;
+            if held.get(&w.name) == Some(&w.value) {
+                Ok(())
+            } else {
+                Err(e)
+            }
+        }
+        Err(e) => Err(e),
+    }
 }
 
 /// Read the written parameters until each holds its value: AWS validates

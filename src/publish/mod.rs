@@ -12,6 +12,7 @@
 
 pub mod announce;
 pub mod compat;
+pub(crate) mod identity;
 pub mod plan;
 pub(crate) mod release;
 pub(crate) mod run;
@@ -54,6 +55,9 @@ pub struct PublishOptions {
     pub image: crate::image::ImageOptions,
     /// Told of each step as it finishes (progress lines such as compat's).
     pub events: Option<EventSink>,
+    /// Deregister and publish again the AMIs (ours only) made from an earlier version
+    /// of their image file, instead of refusing them.
+    pub replace: bool,
 }
 
 /// A step of a publish, told as it finishes.
@@ -140,6 +144,10 @@ pub enum PublishError {
     /// Another process is publishing the same release.
     #[error("{0}")]
     Busy(String),
+    /// AMIs of the release were made from an earlier version of their image file
+    /// (checked before anything is created): one line each, with the ways out.
+    #[error("{}", .0.join("\n"))]
+    Stale(Vec<String>),
     /// The publish would fail halfway (checked before anything is created): each
     /// problem, per region, with what to do.
     #[error(

@@ -5,8 +5,8 @@ use serde::Serialize;
 
 use super::announce::AnnounceDecision;
 use super::survey::{
-    CopyDecision, PreflightDecision, Problem, Scope, SnapshotDecision, Survey, copy_decision,
-    deprecation_set, missing_permissions, protection_missing,
+    CopyDecision, PreflightDecision, Problem, Replacement, Scope, SnapshotDecision, Survey,
+    copy_decision, deprecation_set, missing_permissions, protection_missing,
 };
 use super::{PublishError, Release, ReleaseImage};
 use crate::aws::{Clients, RetryPolicy};
@@ -46,6 +46,8 @@ pub struct Action {
     pub verb: Verb,
     /// Resource id, parameter name, permission...
     pub detail: String,
+    /// True for what `--replace` deregisters or deletes (or unprotects to do so).
+    pub replaces: bool,
 }
 
 /// The plan of a publish.
@@ -122,20 +124,91 @@ impl Plan {
 }
 
 /// Work out what publishing `release` would do. `journal` is the one an earlier run
-/// left, if any.
+/// left, if any; `replace`: as `publish --replace` (AMIs made from an earlier version of
+/// their image file are deregistered and published again, instead of refused).
 pub async fn plan(
     home: &Clients,
     release: &Release,
     journal: Option<&Journal>,
+    replace: bool,
     retry: &RetryPolicy,
 ) -> Result<Plan, PublishError> {
     let scope = Scope {
         parameters: true,
         uefi: false,
     };
-    let survey = Survey::take(home, release, journal, scope, retry).await?;
+    let mut survey = Survey::take(home, release, journal, scope, retry).await?;
     let mut actions = Vec::new();
+    // AMIs made from an earlier version of their file: refused, or (--replace, ours
+    // only) deregistered with their snapshots, and then planned as new.
+    let stale = survey.stale(release);
+    let reps = if replace {
+        survey.replacements(release)
+    } else {
+        Vec::new()
+    };
+    for st in &stale {
+        let act = |step, region: &str, verb, detail: String| Action {
+            image: st.name.clone(),
+            step,
+            region: region.to_string(),
+            verb,
+            detail,
+            replaces: step != "register",
+        };
+        if !replace {
+            actions.push(act("register", &survey.source, Verb::Refuse, st.refusal()));
+            continue;
+        }
+        let mine: Vec<&Replacement> = reps.iter().filter(|r| r.name == st.name).collect();
+        if mine.is_empty() {
+            actions.push(act(
+                "register",
+                &survey.source,
+                Verb::Refuse,
+                format!(
+                    "{} is stale ({}) but was not made by ec2ami: --replace leaves it alone",
+                    st.image_id, st.change
+                ),
+            ));
+        }
+        for r in mine {
+            if r.unprotect {
+                actions.push(act(
+                    "unprotect",
+                    &r.region,
+                    Verb::Update,
+                    format!(
+                        "{} (deregistration protection off, to replace it)",
+                        r.image_id
+                    ),
+                ));
+            }
+            actions.push(act(
+                "deregister",
+                &r.region,
+                Verb::Delete,
+                format!(
+                    "{} (made from an earlier version of the image: {})",
+                    r.image_id, st.change
+                ),
+            ));
+            for snap in &r.snapshots {
+                actions.push(act(
+                    "snapshot",
+                    &r.region,
+                    Verb::Delete,
+                    format!("{snap} (of {})", r.image_id),
+                ));
+            }
+        }
+    }
+    survey.forget_replaced(&reps);
     for img in &release.images {
+        if stale.iter().any(|s| s.name == img.name()) && !reps.iter().any(|r| r.name == img.name())
+        {
+            continue;
+        }
         actions.extend(image_plan(release, img, &survey, journal)?);
     }
     if let (Some(a), Some(decision)) = (&release.announce, &survey.announce) {
@@ -169,14 +242,26 @@ pub async fn plan(
             region: a.region().to_string(),
             verb,
             detail,
+            replaces: false,
         });
+    }
+    // The run refuses to start on a stale AMI without --replace.
+    let mut problems = survey.problems(release);
+    if !replace {
+        problems.extend(stale.iter().map(|st| Problem {
+            region: survey.source.clone(),
+            check: "image-changed",
+            problem: st.what(),
+            fix: st.ways_out().into(),
+            blocking: true,
+        }));
     }
     Ok(Plan {
         date: release.date.clone(),
         source_region: survey.source.clone(),
         regions: survey.regions.clone(),
         actions,
-        problems: survey.problems(release),
+        problems,
         checks: survey.readiness_lines(),
     })
 }
@@ -198,6 +283,7 @@ fn image_plan(
         region: region.to_string(),
         verb,
         detail,
+        replaces: false,
     };
     let s = survey.image(img);
     let source = &survey.source;

@@ -26,6 +26,8 @@ use crate::publish::Release;
 use crate::snapshot::{self, UploadOptions};
 use crate::state::journal::{Journal, Status, StepKey};
 
+use super::identity::Stamp;
+
 /// Publish `release` (clients `home` give credentials and endpoint; regions come from
 /// the release). Stops cleanly when `shutdown` resolves: the upload in progress deletes
 /// its unfinished snapshot, everything else is already in the journal.
@@ -45,7 +47,36 @@ pub async fn publish(
         parameters: false,
         uefi: false,
     };
-    let survey = Survey::take(home, release, Some(journal), scope, &opts.retry).await?;
+    let mut survey = Survey::take(home, release, Some(journal), scope, &opts.retry).await?;
+    // An AMI made from an earlier version of its image file is refused, or with
+    // --replace deregistered (ours only) and published again, before anything else.
+    let stale = survey.stale(release);
+    if !stale.is_empty() {
+        if !opts.replace {
+            return Err(PublishError::Stale(
+                stale.iter().map(super::survey::Stale::refusal).collect(),
+            ));
+        }
+        let reps = survey.replacements(release);
+        let foreign: Vec<String> = stale
+            .iter()
+            .filter(|s| !reps.iter().any(|r| r.image_id == s.image_id))
+            .map(|s| {
+                format!(
+                    "{}: {} was not made by ec2ami (no {} tag): --replace deregisters only \
+                     what ec2ami made; deregister it yourself or give the release a new name",
+                    s.name,
+                    s.image_id,
+                    tags::OWNERSHIP
+                )
+            })
+            .collect();
+        if !foreign.is_empty() {
+            return Err(PublishError::Stale(foreign));
+        }
+        replace(home, &reps, journal, &opts.retry).await?;
+        survey.forget_replaced(&reps);
+    }
     // What would fail halfway is refused before the first upload.
     let blocking: Vec<String> = survey
         .problems(release)
@@ -146,6 +177,41 @@ pub async fn publish(
     Ok((report, errors))
 }
 
+/// Deregister the AMIs `reps` names (disabling their deregistration protection first
+/// when they have it) and delete their snapshots; the journal forgets them.
+async fn replace(
+    home: &Clients,
+    reps: &[super::survey::Replacement],
+    journal: &Journal,
+    retry: &crate::aws::RetryPolicy,
+) -> Result<(), PublishError> {
+    for r in reps {
+        let c = home.in_region(&r.region);
+        if r.unprotect {
+            crate::aws::lifecycle::disable_protection(&c, &r.image_id, retry).await?;
+        }
+        ec2::deregister_image(&c, &r.image_id, retry).await?;
+        tracing::warn!(
+            "--replace: deregistered {} `{}` in {} (made from an earlier version of its image)",
+            r.image_id,
+            r.name,
+            r.region
+        );
+        for snap in &r.snapshots {
+            ec2::delete_snapshot(&c, snap, retry).await?;
+            tracing::warn!(
+                "--replace: deleted {snap} in {} (of {})",
+                r.region,
+                r.image_id
+            );
+        }
+        for kind in ["ami", "copy", "snapshot"] {
+            journal.forget(&StepKey::new(&r.name, kind, &r.region, ""))?;
+        }
+    }
+    Ok(())
+}
+
 struct Run<'a> {
     /// Clients in the source region.
     src: Clients,
@@ -174,6 +240,8 @@ struct Snap {
     reused: bool,
     /// Blocks this run sent.
     blocks: u64,
+    /// What the image file was when it was uploaded, when known.
+    stamp: Option<Stamp>,
 }
 
 type ImageResult = Result<ImageReport, PublishError>;
@@ -348,6 +416,7 @@ impl Run<'_> {
                     id,
                     reused: true,
                     blocks: 0,
+                    stamp: None,
                 });
             }
             SnapshotDecision::Reuse {
@@ -358,13 +427,17 @@ impl Run<'_> {
                 for d in &delete {
                     self.delete_leftover(d).await?;
                 }
+                let stamp = survey.snapshot_stamp(&id);
                 if found_by == "tag" {
-                    journal.record(&k_snap, Status::Done, Some(&id), Some("found by tag"))?;
+                    let detail = stamp.as_ref().map(Stamp::encode);
+                    let detail = detail.as_deref().unwrap_or("found by tag");
+                    journal.record(&k_snap, Status::Done, Some(&id), Some(detail))?;
                 }
                 return Ok(Snap {
                     id,
                     reused: true,
                     blocks: 0,
+                    stamp,
                 });
             }
             SnapshotDecision::Upload { delete } => delete,
@@ -383,6 +456,7 @@ impl Run<'_> {
             .await
             .map_err(|e| PublishError::Upload(format!("image reader failed: {e}")))?
             .map_err(|e| PublishError::Upload(e.to_string()))?;
+        let identity = image.identity().clone();
         let uopts = UploadOptions {
             description: Some(name.to_string()),
             tags: vec![(tags::AMI_NAME.to_string(), name.to_string())],
@@ -410,13 +484,81 @@ impl Run<'_> {
             }
         })?;
         let (id, blocks) = (report.snapshot_id, report.blocks_written);
-        ec2::create_tags(src, &id, &[(tags::UPLOADED, "true")], retry).await?;
-        journal.record(&k_snap, Status::Done, Some(&id), None)?;
+        // What was uploaded: the file as opened (the upload checked it did not change
+        // meanwhile) and the snapshot's aggregate checksum.
+        let stamp = Stamp {
+            checksum: Some(report.checksum.clone()),
+            ..Stamp::from_identity(&identity)
+        };
+        let encoded = stamp.encode();
+        ec2::create_tags(
+            src,
+            &id,
+            &[
+                (tags::UPLOADED, "true"),
+                (tags::IMAGE_IDENTITY, encoded.as_str()),
+            ],
+            retry,
+        )
+        .await?;
+        journal.record(&k_snap, Status::Done, Some(&id), Some(&encoded))?;
         Ok(Snap {
             id,
             reused: false,
             blocks,
+            stamp: Some(stamp),
         })
+    }
+
+    /// Another publisher registered `winner` under the image's name while this run
+    /// uploaded `snap`: this run's snapshot is deleted, and the winner's AMI adopted
+    /// when it is ours and was made from the same content (same aggregate checksum);
+    /// otherwise the image fails, saying so.
+    async fn lost_race(
+        &self,
+        img: &ReleaseImage,
+        snap: &Snap,
+        winner: &str,
+    ) -> Result<ami::Registered, PublishError> {
+        let (src, retry) = (&self.src, &self.opts.retry);
+        let found = ec2::image(src, winner, retry).await?;
+        ec2::delete_snapshot(src, &snap.id, retry).await?;
+        self.journal
+            .forget(&self.key(img, "snapshot", self.source(), ""))?;
+        let theirs = found
+            .as_ref()
+            .filter(|a| tags::is_managed(&a.tags))
+            .and_then(|a| a.tag(tags::IMAGE_IDENTITY))
+            .and_then(Stamp::decode)
+            .and_then(|s| s.checksum);
+        let ours = snap.stamp.as_ref().and_then(|s| s.checksum.clone());
+        match (found, theirs, ours) {
+            (Some(a), Some(t), Some(o)) if t == o => {
+                tracing::warn!(
+                    "{}: another publisher registered {} from the same content meanwhile: \
+                     adopted it; deleted this run's snapshot {}",
+                    img.name(),
+                    a.id,
+                    snap.id
+                );
+                ami::wait_available(src, &a.id, self.opts.wait, retry).await?;
+                Ok(ami::Registered {
+                    region: self.source().to_string(),
+                    image_id: a.id.clone(),
+                    snapshot_id: a.source_snapshot().unwrap_or_default(),
+                    reused: true,
+                })
+            }
+            _ => Err(PublishError::Upload(format!(
+                "{winner} was registered as `{}` in {} by another publisher while this run \
+                 uploaded {}, from other content (or not by ec2ami): deleted this run's \
+                 snapshot {}; check {winner}, then run again",
+                img.name(),
+                self.source(),
+                img.path.display(),
+                snap.id
+            ))),
+        }
     }
 
     async fn delete_leftover(&self, id: &str) -> Result<(), PublishError> {
@@ -434,7 +576,20 @@ impl Run<'_> {
         let source = self.source().to_string();
 
         let k_ami = self.key(img, "ami", &source, "");
-        let registered = ami::register(src, &snap.id, &img.spec, self.opts.wait, retry).await?;
+        // The AMI carries what its image file was, for later runs and `validate`.
+        let mut spec = img.spec.clone();
+        if let Some(st) = &snap.stamp {
+            spec.tags
+                .push((tags::IMAGE_IDENTITY.to_string(), st.encode()));
+        }
+        let registered = match ami::register(src, &snap.id, &spec, self.opts.wait, retry).await {
+            Ok(r) => r,
+            // Another publisher (another state database) registered the name first.
+            Err(ami::AmiError::NameTaken { image_id, .. }) if !snap.reused => {
+                self.lost_race(img, &snap, &image_id).await?
+            }
+            Err(e) => return Err(e.into()),
+        };
         journal.record(&k_ami, Status::Done, Some(&registered.image_id), None)?;
         let image_id = registered.image_id.clone();
         self.opts.tell(super::Event::Registered {
@@ -475,7 +630,7 @@ impl Run<'_> {
         let mut amis = vec![RegionalAmi {
             region: source.clone(),
             image_id: image_id.clone(),
-            snapshot_id: Some(snap.id.clone()),
+            snapshot_id: Some(registered.snapshot_id.clone()),
             reused: registered.reused,
         }];
         let mut warnings = Vec::new();
@@ -570,7 +725,7 @@ impl Run<'_> {
         Ok(ImageReport {
             name: img.name().to_string(),
             path: img.path.clone(),
-            snapshot_id: snap.id,
+            snapshot_id: registered.snapshot_id.clone(),
             snapshot_reused: snap.reused,
             amis,
             permissions,

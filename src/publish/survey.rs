@@ -30,6 +30,8 @@ use crate::aws::quotas::{self, Quota};
 use crate::aws::{Ami, AwsError, Clients, RetryPolicy, Snapshot, ec2, lifecycle, ssm, tags};
 use crate::state::journal::{Journal, Status, Step, StepKey};
 
+use super::identity::Stamp;
+
 /// What to look at (the run reads parameters when it writes them, not before).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Scope {
@@ -118,6 +120,64 @@ pub struct ImageSurvey {
     /// The snapshots of earlier uploads (only looked at when the AMI does not exist in
     /// the source region).
     pub snapshots: Option<SnapshotSurvey>,
+    /// The image file as it is now (an error when it cannot be read).
+    pub current: Result<Stamp, String>,
+    /// What the source AMI was made from, when recorded (its identity tag, else the
+    /// journal's snapshot step).
+    pub recorded: Option<Stamp>,
+}
+
+/// An AMI made from an earlier version of its image file: what `--replace` deregisters.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Stale {
+    /// The AMI name.
+    pub name: String,
+    /// The image file.
+    pub path: std::path::PathBuf,
+    /// The source AMI.
+    pub image_id: String,
+    /// What changed, in words.
+    pub change: String,
+}
+
+impl Stale {
+    /// What is wrong, in words.
+    pub fn what(&self) -> String {
+        format!(
+            "{}: {} changed since {} was made from it ({})",
+            self.name,
+            self.path.display(),
+            self.image_id,
+            self.change
+        )
+    }
+
+    /// The ways out.
+    pub fn ways_out(&self) -> &'static str {
+        "give the release a new build date or name, or pass --replace to deregister it \
+         (with its copies and snapshots) and publish the image again"
+    }
+
+    /// The refusal, one line, with the ways out.
+    pub fn refusal(&self) -> String {
+        format!("{}: {}", self.what(), self.ways_out())
+    }
+}
+
+/// One thing `publish --replace` deletes: our AMI in a region (with its snapshots), made
+/// from an earlier version of the image.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Replacement {
+    /// The AMI name.
+    pub name: String,
+    /// Region.
+    pub region: String,
+    /// The AMI to deregister.
+    pub image_id: String,
+    /// Its snapshots, deleted after it.
+    pub snapshots: Vec<String>,
+    /// True when its deregistration protection must be disabled first.
+    pub unprotect: bool,
 }
 
 /// What exists for one image in one region. A lookup that failed is kept as its error:
@@ -312,10 +372,29 @@ impl Survey {
                     uefi,
                 });
             }
+            // What the source AMI was made from: its tag, else the journal's snapshot
+            // step when that is the AMI's snapshot.
+            let recorded = match &rs[0].ami {
+                Ok(Some(a)) => match a.tag(tags::IMAGE_IDENTITY).and_then(Stamp::decode) {
+                    Some(s) => Some(s),
+                    None => match journal {
+                        Some(j) => j
+                            .get(&StepKey::new(img.name(), "snapshot", &source, ""))?
+                            .filter(|st| {
+                                st.resource_id.is_some() && st.resource_id == a.source_snapshot()
+                            })
+                            .and_then(|st| st.detail.as_deref().and_then(Stamp::decode)),
+                        None => None,
+                    },
+                },
+                _ => None,
+            };
             images.push(ImageSurvey {
                 name: img.name().to_string(),
                 regions: rs,
                 snapshots: None,
+                current: Stamp::of(&img.path),
+                recorded,
             });
         }
 
@@ -373,6 +452,67 @@ impl Survey {
             not_enabled,
             readiness,
         })
+    }
+
+    /// The images whose AMI was made from an earlier version of their file.
+    pub fn stale(&self, release: &Release) -> Vec<Stale> {
+        release
+            .images
+            .iter()
+            .filter_map(|img| self.image(img).stale(&img.path))
+            .collect()
+    }
+
+    /// What `publish --replace` deletes for the stale images: in every region, our AMI
+    /// of that name (the source AMI, or our copy of it) with its snapshots. AMIs that
+    /// ec2ami did not make (no ownership tag) are never in it.
+    pub fn replacements(&self, release: &Release) -> Vec<Replacement> {
+        let now = crate::state::now_epoch();
+        let mut out = Vec::new();
+        for stale in self.stale(release) {
+            let Some(img) = self.images.iter().find(|i| i.name == stale.name) else {
+                continue;
+            };
+            for r in &img.regions {
+                let Ok(Some(a)) = &r.ami else { continue };
+                let ours = tags::is_managed(&a.tags)
+                    && (a.id == stale.image_id
+                        || a.tag(tags::SOURCE_IMAGE) == Some(stale.image_id.as_str()));
+                if !ours {
+                    continue;
+                }
+                out.push(Replacement {
+                    name: stale.name.clone(),
+                    region: r.region.clone(),
+                    image_id: a.id.clone(),
+                    snapshots: a.snapshot_ids().map(str::to_string).collect(),
+                    unprotect: lifecycle::Protection::parse(a.protection.as_deref(), now)
+                        .blocks_deregistration(),
+                });
+            }
+        }
+        out
+    }
+
+    /// The survey as it will be once `done` are deleted: those AMIs gone, their images
+    /// to be uploaded afresh.
+    pub fn forget_replaced(&mut self, done: &[Replacement]) {
+        for img in &mut self.images {
+            let mine: Vec<&Replacement> = done.iter().filter(|d| d.name == img.name).collect();
+            if mine.is_empty() {
+                continue;
+            }
+            for r in &mut img.regions {
+                if mine.iter().any(|d| d.region == r.region) {
+                    r.ami = Ok(None);
+                    r.grants = None;
+                    r.snapshots_public = None;
+                    r.uefi = None;
+                }
+            }
+            img.recorded = None;
+            img.snapshots = Some(SnapshotSurvey::default());
+        }
     }
 
     /// What the checks before anything is created found, one line per region of a
@@ -629,6 +769,10 @@ async fn recorded_ami(
     }
 }
 
+/// How long an unfinished upload another publisher (another state database) may be
+/// making is left alone: a pending snapshot without `ec2ami:uploaded` younger than this.
+pub const IN_PROGRESS_SECS: i64 = 3600;
+
 /// Where an image's snapshot comes from.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum SnapshotDecision {
@@ -676,6 +820,40 @@ impl ImageSurvey {
         }
     }
 
+    /// The source AMI, when it was made from an earlier version of the image file
+    /// (`path`) than the one there now.
+    pub fn stale(&self, path: &std::path::Path) -> Option<Stale> {
+        let ami = self.source().ami.as_ref().ok()?.as_ref()?;
+        let change = self
+            .recorded
+            .as_ref()?
+            .change(self.current.as_ref().ok()?)?;
+        Some(Stale {
+            name: self.name.clone(),
+            path: path.to_path_buf(),
+            image_id: ami.id.clone(),
+            change,
+        })
+    }
+
+    /// The identity recorded for the earlier upload `snapshot_id` (its tag, else the
+    /// journal's detail), to carry onto the AMI registered from it.
+    pub fn snapshot_stamp(&self, snapshot_id: &str) -> Option<Stamp> {
+        let s = self.snapshots.as_ref()?;
+        let tagged = s
+            .tagged
+            .iter()
+            .chain(s.journal.as_ref().and_then(|(_, f)| f.as_ref()))
+            .find(|snap| snap.id == snapshot_id)
+            .and_then(|snap| snap.tag(tags::IMAGE_IDENTITY).and_then(Stamp::decode));
+        tagged.or_else(|| {
+            s.journal
+                .as_ref()
+                .filter(|(st, _)| st.resource_id.as_deref() == Some(snapshot_id))
+                .and_then(|(st, _)| st.detail.as_deref().and_then(Stamp::decode))
+        })
+    }
+
     /// The source region's survey.
     pub fn source(&self) -> &RegionSurvey {
         &self.regions[0]
@@ -704,9 +882,21 @@ impl ImageSurvey {
         let empty = SnapshotSurvey::default();
         let s = self.snapshots.as_ref().unwrap_or(&empty);
         let mut delete = Vec::new();
+        // A snapshot of an earlier version of the file is not reused.
+        let stale = |recorded: Option<Stamp>| match (&self.current, recorded) {
+            (Ok(now), Some(then)) => then.change(now).is_some(),
+            _ => false,
+        };
+        let tagged_stamp = |snap: &Snapshot| snap.tag(tags::IMAGE_IDENTITY).and_then(Stamp::decode);
         if let Some((step, found)) = &s.journal {
             let id = step.resource_id.clone().unwrap_or_default();
+            let recorded = found
+                .as_ref()
+                .and_then(tagged_stamp)
+                .or_else(|| step.detail.as_deref().and_then(Stamp::decode));
+            let was_stale = stale(recorded);
             match found {
+                Some(_) if was_stale => delete.push(id),
                 Some(snap) if step.status == Status::Done && snap.completed() => {
                     return SnapshotDecision::Reuse {
                         id,
@@ -719,12 +909,27 @@ impl ImageSurvey {
             }
         }
         let mut reuse = None;
+        let now = crate::state::now_epoch();
         for snap in &s.tagged {
             if delete.contains(&snap.id) {
                 continue;
             }
+            // Unfinished, recent and not ours (not in this journal): another publisher's
+            // upload in progress, left alone.
+            let journalled = s
+                .journal
+                .as_ref()
+                .and_then(|(st, _)| st.resource_id.as_deref())
+                == Some(snap.id.as_str());
+            if !journalled
+                && snap.state == "pending"
+                && snap.tag(tags::UPLOADED).is_none()
+                && now - snap.started < IN_PROGRESS_SECS
+            {
+                continue;
+            }
             let complete = snap.tag(tags::UPLOADED).is_some() && snap.completed();
-            if complete && reuse.is_none() {
+            if complete && reuse.is_none() && !stale(tagged_stamp(snap)) {
                 reuse = Some(snap.id.clone());
             } else {
                 delete.push(snap.id.clone());
@@ -845,6 +1050,8 @@ mod tests {
                 uefi: None,
             }],
             snapshots: Some(SnapshotSurvey { journal, tagged }),
+            current: Err("not read".into()),
+            recorded: None,
         }
     }
 

@@ -3,10 +3,11 @@
 
 use serde::Serialize;
 
-use super::survey::{RegionSurvey, Scope, Survey};
+use super::survey::{RegionSurvey, Scope, Stale, Survey};
 use super::{PublishError, Release, ReleaseImage};
 use crate::ami;
 use crate::aws::{AwsError, Clients, RetryPolicy};
+use crate::state::journal::Journal;
 
 /// The state of one expected item.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -99,23 +100,26 @@ impl Validation {
     }
 }
 
-/// Check every AMI, permission and parameter `release` describes, from one survey.
+/// Check every AMI, permission and parameter `release` describes, from one survey
+/// (`journal`: an earlier publish's, for what it recorded of the image files).
 pub async fn validate(
     home: &Clients,
     release: &Release,
+    journal: Option<&Journal>,
     retry: &RetryPolicy,
 ) -> Result<Validation, PublishError> {
     let scope = Scope {
         parameters: true,
         uefi: true,
     };
-    let survey = Survey::take(home, release, None, scope, retry).await?;
+    let survey = Survey::take(home, release, journal, scope, retry).await?;
     let mut checks = Vec::new();
     for img in &release.images {
         let s = survey.image(img);
+        let stale = s.stale(&img.path);
         for r in &s.regions {
             let optional = survey.best_effort.contains(&r.region);
-            checks.extend(check_region(r, release, img, optional));
+            checks.extend(check_region(r, release, img, optional, stale.as_ref()));
         }
     }
     // What would make the rest of the publish fail: the same checks `--plan` shows.
@@ -141,6 +145,7 @@ fn check_region(
     release: &Release,
     img: &ReleaseImage,
     best_effort: bool,
+    stale: Option<&Stale>,
 ) -> Vec<Check> {
     let region = r.region.clone();
     let check = |kind, target: &str, verdict, detail: String| Check {
@@ -169,7 +174,14 @@ fn check_region(
             None
         }
         Ok(Some(i)) => {
-            let diff = ami::register::differences(&img.spec, i);
+            let mut diff = ami::register::differences(&img.spec, i);
+            if let Some(st) = stale {
+                diff.push(format!(
+                    "made from an earlier version of {} ({}): publish --replace",
+                    st.path.display(),
+                    st.change
+                ));
+            }
             out.push(if diff.is_empty() {
                 check("ami", &i.id, Verdict::Correct, String::new())
             } else {

@@ -19,6 +19,7 @@ mod plan_agrees;
 mod prune;
 mod publish;
 mod realism;
+mod republish;
 mod roundtrip;
 mod s3_import;
 mod shipped;

@@ -79,6 +79,8 @@ fn promised(plan: &serde_json::Value) -> Requests {
             ("share", "update") => "ModifyImageAttribute",
             ("snapshots", "update") => "ModifySnapshotAttribute",
             ("deprecate", "update") => "EnableImageDeprecation",
+            ("deregister", "delete") => "DeregisterImage",
+            ("unprotect", "update") => "DisableImageDeregistrationProtection",
             ("protect", "update") => "EnableImageDeregistrationProtection",
             ("param", "create" | "update") => "PutParameter",
             ("announce", "create") => "Publish",
@@ -103,6 +105,8 @@ fn sent(world: &World) -> Requests {
         "ModifySnapshotAttribute",
         "EnableImageDeprecation",
         "EnableImageDeregistrationProtection",
+        "DeregisterImage",
+        "DisableImageDeregistrationProtection",
         "PutParameter",
         "Publish",
     ];
@@ -118,6 +122,17 @@ fn sent(world: &World) -> Requests {
 
 /// Plan, then run, and compare what the plan promised with what the run sent.
 async fn plan_then_run(world: &World, release: &Path, expect_ok: bool) -> Requests {
+    plan_then_run_with(world, release, &[], &[], expect_ok).await
+}
+
+/// [`plan_then_run`] with extra arguments for the plan and for the run.
+async fn plan_then_run_with(
+    world: &World,
+    release: &Path,
+    plan_args: &[&str],
+    run_args: &[&str],
+    expect_ok: bool,
+) -> Requests {
     // The release's announcement topic (CreateTopic of an existing name is a no-op).
     let c = world.clients().await;
     aws_sdk_sns::Client::new(&c.config)
@@ -127,21 +142,23 @@ async fn plan_then_run(world: &World, release: &Path, expect_ok: bool) -> Reques
         .await
         .unwrap();
     world.proxy.clear_requests();
-    let run = world
-        .run(&[
-            "--output",
-            "json",
-            "publish",
-            release.to_str().unwrap(),
-            "--plan",
-        ])
-        .await;
+    let mut args = vec![
+        "--output",
+        "json",
+        "publish",
+        release.to_str().unwrap(),
+        "--plan",
+    ];
+    args.extend_from_slice(plan_args);
+    let run = world.run(&args).await;
     run.assert_ok();
     assert!(mutating(world).is_empty(), "{:?}", mutating(world));
     let plan: serde_json::Value = serde_json::from_str(&run.stdout).unwrap();
     let promise = promised(&plan);
     world.proxy.clear_requests();
-    let run = world.run(&["publish", release.to_str().unwrap()]).await;
+    let mut args = vec!["publish", release.to_str().unwrap()];
+    args.extend_from_slice(run_args);
+    let run = world.run(&args).await;
     if expect_ok {
         run.assert_ok();
     } else {
@@ -296,4 +313,38 @@ async fn with_a_parameter_holding_another_ami() {
             (("Publish".into(), "us-east-1".into()), 1),
         ])
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_a_changed_image_replaced() {
+    let world = World::moto().await;
+    let rel = release(world.dir.path());
+    world
+        .run(&["publish", rel.to_str().unwrap()])
+        .await
+        .assert_ok();
+    // The amd64 image is rebuilt.
+    let image = world.dir.path().join("base-ufs-amd64.raw");
+    std::fs::remove_file(&image).unwrap();
+    sparse_file(
+        &image,
+        20 * MIB,
+        &[(MIB, random_bytes(72, 2 * MIB as usize))],
+    );
+    let p = plan_then_run_with(&world, &rel, &["--replace"], &["--replace", "--yes"], true).await;
+    // Its AMI and two copies are unprotected, deregistered and their snapshots deleted;
+    // then it is published anew (the arm64 image untouched).
+    assert_eq!(
+        count(&p, "DisableImageDeregistrationProtection"),
+        3,
+        "{p:?}"
+    );
+    assert_eq!(count(&p, "DeregisterImage"), 3, "{p:?}");
+    assert_eq!(count(&p, "DeleteSnapshot"), 3, "{p:?}");
+    assert_eq!(count(&p, "StartSnapshot"), 1, "{p:?}");
+    assert_eq!(count(&p, "RegisterImage"), 1, "{p:?}");
+    assert_eq!(count(&p, "CopyImage"), 2, "{p:?}");
+    assert_eq!(count(&p, "PutParameter"), 3, "{p:?}");
+    let p = plan_then_run(&world, &rel, true).await;
+    assert!(p.is_empty(), "{p:?}");
 }
