@@ -14,6 +14,7 @@ mod hostile;
 mod images;
 mod imds;
 mod lifecycle;
+mod lineage;
 mod moto_ext;
 mod plan_agrees;
 mod prune;
