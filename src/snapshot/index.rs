@@ -40,7 +40,6 @@ pub struct IndexHeader {
 }
 
 /// A loaded block index.
-#[allow(dead_code)] // read back by incremental and resumed uploads (issue 12)
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct BlockIndex {
     /// Header.
@@ -134,7 +133,6 @@ impl IndexWriter {
 
 impl BlockIndex {
     /// Load an index file (complete or partial).
-    #[allow(dead_code)] // read back by incremental and resumed uploads (issue 12)
     pub fn load(path: &Path) -> io::Result<BlockIndex> {
         let bad = |line: usize, what: &str| {
             io::Error::new(

@@ -4,6 +4,7 @@
 pub mod checksum;
 pub(crate) mod download;
 pub(crate) mod index;
+pub(crate) mod resume;
 pub(crate) mod upload;
 pub(crate) mod wait;
 

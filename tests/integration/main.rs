@@ -12,6 +12,7 @@ mod flag_coverage;
 mod history;
 mod hostile;
 mod images;
+mod incremental;
 mod imds;
 mod lifecycle;
 mod lineage;

@@ -1,0 +1,429 @@
+//! Incremental uploads (`upload --parent`) and resumed uploads (issue 12), against
+//! moto and the strict EBS endpoint, through the proxy: what is sent is counted on the
+//! wire, and downloads prove the content.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::Path;
+use std::time::Duration;
+
+use ec2ami_testkit::StrictEbsConfig;
+
+use crate::common::*;
+
+/// Block index -> SHA-256 of the blocks of `path` with data (computed here).
+fn content(path: &Path) -> BTreeMap<u64, [u8; 32]> {
+    nonzero_blocks(path).into_iter().collect()
+}
+
+/// The blocks whose content differs between two images (absent = zero).
+fn changed(a: &Path, b: &Path) -> BTreeSet<u64> {
+    let (a, b) = (content(a), content(b));
+    a.keys()
+        .chain(b.keys())
+        .copied()
+        .filter(|i| a.get(i) != b.get(i))
+        .collect()
+}
+
+/// Block indexes of the successful PutSnapshotBlock requests the proxy saw.
+fn blocks_put(world: &World) -> Vec<u64> {
+    world
+        .proxy
+        .requests()
+        .iter()
+        .filter(|r| r.operation == "PutSnapshotBlock" && r.status == 201)
+        .map(|r| r.path.rsplit('/').next().unwrap().parse().unwrap())
+        .collect()
+}
+
+/// v1: 1023 MiB, 200 blocks of data in its first 100 MiB with holes among them.
+/// v2: 1 % of v1's blocks changed, some blocks zeroed, data written into holes, and
+/// grown by 3 MiB past the GiB (so the child's volume is larger than its parent's).
+fn make_versions(world: &World) -> (std::path::PathBuf, std::path::PathBuf) {
+    let v1 = world.path("v1.raw");
+    let v2 = world.path("v2.raw");
+    let mut chunks = vec![(0, random_bytes(11, 100 * MIB as usize))];
+    // Holes at blocks 50..54 and 120..124.
+    chunks.push((50 * BLOCK, vec![0u8; 4 * BLOCK as usize]));
+    chunks.push((120 * BLOCK, vec![0u8; 4 * BLOCK as usize]));
+    chunks.push((1000 * MIB, random_bytes(12, MIB as usize)));
+    sparse_file(&v1, 1023 * MIB, &chunks);
+    let mut chunks2 = chunks.clone();
+    // 1 %: two blocks changed.
+    chunks2.push((7 * BLOCK + 100, random_bytes(13, 1000)));
+    chunks2.push((150 * BLOCK, random_bytes(14, BLOCK as usize)));
+    // Zeroed where v1 had data.
+    chunks2.push((10 * BLOCK, vec![0u8; BLOCK as usize]));
+    chunks2.push((2000 * BLOCK, vec![0u8; BLOCK as usize]));
+    // Data in v1's holes.
+    chunks2.push((51 * BLOCK, random_bytes(15, BLOCK as usize)));
+    chunks2.push((121 * BLOCK + 5, random_bytes(16, 10)));
+    // Grown by 3 MiB, with data in the new part.
+    chunks2.push((1024 * MIB + 100, random_bytes(17, 2 * MIB as usize)));
+    sparse_file(&v2, 1026 * MIB, &chunks2);
+    (v1, v2)
+}
+
+async fn incremental_round_trip(world: &World) {
+    let (v1, v2) = make_versions(world);
+    let r1 = world.upload(&v1, &[]).await;
+    let parent = r1["snapshot_id"].as_str().unwrap().to_string();
+    assert_eq!(r1["parent_snapshot_id"], serde_json::Value::Null);
+    world.proxy.clear_requests();
+
+    let want = changed(&v1, &v2);
+    assert!(want.len() >= 10, "{want:?}");
+    let r2 = world.upload(&v2, &["--parent", &parent]).await;
+    let child = r2["snapshot_id"].as_str().unwrap().to_string();
+    let sent = blocks_put(world);
+    assert_eq!(
+        sent.iter().copied().collect::<BTreeSet<_>>(),
+        want,
+        "exactly the changed blocks are sent"
+    );
+    assert_eq!(sent.len(), want.len(), "each once");
+    assert_eq!(r2["blocks_written"], want.len() as u64);
+    assert_eq!(r2["parent_snapshot_id"], parent.as_str());
+    let (c1, c2) = (content(&v1), content(&v2));
+    let same = c2.iter().filter(|(i, d)| c1.get(i) == Some(d)).count();
+    assert_eq!(r2["blocks_unchanged"], same as u64);
+    assert_eq!(r2["volume_size_gib"], 2);
+    let start = world
+        .proxy
+        .requests()
+        .into_iter()
+        .find(|r| r.operation == "StartSnapshot")
+        .unwrap();
+    let body: serde_json::Value = serde_json::from_slice(start.body.as_deref().unwrap()).unwrap();
+    assert_eq!(body["ParentSnapshotId"], parent.as_str());
+    assert!(body.get("Encrypted").is_none());
+    let out = world.path("v2.out");
+    world.download(&child, &out).await;
+    assert_same_content(&v2, &out);
+
+    // The child's index lists what it holds (its parent's blocks too): the same image
+    // against the child sends nothing.
+    world.proxy.clear_requests();
+    let r3 = world.upload(&v2, &["--parent", &child]).await;
+    assert_eq!(r3["blocks_written"], 0);
+    assert!(blocks_put(world).is_empty());
+    let out3 = world.path("v3.out");
+    world.download(r3["snapshot_id"].as_str().unwrap(), &out3).await;
+    assert_same_content(&v2, &out3);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn incremental_round_trip_through_the_strict_endpoint() {
+    let world = World::strict(StrictEbsConfig::default()).await;
+    incremental_round_trip(&world).await;
+    assert!(
+        world.strict_ebs().rejections().is_empty(),
+        "{:?}",
+        world.strict_ebs().rejections()
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn incremental_round_trip_through_moto() {
+    let world = World::moto().await;
+    incremental_round_trip(&world).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unusable_parents_are_refused_before_start_snapshot() {
+    let world = World::strict(StrictEbsConfig::default()).await;
+    let small = world.path("small.raw");
+    sparse_file(&small, 3 * MIB, &[(0, random_bytes(21, 3 * MIB as usize))]);
+    let big = world.path("big.raw");
+    sparse_file(&big, 1100 * MIB, &[(0, random_bytes(22, MIB as usize))]);
+    let big_snap = world.upload(&big, &[]).await["snapshot_id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let enc_snap = world.upload(&small, &["--encrypted"]).await["snapshot_id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let plain_snap = world.upload(&small, &[]).await["snapshot_id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    // A pending snapshot (started, never completed).
+    let ebs = world.clients().await.ebs;
+    let pending = ebs
+        .start_snapshot()
+        .volume_size(1)
+        .send()
+        .await
+        .unwrap()
+        .snapshot_id()
+        .unwrap()
+        .to_string();
+    world.proxy.clear_requests();
+    let cases: Vec<(Vec<&str>, String)> = vec![
+        (
+            vec!["--parent", &big_snap],
+            format!("parent snapshot {big_snap} is a 2 GiB volume, larger than this image's 1 GiB"),
+        ),
+        (
+            vec!["--parent", &pending],
+            format!("parent snapshot {pending} is pending, not completed"),
+        ),
+        (
+            vec!["--parent", "snap-0123456789abcdef0"],
+            "parent snapshot snap-0123456789abcdef0: no such snapshot in us-east-1".to_string(),
+        ),
+        (
+            vec!["--parent", &enc_snap],
+            format!("parent snapshot {enc_snap} is encrypted and this upload is not"),
+        ),
+        (
+            vec!["--parent", &plain_snap, "--encrypted"],
+            format!("parent snapshot {plain_snap} is not encrypted and this upload is"),
+        ),
+    ];
+    for (extra, needle) in cases {
+        let mut args = vec!["upload", small.to_str().unwrap()];
+        args.extend(extra);
+        let run = world.run(&args).await;
+        run.assert_failed_with(&needle);
+        let errors = run.stderr.lines().filter(|l| l.starts_with("error:")).count();
+        assert_eq!(errors, 1, "one error line:\n{}", run.stderr);
+    }
+    assert_eq!(world.proxy.count("StartSnapshot"), 0, "nothing started");
+    assert_eq!(mutating(&world), Vec::<String>::new());
+
+    // A parent whose index was never kept here (made by another tool).
+    let index_dir = world.path("elsewhere");
+    let run = world
+        .run(&[
+            "upload",
+            small.to_str().unwrap(),
+            "--parent",
+            &plain_snap,
+            "--index-dir",
+            index_dir.to_str().unwrap(),
+        ])
+        .await;
+    run.assert_failed_with(&format!("no block index of parent snapshot {plain_snap}"));
+    assert_eq!(world.proxy.count("StartSnapshot"), 0);
+}
+
+// ---------------------------------------------------------------------------------------
+// Resume
+
+const WORKERS: usize = 4;
+
+/// Start `ec2ami upload IMAGE ARGS` and kill -9 it once `after` PutSnapshotBlock
+/// requests have passed the proxy and every worker's next one is held there.
+/// Returns how many blocks the killed run had in flight (sent, never answered).
+async fn kill_after(world: &World, image: &Path, after: usize, total: usize, extra: &[&str]) -> usize {
+    let gate = world.proxy.hold(Some("PutSnapshotBlock"), after);
+    let workers = WORKERS.to_string();
+    let mut args = vec!["upload", image.to_str().unwrap(), "--workers", &workers];
+    args.extend_from_slice(extra);
+    let mut child = world.ec2ami().args(&args).spawn().unwrap();
+    let in_flight = WORKERS.min(total - after);
+    assert!(
+        gate.arrived(in_flight, Duration::from_secs(120)).await,
+        "{in_flight} blocks held after {after}"
+    );
+    child.start_kill().unwrap(); // SIGKILL
+    let status = child.wait().await.unwrap();
+    assert!(!status.success());
+    let held = gate.held();
+    drop(gate);
+    held
+}
+
+async fn resume_after_kill(pct: usize) {
+    let world = World::strict(StrictEbsConfig::default()).await;
+    let image = world.path("image.raw");
+    let total = 40usize;
+    sparse_file(&image, total as u64 * BLOCK, &[(0, random_bytes(31, total * BLOCK as usize))]);
+    let after = total * pct / 100;
+    let held = kill_after(&world, &image, after, total, &[]).await;
+    let first = blocks_put(&world);
+    assert_eq!(first.len(), after, "the run was killed after {after} blocks");
+    let pending = world.strict_ebs().snapshot_ids();
+    assert_eq!(pending.len(), 1);
+    world.proxy.clear_requests();
+
+    let workers = WORKERS.to_string();
+    let run = world
+        .run(&["--output", "json", "upload", image.to_str().unwrap(), "--workers", &workers])
+        .await;
+    run.assert_ok();
+    let report: serde_json::Value = serde_json::from_str(&run.stdout).unwrap();
+    assert_eq!(report["snapshot_id"], pending[0].as_str(), "the same snapshot");
+    assert_eq!(report["resumed"], true);
+    assert_eq!(report["blocks_resumed"], after as u64);
+    let second = blocks_put(&world);
+    assert_eq!(report["blocks_written"], second.len() as u64);
+    assert!(
+        run.stderr.contains("continuing the pending snapshot"),
+        "{}",
+        run.stderr
+    );
+    assert_eq!(world.proxy.count("StartSnapshot"), 0);
+    // Sent over both runs: the killed run's acknowledged and in-flight blocks, then the
+    // rest.
+    let over_both = first.len() + held + second.len();
+    assert!(
+        over_both <= total + WORKERS,
+        "{over_both} blocks sent for a {total}-block image with {WORKERS} workers"
+    );
+    let acked: BTreeSet<u64> = first.iter().copied().collect();
+    assert!(second.iter().all(|b| !acked.contains(b)), "no acknowledged block resent");
+    let out = world.path("out.raw");
+    world.download(&pending[0], &out).await;
+    assert_same_content(&image, &out);
+    assert!(world.strict_ebs().rejections().is_empty());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn resume_after_kill_at_20_percent() {
+    resume_after_kill(20).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn resume_after_kill_at_50_percent() {
+    resume_after_kill(50).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn resume_after_kill_at_90_percent() {
+    resume_after_kill(90).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_modified_image_or_a_vanished_snapshot_starts_over() {
+    let world = World::strict(StrictEbsConfig::default()).await;
+    let image = world.path("image.raw");
+    let total = 20usize;
+    sparse_file(&image, total as u64 * BLOCK, &[(0, random_bytes(41, total * BLOCK as usize))]);
+    let workers = WORKERS.to_string();
+    let upload = ["--output", "json", "upload", image.to_str().unwrap(), "--workers", &workers];
+
+    // Modified, modification time changed.
+    kill_after(&world, &image, 10, total, &[]).await;
+    let old = world.strict_ebs().snapshot_ids();
+    sparse_file(&image, total as u64 * BLOCK, &[(0, random_bytes(42, total * BLOCK as usize))]);
+    let run = world.run(&upload).await;
+    run.assert_ok();
+    assert!(
+        run.stderr.contains("starting over: the image changed since the interrupted upload"),
+        "{}",
+        run.stderr
+    );
+    let report: serde_json::Value = serde_json::from_str(&run.stdout).unwrap();
+    assert_ne!(report["snapshot_id"], old[0].as_str());
+    assert_eq!(report["resumed"], false);
+    assert!(report["restarted"].as_str().unwrap().contains(&format!("{} was deleted", old[0])));
+    assert!(world.strict_ebs().snapshot(&old[0]).is_none(), "ours, superseded: deleted");
+    let out = world.path("a.out");
+    world.download(report["snapshot_id"].as_str().unwrap(), &out).await;
+    assert_same_content(&image, &out);
+
+    // Modified with the modification time put back: the checksums of what was sent
+    // tell.
+    let image2 = world.path("image2.raw");
+    sparse_file(&image2, total as u64 * BLOCK, &[(0, random_bytes(43, total * BLOCK as usize))]);
+    let upload2 = ["--output", "json", "upload", image2.to_str().unwrap(), "--workers", &workers];
+    kill_after(&world, &image2, 10, total, &[]).await;
+    let mtime = std::fs::metadata(&image2).unwrap().modified().unwrap();
+    {
+        use std::os::unix::fs::FileExt;
+        let f = std::fs::OpenOptions::new().write(true).open(&image2).unwrap();
+        f.write_all_at(b"changed", 3).unwrap();
+        f.set_modified(mtime).unwrap();
+    }
+    let run = world.run(&upload2).await;
+    run.assert_ok();
+    assert!(
+        run.stderr.contains("block 0 differs from what was sent"),
+        "{}",
+        run.stderr
+    );
+    let report: serde_json::Value = serde_json::from_str(&run.stdout).unwrap();
+    let out = world.path("b.out");
+    world.download(report["snapshot_id"].as_str().unwrap(), &out).await;
+    assert_same_content(&image2, &out);
+
+    // The pending snapshot deleted meanwhile: a new one, nothing deleted.
+    let image3 = world.path("image3.raw");
+    sparse_file(&image3, total as u64 * BLOCK, &[(0, random_bytes(44, total * BLOCK as usize))]);
+    let upload3 = ["--output", "json", "upload", image3.to_str().unwrap(), "--workers", &workers];
+    let before: BTreeSet<String> = world.strict_ebs().snapshot_ids().into_iter().collect();
+    kill_after(&world, &image3, 10, total, &[]).await;
+    let started: Vec<String> = world
+        .strict_ebs()
+        .snapshot_ids()
+        .into_iter()
+        .filter(|s| !before.contains(s))
+        .collect();
+    assert_eq!(started.len(), 1);
+    world
+        .clients()
+        .await
+        .ec2
+        .delete_snapshot()
+        .snapshot_id(&started[0])
+        .send()
+        .await
+        .unwrap();
+    world.proxy.clear_requests();
+    let run = world.run(&upload3).await;
+    run.assert_ok();
+    assert!(
+        run.stderr.contains(&format!("the snapshot {} of the interrupted upload is gone", started[0])),
+        "{}",
+        run.stderr
+    );
+    assert_eq!(world.proxy.count("DeleteSnapshot"), 0, "nothing deleted");
+    let report: serde_json::Value = serde_json::from_str(&run.stdout).unwrap();
+    assert_eq!(report["blocks_written"], total as u64);
+    let out = world.path("c.out");
+    world.download(report["snapshot_id"].as_str().unwrap(), &out).await;
+    assert_same_content(&image3, &out);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_incremental_upload_resumes_too() {
+    let world = World::moto().await;
+    let (v1, v2) = make_versions(&world);
+    let parent = world.upload(&v1, &[]).await["snapshot_id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let want = changed(&v1, &v2);
+    world.proxy.clear_requests();
+    let after = want.len() / 2;
+    let held = kill_after(&world, &v2, after, want.len(), &["--parent", &parent]).await;
+    let first = blocks_put(&world);
+    assert_eq!(first.len(), after);
+    world.proxy.clear_requests();
+    let workers = WORKERS.to_string();
+    let run = world
+        .run(&[
+            "--output",
+            "json",
+            "upload",
+            v2.to_str().unwrap(),
+            "--workers",
+            &workers,
+            "--parent",
+            &parent,
+        ])
+        .await;
+    run.assert_ok();
+    let report: serde_json::Value = serde_json::from_str(&run.stdout).unwrap();
+    assert_eq!(report["resumed"], true);
+    let second = blocks_put(&world);
+    assert!(first.len() + held + second.len() <= want.len() + WORKERS);
+    let sent: BTreeSet<u64> = first.iter().chain(&second).copied().collect();
+    assert_eq!(sent, want);
+    let out = world.path("v2.out");
+    world.download(report["snapshot_id"].as_str().unwrap(), &out).await;
+    assert_same_content(&v2, &out);
+}
