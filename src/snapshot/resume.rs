@@ -100,8 +100,13 @@ pub(crate) fn save_record(dir: &Path, key: &str, record: &PendingRecord) -> io::
 
 /// Forget the upload under `key` and its acknowledgement journal.
 pub(crate) fn remove(dir: &Path, key: &str, snapshot_id: &str) {
-    let _ = std::fs::remove_file(record_path(dir, key));
+    let path = record_path(dir, key);
+    let _ = std::fs::remove_file(&path);
     let _ = std::fs::remove_file(acks_path(dir, snapshot_id));
+    // Only when empty: no upload is pending any more.
+    if let Some(pending) = path.parent() {
+        let _ = std::fs::remove_dir(pending);
+    }
 }
 
 /// The acknowledged blocks of `snapshot_id` (latest digest per block).
