@@ -161,11 +161,15 @@ async fn bench() {
     assert_eq!(second.json["resumed"], true);
     let both = first + held + second.puts;
     println!(
-        "resume after kill at 50 %: killed run {first} acknowledged + {held} in flight, rerun {} \
-         sent ({:.2} s); over both runs {both} = {:.1} % of a full upload's {} (target <= 55 % + {WORKERS} in flight)",
+        "resume after kill at 50 %: killed run {first} acknowledged + {held} in flight; rerun \
+         sent {} = {:.1} % of a full upload's {} (target <= 55 % + {WORKERS} in flight) in {:.2} s \
+         ({:.1} % of the full upload's time); over both runs {both} = {:.1} % (starting over: {:.1} %)",
         second.puts,
+        100.0 * second.puts as f64 / full.puts as f64,
+        full.puts,
         second.wall,
+        100.0 * second.wall / full.wall,
         100.0 * both as f64 / full.puts as f64,
-        full.puts
+        100.0 * (first + held + full.puts) as f64 / full.puts as f64,
     );
 }

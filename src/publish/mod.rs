@@ -12,6 +12,7 @@
 
 pub mod announce;
 pub mod compat;
+pub(crate) mod parent;
 pub mod plan;
 pub(crate) mod release;
 pub(crate) mod run;

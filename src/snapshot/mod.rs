@@ -12,8 +12,15 @@ use std::time::Duration;
 
 pub use download::{DownloadError, DownloadOptions, DownloadReport, download};
 pub use index::default_dir as default_index_dir;
-pub use upload::{DEFAULT_WORKERS, UploadError, UploadOptions, UploadReport, upload, upload_with};
+pub use upload::{
+    DEFAULT_WORKERS, UploadError, UploadOptions, UploadReport, blocks_to_send, kept_index, resumable,
+    upload, upload_with,
+};
 pub use wait::wait_for_completed;
+
+/// The resume window `publish` gives StartSnapshot (and `upload`'s default
+/// `--resume-window`): a day.
+pub const DEFAULT_RESUME_WINDOW_MINUTES: i32 = 1440;
 
 /// The block size AWS uses (and the only one it has ever answered).
 pub const AWS_BLOCK_SIZE: u64 = 512 * 1024;

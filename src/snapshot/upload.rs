@@ -9,7 +9,7 @@
 use std::collections::HashMap;
 use std::fmt;
 use std::future::Future;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -1085,4 +1085,75 @@ async fn clean_up(
         Ok(_) => Cleanup::Deleted(snapshot_id.to_string()),
         Err(e) => Cleanup::DeleteFailed(snapshot_id.to_string(), e),
     }
+}
+
+/// True when `snapshot_id` is the pending snapshot of an interrupted upload whose record
+/// is kept in `index_dir`: rerunning that upload continues it, so it is not a leftover
+/// to delete.
+pub fn resumable(index_dir: &Path, snapshot_id: &str) -> bool {
+    let Ok(entries) = std::fs::read_dir(index_dir.join("pending")) else {
+        return false;
+    };
+    entries.filter_map(Result::ok).any(|e| {
+        std::fs::read_to_string(e.path())
+            .ok()
+            .and_then(|t| serde_json::from_str::<PendingRecord>(&t).ok())
+            .is_some_and(|r| r.snapshot_id == snapshot_id)
+    })
+}
+
+/// The block index kept for `snapshot_id` in `index_dir`, if it is complete.
+pub fn kept_index(index_dir: &Path, snapshot_id: &str) -> Option<PathBuf> {
+    let path = index::path_for(index_dir, snapshot_id);
+    BlockIndex::load(&path)
+        .ok()
+        .filter(|ix| ix.aggregate.is_some())
+        .map(|_| path)
+}
+
+/// How many blocks an upload of `image` against `parent` would send, and how many
+/// blocks the image has with data: the image is read and hashed (holes are not read),
+/// nothing is sent. For a plan.
+pub fn blocks_to_send(image: &Path, index_dir: &Path, parent: &str) -> Result<(u64, u64), String> {
+    let path = index::path_for(index_dir, parent);
+    let ix = BlockIndex::load(&path)
+        .map_err(|e| format!("the block index of {parent} ({}): {e}", path.display()))?;
+    let img = DiskImage::open(image).map_err(|e| e.to_string())?;
+    let bs = ix.header.block_size;
+    let encrypted = ix.header.encrypted;
+    let total_blocks = (volume_size_gib(img.size()) << 30) / bs;
+    let zero = checksum::block_digest(&vec![0u8; bs as usize]);
+    let parent: HashMap<u64, BlockDigest> = ix
+        .blocks
+        .into_iter()
+        .filter(|(_, d)| encrypted || *d != zero)
+        .collect();
+    let mut extra: Vec<u64> = parent.keys().copied().filter(|&i| i < total_blocks).collect();
+    extra.sort_unstable();
+    let plan = WithParentBlocks {
+        plan: img.plan(bs, total_blocks, encrypted).peekable(),
+        extra: extra.into_iter().peekable(),
+    };
+    let mut buf = vec![0u8; bs as usize];
+    let (mut send, mut data) = (0, 0);
+    for b in plan {
+        let b = b.map_err(|e| format!("{}: {e}", image.display()))?;
+        let content = if b.has_data {
+            img.read_block(b.index * bs, &mut buf).map_err(|e| e.to_string())?;
+            checksum::block_digest(&buf)
+        } else {
+            zero
+        };
+        if content != zero {
+            data += 1;
+        }
+        let held = parent
+            .get(&b.index)
+            .copied()
+            .or_else(|| (!encrypted).then_some(zero));
+        if held != Some(content) {
+            send += 1;
+        }
+    }
+    Ok((send, data))
 }

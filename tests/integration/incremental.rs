@@ -427,3 +427,120 @@ async fn an_incremental_upload_resumes_too() {
     world.download(report["snapshot_id"].as_str().unwrap(), &out).await;
     assert_same_content(&v2, &out);
 }
+
+// ---------------------------------------------------------------------------------------
+// publish: parent = "auto", and resume instead of delete-and-reupload
+
+fn series_release(dir: &Path, date: &str, image: &str) -> std::path::PathBuf {
+    let text = format!(
+        r#"
+regions = ["us-east-1"]
+parent = "auto"
+
+[defaults]
+date = "{date}"
+name = "MyOS 15.0-x86_64-{{date}} base"
+boot_mode = "uefi-preferred"
+ena = true
+
+[[image]]
+path = "{image}"
+arch = "x86_64"
+"#
+    );
+    let path = dir.join(format!("release-{date}.toml"));
+    std::fs::write(&path, text).unwrap();
+    path
+}
+
+/// The snapshot ids whose block index is kept in the world's default index directory.
+fn indexed(world: &World) -> BTreeSet<String> {
+    std::fs::read_dir(world.path("state/ec2ami/blocks"))
+        .unwrap()
+        .filter_map(Result::ok)
+        .filter_map(|e| {
+            e.file_name()
+                .to_str()?
+                .strip_suffix(".blocks")
+                .map(str::to_string)
+        })
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn publish_parent_auto_plans_uploads_and_resumes_against_the_last_build() {
+    let world = World::moto().await;
+    let (v1, v2) = make_versions(&world);
+    let r1 = series_release(world.dir.path(), "20261124", v1.file_name().unwrap().to_str().unwrap());
+    let r2 = series_release(world.dir.path(), "20261201", v2.file_name().unwrap().to_str().unwrap());
+    let run = world.run(&["publish", r1.to_str().unwrap(), "--workers", "4"]).await;
+    run.assert_ok();
+    assert!(run.stderr.contains("found no earlier snapshot of its series"), "{}", run.stderr);
+    let first: Vec<String> = indexed(&world).into_iter().collect();
+    assert_eq!(first.len(), 1);
+    let parent = &first[0];
+    let want = changed(&v1, &v2);
+
+    // The plan names the parent and counts the blocks.
+    world.proxy.clear_requests();
+    let run = world
+        .run(&["--output", "json", "publish", r2.to_str().unwrap(), "--plan"])
+        .await;
+    run.assert_ok();
+    assert!(mutating(&world).is_empty());
+    let plan: serde_json::Value = serde_json::from_str(&run.stdout).unwrap();
+    let snap = plan["actions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|a| a["step"] == "snapshot" && a["verb"] == "create")
+        .unwrap()["detail"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    assert!(
+        snap.contains(&format!(
+            "against parent {parent} (MyOS 15.0-x86_64-20261124 base): {} blocks would be sent",
+            want.len()
+        )),
+        "{snap}"
+    );
+
+    // Killed during its upload, then rerun: the pending snapshot is continued.
+    world.proxy.clear_requests();
+    let after = want.len() / 2;
+    let gate = world.proxy.hold(Some("PutSnapshotBlock"), after);
+    let mut child = world
+        .ec2ami()
+        .args(["publish", r2.to_str().unwrap(), "--workers", "4"])
+        .spawn()
+        .unwrap();
+    assert!(gate.arrived(WORKERS, Duration::from_secs(120)).await);
+    child.start_kill().unwrap();
+    child.wait().await.unwrap();
+    let held = gate.held();
+    drop(gate);
+    let killed_run = blocks_put(&world);
+    assert_eq!(killed_run.len(), after);
+    let pending: Vec<String> = world
+        .our_snapshots()
+        .await
+        .into_iter()
+        .filter(|s| s != parent)
+        .collect();
+    assert_eq!(pending.len(), 1);
+    world.proxy.clear_requests();
+    let run = world.run(&["publish", r2.to_str().unwrap(), "--workers", "4"]).await;
+    run.assert_ok();
+    assert_eq!(world.proxy.count("DeleteSnapshot"), 0, "continued, not deleted");
+    assert_eq!(world.proxy.count("StartSnapshot"), 0);
+    assert!(run.stderr.contains("continuing the pending snapshot"), "{}", run.stderr);
+    let rerun = blocks_put(&world);
+    assert!(killed_run.len() + held + rerun.len() <= want.len() + WORKERS);
+    let sent: BTreeSet<u64> = killed_run.iter().chain(&rerun).copied().collect();
+    assert_eq!(sent, want, "only the changed blocks, over both runs");
+    assert!(indexed(&world).contains(&pending[0]));
+    let out = world.path("published-v2.raw");
+    world.download(&pending[0], &out).await;
+    assert_same_content(&v2, &out);
+}
