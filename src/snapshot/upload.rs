@@ -632,28 +632,22 @@ async fn check_parent(
     if snap.tags.get(tags::OWNERSHIP).map(String::as_str) != Some(tags::OWNERSHIP_VALUE) {
         tracing::info!("parent snapshot {id} was not made by ec2ami; using it as it is readable");
     }
-    let path = index::path_for(&opts.index_dir, id);
-    let loaded = match BlockIndex::load(&path) {
-        Ok(ix) if ix.aggregate.is_some() && ix.header.snapshot_id == id => Some(ix),
-        Ok(_) => None,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
-        Err(e) => {
-            return Err(UploadFailure::Parent(format!(
-                "the block index of parent snapshot {id} ({}) is unreadable: {e}",
-                path.display()
-            )));
-        }
+    if kept_index(&opts.index_dir, id).is_none() {
+        tracing::warn!(
+            "no block index of parent snapshot {id} is kept in {}: building it from the \
+             snapshot (GetSnapshotBlock of its blocks)",
+            opts.index_dir.display()
+        );
+    }
+    let build = index::BuildOptions {
+        workers: opts.workers,
+        retry: opts.retry,
+        progress: opts.progress,
     };
-    let ix = match loaded {
-        Some(ix) => ix,
-        None => {
-            return Err(UploadFailure::Parent(format!(
-                "no block index of parent snapshot {id} in {} (it is kept by the upload that \
-                 made the snapshot)",
-                opts.index_dir.display()
-            )));
-        }
-    };
+    let ix = index::load_or_build(clients, id, &opts.index_dir, &build)
+        .await
+        .map_err(|e| UploadFailure::Parent(format!("the block index of parent snapshot {id}: {e}")))?
+        .index;
     let zero = checksum::block_digest(&vec![0u8; ix.header.block_size as usize]);
     let blocks = ix
         .blocks

@@ -193,20 +193,94 @@ async fn unusable_parents_are_refused_before_start_snapshot() {
     assert_eq!(world.proxy.count("StartSnapshot"), 0, "nothing started");
     assert_eq!(mutating(&world), Vec::<String>::new());
 
-    // A parent whose index was never kept here (made by another tool).
-    let index_dir = world.path("elsewhere");
+}
+
+async fn rebuilt_parent_index(world: &World) {
+    let (v1, v2) = make_versions(world);
+    let parent = world.upload(&v1, &[]).await["snapshot_id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let kept = world.path(&format!("state/ec2ami/blocks/{parent}.blocks"));
+    std::fs::remove_file(&kept).unwrap();
+    world.proxy.clear_requests();
     let run = world
-        .run(&[
-            "upload",
-            small.to_str().unwrap(),
-            "--parent",
-            &plain_snap,
-            "--index-dir",
-            index_dir.to_str().unwrap(),
-        ])
+        .run(&["--output", "json", "upload", v2.to_str().unwrap(), "--parent", &parent])
         .await;
-    run.assert_failed_with(&format!("no block index of parent snapshot {plain_snap}"));
-    assert_eq!(world.proxy.count("StartSnapshot"), 0);
+    run.assert_ok();
+    assert!(
+        run.stderr.contains(&format!("no block index of parent snapshot {parent} is kept")),
+        "{}",
+        run.stderr
+    );
+    assert_eq!(world.proxy.count("GetSnapshotBlock"), content(&v1).len());
+    let sent: BTreeSet<u64> = blocks_put(world).into_iter().collect();
+    assert_eq!(sent, changed(&v1, &v2), "the same blocks as with the kept index");
+    assert!(kept.exists(), "the rebuilt index is kept for next time");
+    let report: serde_json::Value = serde_json::from_str(&run.stdout).unwrap();
+    let out = world.path("v2-rebuilt.out");
+    world.download(report["snapshot_id"].as_str().unwrap(), &out).await;
+    assert_same_content(&v2, &out);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_missing_parent_index_is_rebuilt_from_the_snapshot_strict() {
+    let world = World::strict(StrictEbsConfig::default()).await;
+    rebuilt_parent_index(&world).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_missing_parent_index_is_rebuilt_from_the_snapshot_moto() {
+    let world = World::moto().await;
+    rebuilt_parent_index(&world).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_parent_not_made_by_ec2ami_is_used_when_readable() {
+    use aws_sdk_ebs::primitives::ByteStream;
+    use aws_sdk_ebs::types::ChecksumAlgorithm;
+    use base64::Engine;
+    use sha2::{Digest, Sha256};
+    let world = World::strict(StrictEbsConfig::default()).await;
+    let ebs = world.clients().await.ebs;
+    // Another tool's snapshot: blocks 0..4 of random data, no tags.
+    let data = random_bytes(51, 4 * BLOCK as usize);
+    let id = ebs.start_snapshot().volume_size(1).send().await.unwrap();
+    let id = id.snapshot_id().unwrap().to_string();
+    for (i, chunk) in data.chunks(BLOCK as usize).enumerate() {
+        ebs.put_snapshot_block()
+            .snapshot_id(&id)
+            .block_index(i as i32)
+            .data_length(chunk.len() as i32)
+            .block_data(ByteStream::from(chunk.to_vec()))
+            .checksum(base64::engine::general_purpose::STANDARD.encode(Sha256::digest(chunk)))
+            .checksum_algorithm(ChecksumAlgorithm::ChecksumAlgorithmSha256)
+            .send()
+            .await
+            .unwrap();
+    }
+    ebs.complete_snapshot()
+        .snapshot_id(&id)
+        .changed_blocks_count(4)
+        .send()
+        .await
+        .unwrap();
+    // The image: the same, block 2 changed.
+    let mut image_data = data.clone();
+    image_data[2 * BLOCK as usize + 9] ^= 0xff;
+    let image = world.path("other.raw");
+    write_file(&image, &image_data);
+    world.proxy.clear_requests();
+    let run = world
+        .run(&["--output", "json", "upload", image.to_str().unwrap(), "--parent", &id])
+        .await;
+    run.assert_ok();
+    assert!(run.stderr.contains("was not made by ec2ami"), "{}", run.stderr);
+    assert_eq!(blocks_put(&world), vec![2]);
+    let report: serde_json::Value = serde_json::from_str(&run.stdout).unwrap();
+    let out = world.path("other.out");
+    world.download(report["snapshot_id"].as_str().unwrap(), &out).await;
+    assert_same_content(&image, &out);
 }
 
 // ---------------------------------------------------------------------------------------
