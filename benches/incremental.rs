@@ -47,7 +47,14 @@ async fn upload(proxy: &FaultProxy, state: &Path, image: &Path, extra: &[&str]) 
     let workers = WORKERS.to_string();
     let t0 = Instant::now();
     let out = ec2ami(proxy, state)
-        .args(["--output", "json", "upload", image.to_str().unwrap(), "--workers", &workers])
+        .args([
+            "--output",
+            "json",
+            "upload",
+            image.to_str().unwrap(),
+            "--workers",
+            &workers,
+        ])
         .args(extra)
         .output()
         .await
@@ -105,7 +112,8 @@ async fn bench() {
         }
         let mut changed = 0;
         for b in (0..blocks).step_by(100) {
-            f2.write_all_at(&rng.u64(..).to_le_bytes(), b * BLOCK + 17).unwrap();
+            f2.write_all_at(&rng.u64(..).to_le_bytes(), b * BLOCK + 17)
+                .unwrap();
             changed += 1;
         }
         f1.sync_all().unwrap();
@@ -118,7 +126,9 @@ async fn bench() {
     })
     .await
     .unwrap();
-    let proxy = FaultProxy::start(ProxyConfig::new(ebs.url())).await.unwrap();
+    let proxy = FaultProxy::start(ProxyConfig::new(ebs.url()))
+        .await
+        .unwrap();
 
     let r1 = upload(&proxy, &state, &v1, &[]).await;
     let parent = r1.json["snapshot_id"].as_str().unwrap().to_string();
@@ -130,8 +140,14 @@ async fn bench() {
     );
     println!("| upload of v2 | requests | PutSnapshotBlock | wall s |");
     println!("| --- | ---: | ---: | ---: |");
-    println!("| full (v1 before it: {:.2} s) | {} | {} | {:.2} |", r1.wall, full.requests, full.puts, full.wall);
-    println!("| --parent v1 | {} | {} | {:.2} |", incr.requests, incr.puts, incr.wall);
+    println!(
+        "| full (v1 before it: {:.2} s) | {} | {} | {:.2} |",
+        r1.wall, full.requests, full.puts, full.wall
+    );
+    println!(
+        "| --parent v1 | {} | {} | {:.2} |",
+        incr.requests, incr.puts, incr.wall
+    );
     println!(
         "requests ratio {:.2} %, wall ratio {:.1} %",
         100.0 * incr.requests as f64 / full.requests as f64,

@@ -83,13 +83,49 @@ mod tests {
     fn the_newest_completed_build_of_the_series_is_the_parent() {
         let name = "FreeBSD 15.0-amd64-20261209 UFS";
         let found = vec![
-            snap("snap-old", "FreeBSD 15.0-amd64-20261125 UFS", 1, "completed", true),
-            snap("snap-new", "FreeBSD 15.0-amd64-20261202 UFS", 2, "completed", true),
-            snap("snap-pending", "FreeBSD 15.0-amd64-20261205 UFS", 3, "pending", true),
-            snap("snap-partial", "FreeBSD 15.0-amd64-20261206 UFS", 4, "completed", false),
-            snap("snap-zfs", "FreeBSD 15.0-amd64-20261207 ZFS", 5, "completed", true),
+            snap(
+                "snap-old",
+                "FreeBSD 15.0-amd64-20261125 UFS",
+                1,
+                "completed",
+                true,
+            ),
+            snap(
+                "snap-new",
+                "FreeBSD 15.0-amd64-20261202 UFS",
+                2,
+                "completed",
+                true,
+            ),
+            snap(
+                "snap-pending",
+                "FreeBSD 15.0-amd64-20261205 UFS",
+                3,
+                "pending",
+                true,
+            ),
+            snap(
+                "snap-partial",
+                "FreeBSD 15.0-amd64-20261206 UFS",
+                4,
+                "completed",
+                false,
+            ),
+            snap(
+                "snap-zfs",
+                "FreeBSD 15.0-amd64-20261207 ZFS",
+                5,
+                "completed",
+                true,
+            ),
             snap("snap-self", name, 6, "completed", true),
-            snap("snap-noindex", "FreeBSD 15.0-amd64-20261208 UFS", 7, "completed", true),
+            snap(
+                "snap-noindex",
+                "FreeBSD 15.0-amd64-20261208 UFS",
+                7,
+                "completed",
+                true,
+            ),
         ];
         let series = SeriesPattern::default().split(name).unwrap().series;
         let got = pick(&found, name, &series, |id| id != "snap-noindex");
@@ -97,6 +133,9 @@ mod tests {
             got,
             Some(("snap-new".into(), "FreeBSD 15.0-amd64-20261202 UFS".into()))
         );
-        assert_eq!(pick(&found[..1], "Other-20261209", "Other-{date}", |_| true), None);
+        assert_eq!(
+            pick(&found[..1], "Other-20261209", "Other-{date}", |_| true),
+            None
+        );
     }
 }

@@ -162,10 +162,7 @@ pub async fn plan_with(
         } else {
             None
         };
-        let local = Local {
-            index_dir,
-            parent,
-        };
+        let local = Local { index_dir, parent };
         actions.extend(image_plan(release, img, &survey, journal, &local)?);
     }
     if let (Some(a), Some(decision)) = (&release.announce, &survey.announce) {
@@ -309,10 +306,10 @@ fn image_plan(
                         )),
                     }
                 }
-                None if img.parent_auto => {
-                    detail.push_str(": no parent (parent = \"auto\" found no earlier snapshot \
-                                     of its series with a kept block index), a full upload")
-                }
+                None if img.parent_auto => detail.push_str(
+                    ": no parent (parent = \"auto\" found no earlier snapshot \
+                                     of its series with a kept block index), a full upload",
+                ),
                 None => {}
             }
             out.push(act("snapshot", source, Verb::Create, detail));

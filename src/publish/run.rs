@@ -381,8 +381,7 @@ impl Run<'_> {
             journal.forget(&k_snap)?;
         }
         let parent = if img.parent_auto {
-            let found =
-                super::parent::auto_parent(src, name, &self.opts.index_dir, retry).await?;
+            let found = super::parent::auto_parent(src, name, &self.opts.index_dir, retry).await?;
             match &found {
                 Some((id, of)) => tracing::info!("{name}: uploading against {id} ({of})"),
                 None => tracing::info!(

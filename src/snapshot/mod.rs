@@ -19,8 +19,8 @@ pub use index::{
     path_for as index_path_for,
 };
 pub use upload::{
-    DEFAULT_WORKERS, UploadError, UploadOptions, UploadReport, blocks_to_send, kept_index, resumable,
-    upload, upload_with,
+    DEFAULT_WORKERS, UploadError, UploadOptions, UploadReport, blocks_to_send, kept_index,
+    resumable, upload, upload_with,
 };
 pub use wait::wait_for_completed;
 

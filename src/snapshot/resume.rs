@@ -76,7 +76,10 @@ pub(crate) fn load_record(dir: &Path, key: &str) -> Option<PendingRecord> {
     match serde_json::from_str(&text) {
         Ok(r) => Some(r),
         Err(e) => {
-            tracing::warn!("ignoring the unreadable resume record {}: {e}", path.display());
+            tracing::warn!(
+                "ignoring the unreadable resume record {}: {e}",
+                path.display()
+            );
             None
         }
     }
@@ -162,7 +165,9 @@ impl AckJournal {
                     batch.extend(rx.try_iter());
                     buf.clear();
                     for (i, d, _) in &batch {
-                        buf.extend_from_slice(format!("{i} {}\n", checksum::to_base64(d)).as_bytes());
+                        buf.extend_from_slice(
+                            format!("{i} {}\n", checksum::to_base64(d)).as_bytes(),
+                        );
                     }
                     let r = file.write_all(&buf).and_then(|()| file.sync_data());
                     for (_, _, done) in batch {

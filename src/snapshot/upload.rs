@@ -429,7 +429,12 @@ impl<I: Iterator<Item = std::io::Result<PlannedBlock>>> Iterator for WithParentB
     type Item = std::io::Result<PlannedBlock>;
 
     fn next(&mut self) -> Option<Self::Item> {
-        let hole = |index| Some(Ok(PlannedBlock { index, has_data: false }));
+        let hole = |index| {
+            Some(Ok(PlannedBlock {
+                index,
+                has_data: false,
+            }))
+        };
         match (self.plan.peek(), self.extra.peek().copied()) {
             (Some(Ok(p)), Some(e)) if e < p.index => {
                 self.extra.next();
@@ -541,10 +546,7 @@ pub async fn upload_with(
                 tracing::warn!("starting over: {why}");
                 restarted = Some(why);
             }
-            let (id, bs) = job
-                .start_snapshot(parent.as_ref())
-                .await
-                .map_err(nothing)?;
+            let (id, bs) = job.start_snapshot(parent.as_ref()).await.map_err(nothing)?;
             (id, bs, HashMap::new(), true)
         }
     };
@@ -561,7 +563,10 @@ pub async fn upload_with(
     on_started(&snapshot_id);
 
     let base = Base {
-        parent: parent.as_ref().map(|p| p.blocks.clone()).unwrap_or_default(),
+        parent: parent
+            .as_ref()
+            .map(|p| p.blocks.clone())
+            .unwrap_or_default(),
         acked,
     };
     let mut index = None;
@@ -646,7 +651,9 @@ async fn check_parent(
     };
     let ix = index::load_or_build(clients, id, &opts.index_dir, &build)
         .await
-        .map_err(|e| UploadFailure::Parent(format!("the block index of parent snapshot {id}: {e}")))?
+        .map_err(|e| {
+            UploadFailure::Parent(format!("the block index of parent snapshot {id}: {e}"))
+        })?
         .index;
     let zero = checksum::block_digest(&vec![0u8; ix.header.block_size as usize]);
     let blocks = ix
@@ -720,9 +727,12 @@ impl Job<'_> {
                 )));
             }
         };
-        let ours = snap.tags.get(tags::OWNERSHIP).map(String::as_str) == Some(tags::OWNERSHIP_VALUE);
+        let ours =
+            snap.tags.get(tags::OWNERSHIP).map(String::as_str) == Some(tags::OWNERSHIP_VALUE);
         let why = match record.identity.difference(self.image.identity()) {
-            Some(d) => Some(format!("the image changed since the interrupted upload ({d})")),
+            Some(d) => Some(format!(
+                "the image changed since the interrupted upload ({d})"
+            )),
             None => {
                 let acked = resume::load_acks(dir, &id).map_err(|source| UploadFailure::Index {
                     path: resume::acks_path(dir, &id),
@@ -731,9 +741,12 @@ impl Job<'_> {
                 let image = self.image.clone();
                 let bs = record.block_size;
                 let check = acked.clone();
-                let mismatch = tokio::task::spawn_blocking(move || first_mismatch(&image, bs, &check))
-                    .await
-                    .map_err(|e| UploadFailure::Protocol(format!("block reader panicked: {e}")))??;
+                let mismatch =
+                    tokio::task::spawn_blocking(move || first_mismatch(&image, bs, &check))
+                        .await
+                        .map_err(|e| {
+                            UploadFailure::Protocol(format!("block reader panicked: {e}"))
+                        })??;
                 match mismatch {
                     Some(i) => Some(format!(
                         "the image changed since the interrupted upload (block {i} differs from \
@@ -1122,7 +1135,11 @@ pub fn blocks_to_send(image: &Path, index_dir: &Path, parent: &str) -> Result<(u
         .into_iter()
         .filter(|(_, d)| encrypted || *d != zero)
         .collect();
-    let mut extra: Vec<u64> = parent.keys().copied().filter(|&i| i < total_blocks).collect();
+    let mut extra: Vec<u64> = parent
+        .keys()
+        .copied()
+        .filter(|&i| i < total_blocks)
+        .collect();
     extra.sort_unstable();
     let plan = WithParentBlocks {
         plan: img.plan(bs, total_blocks, encrypted).peekable(),
@@ -1133,7 +1150,8 @@ pub fn blocks_to_send(image: &Path, index_dir: &Path, parent: &str) -> Result<(u
     for b in plan {
         let b = b.map_err(|e| format!("{}: {e}", image.display()))?;
         let content = if b.has_data {
-            img.read_block(b.index * bs, &mut buf).map_err(|e| e.to_string())?;
+            img.read_block(b.index * bs, &mut buf)
+                .map_err(|e| e.to_string())?;
             checksum::block_digest(&buf)
         } else {
             zero

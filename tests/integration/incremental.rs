@@ -108,7 +108,9 @@ async fn incremental_round_trip(world: &World) {
     assert_eq!(r3["blocks_written"], 0);
     assert!(blocks_put(world).is_empty());
     let out3 = world.path("v3.out");
-    world.download(r3["snapshot_id"].as_str().unwrap(), &out3).await;
+    world
+        .download(r3["snapshot_id"].as_str().unwrap(), &out3)
+        .await;
     assert_same_content(&v2, &out3);
 }
 
@@ -187,12 +189,15 @@ async fn unusable_parents_are_refused_before_start_snapshot() {
         args.extend(extra);
         let run = world.run(&args).await;
         run.assert_failed_with(&needle);
-        let errors = run.stderr.lines().filter(|l| l.starts_with("error:")).count();
+        let errors = run
+            .stderr
+            .lines()
+            .filter(|l| l.starts_with("error:"))
+            .count();
         assert_eq!(errors, 1, "one error line:\n{}", run.stderr);
     }
     assert_eq!(world.proxy.count("StartSnapshot"), 0, "nothing started");
     assert_eq!(mutating(&world), Vec::<String>::new());
-
 }
 
 async fn rebuilt_parent_index(world: &World) {
@@ -205,21 +210,36 @@ async fn rebuilt_parent_index(world: &World) {
     std::fs::remove_file(&kept).unwrap();
     world.proxy.clear_requests();
     let run = world
-        .run(&["--output", "json", "upload", v2.to_str().unwrap(), "--parent", &parent])
+        .run(&[
+            "--output",
+            "json",
+            "upload",
+            v2.to_str().unwrap(),
+            "--parent",
+            &parent,
+        ])
         .await;
     run.assert_ok();
     assert!(
-        run.stderr.contains(&format!("no block index of parent snapshot {parent} is kept")),
+        run.stderr.contains(&format!(
+            "no block index of parent snapshot {parent} is kept"
+        )),
         "{}",
         run.stderr
     );
     assert_eq!(world.proxy.count("GetSnapshotBlock"), content(&v1).len());
     let sent: BTreeSet<u64> = blocks_put(world).into_iter().collect();
-    assert_eq!(sent, changed(&v1, &v2), "the same blocks as with the kept index");
+    assert_eq!(
+        sent,
+        changed(&v1, &v2),
+        "the same blocks as with the kept index"
+    );
     assert!(kept.exists(), "the rebuilt index is kept for next time");
     let report: serde_json::Value = serde_json::from_str(&run.stdout).unwrap();
     let out = world.path("v2-rebuilt.out");
-    world.download(report["snapshot_id"].as_str().unwrap(), &out).await;
+    world
+        .download(report["snapshot_id"].as_str().unwrap(), &out)
+        .await;
     assert_same_content(&v2, &out);
 }
 
@@ -272,14 +292,27 @@ async fn a_parent_not_made_by_ec2ami_is_used_when_readable() {
     write_file(&image, &image_data);
     world.proxy.clear_requests();
     let run = world
-        .run(&["--output", "json", "upload", image.to_str().unwrap(), "--parent", &id])
+        .run(&[
+            "--output",
+            "json",
+            "upload",
+            image.to_str().unwrap(),
+            "--parent",
+            &id,
+        ])
         .await;
     run.assert_ok();
-    assert!(run.stderr.contains("was not made by ec2ami"), "{}", run.stderr);
+    assert!(
+        run.stderr.contains("was not made by ec2ami"),
+        "{}",
+        run.stderr
+    );
     assert_eq!(blocks_put(&world), vec![2]);
     let report: serde_json::Value = serde_json::from_str(&run.stdout).unwrap();
     let out = world.path("other.out");
-    world.download(report["snapshot_id"].as_str().unwrap(), &out).await;
+    world
+        .download(report["snapshot_id"].as_str().unwrap(), &out)
+        .await;
     assert_same_content(&image, &out);
 }
 
@@ -291,7 +324,13 @@ const WORKERS: usize = 4;
 /// Start `ec2ami upload IMAGE ARGS` and kill -9 it once `after` PutSnapshotBlock
 /// requests have passed the proxy and every worker's next one is held there.
 /// Returns how many blocks the killed run had in flight (sent, never answered).
-async fn kill_after(world: &World, image: &Path, after: usize, total: usize, extra: &[&str]) -> usize {
+async fn kill_after(
+    world: &World,
+    image: &Path,
+    after: usize,
+    total: usize,
+    extra: &[&str],
+) -> usize {
     let gate = world.proxy.hold(Some("PutSnapshotBlock"), after);
     let workers = WORKERS.to_string();
     let mut args = vec!["upload", image.to_str().unwrap(), "--workers", &workers];
@@ -314,22 +353,41 @@ async fn resume_after_kill(pct: usize) {
     let world = World::strict(StrictEbsConfig::default()).await;
     let image = world.path("image.raw");
     let total = 40usize;
-    sparse_file(&image, total as u64 * BLOCK, &[(0, random_bytes(31, total * BLOCK as usize))]);
+    sparse_file(
+        &image,
+        total as u64 * BLOCK,
+        &[(0, random_bytes(31, total * BLOCK as usize))],
+    );
     let after = total * pct / 100;
     let held = kill_after(&world, &image, after, total, &[]).await;
     let first = blocks_put(&world);
-    assert_eq!(first.len(), after, "the run was killed after {after} blocks");
+    assert_eq!(
+        first.len(),
+        after,
+        "the run was killed after {after} blocks"
+    );
     let pending = world.strict_ebs().snapshot_ids();
     assert_eq!(pending.len(), 1);
     world.proxy.clear_requests();
 
     let workers = WORKERS.to_string();
     let run = world
-        .run(&["--output", "json", "upload", image.to_str().unwrap(), "--workers", &workers])
+        .run(&[
+            "--output",
+            "json",
+            "upload",
+            image.to_str().unwrap(),
+            "--workers",
+            &workers,
+        ])
         .await;
     run.assert_ok();
     let report: serde_json::Value = serde_json::from_str(&run.stdout).unwrap();
-    assert_eq!(report["snapshot_id"], pending[0].as_str(), "the same snapshot");
+    assert_eq!(
+        report["snapshot_id"],
+        pending[0].as_str(),
+        "the same snapshot"
+    );
     assert_eq!(report["resumed"], true);
     assert_eq!(report["blocks_resumed"], after as u64);
     let second = blocks_put(&world);
@@ -348,7 +406,10 @@ async fn resume_after_kill(pct: usize) {
         "{over_both} blocks sent for a {total}-block image with {WORKERS} workers"
     );
     let acked: BTreeSet<u64> = first.iter().copied().collect();
-    assert!(second.iter().all(|b| !acked.contains(b)), "no acknowledged block resent");
+    assert!(
+        second.iter().all(|b| !acked.contains(b)),
+        "no acknowledged block resent"
+    );
     let out = world.path("out.raw");
     world.download(&pending[0], &out).await;
     assert_same_content(&image, &out);
@@ -375,40 +436,80 @@ async fn a_modified_image_or_a_vanished_snapshot_starts_over() {
     let world = World::strict(StrictEbsConfig::default()).await;
     let image = world.path("image.raw");
     let total = 20usize;
-    sparse_file(&image, total as u64 * BLOCK, &[(0, random_bytes(41, total * BLOCK as usize))]);
+    sparse_file(
+        &image,
+        total as u64 * BLOCK,
+        &[(0, random_bytes(41, total * BLOCK as usize))],
+    );
     let workers = WORKERS.to_string();
-    let upload = ["--output", "json", "upload", image.to_str().unwrap(), "--workers", &workers];
+    let upload = [
+        "--output",
+        "json",
+        "upload",
+        image.to_str().unwrap(),
+        "--workers",
+        &workers,
+    ];
 
     // Modified, modification time changed.
     kill_after(&world, &image, 10, total, &[]).await;
     let old = world.strict_ebs().snapshot_ids();
-    sparse_file(&image, total as u64 * BLOCK, &[(0, random_bytes(42, total * BLOCK as usize))]);
+    sparse_file(
+        &image,
+        total as u64 * BLOCK,
+        &[(0, random_bytes(42, total * BLOCK as usize))],
+    );
     let run = world.run(&upload).await;
     run.assert_ok();
     assert!(
-        run.stderr.contains("starting over: the image changed since the interrupted upload"),
+        run.stderr
+            .contains("starting over: the image changed since the interrupted upload"),
         "{}",
         run.stderr
     );
     let report: serde_json::Value = serde_json::from_str(&run.stdout).unwrap();
     assert_ne!(report["snapshot_id"], old[0].as_str());
     assert_eq!(report["resumed"], false);
-    assert!(report["restarted"].as_str().unwrap().contains(&format!("{} was deleted", old[0])));
-    assert!(world.strict_ebs().snapshot(&old[0]).is_none(), "ours, superseded: deleted");
+    assert!(
+        report["restarted"]
+            .as_str()
+            .unwrap()
+            .contains(&format!("{} was deleted", old[0]))
+    );
+    assert!(
+        world.strict_ebs().snapshot(&old[0]).is_none(),
+        "ours, superseded: deleted"
+    );
     let out = world.path("a.out");
-    world.download(report["snapshot_id"].as_str().unwrap(), &out).await;
+    world
+        .download(report["snapshot_id"].as_str().unwrap(), &out)
+        .await;
     assert_same_content(&image, &out);
 
     // Modified with the modification time put back: the checksums of what was sent
     // tell.
     let image2 = world.path("image2.raw");
-    sparse_file(&image2, total as u64 * BLOCK, &[(0, random_bytes(43, total * BLOCK as usize))]);
-    let upload2 = ["--output", "json", "upload", image2.to_str().unwrap(), "--workers", &workers];
+    sparse_file(
+        &image2,
+        total as u64 * BLOCK,
+        &[(0, random_bytes(43, total * BLOCK as usize))],
+    );
+    let upload2 = [
+        "--output",
+        "json",
+        "upload",
+        image2.to_str().unwrap(),
+        "--workers",
+        &workers,
+    ];
     kill_after(&world, &image2, 10, total, &[]).await;
     let mtime = std::fs::metadata(&image2).unwrap().modified().unwrap();
     {
         use std::os::unix::fs::FileExt;
-        let f = std::fs::OpenOptions::new().write(true).open(&image2).unwrap();
+        let f = std::fs::OpenOptions::new()
+            .write(true)
+            .open(&image2)
+            .unwrap();
         f.write_all_at(b"changed", 3).unwrap();
         f.set_modified(mtime).unwrap();
     }
@@ -421,13 +522,26 @@ async fn a_modified_image_or_a_vanished_snapshot_starts_over() {
     );
     let report: serde_json::Value = serde_json::from_str(&run.stdout).unwrap();
     let out = world.path("b.out");
-    world.download(report["snapshot_id"].as_str().unwrap(), &out).await;
+    world
+        .download(report["snapshot_id"].as_str().unwrap(), &out)
+        .await;
     assert_same_content(&image2, &out);
 
     // The pending snapshot deleted meanwhile: a new one, nothing deleted.
     let image3 = world.path("image3.raw");
-    sparse_file(&image3, total as u64 * BLOCK, &[(0, random_bytes(44, total * BLOCK as usize))]);
-    let upload3 = ["--output", "json", "upload", image3.to_str().unwrap(), "--workers", &workers];
+    sparse_file(
+        &image3,
+        total as u64 * BLOCK,
+        &[(0, random_bytes(44, total * BLOCK as usize))],
+    );
+    let upload3 = [
+        "--output",
+        "json",
+        "upload",
+        image3.to_str().unwrap(),
+        "--workers",
+        &workers,
+    ];
     let before: BTreeSet<String> = world.strict_ebs().snapshot_ids().into_iter().collect();
     kill_after(&world, &image3, 10, total, &[]).await;
     let started: Vec<String> = world
@@ -450,7 +564,10 @@ async fn a_modified_image_or_a_vanished_snapshot_starts_over() {
     let run = world.run(&upload3).await;
     run.assert_ok();
     assert!(
-        run.stderr.contains(&format!("the snapshot {} of the interrupted upload is gone", started[0])),
+        run.stderr.contains(&format!(
+            "the snapshot {} of the interrupted upload is gone",
+            started[0]
+        )),
         "{}",
         run.stderr
     );
@@ -458,7 +575,9 @@ async fn a_modified_image_or_a_vanished_snapshot_starts_over() {
     let report: serde_json::Value = serde_json::from_str(&run.stdout).unwrap();
     assert_eq!(report["blocks_written"], total as u64);
     let out = world.path("c.out");
-    world.download(report["snapshot_id"].as_str().unwrap(), &out).await;
+    world
+        .download(report["snapshot_id"].as_str().unwrap(), &out)
+        .await;
     assert_same_content(&image3, &out);
 }
 
@@ -498,7 +617,9 @@ async fn an_incremental_upload_resumes_too() {
     let sent: BTreeSet<u64> = first.iter().chain(&second).copied().collect();
     assert_eq!(sent, want);
     let out = world.path("v2.out");
-    world.download(report["snapshot_id"].as_str().unwrap(), &out).await;
+    world
+        .download(report["snapshot_id"].as_str().unwrap(), &out)
+        .await;
     assert_same_content(&v2, &out);
 }
 
@@ -545,11 +666,26 @@ fn indexed(world: &World) -> BTreeSet<String> {
 async fn publish_parent_auto_plans_uploads_and_resumes_against_the_last_build() {
     let world = World::moto().await;
     let (v1, v2) = make_versions(&world);
-    let r1 = series_release(world.dir.path(), "20261124", v1.file_name().unwrap().to_str().unwrap());
-    let r2 = series_release(world.dir.path(), "20261201", v2.file_name().unwrap().to_str().unwrap());
-    let run = world.run(&["publish", r1.to_str().unwrap(), "--workers", "4"]).await;
+    let r1 = series_release(
+        world.dir.path(),
+        "20261124",
+        v1.file_name().unwrap().to_str().unwrap(),
+    );
+    let r2 = series_release(
+        world.dir.path(),
+        "20261201",
+        v2.file_name().unwrap().to_str().unwrap(),
+    );
+    let run = world
+        .run(&["publish", r1.to_str().unwrap(), "--workers", "4"])
+        .await;
     run.assert_ok();
-    assert!(run.stderr.contains("found no earlier snapshot of its series"), "{}", run.stderr);
+    assert!(
+        run.stderr
+            .contains("found no earlier snapshot of its series"),
+        "{}",
+        run.stderr
+    );
     let first: Vec<String> = indexed(&world).into_iter().collect();
     assert_eq!(first.len(), 1);
     let parent = &first[0];
@@ -558,7 +694,13 @@ async fn publish_parent_auto_plans_uploads_and_resumes_against_the_last_build() 
     // The plan names the parent and counts the blocks.
     world.proxy.clear_requests();
     let run = world
-        .run(&["--output", "json", "publish", r2.to_str().unwrap(), "--plan"])
+        .run(&[
+            "--output",
+            "json",
+            "publish",
+            r2.to_str().unwrap(),
+            "--plan",
+        ])
         .await;
     run.assert_ok();
     assert!(mutating(&world).is_empty());
@@ -604,11 +746,21 @@ async fn publish_parent_auto_plans_uploads_and_resumes_against_the_last_build() 
         .collect();
     assert_eq!(pending.len(), 1);
     world.proxy.clear_requests();
-    let run = world.run(&["publish", r2.to_str().unwrap(), "--workers", "4"]).await;
+    let run = world
+        .run(&["publish", r2.to_str().unwrap(), "--workers", "4"])
+        .await;
     run.assert_ok();
-    assert_eq!(world.proxy.count("DeleteSnapshot"), 0, "continued, not deleted");
+    assert_eq!(
+        world.proxy.count("DeleteSnapshot"),
+        0,
+        "continued, not deleted"
+    );
     assert_eq!(world.proxy.count("StartSnapshot"), 0);
-    assert!(run.stderr.contains("continuing the pending snapshot"), "{}", run.stderr);
+    assert!(
+        run.stderr.contains("continuing the pending snapshot"),
+        "{}",
+        run.stderr
+    );
     let rerun = blocks_put(&world);
     assert!(killed_run.len() + held + rerun.len() <= want.len() + WORKERS);
     let sent: BTreeSet<u64> = killed_run.iter().chain(&rerun).copied().collect();

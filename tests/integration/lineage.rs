@@ -43,7 +43,12 @@ async fn complete(ebs: &aws_sdk_ebs::Client, id: &str, count: i32) {
 
 /// Every listed block of `id` with its data.
 async fn read_all(ebs: &aws_sdk_ebs::Client, id: &str) -> Vec<(i32, Vec<u8>)> {
-    let listed = ebs.list_snapshot_blocks().snapshot_id(id).send().await.unwrap();
+    let listed = ebs
+        .list_snapshot_blocks()
+        .snapshot_id(id)
+        .send()
+        .await
+        .unwrap();
     let mut out = Vec::new();
     for b in listed.blocks() {
         let got = ebs
@@ -54,7 +59,13 @@ async fn read_all(ebs: &aws_sdk_ebs::Client, id: &str) -> Vec<(i32, Vec<u8>)> {
             .send()
             .await
             .unwrap();
-        let data = got.block_data.collect().await.unwrap().into_bytes().to_vec();
+        let data = got
+            .block_data
+            .collect()
+            .await
+            .unwrap()
+            .into_bytes()
+            .to_vec();
         out.push((b.block_index().unwrap(), data));
     }
     out
@@ -112,10 +123,17 @@ async fn child_reads_parent_blocks(world: &World) {
         (2500, block(7)),
     ];
     assert_eq!(
-        got.iter().map(|(i, d)| (*i, d[0], d.len())).collect::<Vec<_>>(),
-        want.iter().map(|(i, d)| (*i, d[0], d.len())).collect::<Vec<_>>()
+        got.iter()
+            .map(|(i, d)| (*i, d[0], d.len()))
+            .collect::<Vec<_>>(),
+        want.iter()
+            .map(|(i, d)| (*i, d[0], d.len()))
+            .collect::<Vec<_>>()
     );
-    assert!(got == want, "the child reads its own blocks over its parent's");
+    assert!(
+        got == want,
+        "the child reads its own blocks over its parent's"
+    );
     // The parent is untouched.
     let p = read_all(&ebs, &parent).await;
     assert!(p == vec![(0, block(1)), (1, block(2)), (5, block(3))]);
