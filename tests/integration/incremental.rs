@@ -359,7 +359,18 @@ async fn resume_after_kill(pct: usize) {
         &[(0, random_bytes(31, total * BLOCK as usize))],
     );
     let after = total * pct / 100;
-    let held = kill_after(&world, &image, after, total, &[]).await;
+    let held = kill_after(&world, &image, after, total, &["--resume-window", "2h"]).await;
+    let start = world
+        .proxy
+        .requests()
+        .into_iter()
+        .find(|r| r.operation == "StartSnapshot")
+        .unwrap();
+    let body: serde_json::Value = serde_json::from_slice(start.body.as_deref().unwrap()).unwrap();
+    assert_eq!(
+        body["Timeout"], 120,
+        "--resume-window 2h is StartSnapshot's Timeout"
+    );
     let first = blocks_put(&world);
     assert_eq!(
         first.len(),
