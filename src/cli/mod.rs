@@ -189,8 +189,27 @@ struct UploadArgs {
     /// Idempotency token for StartSnapshot (default: a new random one).
     #[arg(long, value_name = "TOKEN")]
     client_token: Option<String>,
+    /// Upload incrementally: the new snapshot is a child of this completed snapshot and
+    /// only the blocks that differ from it are sent.
+    #[arg(long, value_name = "SNAP_ID")]
+    parent: Option<String>,
+    /// How long AWS keeps the pending snapshot of an interrupted upload (StartSnapshot's
+    /// Timeout, 10m to 72h): rerunning the same command within it continues the upload.
+    #[arg(long, value_name = "DURATION", default_value = "24h", value_parser = parse_resume_window)]
+    resume_window: Duration,
     #[command(flatten)]
     s3: import::ViaArgs,
+}
+
+/// Parse `--resume-window`: StartSnapshot's Timeout is 10 to 4320 minutes.
+fn parse_resume_window(s: &str) -> Result<Duration, String> {
+    let d = parse_duration(s)?;
+    if d < Duration::from_secs(600) || d > Duration::from_secs(4320 * 60) {
+        return Err(format!(
+            "`{s}` is outside the window AWS allows for a pending snapshot (10m to 72h)"
+        ));
+    }
+    Ok(d)
 }
 
 #[derive(Debug, Args)]
@@ -434,6 +453,14 @@ async fn run(cli: Cli) -> Result<(), Failure> {
 
 async fn upload(g: &GlobalArgs, a: &UploadArgs) -> Result<(), Failure> {
     if a.s3.via == import::Via::S3 {
+        if let Some(p) = &a.parent {
+            return Err(Failure {
+                message: format!(
+                    "--parent {p}: an incremental upload uses the EBS direct APIs, not --via s3"
+                ),
+                interrupted: false,
+            });
+        }
         return import::upload(g, a).await;
     }
     // Every check of the image happens before any AWS call.
@@ -457,16 +484,21 @@ async fn upload(g: &GlobalArgs, a: &UploadArgs) -> Result<(), Failure> {
             .clone()
             .unwrap_or_else(snapshot::default_index_dir),
         client_token: a.client_token.clone(),
-        pending_timeout_minutes: None,
+        pending_timeout_minutes: Some((a.resume_window.as_secs() / 60) as i32),
+        parent: a.parent.clone(),
+        resume: true,
         retry: g.retry(),
         progress: g.progress(),
     };
     match snapshot::upload(&clients, image, &opts, shutdown_signal()).await {
         Ok(report) => {
             tracing::info!(
-                "uploaded {} blocks ({} skipped) to {} in {:.1}s",
+                "uploaded {} blocks ({} skipped, {} unchanged from the parent, {} sent by an \
+                 interrupted run) to {} in {:.1}s",
                 report.blocks_written,
                 report.blocks_skipped,
+                report.blocks_unchanged,
+                report.blocks_resumed,
                 report.snapshot_id,
                 report.seconds
             );

@@ -212,7 +212,14 @@ pub async fn publish(g: &GlobalArgs, a: &PublishArgs) -> Result<(), Failure> {
         let mut release = file.resolve(&date, true)?;
         release.preflight = Some(preflight);
         let clients = connect(g).await?;
-        let plan = plan::plan(&clients, &release, journal.as_ref(), a.replace, &g.retry()).await?;
+        let index_dir = a
+            .run
+            .index_dir
+            .clone()
+            .unwrap_or_else(snapshot::default_index_dir);
+        let plan =
+            plan::plan_with(&clients, &release, journal.as_ref(), a.replace, &g.retry(), &index_dir)
+                .await?;
         g.print(&plan, || plan.render());
         let blocking = plan.blocking();
         if !blocking.is_empty() {

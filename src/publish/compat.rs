@@ -335,6 +335,7 @@ impl Bsdec2Args {
                 spec,
                 ssm: self.ssm_names(),
                 vars: Default::default(),
+                parent_auto: false,
             }],
             date: date.to_string(),
             announce: self.announce.clone(),

@@ -13,6 +13,7 @@
 pub mod announce;
 pub mod compat;
 pub(crate) mod identity;
+pub(crate) mod parent;
 pub mod plan;
 pub(crate) mod release;
 pub(crate) mod run;

@@ -1,6 +1,8 @@
 //! `publish --plan`: every action a publish would take, found with read-only lookups.
 //! Nothing is created, changed or deleted (not even the journal).
 
+use std::path::Path;
+
 use serde::Serialize;
 
 use super::announce::AnnounceDecision;
@@ -133,11 +135,32 @@ pub async fn plan(
     replace: bool,
     retry: &RetryPolicy,
 ) -> Result<Plan, PublishError> {
+    plan_with(
+        home,
+        release,
+        journal,
+        replace,
+        retry,
+        &crate::snapshot::default_index_dir(),
+    )
+    .await
+}
+
+/// [`plan`] with the block indexes (parents, interrupted uploads) kept in `index_dir`.
+pub async fn plan_with(
+    home: &Clients,
+    release: &Release,
+    journal: Option<&Journal>,
+    replace: bool,
+    retry: &RetryPolicy,
+    index_dir: &Path,
+) -> Result<Plan, PublishError> {
     let scope = Scope {
         parameters: true,
         uefi: false,
     };
     let mut survey = Survey::take(home, release, journal, scope, retry).await?;
+    let source = home.in_region(&survey.source);
     let mut actions = Vec::new();
     // AMIs made from an earlier version of their file: refused, or (--replace, ours
     // only) deregistered with their snapshots, and then planned as new.
@@ -209,7 +232,13 @@ pub async fn plan(
         {
             continue;
         }
-        actions.extend(image_plan(release, img, &survey, journal)?);
+        let parent = if img.parent_auto {
+            super::parent::auto_parent(&source, img.name(), index_dir, retry).await?
+        } else {
+            None
+        };
+        let local = Local { index_dir, parent };
+        actions.extend(image_plan(release, img, &survey, journal, &local)?);
     }
     if let (Some(a), Some(decision)) = (&release.announce, &survey.announce) {
         let refused = actions.iter().any(|x| x.verb == Verb::Refuse);
@@ -269,12 +298,20 @@ pub async fn plan(
 /// The `image` of actions that belong to the whole release (the announcement).
 pub const RELEASE_WIDE: &str = "(the whole release)";
 
+/// What the plan of one image knows besides the survey: the block index directory and
+/// the parent `parent = "auto"` picks (snapshot id, its AMI name).
+struct Local<'a> {
+    index_dir: &'a Path,
+    parent: Option<(String, String)>,
+}
+
 /// The actions for one image, decided from the survey as the run decides them.
 fn image_plan(
     release: &Release,
     img: &ReleaseImage,
     survey: &Survey,
     journal: Option<&Journal>,
+    local: &Local<'_>,
 ) -> Result<Vec<Action>, PublishError> {
     let name = img.name();
     let act = |step, region: &str, verb, detail: String| Action {
@@ -330,20 +367,40 @@ fn image_plan(
             out.push(act("snapshot", source, Verb::Reuse, id));
         }
         SnapshotDecision::Upload { delete } => {
+            let (resume, delete): (Vec<&String>, Vec<&String>) = delete
+                .iter()
+                .partition(|d| crate::snapshot::resumable(local.index_dir, d));
             out.extend(delete.iter().map(|d| leftover(&act, source, d)));
             let (size, format) = crate::image::DiskImage::probe(&img.path)
                 .map(|(s, f)| (s, f.to_string()))
                 .unwrap_or((0, "?".into()));
-            out.push(act(
-                "snapshot",
-                source,
-                Verb::Create,
-                format!(
-                    "upload {} ({format}, {:.2} GiB)",
-                    img.path.display(),
-                    size as f64 / (1u64 << 30) as f64
+            let mut detail = format!(
+                "upload {} ({format}, {:.2} GiB)",
+                img.path.display(),
+                size as f64 / (1u64 << 30) as f64
+            );
+            if let Some(r) = resume.first() {
+                detail.push_str(&format!(", continuing the interrupted upload to {r}"));
+            }
+            match &local.parent {
+                Some((id, of)) => {
+                    match crate::snapshot::blocks_to_send(&img.path, local.index_dir, id) {
+                        Ok((send, data)) => detail.push_str(&format!(
+                            " against parent {id} ({of}): {send} blocks would be sent \
+                             ({data} with data)"
+                        )),
+                        Err(e) => detail.push_str(&format!(
+                            " against parent {id} ({of}): blocks to send unknown ({e})"
+                        )),
+                    }
+                }
+                None if img.parent_auto => detail.push_str(
+                    ": no parent (parent = \"auto\" found no earlier snapshot \
+                                     of its series with a kept block index), a full upload",
                 ),
-            ));
+                None => {}
+            }
+            out.push(act("snapshot", source, Verb::Create, detail));
         }
     }
 

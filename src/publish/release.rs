@@ -118,6 +118,9 @@ struct RawRelease {
     tags: BTreeMap<String, String>,
     #[serde(default)]
     copy_completion: Option<String>,
+    /// `"auto"`: upload each image against the newest snapshot of its series.
+    #[serde(default)]
+    parent: Option<String>,
     #[serde(default)]
     defaults: toml::Table,
     #[serde(default, rename = "image")]
@@ -157,6 +160,8 @@ pub struct ReleaseImage {
     pub ssm: Vec<String>,
     /// The template variables, for the record.
     pub vars: Vars,
+    /// `parent = "auto"`: upload against the newest completed snapshot of the series.
+    pub parent_auto: bool,
 }
 
 impl ReleaseImage {
@@ -544,11 +549,27 @@ impl ReleaseFile {
             let n = render("ssm", s, &with_region)?;
             params::check_name(&n, self.raw.public)?;
         }
+        let parent = match t.get("parent") {
+            None => self.raw.parent.clone(),
+            Some(toml::Value::String(p)) => Some(p.clone()),
+            Some(v) => return Err(format!("`parent` must be \"auto\", not a {}", v.type_str())),
+        };
+        let parent_auto = match parent.as_deref() {
+            None | Some("none") => false,
+            Some("auto") => true,
+            Some(p) => {
+                return Err(format!(
+                    "`parent = \"{}\"`: only \"auto\" (the newest snapshot of the series) or \"none\"",
+                    crate::image::escaped(p)
+                ));
+            }
+        };
         Ok(ReleaseImage {
             path,
             spec,
             ssm,
             vars,
+            parent_auto,
         })
     }
 }

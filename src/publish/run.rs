@@ -442,12 +442,30 @@ impl Run<'_> {
             }
             SnapshotDecision::Upload { delete } => delete,
         };
-        for d in &delete {
+        // The pending snapshot of an interrupted upload of this image is continued by
+        // the upload below, not deleted.
+        for d in delete
+            .iter()
+            .filter(|d| !snapshot::resumable(&self.opts.index_dir, d))
+        {
             self.delete_leftover(d).await?;
         }
         if recorded.is_some() {
             journal.forget(&k_snap)?;
         }
+        let parent = if img.parent_auto {
+            let found = super::parent::auto_parent(src, name, &self.opts.index_dir, retry).await?;
+            match &found {
+                Some((id, of)) => tracing::info!("{name}: uploading against {id} ({of})"),
+                None => tracing::info!(
+                    "{name}: parent = \"auto\" found no earlier snapshot of its series with a \
+                     kept block index: a full upload"
+                ),
+            }
+            found.map(|(id, _)| id)
+        } else {
+            None
+        };
 
         // Upload.
         let path = img.path.clone();
@@ -465,6 +483,8 @@ impl Run<'_> {
             index_dir: self.opts.index_dir.clone(),
             retry: *retry,
             progress: self.opts.progress,
+            parent,
+            pending_timeout_minutes: Some(snapshot::DEFAULT_RESUME_WINDOW_MINUTES),
             ..UploadOptions::default()
         };
         tracing::info!("uploading {} for {name}", img.path.display());

@@ -1,9 +1,11 @@
 //! EBS direct APIs: upload a disk image to a new snapshot, download a snapshot to a
-//! sparse file, and the per-block SHA-256 index of what was uploaded.
+//! sparse file, and the per-block SHA-256 index of what was uploaded (or built from a
+//! snapshot).
 
 pub mod checksum;
 pub(crate) mod download;
 pub(crate) mod index;
+pub(crate) mod resume;
 pub(crate) mod upload;
 pub(crate) mod wait;
 
@@ -11,8 +13,20 @@ use std::time::Duration;
 
 pub use download::{DownloadError, DownloadOptions, DownloadReport, download};
 pub use index::default_dir as default_index_dir;
-pub use upload::{DEFAULT_WORKERS, UploadError, UploadOptions, UploadReport, upload, upload_with};
+pub use index::{
+    BlockIndex, BuildOptions as IndexBuildOptions, IndexError, IndexHeader, IndexOrigin,
+    SnapshotIndex, from_snapshot as index_from_snapshot, load_or_build as index_of_snapshot,
+    path_for as index_path_for,
+};
+pub use upload::{
+    DEFAULT_WORKERS, UploadError, UploadOptions, UploadReport, blocks_to_send, kept_index,
+    resumable, upload, upload_with,
+};
 pub use wait::wait_for_completed;
+
+/// The resume window `publish` gives StartSnapshot (and `upload`'s default
+/// `--resume-window`): a day.
+pub const DEFAULT_RESUME_WINDOW_MINUTES: i32 = 1440;
 
 /// The block size AWS uses (and the only one it has ever answered).
 pub const AWS_BLOCK_SIZE: u64 = 512 * 1024;

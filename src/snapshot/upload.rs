@@ -6,9 +6,10 @@
 //! a wait for `completed`. Any failure or interruption deletes the unfinished snapshot
 //! (unless asked to keep it) and says which one it was.
 
+use std::collections::HashMap;
 use std::fmt;
 use std::future::Future;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -21,7 +22,8 @@ use serde::Serialize;
 use tokio::sync::Semaphore;
 
 use super::checksum::{self, BlockDigest, LinearAggregate};
-use super::index::{IndexHeader, IndexWriter};
+use super::index::{self, BlockIndex, IndexHeader, IndexWriter};
+use super::resume::{self, AckJournal, PendingRecord};
 use super::{check_block_size, secs, volume_size_gib, wait_for_completed};
 use crate::aws::{AwsError, Clients, RetryPolicy, ec2, tags};
 use crate::image::{DiskImage, ImageError, PlannedBlock};
@@ -48,8 +50,15 @@ pub struct UploadOptions {
     pub index_dir: PathBuf,
     /// Idempotency token for StartSnapshot (a fresh one by default).
     pub client_token: Option<String>,
-    /// Minutes AWS keeps a pending snapshot open before failing it.
+    /// Minutes AWS keeps a pending snapshot open before failing it (StartSnapshot's
+    /// Timeout): the window in which an interrupted upload can be resumed.
     pub pending_timeout_minutes: Option<i32>,
+    /// Upload incrementally against this completed snapshot: StartSnapshot with
+    /// ParentSnapshotId, and only the blocks that differ from the parent's are sent.
+    pub parent: Option<String>,
+    /// Continue the pending snapshot of an interrupted upload of the same image with the
+    /// same arguments (its record and acknowledgement journal are in `index_dir`).
+    pub resume: bool,
     /// Retry policy for every call.
     pub retry: RetryPolicy,
     /// How progress is shown.
@@ -69,6 +78,8 @@ impl Default for UploadOptions {
             index_dir: super::index::default_dir(),
             client_token: None,
             pending_timeout_minutes: None,
+            parent: None,
+            resume: true,
             retry: RetryPolicy::default(),
             progress: ProgressMode::Quiet,
         }
@@ -92,9 +103,20 @@ pub struct UploadReport {
     pub volume_size_gib: u64,
     /// Block size used.
     pub block_size: u64,
-    /// Blocks sent with PutSnapshotBlock.
+    /// The parent snapshot of an incremental upload.
+    pub parent_snapshot_id: Option<String>,
+    /// Blocks sent with PutSnapshotBlock by this run.
     pub blocks_written: u64,
-    /// Blocks of the volume not sent (holes, zero blocks, padding to the GiB).
+    /// Blocks not sent because the parent already holds the same data.
+    pub blocks_unchanged: u64,
+    /// Blocks not sent because an interrupted earlier run had them acknowledged.
+    pub blocks_resumed: u64,
+    /// The snapshot of an interrupted upload this run continued.
+    pub resumed: bool,
+    /// Why an interrupted upload's snapshot was not continued, if there was one.
+    pub restarted: Option<String>,
+    /// Blocks of the volume not sent by this run (holes, zero blocks, padding to the
+    /// GiB, blocks unchanged from the parent, blocks resumed).
     pub blocks_skipped: u64,
     /// Blocks that were read but found all zero (a subset of the skipped ones).
     pub blocks_zero: u64,
@@ -152,6 +174,9 @@ pub enum UploadFailure {
     /// The service answered something unusable.
     #[error("{0}")]
     Protocol(String),
+    /// The parent snapshot cannot be used (checked before StartSnapshot).
+    #[error("{0}")]
+    Parent(String),
     /// Writing the block index failed.
     #[error("writing the block index {path}: {source}")]
     Index {
@@ -216,6 +241,16 @@ impl BufferPool {
     }
 }
 
+/// What the snapshot holds before this run writes a block: its parent's blocks (an
+/// incremental upload) and the blocks an interrupted earlier run had acknowledged.
+#[derive(Default)]
+struct Base {
+    /// The parent's content: every block with data (every block, encrypted).
+    parent: HashMap<u64, BlockDigest>,
+    /// Blocks acknowledged by an earlier run of this upload.
+    acked: HashMap<u64, BlockDigest>,
+}
+
 /// Shared state of the block workers.
 struct Blocks {
     clients: Clients,
@@ -230,16 +265,33 @@ struct Blocks {
     retry: RetryPolicy,
     started: Instant,
     progress: Progress,
+    base: Base,
+    acks: AckJournal,
+    acks_path: PathBuf,
     /// Set by the first block that fails, while it still holds its worker slot, so no
     /// block that gets a slot afterwards sends anything.
     failed: AtomicBool,
 }
 
+/// What became of one planned block.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Fate {
+    /// Sent with PutSnapshotBlock (and journalled).
+    Sent,
+    /// Already acknowledged by an earlier run, with the same data.
+    Resumed,
+    /// The parent holds the same data.
+    Unchanged,
+    /// All zero where the snapshot reads zero anyway.
+    Zero,
+}
+
 /// Outcome of one planned block.
 struct Done {
     index: u64,
-    /// `None`: all zero and not sent.
-    digest: Option<BlockDigest>,
+    /// SHA-256 of the block's content (of zeros for a zero block or a hole).
+    content: BlockDigest,
+    fate: Fate,
 }
 
 /// How long after StartSnapshot a "snapshot not found" answer is taken as AWS's
@@ -259,43 +311,83 @@ impl Blocks {
         r
     }
 
+    /// What the snapshot already holds at `index` before this run writes it (`None`:
+    /// unknown, as an absent block of an encrypted snapshot is).
+    fn held(&self, index: u64) -> (Option<BlockDigest>, Fate) {
+        if let Some(d) = self.base.acked.get(&index) {
+            return (Some(*d), Fate::Resumed);
+        }
+        if let Some(d) = self.base.parent.get(&index) {
+            return (Some(*d), Fate::Unchanged);
+        }
+        ((!self.encrypted).then_some(self.zero_digest), Fate::Zero)
+    }
+
     async fn read_and_put(self: Arc<Self>, block: PlannedBlock) -> Result<Done, UploadFailure> {
         let bs = self.block_size;
-        let (data, digest) = if block.has_data {
+        let index = block.index;
+        let (buf, content) = if block.has_data {
             let mut buf = self.pool.take();
             let me = self.clone();
             let (buf, digest) = tokio::task::spawn_blocking(move || {
-                me.image.read_block(block.index * bs, &mut buf)?;
-                if !me.encrypted && checksum::is_zero(&buf) {
-                    return Ok::<_, ImageError>((buf, None));
+                me.image.read_block(index * bs, &mut buf)?;
+                if checksum::is_zero(&buf) {
+                    return Ok::<_, ImageError>((buf, me.zero_digest, true));
                 }
                 let d = checksum::block_digest(&buf);
-                Ok((buf, Some(d)))
+                Ok((buf, d, false))
             })
             .await
-            .map_err(|e| UploadFailure::Protocol(format!("block reader panicked: {e}")))??;
-            let Some(digest) = digest else {
-                self.pool.give(buf);
-                self.progress.inc(bs);
-                return Ok(Done {
-                    index: block.index,
-                    digest: None,
-                });
-            };
-            (buf.freeze(), digest)
+            .map_err(|e| UploadFailure::Protocol(format!("block reader panicked: {e}")))?
+            .map(|(buf, d, zero)| {
+                if zero {
+                    self.pool.give(buf);
+                    (None, d)
+                } else {
+                    (Some(buf), d)
+                }
+            })?;
+            (buf, digest)
         } else {
-            // A hole of an encrypted snapshot: it must still be written, as zeros.
-            (self.zero_block.clone(), self.zero_digest)
+            (None, self.zero_digest)
         };
-        self.put(block.index, &data, &digest).await?;
+        let (held, fate) = self.held(index);
+        if held == Some(content) {
+            if let Some(buf) = buf {
+                self.pool.give(buf);
+            }
+            return Ok(Done {
+                index,
+                content,
+                fate,
+            });
+        }
+        // A zero block or a hole that must be written (the parent has data there, or
+        // the snapshot is encrypted) is sent as the shared zero block.
+        let data = match buf {
+            Some(buf) => buf.freeze(),
+            None => self.zero_block.clone(),
+        };
+        self.progress.inc_total(bs);
+        self.put(index, &data, &content).await?;
+        // Durable before the slot is released: at most `workers` blocks are ever sent
+        // and not journalled.
+        self.acks
+            .record(index, &content)
+            .await
+            .map_err(|source| UploadFailure::Index {
+                path: self.acks_path.clone(),
+                source,
+            })?;
         // Back to the pool when no one else holds it (the shared zero block always is).
         if let Ok(buf) = data.try_into_mut() {
             self.pool.give(buf);
         }
         self.progress.inc(bs);
         Ok(Done {
-            index: block.index,
-            digest: Some(digest),
+            index,
+            content,
+            fate: Fate::Sent,
         })
     }
 
@@ -326,6 +418,42 @@ impl Blocks {
     }
 }
 
+/// The planned blocks of the image, with the blocks where the parent holds data added
+/// (as holes: where the image has none, zeros must be written over the parent's).
+struct WithParentBlocks<I: Iterator> {
+    plan: std::iter::Peekable<I>,
+    extra: std::iter::Peekable<std::vec::IntoIter<u64>>,
+}
+
+impl<I: Iterator<Item = std::io::Result<PlannedBlock>>> Iterator for WithParentBlocks<I> {
+    type Item = std::io::Result<PlannedBlock>;
+
+    fn next(&mut self) -> Option<Self::Item> {
+        let hole = |index| {
+            Some(Ok(PlannedBlock {
+                index,
+                has_data: false,
+            }))
+        };
+        match (self.plan.peek(), self.extra.peek().copied()) {
+            (Some(Ok(p)), Some(e)) if e < p.index => {
+                self.extra.next();
+                hole(e)
+            }
+            (Some(Ok(p)), Some(e)) if e == p.index => {
+                self.extra.next();
+                self.plan.next()
+            }
+            (Some(_), _) => self.plan.next(),
+            (None, Some(e)) => {
+                self.extra.next();
+                hole(e)
+            }
+            (None, None) => None,
+        }
+    }
+}
+
 /// Upload `image` to a new snapshot. `shutdown` resolving (Ctrl-C) stops the upload and
 /// cleans up like any other failure.
 pub async fn upload(
@@ -335,6 +463,27 @@ pub async fn upload(
     shutdown: impl Future<Output = ()>,
 ) -> Result<UploadReport, UploadError> {
     upload_with(clients, image, opts, shutdown, |_| {}).await
+}
+
+/// A checked parent snapshot and its content.
+struct Parent {
+    id: String,
+    encrypted: bool,
+    /// Block index -> digest of what the parent holds (blocks with data; every block of
+    /// an encrypted parent).
+    blocks: HashMap<u64, BlockDigest>,
+    /// The block size of its index.
+    block_size: u64,
+}
+
+/// What to do about an earlier, interrupted run of the same upload.
+enum Earlier {
+    /// None was found.
+    None,
+    /// Continue its pending snapshot.
+    Continue(PendingRecord, HashMap<u64, BlockDigest>),
+    /// Start over, for this reason.
+    Restart(String),
 }
 
 /// [`upload`], telling `on_started` the snapshot id as soon as StartSnapshot answers, so
@@ -347,39 +496,177 @@ pub async fn upload_with(
     on_started: impl FnOnce(&str),
 ) -> Result<UploadReport, UploadError> {
     let t0 = Instant::now();
-    let job = Job {
-        clients,
-        encrypted: opts.encrypted || opts.kms_key_arn.is_some(),
-        volume_gib: volume_size_gib(image.size()),
-        image,
-        opts,
-    };
-    let (snapshot_id, block_size) = job.start_snapshot().await.map_err(|failure| UploadError {
+    let nothing = |failure| UploadError {
         failure,
         cleanup: Cleanup::NothingStarted,
-    })?;
+    };
+    let wanted_encrypted = opts.encrypted || opts.kms_key_arn.is_some();
+    let volume_gib = volume_size_gib(image.size());
+    // The parent is checked, and its content known, before anything is started.
+    let parent = match &opts.parent {
+        Some(id) => Some(
+            check_parent(clients, id, volume_gib, wanted_encrypted, opts)
+                .await
+                .map_err(nothing)?,
+        ),
+        None => None,
+    };
+    let job = Job {
+        clients,
+        encrypted: wanted_encrypted || parent.as_ref().is_some_and(|p| p.encrypted),
+        volume_gib,
+        image,
+        opts,
+        key: String::new(),
+    };
+    let job = Job {
+        key: job.resume_key(),
+        ..job
+    };
+    let earlier = if opts.resume {
+        job.earlier_run().await.map_err(nothing)?
+    } else {
+        Earlier::None
+    };
+    let mut restarted = None;
+    let (snapshot_id, block_size, acked, fresh) = match earlier {
+        Earlier::Continue(record, acked) => {
+            tracing::warn!(
+                "continuing the pending snapshot {} of an interrupted upload of {} ({} blocks \
+                 already acknowledged)",
+                record.snapshot_id,
+                record.image.display(),
+                acked.len()
+            );
+            let bs = Some(record.block_size as i64);
+            (record.snapshot_id, bs, acked, false)
+        }
+        other => {
+            if let Earlier::Restart(why) = other {
+                tracing::warn!("starting over: {why}");
+                restarted = Some(why);
+            }
+            let (id, bs) = job.start_snapshot(parent.as_ref()).await.map_err(nothing)?;
+            (id, bs, HashMap::new(), true)
+        }
+    };
     tracing::info!(
-        "started snapshot {snapshot_id} ({} GiB) in {}",
+        "{} snapshot {snapshot_id} ({} GiB) in {}{}",
+        if fresh { "started" } else { "resuming" },
         job.volume_gib,
-        clients.region()
+        clients.region(),
+        parent
+            .as_ref()
+            .map(|p| format!(", child of {}", p.id))
+            .unwrap_or_default()
     );
     on_started(&snapshot_id);
 
+    let base = Base {
+        parent: parent
+            .as_ref()
+            .map(|p| p.blocks.clone())
+            .unwrap_or_default(),
+        acked,
+    };
     let mut index = None;
     let result = tokio::select! {
-        r = job.fill_and_complete(&snapshot_id, block_size, &mut index) => r,
+        r = job.fill_and_complete(&snapshot_id, block_size, fresh, parent.as_ref(), base, &mut index) => r,
         _ = shutdown => Err(UploadFailure::Interrupted),
     };
     match result {
         Ok(mut report) => {
+            resume::remove(&opts.index_dir, &job.key, &snapshot_id);
             report.seconds = secs(t0.elapsed());
+            report.resumed = !fresh;
+            report.restarted = restarted;
             Ok(report)
         }
         Err(failure) => {
             let cleanup = clean_up(clients, &snapshot_id, opts, index).await;
+            if let Cleanup::Deleted(_) = cleanup {
+                resume::remove(&opts.index_dir, &job.key, &snapshot_id);
+            }
             Err(UploadError { failure, cleanup })
         }
     }
+}
+
+/// Check `id` can be the parent of a `volume_gib` GiB snapshot, and load what it holds
+/// from the block index kept at its upload.
+async fn check_parent(
+    clients: &Clients,
+    id: &str,
+    volume_gib: u64,
+    encrypted: bool,
+    opts: &UploadOptions,
+) -> Result<Parent, UploadFailure> {
+    let region = clients.region();
+    let snap = ec2::snapshot(clients, id, &opts.retry)
+        .await?
+        .ok_or_else(|| {
+            UploadFailure::Parent(format!(
+                "parent snapshot {id}: no such snapshot in {region}"
+            ))
+        })?;
+    if snap.state != "completed" {
+        return Err(UploadFailure::Parent(format!(
+            "parent snapshot {id} is {}, not completed: only a completed snapshot can be a parent",
+            snap.state
+        )));
+    }
+    let parent_gib = u64::try_from(snap.volume_size).unwrap_or(0);
+    if parent_gib > volume_gib {
+        return Err(UploadFailure::Parent(format!(
+            "parent snapshot {id} is a {parent_gib} GiB volume, larger than this image's \
+             {volume_gib} GiB: a child snapshot cannot be smaller than its parent"
+        )));
+    }
+    if snap.encrypted && !encrypted {
+        return Err(UploadFailure::Parent(format!(
+            "parent snapshot {id} is encrypted and this upload is not: pass --encrypted \
+             (a child of an encrypted snapshot is encrypted with its parent's key)"
+        )));
+    }
+    if !snap.encrypted && encrypted {
+        return Err(UploadFailure::Parent(format!(
+            "parent snapshot {id} is not encrypted and this upload is: a child snapshot \
+             keeps its parent's encryption (upload without --parent to encrypt)"
+        )));
+    }
+    if snap.tags.get(tags::OWNERSHIP).map(String::as_str) != Some(tags::OWNERSHIP_VALUE) {
+        tracing::info!("parent snapshot {id} was not made by ec2ami; using it as it is readable");
+    }
+    if kept_index(&opts.index_dir, id).is_none() {
+        tracing::warn!(
+            "no block index of parent snapshot {id} is kept in {}: building it from the \
+             snapshot (GetSnapshotBlock of its blocks)",
+            opts.index_dir.display()
+        );
+    }
+    let build = index::BuildOptions {
+        workers: opts.workers,
+        retry: opts.retry,
+        progress: opts.progress,
+    };
+    let ix = index::load_or_build(clients, id, &opts.index_dir, &build)
+        .await
+        .map_err(|e| {
+            UploadFailure::Parent(format!("the block index of parent snapshot {id}: {e}"))
+        })?
+        .index;
+    let zero = checksum::block_digest(&vec![0u8; ix.header.block_size as usize]);
+    let blocks = ix
+        .blocks
+        .into_iter()
+        .filter(|(_, d)| snap.encrypted || *d != zero)
+        .collect();
+    Ok(Parent {
+        id: id.to_string(),
+        encrypted: snap.encrypted,
+        blocks,
+        block_size: ix.header.block_size,
+    })
 }
 
 /// One upload: what every step needs.
@@ -389,10 +676,104 @@ struct Job<'a> {
     opts: &'a UploadOptions,
     encrypted: bool,
     volume_gib: u64,
+    /// What identifies this upload for a resume.
+    key: String,
 }
 
 impl Job<'_> {
-    async fn start_snapshot(&self) -> Result<(String, Option<i64>), UploadFailure> {
+    /// The key of the upload: the image (as a canonical path), the region and every
+    /// argument that shapes the snapshot.
+    fn resume_key(&self) -> String {
+        let opts = self.opts;
+        let path = std::fs::canonicalize(self.image.path())
+            .unwrap_or_else(|_| self.image.path().to_owned());
+        let tags: Vec<String> = opts.tags.iter().map(|(k, v)| format!("{k}={v}")).collect();
+        resume::key(&[
+            &path.to_string_lossy(),
+            self.clients.region(),
+            &self.volume_gib.to_string(),
+            &self.encrypted.to_string(),
+            opts.kms_key_arn.as_deref().unwrap_or(""),
+            opts.parent.as_deref().unwrap_or(""),
+            opts.description.as_deref().unwrap_or(""),
+            &tags.join("\n"),
+        ])
+    }
+
+    /// Look for an interrupted run of this upload and decide whether to continue it.
+    async fn earlier_run(&self) -> Result<Earlier, UploadFailure> {
+        let (clients, opts) = (self.clients, self.opts);
+        let dir = &opts.index_dir;
+        let Some(record) = resume::load_record(dir, &self.key) else {
+            return Ok(Earlier::None);
+        };
+        let id = record.snapshot_id.clone();
+        let forget = || resume::remove(dir, &self.key, &id);
+        let snap = ec2::snapshot(clients, &id, &opts.retry).await?;
+        let snap = match snap {
+            Some(s) if s.state == "pending" => s,
+            Some(s) => {
+                forget();
+                return Ok(Earlier::Restart(format!(
+                    "the snapshot {id} of the interrupted upload is {} (AWS keeps a pending \
+                     snapshot for the --resume-window given when it started); left as it is",
+                    s.state
+                )));
+            }
+            None => {
+                forget();
+                return Ok(Earlier::Restart(format!(
+                    "the snapshot {id} of the interrupted upload is gone (timed out or deleted)"
+                )));
+            }
+        };
+        let ours =
+            snap.tags.get(tags::OWNERSHIP).map(String::as_str) == Some(tags::OWNERSHIP_VALUE);
+        let why = match record.identity.difference(self.image.identity()) {
+            Some(d) => Some(format!(
+                "the image changed since the interrupted upload ({d})"
+            )),
+            None => {
+                let acked = resume::load_acks(dir, &id).map_err(|source| UploadFailure::Index {
+                    path: resume::acks_path(dir, &id),
+                    source,
+                })?;
+                let image = self.image.clone();
+                let bs = record.block_size;
+                let check = acked.clone();
+                let mismatch =
+                    tokio::task::spawn_blocking(move || first_mismatch(&image, bs, &check))
+                        .await
+                        .map_err(|e| {
+                            UploadFailure::Protocol(format!("block reader panicked: {e}"))
+                        })??;
+                match mismatch {
+                    Some(i) => Some(format!(
+                        "the image changed since the interrupted upload (block {i} differs from \
+                         what was sent)"
+                    )),
+                    None => return Ok(Earlier::Continue(record, acked)),
+                }
+            }
+        };
+        let why = why.expect("set above");
+        forget();
+        // Ours, pending, of a superseded image: nothing will ever complete it.
+        let fate = if ours {
+            match ec2::delete_snapshot(clients, &id, &opts.retry).await {
+                Ok(_) => format!("its snapshot {id} was deleted"),
+                Err(e) => format!("its snapshot {id} could not be deleted ({e})"),
+            }
+        } else {
+            format!("its snapshot {id} is not tagged as ec2ami's and was left as it is")
+        };
+        Ok(Earlier::Restart(format!("{why}; {fate}")))
+    }
+
+    async fn start_snapshot(
+        &self,
+        parent: Option<&Parent>,
+    ) -> Result<(String, Option<i64>), UploadFailure> {
         let (clients, image, opts) = (self.clients, &self.image, self.opts);
         let (encrypted, volume_gib) = (self.encrypted, self.volume_gib);
         let mut tags = vec![
@@ -427,10 +808,19 @@ impl Job<'_> {
                     .client_token(&token)
                     .set_description(opts.description.clone())
                     .set_timeout(opts.pending_timeout_minutes);
-                if encrypted {
-                    req = req
-                        .encrypted(true)
-                        .set_kms_key_arn(opts.kms_key_arn.clone());
+                match parent {
+                    // A child keeps its parent's encryption (Encrypted may not be given).
+                    Some(p) => {
+                        req = req
+                            .parent_snapshot_id(&p.id)
+                            .set_kms_key_arn(opts.kms_key_arn.clone());
+                    }
+                    None if encrypted => {
+                        req = req
+                            .encrypted(true)
+                            .set_kms_key_arn(opts.kms_key_arn.clone());
+                    }
+                    None => {}
                 }
                 req.send()
             })
@@ -445,6 +835,9 @@ impl Job<'_> {
         &self,
         snapshot_id: &str,
         block_size: Option<i64>,
+        fresh: bool,
+        parent: Option<&Parent>,
+        base: Base,
         index_slot: &mut Option<IndexWriter>,
     ) -> Result<UploadReport, UploadFailure> {
         let (clients, image, opts) = (self.clients, &self.image, self.opts);
@@ -452,7 +845,37 @@ impl Job<'_> {
         // The block size comes from StartSnapshot's answer, so it is checked here, where a
         // bad one still gets the snapshot cleaned up.
         let block_size = check_block_size(block_size).map_err(UploadFailure::Protocol)?;
+        if let Some(p) = parent
+            && p.block_size != block_size
+        {
+            return Err(UploadFailure::Protocol(format!(
+                "the block index of parent {} has {}-byte blocks, the new snapshot {block_size}",
+                p.id, p.block_size
+            )));
+        }
         let total_blocks = (volume_gib << 30) / block_size;
+        let index_err = |source| UploadFailure::Index {
+            path: opts.index_dir.clone(),
+            source,
+        };
+        if fresh {
+            // Before any block: a run killed from here on can be continued.
+            let record = PendingRecord {
+                snapshot_id: snapshot_id.to_string(),
+                region: clients.region().to_string(),
+                image: image.path().to_owned(),
+                identity: image.identity().clone(),
+                block_size,
+                volume_size_gib: volume_gib,
+                parent: parent.map(|p| p.id.clone()),
+                started_unix: std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .map(|d| d.as_secs() as i64)
+                    .unwrap_or(0),
+                timeout_minutes: opts.pending_timeout_minutes,
+            };
+            resume::save_record(&opts.index_dir, &self.key, &record).map_err(index_err)?;
+        }
         let header = IndexHeader {
             snapshot_id: snapshot_id.to_string(),
             block_size,
@@ -460,21 +883,25 @@ impl Job<'_> {
             image_size: image.size(),
             encrypted,
         };
-        let index_err = |source| UploadFailure::Index {
-            path: opts.index_dir.clone(),
-            source,
-        };
         *index_slot = Some(IndexWriter::create(&opts.index_dir, &header).map_err(index_err)?);
+        let acks = AckJournal::open(&opts.index_dir, snapshot_id).map_err(index_err)?;
 
-        // Count the plan first (lseek only, no reads) so progress has a total.
-        let planned = image
-            .plan(block_size, total_blocks, encrypted)
-            .try_fold(0u64, |n, b| b.map(|_| n + 1))
-            .map_err(|e| image_read_error(image, e))?;
-        let progress = Progress::new(opts.progress, "upload", planned * block_size);
+        // Progress counts what is sent: a block joins the total when it is found to need
+        // sending.
+        let progress = Progress::new(opts.progress, "upload", 0);
         let workers = opts.workers.max(1);
         let zero_block = Bytes::from(vec![0u8; block_size as usize]);
         let zero_digest = checksum::block_digest(&zero_block);
+        let mut extra: Vec<u64> = if encrypted {
+            Vec::new()
+        } else {
+            base.parent
+                .keys()
+                .copied()
+                .filter(|&i| i < total_blocks)
+                .collect()
+        };
+        extra.sort_unstable();
         let ctx = Arc::new(Blocks {
             clients: clients.clone(),
             image: image.clone(),
@@ -491,6 +918,9 @@ impl Job<'_> {
             retry: opts.retry,
             started: Instant::now(),
             progress,
+            base,
+            acks,
+            acks_path: resume::acks_path(&opts.index_dir, snapshot_id),
             failed: AtomicBool::new(false),
         });
 
@@ -498,7 +928,10 @@ impl Job<'_> {
         // indexes) while up to `window` blocks are in flight; the semaphore bounds the
         // requests (and buffers) actually in progress to `workers`.
         let window = workers * 8;
-        let plan = image.plan(block_size, total_blocks, encrypted);
+        let plan = WithParentBlocks {
+            plan: image.plan(block_size, total_blocks, encrypted).peekable(),
+            extra: extra.into_iter().peekable(),
+        };
         let results = stream::iter(plan).map(|planned| {
             let ctx = ctx.clone();
             async move {
@@ -508,7 +941,7 @@ impl Job<'_> {
         });
         let mut results = std::pin::pin!(results.buffered(window));
         let mut aggregate = LinearAggregate::new();
-        let mut zero = 0u64;
+        let (mut sent, mut zero, mut unchanged, mut resumed) = (0u64, 0u64, 0u64, 0u64);
         let index = index_slot.as_mut().expect("index created above");
         while let Some(done) = results.next().await {
             let done = match done {
@@ -520,12 +953,19 @@ impl Job<'_> {
                 }
                 Err(e) => return Err(e),
             };
-            match done.digest {
-                Some(d) => {
-                    aggregate.push(&d);
-                    index.push(done.index, &d).map_err(index_err)?;
-                }
-                None => zero += 1,
+            match done.fate {
+                Fate::Sent => sent += 1,
+                Fate::Resumed => resumed += 1,
+                Fate::Unchanged => unchanged += 1,
+                Fate::Zero => zero += 1,
+            }
+            if matches!(done.fate, Fate::Sent | Fate::Resumed) {
+                aggregate.push(&done.content);
+            }
+            // The index lists what the snapshot holds (its parent's blocks included), so
+            // that it can be the parent of the next upload.
+            if encrypted || done.content != zero_digest {
+                index.push(done.index, &done.content).map_err(index_err)?;
             }
         }
         index.flush().map_err(index_err)?;
@@ -549,8 +989,13 @@ impl Job<'_> {
             size_bytes: image.size(),
             volume_size_gib: volume_gib,
             block_size,
-            blocks_written: written,
-            blocks_skipped: total_blocks - written,
+            parent_snapshot_id: parent.map(|p| p.id.clone()),
+            blocks_written: sent,
+            blocks_unchanged: unchanged,
+            blocks_resumed: resumed,
+            resumed: false,
+            restarted: None,
+            blocks_skipped: total_blocks - sent,
             blocks_zero: zero,
             bytes_read: image.bytes_read(),
             checksum: sum,
@@ -558,6 +1003,24 @@ impl Job<'_> {
             index_path,
         })
     }
+}
+
+/// The first acknowledged block whose data in the image is not what was sent.
+fn first_mismatch(
+    image: &DiskImage,
+    block_size: u64,
+    acked: &HashMap<u64, BlockDigest>,
+) -> Result<Option<u64>, UploadFailure> {
+    let mut order: Vec<(&u64, &BlockDigest)> = acked.iter().collect();
+    order.sort_unstable_by_key(|(i, _)| **i);
+    let mut buf = vec![0u8; block_size as usize];
+    for (i, d) in order {
+        image.read_block(i * block_size, &mut buf)?;
+        if checksum::block_digest(&buf) != *d {
+            return Ok(Some(*i));
+        }
+    }
+    Ok(None)
 }
 
 /// The first failure in `results` that is not [`UploadFailure::Abandoned`] (there is one:
@@ -629,4 +1092,80 @@ async fn clean_up(
         Ok(_) => Cleanup::Deleted(snapshot_id.to_string()),
         Err(e) => Cleanup::DeleteFailed(snapshot_id.to_string(), e),
     }
+}
+
+/// True when `snapshot_id` is the pending snapshot of an interrupted upload whose record
+/// is kept in `index_dir`: rerunning that upload continues it, so it is not a leftover
+/// to delete.
+pub fn resumable(index_dir: &Path, snapshot_id: &str) -> bool {
+    let Ok(entries) = std::fs::read_dir(index_dir.join("pending")) else {
+        return false;
+    };
+    entries.filter_map(Result::ok).any(|e| {
+        std::fs::read_to_string(e.path())
+            .ok()
+            .and_then(|t| serde_json::from_str::<PendingRecord>(&t).ok())
+            .is_some_and(|r| r.snapshot_id == snapshot_id)
+    })
+}
+
+/// The block index kept for `snapshot_id` in `index_dir`, if it is complete.
+pub fn kept_index(index_dir: &Path, snapshot_id: &str) -> Option<PathBuf> {
+    let path = index::path_for(index_dir, snapshot_id);
+    BlockIndex::load(&path)
+        .ok()
+        .filter(|ix| ix.aggregate.is_some())
+        .map(|_| path)
+}
+
+/// How many blocks an upload of `image` against `parent` would send, and how many
+/// blocks the image has with data: the image is read and hashed (holes are not read),
+/// nothing is sent. For a plan.
+pub fn blocks_to_send(image: &Path, index_dir: &Path, parent: &str) -> Result<(u64, u64), String> {
+    let path = index::path_for(index_dir, parent);
+    let ix = BlockIndex::load(&path)
+        .map_err(|e| format!("the block index of {parent} ({}): {e}", path.display()))?;
+    let img = DiskImage::open(image).map_err(|e| e.to_string())?;
+    let bs = ix.header.block_size;
+    let encrypted = ix.header.encrypted;
+    let total_blocks = (volume_size_gib(img.size()) << 30) / bs;
+    let zero = checksum::block_digest(&vec![0u8; bs as usize]);
+    let parent: HashMap<u64, BlockDigest> = ix
+        .blocks
+        .into_iter()
+        .filter(|(_, d)| encrypted || *d != zero)
+        .collect();
+    let mut extra: Vec<u64> = parent
+        .keys()
+        .copied()
+        .filter(|&i| i < total_blocks)
+        .collect();
+    extra.sort_unstable();
+    let plan = WithParentBlocks {
+        plan: img.plan(bs, total_blocks, encrypted).peekable(),
+        extra: extra.into_iter().peekable(),
+    };
+    let mut buf = vec![0u8; bs as usize];
+    let (mut send, mut data) = (0, 0);
+    for b in plan {
+        let b = b.map_err(|e| format!("{}: {e}", image.display()))?;
+        let content = if b.has_data {
+            img.read_block(b.index * bs, &mut buf)
+                .map_err(|e| e.to_string())?;
+            checksum::block_digest(&buf)
+        } else {
+            zero
+        };
+        if content != zero {
+            data += 1;
+        }
+        let held = parent
+            .get(&b.index)
+            .copied()
+            .or_else(|| (!encrypted).then_some(zero));
+        if held != Some(content) {
+            send += 1;
+        }
+    }
+    Ok((send, data))
 }

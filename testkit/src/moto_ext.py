@@ -2499,6 +2499,125 @@ def install():
     Moto.url_paths["{0}/moto-api/ec2ami/last-launched"] = set_last_launched
     install_realism()
     install_limits()
+    install_lineage()
+
+
+# ---------------------------------------------------------------------------------------
+# Snapshot lineage (issue 12). moto ignores StartSnapshot's ParentSnapshotId; AWS makes
+# the new snapshot a child: it reads its parent's blocks wherever it has none of its own
+# (ListSnapshotBlocks and GetSnapshotBlock of the child show them), the child's volume
+# may be larger but not smaller, the parent must be completed, and ParentSnapshotId
+# with Encrypted in one request is refused. The child takes the parent's blocks (the
+# same Block objects, so the same tokens) when it starts: blocks are immutable, so this
+# reads exactly as sharing them does, and deleting the parent leaves the child whole,
+# as AWS keeps what a child needs. A deleted snapshot leaves the EBS direct store too
+# (moto keeps it, so PutSnapshotBlock to a deleted pending snapshot succeeded).
+
+LINEAGE_REQUIRED = [
+    "moto.ebs.responses:EBSResponse.start_snapshot",
+    "moto.ebs.models:EBSSnapshot.to_json",
+    "moto.ebs.models:ebs_backends",
+]
+
+
+def ebs_validation(message, reason):
+    return ebs_error(400, "ValidationException", message, reason)
+
+
+def lineage_start_snapshot(original):
+    """EBSResponse.start_snapshot honouring ParentSnapshotId."""
+
+    def start(self):
+        try:
+            params = json.loads(self.body or b"{}")
+        except ValueError:
+            params = {}
+        parent_id = params.get("ParentSnapshotId")
+        parent = None
+        if parent_id is not None:
+            if params.get("Encrypted") is not None:
+                raise ebs_validation(
+                    "You can't specify ParentSnapshotId and Encrypted in the same request",
+                    "INVALID_PARAMETER_VALUE",
+                )
+            backend = self.ebs_backend
+            parent = backend.snapshots.get(parent_id)
+            if parent is None:
+                raise snapshot_not_found(parent_id)
+            if parent.status != "completed":
+                raise ebs_validation(
+                    f"The parent snapshot {parent_id} is not completed",
+                    "INVALID_PARENT_SNAPSHOT",
+                )
+            size = params.get("VolumeSize")
+            if isinstance(size, int) and size < int(parent.volume_size):
+                raise ebs_validation(
+                    f"VolumeSize {size} is smaller than the parent snapshot's "
+                    f"{parent.volume_size}",
+                    "INVALID_VOLUME_SIZE",
+                )
+        out = original(self)
+        if parent is None:
+            return out
+        body = json.loads(out)
+        with LOCK:
+            child = self.ebs_backend.snapshots[body["SnapshotId"]]
+            child.blocks = dict(parent.blocks)
+            child.parent_snapshot_id = parent_id
+        body["ParentSnapshotId"] = parent_id
+        return json.dumps(body)
+
+    return start
+
+
+def lineage_to_json(original):
+    def to_json(self):
+        out = original(self)
+        parent = self.__dict__.get("parent_snapshot_id")
+        if parent:
+            out["ParentSnapshotId"] = parent
+        return out
+
+    return to_json
+
+
+def lineage_delete_snapshot(previous):
+    """EC2 DeleteSnapshot that also removes the snapshot from the EBS direct store."""
+
+    def delete(self, snapshot_id):
+        done = previous(self, snapshot_id)
+        store = importlib.import_module("moto.ebs.models").ebs_backends
+        try:
+            store[self.account_id][self.region_name].snapshots.pop(snapshot_id, None)
+        except KeyError:
+            pass
+        return done
+
+    return delete
+
+
+def install_lineage():
+    missing = []
+    for spec in LINEAGE_REQUIRED:
+        module, _, path = spec.partition(":")
+        try:
+            obj = importlib.import_module(module)
+            for name in path.split("."):
+                obj = getattr(obj, name)
+        except (ImportError, AttributeError):
+            missing.append(spec)
+    if missing:
+        sys.stderr.write(
+            f"moto_ext: moto lacks what the lineage section relies on: {', '.join(missing)}\n"
+        )
+        sys.exit(3)
+    responses = importlib.import_module("moto.ebs.responses")
+    models = importlib.import_module("moto.ebs.models")
+    responses.EBSResponse.start_snapshot = lineage_start_snapshot(
+        responses.EBSResponse.start_snapshot
+    )
+    models.EBSSnapshot.to_json = lineage_to_json(models.EBSSnapshot.to_json)
+    Moto.EBSBackend.delete_snapshot = lineage_delete_snapshot(Moto.EBSBackend.delete_snapshot)
 
 
 def opt_in_everywhere():

@@ -930,6 +930,41 @@ mod tests {
         let (st, _) = complete(&c, &base, &child, 2, Some(&aggregate(&[&b, &b]))).await;
         assert_eq!(st, 202);
         assert_eq!(ebs.snapshot(&child).unwrap().blocks.len(), 3);
+        // The child lists and reads its parent's block 0 and its own 1 and 3000.
+        let (st, listed) = get_json(&c, &format!("{base}/snapshots/{child}/blocks")).await;
+        assert_eq!(st, 200, "{listed}");
+        let listed: Vec<(u64, String)> = listed["Blocks"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|b| {
+                let token = b["BlockToken"].as_str().unwrap().to_string();
+                (b["BlockIndex"].as_u64().unwrap(), token)
+            })
+            .collect();
+        assert_eq!(
+            listed.iter().map(|(i, _)| *i).collect::<Vec<_>>(),
+            vec![0, 1, 3000]
+        );
+        for ((i, token), want) in listed.iter().zip([&a, &b, &b]) {
+            let (st, _, data) = send(
+                &c,
+                "GET",
+                &format!(
+                    "{base}/snapshots/{child}/blocks/{i}?blockToken={}",
+                    token
+                        .replace('+', "%2B")
+                        .replace('/', "%2F")
+                        .replace('=', "%3D")
+                ),
+                &ebs_headers(),
+                "",
+            )
+            .await
+            .unwrap();
+            assert_eq!(st, 200, "block {i}");
+            assert!(data == **want, "block {i} of the child");
+        }
         let (st, out) = get_json(
             &c,
             &format!("{base}/snapshots/{child}/changedblocks?firstSnapshotId={parent}"),

@@ -1,0 +1,141 @@
+//! `parent = "auto"`: the snapshot an image's upload is made incremental against, the
+//! newest completed snapshot ec2ami uploaded for another build of the same series (the
+//! AMI name with its build date taken out), whose block index is kept here.
+
+use std::path::Path;
+
+use crate::aws::{AwsError, Clients, RetryPolicy, ec2, model::Snapshot, tags};
+use crate::prune::series::SeriesPattern;
+
+/// The parent for an image named `name`, if there is one: (snapshot id, its AMI name).
+pub(crate) async fn auto_parent(
+    clients: &Clients,
+    name: &str,
+    index_dir: &Path,
+    retry: &RetryPolicy,
+) -> Result<Option<(String, String)>, AwsError> {
+    let series = SeriesPattern::default().split(name).map(|p| p.series);
+    let Some(series) = series else {
+        return Ok(None);
+    };
+    let found = ec2::snapshots(
+        clients,
+        vec![
+            ec2::filter(&format!("tag:{}", tags::OWNERSHIP), tags::OWNERSHIP_VALUE),
+            ec2::filter("tag-key", tags::AMI_NAME),
+        ],
+        retry,
+    )
+    .await?;
+    Ok(pick(&found, name, &series, |id| {
+        crate::snapshot::kept_index(index_dir, id).is_some()
+    }))
+}
+
+/// The newest completed, fully uploaded snapshot of `series` other than `name`'s own
+/// for which `has_index`.
+fn pick(
+    found: &[Snapshot],
+    name: &str,
+    series: &str,
+    has_index: impl Fn(&str) -> bool,
+) -> Option<(String, String)> {
+    let pattern = SeriesPattern::default();
+    found
+        .iter()
+        .filter(|s| s.completed() && s.tag(tags::UPLOADED).is_some())
+        .filter_map(|s| Some((s, s.tag(tags::AMI_NAME)?)))
+        .filter(|(_, n)| *n != name)
+        .filter(|(_, n)| pattern.split(n).is_some_and(|p| p.series == series))
+        .filter(|(s, _)| has_index(&s.id))
+        .max_by_key(|(s, _)| s.started)
+        .map(|(s, n)| (s.id.clone(), n.to_string()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::BTreeMap;
+
+    fn snap(id: &str, name: &str, started: i64, state: &str, uploaded: bool) -> Snapshot {
+        let mut tags = BTreeMap::new();
+        tags.insert(tags::AMI_NAME.to_string(), name.to_string());
+        if uploaded {
+            tags.insert(tags::UPLOADED.to_string(), "true".to_string());
+        }
+        Snapshot {
+            region: "us-east-1".into(),
+            id: id.into(),
+            state: state.into(),
+            state_message: None,
+            progress: None,
+            volume_size: 1,
+            full_size: None,
+            description: String::new(),
+            started,
+            encrypted: false,
+            owner: None,
+            tags,
+        }
+    }
+
+    #[test]
+    fn the_newest_completed_build_of_the_series_is_the_parent() {
+        let name = "FreeBSD 15.0-amd64-20261209 UFS";
+        let found = vec![
+            snap(
+                "snap-old",
+                "FreeBSD 15.0-amd64-20261125 UFS",
+                1,
+                "completed",
+                true,
+            ),
+            snap(
+                "snap-new",
+                "FreeBSD 15.0-amd64-20261202 UFS",
+                2,
+                "completed",
+                true,
+            ),
+            snap(
+                "snap-pending",
+                "FreeBSD 15.0-amd64-20261205 UFS",
+                3,
+                "pending",
+                true,
+            ),
+            snap(
+                "snap-partial",
+                "FreeBSD 15.0-amd64-20261206 UFS",
+                4,
+                "completed",
+                false,
+            ),
+            snap(
+                "snap-zfs",
+                "FreeBSD 15.0-amd64-20261207 ZFS",
+                5,
+                "completed",
+                true,
+            ),
+            snap("snap-self", name, 6, "completed", true),
+            snap(
+                "snap-noindex",
+                "FreeBSD 15.0-amd64-20261208 UFS",
+                7,
+                "completed",
+                true,
+            ),
+        ];
+        let series = SeriesPattern::default().split(name).unwrap().series;
+        let got = pick(&found, name, &series, |id| id != "snap-noindex");
+        assert_eq!(
+            got,
+            Some(("snap-new".into(), "FreeBSD 15.0-amd64-20261202 UFS".into()))
+        );
+        assert_eq!(
+            pick(&found[..1], "Other-20261209", "Other-{date}", |_| true),
+            None
+        );
+    }
+}
