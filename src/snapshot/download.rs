@@ -326,53 +326,70 @@ impl Fetch<'_> {
             })
     }
 
-    /// One attempt: fetch the block and check its length and SHA-256. A mismatch is
-    /// retried like a network error (the data may have been damaged in transit).
+    /// One attempt: fetch the block and check its length and SHA-256.
     async fn get_verified(&self, index: u64, token: &str) -> Result<Bytes, AwsError> {
-        let out = self
-            .clients
-            .ebs
-            .get_snapshot_block()
-            .snapshot_id(self.snapshot_id)
-            .block_index(index as i32)
-            .block_token(token)
-            .send()
-            .await
-            .map_err(|e| AwsError::from_sdk("GetSnapshotBlock", e))?;
-        let expected = out.checksum().map(str::to_string);
-        let data = out
-            .block_data
-            .collect()
-            .await
-            .map_err(|e| {
-                AwsError::local(
-                    "GetSnapshotBlock",
-                    ErrorClass::Transient,
-                    format!("block {index}: reading the body: {e}"),
-                )
-            })?
-            .into_bytes();
-        let bad = |msg: String| {
+        get_block_verified(
+            self.clients,
+            self.snapshot_id,
+            index,
+            token,
+            self.block_size,
+        )
+        .await
+    }
+}
+
+/// One attempt at GetSnapshotBlock: fetch the block and check its length and SHA-256. A
+/// mismatch is a transient error, retried like a network error (the data may have been
+/// damaged in transit).
+pub(super) async fn get_block_verified(
+    clients: &Clients,
+    snapshot_id: &str,
+    index: u64,
+    token: &str,
+    block_size: u64,
+) -> Result<Bytes, AwsError> {
+    let out = clients
+        .ebs
+        .get_snapshot_block()
+        .snapshot_id(snapshot_id)
+        .block_index(index as i32)
+        .block_token(token)
+        .send()
+        .await
+        .map_err(|e| AwsError::from_sdk("GetSnapshotBlock", e))?;
+    let expected = out.checksum().map(str::to_string);
+    let data = out
+        .block_data
+        .collect()
+        .await
+        .map_err(|e| {
             AwsError::local(
                 "GetSnapshotBlock",
                 ErrorClass::Transient,
-                format!("block {index}: {msg}"),
+                format!("block {index}: reading the body: {e}"),
             )
-        };
-        if data.len() as u64 != self.block_size {
-            return Err(bad(format!(
-                "{} bytes received, the block size is {}",
-                data.len(),
-                self.block_size
-            )));
-        }
-        let got = checksum::to_base64(&checksum::block_digest(&data));
-        match expected {
-            Some(want) if want == got => Ok(data),
-            Some(want) => Err(bad(format!(
-                "checksum mismatch: expected {want}, got {got}"
-            ))),
-            None => Err(bad("the answer carried no checksum".into())),
-        }
+        })?
+        .into_bytes();
+    let bad = |msg: String| {
+        AwsError::local(
+            "GetSnapshotBlock",
+            ErrorClass::Transient,
+            format!("block {index}: {msg}"),
+        )
+    };
+    if data.len() as u64 != block_size {
+        return Err(bad(format!(
+            "{} bytes received, the block size is {block_size}",
+            data.len()
+        )));
+    }
+    let got = checksum::to_base64(&checksum::block_digest(&data));
+    match expected {
+        Some(want) if want == got => Ok(data),
+        Some(want) => Err(bad(format!(
+            "checksum mismatch: expected {want}, got {got}"
+        ))),
+        None => Err(bad("the answer carried no checksum".into())),
     }
 }

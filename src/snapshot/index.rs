@@ -15,12 +15,25 @@
 //! ```
 //! The file is written as `<id>.blocks.partial` while uploading and renamed when the
 //! snapshot is complete.
+//!
+//! When a snapshot has no kept index (uploaded elsewhere, or the index was lost),
+//! [`from_snapshot`] builds one from the snapshot itself: ListSnapshotBlocks, then every
+//! listed block fetched concurrently with GetSnapshotBlock and its checksum verified;
+//! the result is saved in the same format for next time. Such an index lists every block
+//! the snapshot holds (a listed block that is all zero included, with its digest).
 
 use std::fs::File;
 use std::io::{self, BufRead, BufReader, BufWriter, Write};
 use std::path::{Path, PathBuf};
 
-use super::checksum::{self, BlockDigest};
+use futures_util::{StreamExt, TryStreamExt, stream};
+
+use super::check_block_size;
+use super::checksum::{self, BlockDigest, LinearAggregate};
+use super::download::get_block_verified;
+use crate::aws::paging::pages;
+use crate::aws::{AwsError, Clients, RetryPolicy, ec2, tags};
+use crate::progress::{Progress, ProgressMode};
 
 const MAGIC: &str = "ec2ami-block-index 1";
 
@@ -40,7 +53,6 @@ pub struct IndexHeader {
 }
 
 /// A loaded block index.
-#[allow(dead_code)] // read back by incremental and resumed uploads (issue 12)
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct BlockIndex {
     /// Header.
@@ -134,7 +146,6 @@ impl IndexWriter {
 
 impl BlockIndex {
     /// Load an index file (complete or partial).
-    #[allow(dead_code)] // read back by incremental and resumed uploads (issue 12)
     pub fn load(path: &Path) -> io::Result<BlockIndex> {
         let bad = |line: usize, what: &str| {
             io::Error::new(
@@ -189,6 +200,288 @@ impl BlockIndex {
             aggregate,
         })
     }
+}
+
+impl BlockIndex {
+    /// The digest of block `index`, if the index lists it.
+    pub fn digest(&self, index: u64) -> Option<&BlockDigest> {
+        self.blocks
+            .binary_search_by_key(&index, |(i, _)| *i)
+            .ok()
+            .map(|at| &self.blocks[at].1)
+    }
+
+    /// True when the index was finished (its trailer was written): a partial index of an
+    /// interrupted upload is not.
+    pub fn is_complete(&self) -> bool {
+        self.aggregate.is_some()
+    }
+}
+
+/// How to build an index from a snapshot.
+#[derive(Debug, Clone)]
+pub struct BuildOptions {
+    /// Concurrent GetSnapshotBlock requests.
+    pub workers: usize,
+    /// Retry policy for every call.
+    pub retry: RetryPolicy,
+    /// How progress is shown.
+    pub progress: ProgressMode,
+}
+
+impl Default for BuildOptions {
+    fn default() -> Self {
+        BuildOptions {
+            workers: super::upload::DEFAULT_WORKERS,
+            retry: RetryPolicy::default(),
+            progress: ProgressMode::Quiet,
+        }
+    }
+}
+
+/// Where a snapshot's index came from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum IndexOrigin {
+    /// The index kept in the index directory (at upload, or built before).
+    Kept,
+    /// Built now from the snapshot's blocks (and kept for next time).
+    Built,
+}
+
+/// A snapshot's block index, where it is kept, and what getting it cost.
+#[derive(Debug, Clone)]
+pub struct SnapshotIndex {
+    /// The index.
+    pub index: BlockIndex,
+    /// Its file.
+    pub path: PathBuf,
+    /// Kept or built now.
+    pub origin: IndexOrigin,
+    /// Blocks fetched with GetSnapshotBlock to build it (0 when kept).
+    pub blocks_fetched: u64,
+}
+
+/// Why a snapshot's index could not be had.
+#[derive(Debug, thiserror::Error)]
+pub enum IndexError {
+    /// An AWS call failed (a checksum mismatch that persists is reported here too).
+    #[error("indexing {snapshot_id}: {source}")]
+    Aws {
+        /// The snapshot.
+        snapshot_id: String,
+        /// The failure.
+        source: AwsError,
+    },
+    /// The snapshot does not exist (DescribeSnapshots or the EBS direct APIs say so).
+    #[error("snapshot {0} does not exist (or is not visible to this account)")]
+    NotFound(String),
+    /// The snapshot cannot be read yet.
+    #[error("snapshot {snapshot_id} is {state}, not completed: its blocks cannot be read")]
+    NotCompleted {
+        /// The snapshot.
+        snapshot_id: String,
+        /// Its state.
+        state: String,
+    },
+    /// The service answered something unusable.
+    #[error("indexing {snapshot_id}: {message}")]
+    Protocol {
+        /// The snapshot.
+        snapshot_id: String,
+        /// What is wrong.
+        message: String,
+    },
+    /// Writing the index file failed.
+    #[error("writing the block index {path}: {source}")]
+    Io {
+        /// The index file or directory.
+        path: PathBuf,
+        /// The OS error.
+        source: io::Error,
+    },
+}
+
+/// The index of `snapshot_id`: the complete one kept in `dir` when there is one for
+/// this snapshot, otherwise [`from_snapshot`].
+pub async fn load_or_build(
+    clients: &Clients,
+    snapshot_id: &str,
+    dir: &Path,
+    opts: &BuildOptions,
+) -> Result<SnapshotIndex, IndexError> {
+    let path = path_for(dir, snapshot_id);
+    match BlockIndex::load(&path) {
+        Ok(index) if index.is_complete() && index.header.snapshot_id == snapshot_id => {
+            return Ok(SnapshotIndex {
+                index,
+                path,
+                origin: IndexOrigin::Kept,
+                blocks_fetched: 0,
+            });
+        }
+        Ok(_) => tracing::info!(
+            "the kept index {} is incomplete: building it again from {snapshot_id}",
+            path.display()
+        ),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => tracing::info!(
+            "no block index is kept for {snapshot_id}: building it from the snapshot"
+        ),
+        Err(e) => tracing::warn!("ignoring the unreadable block index ({e}): building it again"),
+    }
+    from_snapshot(clients, snapshot_id, dir, opts).await
+}
+
+/// Build the index of `snapshot_id` from its blocks: ListSnapshotBlocks (every page),
+/// GetSnapshotBlock of each listed block (`workers` at once, each checksum verified),
+/// and save it in `dir` (replacing any kept index of that snapshot).
+pub async fn from_snapshot(
+    clients: &Clients,
+    snapshot_id: &str,
+    dir: &Path,
+    opts: &BuildOptions,
+) -> Result<SnapshotIndex, IndexError> {
+    let aws = |source: AwsError| {
+        if source.has_code("ResourceNotFoundException") {
+            IndexError::NotFound(snapshot_id.to_string())
+        } else {
+            IndexError::Aws {
+                snapshot_id: snapshot_id.to_string(),
+                source,
+            }
+        }
+    };
+    let protocol = |message: String| IndexError::Protocol {
+        snapshot_id: snapshot_id.to_string(),
+        message,
+    };
+    let described = ec2::snapshot(clients, snapshot_id, &opts.retry)
+        .await
+        .map_err(aws)?
+        .ok_or_else(|| IndexError::NotFound(snapshot_id.to_string()))?;
+    if described.state != "completed" {
+        return Err(IndexError::NotCompleted {
+            snapshot_id: snapshot_id.to_string(),
+            state: described.state,
+        });
+    }
+    let call = clients.call("ListSnapshotBlocks").on(snapshot_id);
+    let mut listing = Box::pin(pages(
+        &opts.retry,
+        &call,
+        |token| {
+            clients
+                .ebs
+                .list_snapshot_blocks()
+                .snapshot_id(snapshot_id)
+                .max_results(10_000)
+                .set_next_token(token)
+                .send()
+        },
+        |page| page.next_token(),
+    ));
+    let first = listing
+        .try_next()
+        .await
+        .map_err(aws)?
+        .ok_or_else(|| protocol("ListSnapshotBlocks answered nothing".into()))?;
+    let block_size = check_block_size(first.block_size().map(i64::from)).map_err(protocol)?;
+    let volume_gib = first
+        .volume_size()
+        .filter(|&g| g > 0)
+        .ok_or_else(|| protocol("ListSnapshotBlocks answered no volume size".into()))?
+        as u64;
+    let volume_bytes = volume_gib << 30;
+    let image_size = described
+        .tag(tags::IMAGE_SIZE)
+        .and_then(|s| s.parse::<u64>().ok())
+        .filter(|&s| s > 0 && s <= volume_bytes)
+        .unwrap_or(volume_bytes);
+    let header = IndexHeader {
+        snapshot_id: snapshot_id.to_string(),
+        block_size,
+        volume_size_gib: volume_gib,
+        image_size,
+        encrypted: described.encrypted,
+    };
+    let io_err = |source| IndexError::Io {
+        path: dir.to_owned(),
+        source,
+    };
+    let mut writer = IndexWriter::create(dir, &header).map_err(io_err)?;
+    let progress = Progress::new(opts.progress, "index", 0);
+    let blocks = stream::once(async { Ok(first) })
+        .chain(listing)
+        .map_ok(|page| stream::iter(page.blocks.unwrap_or_default().into_iter().map(Ok)))
+        .try_flatten()
+        .map_err(aws);
+    // `buffered` keeps the listing's (ascending) order for the index and the aggregate
+    // while `workers` blocks are fetched at once.
+    let fetched = blocks
+        .map_ok(|b| {
+            let progress = &progress;
+            async move {
+                let (Some(index), Some(token)) = (b.block_index(), b.block_token()) else {
+                    return Err(protocol(
+                        "ListSnapshotBlocks listed a block without index or token".into(),
+                    ));
+                };
+                let index = index as u64;
+                if index >= volume_bytes / block_size {
+                    return Err(protocol(format!(
+                        "ListSnapshotBlocks listed block {index}, past the end of the volume"
+                    )));
+                }
+                let call = clients
+                    .call("GetSnapshotBlock")
+                    .on(format!("{snapshot_id} block {index}"));
+                let data = opts
+                    .retry
+                    .run(&call, || {
+                        get_block_verified(clients, snapshot_id, index, token, block_size)
+                    })
+                    .await
+                    .map_err(aws)?;
+                progress.inc_total(block_size);
+                progress.inc(block_size);
+                Ok((index, checksum::block_digest(&data)))
+            }
+        })
+        .try_buffered(opts.workers.max(1));
+    let mut fetched = std::pin::pin!(fetched);
+    let mut aggregate = LinearAggregate::new();
+    let mut blocks = Vec::new();
+    let result: Result<(), IndexError> = async {
+        while let Some((index, digest)) = fetched.try_next().await? {
+            writer.push(index, &digest).map_err(io_err)?;
+            aggregate.push(&digest);
+            blocks.push((index, digest));
+        }
+        Ok(())
+    }
+    .await;
+    if let Err(e) = result {
+        writer.discard();
+        return Err(e);
+    }
+    progress.finish();
+    let count = aggregate.blocks();
+    let sum = aggregate.finish();
+    let path = writer.finish(&sum, count).map_err(io_err)?;
+    tracing::info!(
+        "indexed {snapshot_id}: {count} blocks fetched and verified, kept at {}",
+        path.display()
+    );
+    Ok(SnapshotIndex {
+        index: BlockIndex {
+            header,
+            blocks,
+            aggregate: Some(sum),
+        },
+        path,
+        origin: IndexOrigin::Built,
+        blocks_fetched: count,
+    })
 }
 
 #[cfg(test)]

@@ -1,5 +1,6 @@
 //! EBS direct APIs: upload a disk image to a new snapshot, download a snapshot to a
-//! sparse file, and the per-block SHA-256 index of what was uploaded.
+//! sparse file, and the per-block SHA-256 index of what was uploaded (or built from a
+//! snapshot).
 
 pub mod checksum;
 pub(crate) mod download;
@@ -11,6 +12,11 @@ use std::time::Duration;
 
 pub use download::{DownloadError, DownloadOptions, DownloadReport, download};
 pub use index::default_dir as default_index_dir;
+pub use index::{
+    BlockIndex, BuildOptions as IndexBuildOptions, IndexError, IndexHeader, IndexOrigin,
+    SnapshotIndex, from_snapshot as index_from_snapshot, load_or_build as index_of_snapshot,
+    path_for as index_path_for,
+};
 pub use upload::{DEFAULT_WORKERS, UploadError, UploadOptions, UploadReport, upload, upload_with};
 pub use wait::wait_for_completed;
 

@@ -22,4 +22,5 @@ mod realism;
 mod roundtrip;
 mod s3_import;
 mod shipped;
+mod snapshot_index;
 mod userdata;
