@@ -3,6 +3,7 @@
 
 pub(crate) mod extents;
 pub mod inspect;
+pub mod partitions;
 
 use std::fs::{File, OpenOptions};
 use std::io;
