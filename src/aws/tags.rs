@@ -20,6 +20,10 @@ pub const AMI_NAME: &str = "ec2ami:ami-name";
 /// this one is the remains of an interrupted upload.
 pub const UPLOADED: &str = "ec2ami:uploaded";
 
+/// On a snapshot uploaded incrementally: its parent snapshot (StartSnapshot's
+/// ParentSnapshotId; EC2 does not report it), so prune knows the lineage.
+pub const PARENT_SNAPSHOT: &str = "ec2ami:parent-snapshot";
+
 /// On an AMI: the snapshot it was registered from.
 pub const SOURCE_SNAPSHOT: &str = "ec2ami:source-snapshot";
 /// On a copy: the AMI id it was copied from.
