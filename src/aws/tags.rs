@@ -24,6 +24,10 @@ pub const UPLOADED: &str = "ec2ami:uploaded";
 /// and `validate` notice that the file changed since.
 pub const IMAGE_IDENTITY: &str = "ec2ami:image-identity";
 
+/// On a snapshot uploaded incrementally: its parent snapshot (StartSnapshot's
+/// ParentSnapshotId; EC2 does not report it), so prune knows the lineage.
+pub const PARENT_SNAPSHOT: &str = "ec2ami:parent-snapshot";
+
 /// On an AMI: the snapshot it was registered from.
 pub const SOURCE_SNAPSHOT: &str = "ec2ami:source-snapshot";
 /// On a copy: the AMI id it was copied from.

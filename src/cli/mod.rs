@@ -5,6 +5,7 @@ mod bench;
 mod boot;
 mod compat;
 mod completions;
+mod diff;
 mod history;
 mod images;
 mod imds;
@@ -90,6 +91,10 @@ enum Command {
     Upload(UploadArgs),
     /// Download a snapshot to a sparse raw file, verifying every block.
     Download(DownloadArgs),
+    /// Show which blocks differ between two disks (image files or snapshot ids) and
+    /// which partitions of B they fall in; exit 0 when equal, 1 when they differ, 2 on
+    /// error.
+    Diff(diff::DiffArgs),
     /// Register an AMI from a snapshot (reuses one of the same name and snapshot); prints its id.
     Register(images::RegisterArgs),
     /// Copy an AMI to other regions and wait until every copy is available.
@@ -373,9 +378,12 @@ pub fn main() -> ExitCode {
         return compat::main(&cli.global, args);
     }
     init_logging(cli.global.quiet, cli.global.verbose, false);
-    // Its own exit statuses.
+    // Their own exit statuses.
     if let Command::Imds(c) = &cli.command {
         return imds::main(c);
+    }
+    if let Command::Diff(a) = &cli.command {
+        return diff::main(&cli.global, a);
     }
     let rt = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -446,6 +454,7 @@ async fn run(cli: Cli) -> Result<(), Failure> {
         Command::Userdata(a) => userdata::run(g, a),
         Command::Boot(a) => boot::run(g, a).await,
         Command::Imds(_) => unreachable!("run by imds::main"),
+        Command::Diff(_) => unreachable!("run by diff::main"),
         Command::Completions(a) => completions::completions(a),
         Command::Man(a) => completions::man(g, a),
     }

@@ -3,6 +3,7 @@
 
 pub(crate) mod extents;
 pub(crate) mod inspect;
+pub(crate) mod partitions;
 
 use std::fs::{File, OpenOptions};
 use std::io;

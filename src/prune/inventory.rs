@@ -56,6 +56,30 @@ pub struct Inventory {
     /// The region's Recycle Bin retention rules for AMIs and snapshots, or why they
     /// could not be read.
     pub rules: Result<Vec<RetentionRule>, String>,
+    /// Child snapshot id -> its lineage, for the snapshots whose parent is known (the
+    /// [`PARENT_SNAPSHOT`](crate::aws::tags::PARENT_SNAPSHOT) tag) and present.
+    pub lineage: BTreeMap<String, Lineage>,
+}
+
+/// A child snapshot's parent and what ListChangedBlocks says they share.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Lineage {
+    /// The parent snapshot.
+    pub parent: String,
+    /// The counts, or why they are not known.
+    pub changed: Result<Changed, String>,
+}
+
+/// ListChangedBlocks between a parent (first) and its child (second).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Changed {
+    /// Block size in bytes.
+    pub block_size: u64,
+    /// Blocks the child holds itself (written since the parent): what it is billed for.
+    pub own: u64,
+    /// Blocks of the parent the child does not share (it wrote its own there): what
+    /// deleting the parent can free while the child stays.
+    pub replaced: u64,
 }
 
 /// Read everything prune needs in `clients`' region.
@@ -75,6 +99,7 @@ pub async fn scan(
     // Recoverability is information, not a precondition: a region whose rules cannot
     // be read is still pruned, and the plan says recoverability is unknown there.
     let rules = rbin::rules(clients, retry).await.map_err(|e| e.to_string());
+    let lineage = lineage(clients, &snapshots, retry).await;
     Ok(Inventory {
         region: clients.region().to_string(),
         images,
@@ -85,7 +110,85 @@ pub async fn scan(
             parameters,
         },
         rules,
+        lineage,
     })
+}
+
+/// The lineage of every completed snapshot whose parent (by ec2ami's tag) is a
+/// completed snapshot of the region: ListChangedBlocks (tokens only, a few requests per
+/// child), a few at a time. A failure leaves that child's counts unknown, not the scan.
+async fn lineage(
+    clients: &Clients,
+    snapshots: &[Snapshot],
+    retry: &RetryPolicy,
+) -> BTreeMap<String, Lineage> {
+    use futures_util::StreamExt;
+    let present: BTreeSet<&str> = snapshots
+        .iter()
+        .filter(|s| s.completed())
+        .map(|s| s.id.as_str())
+        .collect();
+    let pairs: Vec<(String, String)> = snapshots
+        .iter()
+        .filter(|s| s.completed())
+        .filter_map(|s| {
+            let parent = s.tag(crate::aws::tags::PARENT_SNAPSHOT)?;
+            (present.contains(parent) && parent != s.id).then(|| (s.id.clone(), parent.to_string()))
+        })
+        .collect();
+    futures_util::stream::iter(pairs)
+        .map(|(child, parent)| async move {
+            let changed = changed_blocks(clients, &parent, &child, retry)
+                .await
+                .map_err(|e| e.to_string());
+            if let Err(e) = &changed {
+                tracing::warn!("{child}: the blocks it shares with {parent} are unknown: {e}");
+            }
+            (child, Lineage { parent, changed })
+        })
+        .buffer_unordered(8)
+        .collect()
+        .await
+}
+
+async fn changed_blocks(
+    clients: &Clients,
+    first: &str,
+    second: &str,
+    retry: &RetryPolicy,
+) -> Result<Changed, AwsError> {
+    let call = clients.call("ListChangedBlocks").on(second);
+    let mut out = Changed {
+        block_size: crate::snapshot::AWS_BLOCK_SIZE,
+        own: 0,
+        replaced: 0,
+    };
+    crate::aws::paging::all_pages(
+        retry,
+        &call,
+        |token| {
+            clients
+                .ebs
+                .list_changed_blocks()
+                .first_snapshot_id(first)
+                .second_snapshot_id(second)
+                .max_results(10_000)
+                .set_next_token(token)
+                .send()
+        },
+        |page| page.next_token(),
+        |page| {
+            if let Some(bs) = page.block_size().filter(|&b| b > 0) {
+                out.block_size = bs as u64;
+            }
+            for b in page.changed_blocks() {
+                out.own += u64::from(b.second_block_token().is_some());
+                out.replaced += u64::from(b.first_block_token().is_some());
+            }
+        },
+    )
+    .await?;
+    Ok(out)
 }
 
 /// What uses `image_id` now (the guards' re-check right before a deletion).

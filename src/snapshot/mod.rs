@@ -1,8 +1,9 @@
 //! EBS direct APIs: upload a disk image to a new snapshot, download a snapshot to a
-//! sparse file, and the per-block SHA-256 index of what was uploaded (or built from a
-//! snapshot).
+//! sparse file, the per-block SHA-256 index of what was uploaded (or built from a
+//! snapshot), and the diff of two disks.
 
 pub mod checksum;
+pub(crate) mod diff;
 pub(crate) mod download;
 pub(crate) mod index;
 pub(crate) mod resume;
@@ -11,6 +12,10 @@ pub(crate) mod wait;
 
 use std::time::Duration;
 
+pub use diff::{
+    ChangedRange, DiffError, DiffOptions, DiffReport, PartitionChange, Side, SideReport,
+    Source as DiffSource, diff,
+};
 pub use download::{DownloadError, DownloadOptions, DownloadReport, download};
 pub use index::default_dir as default_index_dir;
 pub use index::{

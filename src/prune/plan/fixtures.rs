@@ -125,6 +125,7 @@ pub(super) fn inventory(images: Vec<Image>) -> Inventory {
         snapshots,
         users: Default::default(),
         rules: Ok(Vec::new()),
+        lineage: Default::default(),
     }
 }
 

@@ -29,9 +29,16 @@ pub use region::plan_region;
 pub const DEFAULT_PRICE_PER_GB_MONTH: f64 = 0.05;
 
 /// What the plan says the estimate is.
-pub const ESTIMATE_NOTE: &str = "an estimate: each snapshot counts at its full size (or \
-its volume size when EC2 does not report it), while EBS bills the blocks a snapshot \
-stores beyond those it shares with others, so the real saving may be smaller";
+pub const ESTIMATE_NOTE: &str = "an estimate: EBS bills a snapshot only for the blocks it \
+does not share with others; a snapshot whose parent ec2ami recorded counts the blocks it \
+holds itself (ListChangedBlocks), a parent whose children stay counts only the blocks none \
+of them shares, and every other snapshot counts at its full size (its volume size when EC2 \
+does not report it): those figures, marked upper bound, may be more than the real saving";
+
+/// What the plan says when a snapshot to delete has children that stay.
+pub const LINEAGE_NOTE: &str = "deleting a parent snapshot does not make its children \
+unreadable: EBS keeps every block a child still uses, so the parent's full size is not \
+saved, only the blocks no remaining child shares";
 
 /// Everything the planner needs besides the inventory.
 #[derive(Debug, Clone)]
@@ -102,6 +109,15 @@ pub struct SnapshotItem {
     /// For a deleted snapshot: whether the Recycle Bin keeps it.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub recovery: Option<Recovery>,
+    /// `gib` may be more than what deleting it saves (full or volume size, or lineage
+    /// counts unknown).
+    pub upper_bound: bool,
+    /// Its parent snapshot, when ec2ami recorded one.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub parent: Option<String>,
+    /// Its children that stay (they keep the blocks they share with it).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub children_kept: Vec<String>,
 }
 
 /// One image of a series in the plan.
@@ -199,6 +215,11 @@ pub struct Plan {
     /// About last-launched times, when `--unused-for` guards.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub launches: Option<&'static str>,
+    /// About lineage, when a snapshot to delete has children that stay.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub lineage: Option<&'static str>,
+    /// True when some of the GiB freed are upper bounds.
+    pub gib_freed_upper_bound: bool,
 }
 
 impl Plan {
@@ -212,7 +233,23 @@ impl Plan {
             )
         }));
         let gib: f64 = regions.iter().map(|r| r.gib_freed).sum();
+        let deleted = || {
+            regions.iter().flat_map(|r| {
+                r.series
+                    .iter()
+                    .flat_map(|s| &s.images)
+                    .flat_map(|i| &i.snapshots)
+                    .chain(&r.orphans)
+                    .filter(|s| s.action == Action::Delete)
+            })
+        };
+        let lineage = deleted()
+            .any(|s| !s.children_kept.is_empty())
+            .then_some(LINEAGE_NOTE);
+        let gib_freed_upper_bound = deleted().any(|s| s.upper_bound);
         Plan {
+            lineage,
+            gib_freed_upper_bound,
             selection: opts.selection.describe(),
             series_from: opts.pattern.describe(),
             policy,

@@ -2,11 +2,11 @@
 //! snapshots go with the deleted images, and the orphaned snapshots; pure, from a
 //! region's [`Inventory`].
 
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::time::Duration;
 
 use super::super::guard::{Guard, guards, lifecycle_guards};
-use super::super::inventory::Inventory;
+use super::super::inventory::{Inventory, Lineage};
 use super::super::policy::{Aged, Rule, Verdict, decide, human};
 use super::super::series::ymd;
 use super::group::{Groups, Member, dedup, group, snapshot_users};
@@ -93,6 +93,9 @@ pub fn plan_region(inv: &Inventory, opts: &PlanOptions) -> RegionPlan {
                 action,
                 reason,
                 recovery: None,
+                upper_bound: false,
+                parent: None,
+                children_kept: Vec::new(),
             };
             let Some(snap) = snapshots.get(s) else {
                 items.push(item(
@@ -149,6 +152,8 @@ pub fn plan_region(inv: &Inventory, opts: &PlanOptions) -> RegionPlan {
     } else {
         Vec::new()
     };
+    let mut orphans = orphans;
+    lineage_costs(&mut series, &mut orphans, inv);
     let deleted_snapshots = series
         .iter()
         .flat_map(|s| &s.images)
@@ -428,9 +433,114 @@ fn orphans(
             action,
             reason,
             recovery: None,
+            upper_bound: false,
+            parent: None,
+            children_kept: Vec::new(),
         });
     }
     out
+}
+
+/// What deleting each snapshot saves, honest about lineage: a child counts the blocks it
+/// holds itself; a parent whose children stay counts only the blocks every one of them
+/// replaced (at most the fewest any child replaced: an upper bound with more than one);
+/// a snapshot counted at its full or volume size is an upper bound, since EBS bills only
+/// the blocks it does not share.
+fn lineage_costs(series: &mut [super::SeriesPlan], orphans: &mut [SnapshotItem], inv: &Inventory) {
+    const GIB: f64 = (1u64 << 30) as f64;
+    let snaps: HashMap<&str, &Snapshot> =
+        inv.snapshots.iter().map(|s| (s.id.as_str(), s)).collect();
+    let deleted: HashSet<String> = series
+        .iter()
+        .flat_map(|s| &s.images)
+        .flat_map(|i| &i.snapshots)
+        .chain(orphans.iter())
+        .filter(|s| s.action == Action::Delete)
+        .map(|s| s.snapshot_id.clone())
+        .collect();
+    let mut children: HashMap<&str, Vec<(&str, &Lineage)>> = HashMap::new();
+    for (child, l) in &inv.lineage {
+        children
+            .entry(l.parent.as_str())
+            .or_default()
+            .push((child, l));
+    }
+    let items = series
+        .iter_mut()
+        .flat_map(|s| s.images.iter_mut())
+        .flat_map(|i| i.snapshots.iter_mut())
+        .chain(orphans.iter_mut());
+    for item in items {
+        let Some(snap) = snaps.get(item.snapshot_id.as_str()) else {
+            continue;
+        };
+        let id = item.snapshot_id.as_str();
+        let mut notes = Vec::new();
+        // Counted at its full (or volume) size: EBS may share its blocks.
+        let (mut gib, mut upper) = (snap.gib(), true);
+        let is_child = inv.lineage.get(id);
+        if let Some(l) = is_child {
+            item.parent = Some(l.parent.clone());
+            match &l.changed {
+                Ok(c) => {
+                    gib = (c.own * c.block_size) as f64 / GIB;
+                    upper = false;
+                    notes.push(format!(
+                        "child of {}: counts the {} blocks it holds itself",
+                        l.parent, c.own
+                    ));
+                }
+                Err(_) => notes.push(format!(
+                    "child of {}: the blocks they share are unknown, counted whole",
+                    l.parent
+                )),
+            }
+        }
+        let kept: Vec<&(&str, &Lineage)> = children
+            .get(id)
+            .map(|v| v.iter().filter(|(c, _)| !deleted.contains(*c)).collect())
+            .unwrap_or_default();
+        if !kept.is_empty() {
+            item.children_kept = kept.iter().map(|(c, _)| c.to_string()).collect();
+            let names = item.children_kept.join(", ");
+            let replaced: Option<Vec<u64>> = kept
+                .iter()
+                .map(|(_, l)| l.changed.as_ref().ok().map(|c| c.replaced * c.block_size))
+                .collect();
+            let (verb, which) = if kept.len() > 1 {
+                ("stay", "the fewest any of them")
+            } else {
+                ("stays", "it")
+            };
+            match replaced.and_then(|v| v.into_iter().min()) {
+                Some(bytes) => {
+                    // Freed: its blocks that no remaining child shares, at most those
+                    // the child that shares most did not share; exact for one child of
+                    // a snapshot that is not itself a child.
+                    let was = gib;
+                    gib = gib.min(bytes as f64 / GIB);
+                    upper = kept.len() > 1 || is_child.is_some() || (gib == was && upper);
+                    notes.push(format!(
+                        "parent of {names}, which {verb} readable: EBS keeps the blocks they \
+                         share; counts the {} blocks {which} replaced",
+                        bytes / crate::snapshot::AWS_BLOCK_SIZE
+                    ));
+                }
+                None => {
+                    upper = true;
+                    notes.push(format!(
+                        "parent of {names}, which {verb} readable (EBS keeps the blocks \
+                         they share); how many it shares is unknown"
+                    ));
+                }
+            }
+        }
+        item.gib = round2(gib);
+        item.upper_bound = upper;
+        if !notes.is_empty() {
+            item.reason = format!("{}; {}", item.reason, notes.join("; "));
+        }
+    }
 }
 
 /// The AMI a snapshot's description says it was made for, as CreateImage
@@ -462,6 +572,108 @@ mod tests {
     use super::super::fixtures::*;
     use super::*;
     use crate::aws::tags;
+
+    fn lineage(inv: &mut Inventory, child: &str, parent: &str, own: u64, replaced: u64) {
+        use super::super::super::inventory::Changed;
+        inv.lineage.insert(
+            child.into(),
+            Lineage {
+                parent: parent.into(),
+                changed: Ok(Changed {
+                    block_size: 512 * 1024,
+                    own,
+                    replaced,
+                }),
+            },
+        );
+    }
+
+    fn snapshot_item<'a>(p: &'a RegionPlan, id: &str) -> &'a SnapshotItem {
+        p.series
+            .iter()
+            .flat_map(|s| &s.images)
+            .flat_map(|i| &i.snapshots)
+            .find(|s| s.snapshot_id == id)
+            .unwrap()
+    }
+
+    #[test]
+    fn lineage_makes_the_estimate_honest() {
+        // Each week's snapshot is a child of the week before's; the 2 newest stay.
+        let mut inv = inventory(weekly("A", 4));
+        lineage(&mut inv, "snap-A0", "snap-A1", 100, 90);
+        lineage(&mut inv, "snap-A1", "snap-A2", 200, 150);
+        lineage(&mut inv, "snap-A2", "snap-A3", 300, 280);
+        let p = plan_region(&inv, &opts(2));
+        // The oldest: no parent, its only child deleted too: its full size, which EBS
+        // may share (an upper bound).
+        let a3 = snapshot_item(&p, "snap-A3");
+        assert_eq!(
+            (a3.action, a3.gib, a3.upper_bound),
+            (Action::Delete, 10.0, true)
+        );
+        assert!(a3.children_kept.is_empty());
+        // A child whose own child stays: at most the 150 blocks (75 MiB) that child
+        // replaced, fewer than the 300 it holds itself.
+        let a2 = snapshot_item(&p, "snap-A2");
+        assert_eq!(a2.action, Action::Delete);
+        assert_eq!(a2.parent.as_deref(), Some("snap-A3"));
+        assert_eq!(a2.children_kept, vec!["snap-A1".to_string()]);
+        assert_eq!(a2.gib, 0.07);
+        assert!(a2.upper_bound);
+        assert!(
+            a2.reason
+                .contains("parent of snap-A1, which stays readable"),
+            "{}",
+            a2.reason
+        );
+        assert_eq!(p.gib_freed, 10.07);
+        let plan = super::super::Plan::new(vec![p], &opts(2));
+        assert_eq!(plan.lineage, Some(super::super::LINEAGE_NOTE));
+        assert!(plan.gib_freed_upper_bound);
+        assert!(
+            plan.render()
+                .contains("does not make its children unreadable")
+        );
+    }
+
+    #[test]
+    fn a_parent_with_one_child_kept_counts_what_the_child_replaced() {
+        let mut inv = inventory(weekly("B", 3));
+        // B1 stays and replaced 2048 of B2's blocks (1 GiB); B0 is B1's child.
+        lineage(&mut inv, "snap-B1", "snap-B2", 4096, 2048);
+        lineage(&mut inv, "snap-B0", "snap-B1", 10, 10);
+        let p = plan_region(&inv, &opts(2));
+        let b2 = snapshot_item(&p, "snap-B2");
+        assert_eq!(
+            (b2.action, b2.gib, b2.upper_bound),
+            (Action::Delete, 1.0, false)
+        );
+        assert_eq!(p.gib_freed, 1.0);
+        // Counts unknown: the full size, an upper bound, and said so.
+        let mut inv = inventory(weekly("B", 3));
+        inv.lineage.insert(
+            "snap-B1".into(),
+            Lineage {
+                parent: "snap-B2".into(),
+                changed: Err("AccessDenied".into()),
+            },
+        );
+        let p = plan_region(&inv, &opts(2));
+        let b2 = snapshot_item(&p, "snap-B2");
+        assert_eq!((b2.gib, b2.upper_bound), (10.0, true));
+        assert!(
+            b2.reason.contains("how many it shares is unknown"),
+            "{}",
+            b2.reason
+        );
+        // A deleted child counts only the blocks it holds itself, exactly.
+        let mut inv = inventory(weekly("C", 4));
+        lineage(&mut inv, "snap-C3", "snap-C9", 1024, 0);
+        let p = plan_region(&inv, &opts(2));
+        let c3 = snapshot_item(&p, "snap-C3");
+        assert_eq!((c3.gib, c3.upper_bound), (0.5, false));
+    }
 
     #[test]
     fn keeps_the_newest_of_each_series_and_frees_their_snapshots() {

@@ -110,6 +110,12 @@ impl Plan {
                 self.images_to_disable, self.images_to_unprotect
             ));
         }
+        if self.gib_freed_upper_bound {
+            out.push_str("\nsome of the GiB freed are upper bounds (see the note above)");
+        }
+        if let Some(note) = self.lineage {
+            out.push_str(&format!("\n{note}"));
+        }
         if let Some(note) = self.launches {
             out.push_str(&format!("\n{note}"));
         }
