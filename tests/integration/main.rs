@@ -5,12 +5,14 @@
 mod bad_input;
 mod bench;
 mod boot;
+mod clear_failures;
 mod common;
 mod compat;
 mod faults;
 mod flag_coverage;
 mod history;
 mod hostile;
+mod hostile_table;
 mod images;
 mod imds;
 mod lifecycle;
