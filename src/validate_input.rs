@@ -181,6 +181,41 @@ pub fn now() -> DateTime {
 /// The largest text file ec2ami reads from an operator's list (history import): 64 MiB.
 pub const MAX_TEXT_FILE: u64 = 64 << 20;
 
+/// Read the file `path` as bytes: a regular file (never a FIFO or a device that blocks
+/// or never ends) of at most `limit` bytes, read through a bounded reader.
+pub fn read_regular_file(path: &std::path::Path, limit: u64) -> Result<Vec<u8>, String> {
+    use std::io::Read;
+    use std::os::unix::fs::OpenOptionsExt;
+    let shown = crate::image::escaped(&path.to_string_lossy());
+    let meta = std::fs::metadata(path).map_err(|e| format!("cannot read {shown}: {e}"))?;
+    if !meta.is_file() {
+        return Err(format!("{shown} is not a regular file"));
+    }
+    if meta.len() > limit {
+        return Err(format!(
+            "{shown} is {} bytes, more than the {limit} bytes ec2ami reads",
+            meta.len()
+        ));
+    }
+    // O_NONBLOCK: a file swapped for a FIFO after the check does not block the open.
+    let file = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NONBLOCK)
+        .open(path)
+        .map_err(|e| format!("cannot read {shown}: {e}"))?;
+    if !file.metadata().map(|m| m.is_file()).unwrap_or(false) {
+        return Err(format!("{shown} is not a regular file"));
+    }
+    let mut bytes = Vec::new();
+    file.take(limit + 1)
+        .read_to_end(&mut bytes)
+        .map_err(|e| format!("cannot read {shown}: {e}"))?;
+    if bytes.len() as u64 > limit {
+        return Err(format!("{shown} grew past the {limit} bytes ec2ami reads"));
+    }
+    Ok(bytes)
+}
+
 /// Read the text file `path`: a regular file (never a FIFO or a device that blocks or
 /// never ends) of at most `limit` bytes, read through a bounded reader.
 pub fn read_text_file(path: &std::path::Path, limit: u64) -> Result<String, String> {
