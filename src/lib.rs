@@ -29,3 +29,6 @@ pub mod state;
 pub mod units;
 pub mod userdata;
 pub mod validate_input;
+
+#[cfg(test)]
+mod fuzz_tests;

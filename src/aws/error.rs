@@ -122,6 +122,17 @@ impl AwsError {
                 Some("timed out (attempt timeout)".to_string()),
                 None,
             ),
+            SdkError::DispatchFailure(d)
+                if d.as_connector_error()
+                    .and_then(|c| credentials_failure(c))
+                    .is_some() =>
+            {
+                (
+                    ErrorClass::Permanent,
+                    d.as_connector_error().and_then(|c| credentials_failure(c)),
+                    None,
+                )
+            }
             SdkError::DispatchFailure(d) => {
                 let class = if d.is_user() {
                     ErrorClass::Permanent
@@ -130,11 +141,26 @@ impl AwsError {
                 };
                 (class, Some(chain(&err)), None)
             }
-            SdkError::ResponseError(r) => (
-                ErrorClass::Transient,
-                Some(format!("unreadable response: {}", chain(&err))),
-                Some(r.raw().status()),
-            ),
+            // An answer the SDK could not read as an AWS error (no error type, e.g. a
+            // gateway's 403): its status decides, and its message is shown as a
+            // sentence, never the SDK's Debug structure.
+            SdkError::ResponseError(r) => {
+                let status = r.raw().status();
+                let said = r
+                    .raw()
+                    .body_text()
+                    .map(|b| answer_message(&b))
+                    .filter(|m| !m.is_empty());
+                let detail = match said {
+                    Some(m) => format!("HTTP {status} answer naming no AWS error: {m}"),
+                    None => format!("HTTP {status} answer naming no AWS error"),
+                };
+                (
+                    super::retry::classify(None, None, status),
+                    Some(detail),
+                    Some(status),
+                )
+            }
             SdkError::ServiceError(s) => {
                 let status = s.raw().status();
                 (
@@ -169,12 +195,81 @@ impl AwsError {
 pub trait HasStatus {
     /// HTTP status code.
     fn status(&self) -> u16;
+    /// The body, when it is in memory and text.
+    fn body_text(&self) -> Option<String> {
+        None
+    }
 }
 
 impl HasStatus for aws_smithy_runtime_api::http::Response {
     fn status(&self) -> u16 {
         self.status().as_u16()
     }
+    fn body_text(&self) -> Option<String> {
+        let bytes = self.body().bytes()?;
+        Some(String::from_utf8_lossy(&bytes[..bytes.len().min(4096)]).into_owned())
+    }
+}
+
+/// What an answer's body says, on one line: its JSON `message` (or `Message`) when it
+/// is JSON, otherwise its first 200 characters; control characters escaped.
+fn answer_message(body: &str) -> String {
+    let text = serde_json::from_str::<serde_json::Value>(body)
+        .ok()
+        .and_then(|v| {
+            ["message", "Message"]
+                .iter()
+                .find_map(|k| v.get(k).and_then(|m| m.as_str()).map(str::to_string))
+        })
+        .unwrap_or_else(|| body.chars().take(200).collect());
+    crate::image::escaped(&one_line(&text))
+}
+
+/// What to set when no credentials could be found.
+pub const NO_CREDENTIALS_HINT: &str = "set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY, \
+     pass --profile NAME (a profile in ~/.aws/config or ~/.aws/credentials), \
+     or sign in with `aws sso login --profile NAME`";
+
+/// When `err` is the SDK failing to find or load credentials (nothing was sent), the
+/// sentence to show: what went wrong and what to set. Another attempt fails the same
+/// way, so it is permanent; only a provider's timeout is not taken for one.
+pub fn credentials_failure(err: &(dyn StdError + 'static)) -> Option<String> {
+    use aws_credential_types::provider::error::CredentialsError;
+    let mut cur: Option<&(dyn StdError + 'static)> = Some(err);
+    while let Some(e) = cur {
+        if let Some(c) = e.downcast_ref::<CredentialsError>() {
+            return match c {
+                CredentialsError::ProviderTimedOut(_) => None,
+                CredentialsError::CredentialsNotLoaded(_) => {
+                    let why = c.source().map(|s| s.to_string()).unwrap_or_default();
+                    // The default chain's "no providers in chain provided credentials"
+                    // says nothing an operator can act on: the hint does.
+                    if why.is_empty()
+                        || why.contains("no providers in chain")
+                        || why.contains("no credentials found in chain")
+                    {
+                        Some(format!("no AWS credentials found: {NO_CREDENTIALS_HINT}"))
+                    } else {
+                        Some(format!(
+                            "AWS credentials not loaded ({}): {NO_CREDENTIALS_HINT}",
+                            one_line(&why)
+                        ))
+                    }
+                }
+                _ => Some(format!(
+                    "AWS credentials could not be loaded ({}): {NO_CREDENTIALS_HINT}",
+                    one_line(&chain(c))
+                )),
+            };
+        }
+        cur = e.source();
+    }
+    None
+}
+
+/// `s` on one line: line breaks and runs of blanks become one space.
+fn one_line(s: &str) -> String {
+    s.split_whitespace().collect::<Vec<_>>().join(" ")
 }
 
 fn chain(err: &dyn StdError) -> String {

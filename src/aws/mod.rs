@@ -135,6 +135,7 @@ pub async fn connect(opts: &AwsOptions) -> Result<Clients, AwsError> {
         loader = loader.region(Region::new(region.clone()));
     }
     if let Some(profile) = &opts.profile {
+        check_profile(profile).await?;
         loader = loader.profile_name(profile);
     }
     if let Some(url) = &opts.endpoint_url {
@@ -144,10 +145,71 @@ pub async fn connect(opts: &AwsOptions) -> Result<Clients, AwsError> {
         loader = loader.credentials_provider(creds.clone());
     }
     let config = loader.load().await;
-    if config.region().is_none() {
-        return Err(AwsError::config(
-            "no AWS region: pass --region or set AWS_REGION (or a region in your profile)",
-        ));
-    }
+    match config.region() {
+        None => {
+            return Err(AwsError::config(
+                "no AWS region: pass --region or set AWS_REGION (or a region in your profile)",
+            ));
+        }
+        Some(r) => crate::validate_input::region(r.as_ref()).map_err(AwsError::config)?,
+    };
+    let config = match (&opts.profile, &opts.credentials) {
+        // An explicit profile wins over the environment's keys, as with the AWS CLI (the
+        // SDK's default chain reads the environment first): its own provider, in the
+        // region and with the timeouts resolved above.
+        (Some(profile), None) => {
+            let provider_config = aws_config::provider_config::ProviderConfig::default()
+                .with_region(config.region().cloned())
+                .with_timeout_config(
+                    config
+                        .timeout_config()
+                        .cloned()
+                        .unwrap_or_else(|| TimeoutConfig::builder().build()),
+                );
+            let provider = aws_config::profile::ProfileFileCredentialsProvider::builder()
+                .configure(&provider_config)
+                .profile_name(profile)
+                .build();
+            config
+                .to_builder()
+                .credentials_provider(
+                    aws_credential_types::provider::SharedCredentialsProvider::new(provider),
+                )
+                .build()
+        }
+        _ => config,
+    };
     Ok(Clients::from_config(config))
+}
+
+/// An explicit `--profile` must exist in the shared config files (`AWS_CONFIG_FILE`,
+/// `AWS_SHARED_CREDENTIALS_FILE`, or `~/.aws/config` and `~/.aws/credentials`): a
+/// misspelt one is an error naming it, never silently replaced by other credentials.
+async fn check_profile(name: &str) -> Result<(), AwsError> {
+    let shown = crate::image::escaped(name);
+    let fs = aws_types::os_shim_internal::Fs::real();
+    let env = aws_types::os_shim_internal::Env::real();
+    #[allow(deprecated)] // the default list of files: the SDK's own choice
+    let files = aws_config::profile::profile_file::ProfileFiles::default();
+    let set = aws_config::profile::load(&fs, &env, &files, None)
+        .await
+        .map_err(|e| {
+            AwsError::config(format!(
+                "cannot read the AWS config files for profile `{shown}`: {e}"
+            ))
+        })?;
+    if set.get_profile(name).is_some() {
+        return Ok(());
+    }
+    let mut known: Vec<&str> = set.profiles().collect();
+    known.sort();
+    let known = if known.is_empty() {
+        "there is none".to_string()
+    } else {
+        format!("profiles there: {}", known.join(", "))
+    };
+    Err(AwsError::config(format!(
+        "profile `{shown}` is not defined in the AWS config or credentials file \
+         (AWS_CONFIG_FILE, AWS_SHARED_CREDENTIALS_FILE, ~/.aws/config, ~/.aws/credentials; {known})"
+    )))
 }

@@ -16,7 +16,7 @@ use ec2ami::state::now_epoch;
 #[derive(Debug, Args)]
 pub struct BenchArgs {
     /// The AMI to boot (in --region).
-    #[arg(required_unless_present = "cleanup")]
+    #[arg(required_unless_present = "cleanup", value_parser = ec2ami::validate_input::ami_id)]
     image_id: Option<String>,
     /// Instance type, e.g. c5.xlarge.
     #[arg(long, required_unless_present = "cleanup")]

@@ -15,6 +15,7 @@ use ec2ami::units::parse_date;
 #[derive(Debug, Args)]
 pub struct RegisterArgs {
     /// The snapshot holding the disk image (from `ec2ami upload`).
+    #[arg(value_parser = ec2ami::validate_input::snapshot_id)]
     snapshot_id: String,
     /// AMI name (unique in the account and region).
     #[arg(long)]
@@ -76,12 +77,13 @@ pub struct RegisterArgs {
 #[derive(Debug, Args)]
 pub struct CopyArgs {
     /// The AMI to copy (in --region).
+    #[arg(value_parser = ec2ami::validate_input::ami_id)]
     image_id: String,
     /// Destination regions: `all` (every enabled region) or a comma-separated list.
-    #[arg(long, value_delimiter = ',', required = true)]
+    #[arg(long, value_delimiter = ',', required = true, value_parser = ec2ami::validate_input::region_or_all)]
     to: Vec<String>,
     /// Regions where a failed copy is only a warning.
-    #[arg(long, value_delimiter = ',', value_name = "REGION,...")]
+    #[arg(long, value_delimiter = ',', value_name = "REGION,...", value_parser = ec2ami::validate_input::region)]
     best_effort: Vec<String>,
     /// How long to wait for every copy to become available.
     #[arg(long, value_name = "DURATION", default_value = "60m", value_parser = parse_duration)]
@@ -100,7 +102,7 @@ pub struct CopyArgs {
 #[derive(Debug, Args)]
 pub struct ShareArgs {
     /// AMIs (in --region); their copies in the other regions are shared too.
-    #[arg(required = true)]
+    #[arg(required = true, value_parser = ec2ami::validate_input::ami_id)]
     image_ids: Vec<String>,
     /// Make public (launch permission for everyone).
     #[arg(long)]
@@ -118,7 +120,7 @@ pub struct ShareArgs {
     #[arg(long)]
     revoke: bool,
     /// Regions to look for copies in: `all` or a comma-separated list.
-    #[arg(long, value_delimiter = ',', default_value = "all")]
+    #[arg(long, value_delimiter = ',', default_value = "all", value_parser = ec2ami::validate_input::region_or_all)]
     regions: Vec<String>,
 }
 

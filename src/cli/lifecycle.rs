@@ -10,10 +10,10 @@ use ec2ami::state::last_prune;
 #[derive(Debug, Args)]
 pub struct DisableArgs {
     /// AMIs (in --region); their copies in the other regions are disabled too.
-    #[arg(required = true, value_name = "AMI_ID")]
+    #[arg(required = true, value_name = "AMI_ID", value_parser = ec2ami::validate_input::ami_id)]
     image_ids: Vec<String>,
     /// Regions to look for copies in: `all` or a comma-separated list.
-    #[arg(long, value_delimiter = ',', default_value = "all")]
+    #[arg(long, value_delimiter = ',', default_value = "all", value_parser = ec2ami::validate_input::region_or_all)]
     regions: Vec<String>,
     /// Disable them. Without it, prints what would be disabled and changes nothing.
     #[arg(long)]
@@ -23,10 +23,10 @@ pub struct DisableArgs {
 #[derive(Debug, Args)]
 pub struct EnableArgs {
     /// AMIs (in --region); their copies in the other regions are enabled too.
-    #[arg(required = true, value_name = "AMI_ID")]
+    #[arg(required = true, value_name = "AMI_ID", value_parser = ec2ami::validate_input::ami_id)]
     image_ids: Vec<String>,
     /// Regions to look for copies in: `all` or a comma-separated list.
-    #[arg(long, value_delimiter = ',', default_value = "all")]
+    #[arg(long, value_delimiter = ',', default_value = "all", value_parser = ec2ami::validate_input::region_or_all)]
     regions: Vec<String>,
     /// Enable them and re-share them. Without it, prints what would change.
     #[arg(long)]
@@ -39,27 +39,16 @@ pub struct RestoreArgs {
     #[arg(
         value_name = "AMI_ID",
         required_unless_present = "last_prune",
-        conflicts_with = "last_prune"
+        conflicts_with = "last_prune",
+        value_parser = ec2ami::validate_input::ami_id
     )]
     image_ids: Vec<String>,
     /// Bring back exactly what the last `prune --yes` deleted (its journalled report).
     #[arg(long)]
     last_prune: bool,
     /// Regions to look in (AMI_ID...): `all` or a comma-separated list.
-    #[arg(long, value_delimiter = ',', default_value = "all")]
+    #[arg(long, value_delimiter = ',', default_value = "all", value_parser = ec2ami::validate_input::region_or_all)]
     regions: Vec<String>,
-}
-
-fn check_ids(ids: &[String]) -> Result<(), Failure> {
-    match ids.iter().find(|i| {
-        !(i.starts_with("ami-") && i.len() > 4 && i[4..].chars().all(|c| c.is_ascii_alphanumeric()))
-    }) {
-        Some(bad) => Err(Failure {
-            message: format!("`{bad}` is not an AMI id (ami-...)"),
-            interrupted: false,
-        }),
-        None => Ok(()),
-    }
 }
 
 fn failures(items: &[retire::Retirement]) -> Result<(), Failure> {
@@ -83,7 +72,6 @@ fn render(items: &[retire::Retirement], done: bool, hint: &str) -> String {
 }
 
 pub async fn disable(g: &GlobalArgs, a: &DisableArgs) -> Result<(), Failure> {
-    check_ids(&a.image_ids)?;
     let clients = connect(g).await?;
     let retry = g.retry();
     let regions = ami::resolve_regions(&clients, &a.regions, &retry).await?;
@@ -106,7 +94,6 @@ pub async fn disable(g: &GlobalArgs, a: &DisableArgs) -> Result<(), Failure> {
 }
 
 pub async fn enable(g: &GlobalArgs, a: &EnableArgs) -> Result<(), Failure> {
-    check_ids(&a.image_ids)?;
     let clients = connect(g).await?;
     let retry = g.retry();
     let regions = ami::resolve_regions(&clients, &a.regions, &retry).await?;
@@ -138,7 +125,6 @@ pub async fn enable(g: &GlobalArgs, a: &EnableArgs) -> Result<(), Failure> {
 }
 
 pub async fn restore(g: &GlobalArgs, a: &RestoreArgs) -> Result<(), Failure> {
-    check_ids(&a.image_ids)?;
     let retry = g.retry();
     let done = if a.last_prune {
         let state = g.state.clone().unwrap_or_else(ec2ami::state::default_path);

@@ -41,7 +41,7 @@ pub struct Cli {
 #[derive(Debug, Args)]
 struct GlobalArgs {
     /// AWS region (default: the standard chain: AWS_REGION, then the profile).
-    #[arg(long, global = true)]
+    #[arg(long, global = true, value_parser = ec2ami::validate_input::region)]
     region: Option<String>,
     /// Named profile from ~/.aws/config and ~/.aws/credentials.
     #[arg(long, global = true)]
@@ -220,6 +220,7 @@ fn parse_resume_window(s: &str) -> Result<Duration, String> {
 #[derive(Debug, Args)]
 struct DownloadArgs {
     /// Snapshot to download.
+    #[arg(value_parser = ec2ami::validate_input::snapshot_id)]
     snapshot_id: String,
     /// File to write (sparse; written to a temporary name and renamed into place).
     #[arg(value_name = "OUTPUT")]
@@ -368,7 +369,10 @@ pub fn main() -> ExitCode {
         init_logging(cli.global.quiet, cli.global.verbose, true);
         return compat::main(&cli.global, &raw);
     }
-    let cli = Cli::parse_from(argv);
+    let cli = match Cli::try_parse_from(argv) {
+        Ok(cli) => cli,
+        Err(e) => return usage_error(e),
+    };
     // The relay's stdout and stderr may be the guest's connection: no logging there.
     if let Command::Imds(c @ imds::ImdsCommand::Relay { .. }) = &cli.command {
         return imds::main(c);
@@ -401,13 +405,35 @@ pub fn main() -> ExitCode {
             message,
             interrupted,
         }) => {
-            eprintln!("error: {message}");
+            // Names and paths may hold control characters (a terminal's escapes, a line
+            // break faking another message): every line is shown escaped.
+            let shown: Vec<String> = message.lines().map(ec2ami::image::escaped).collect();
+            eprintln!("error: {}", shown.join("\n"));
             if interrupted {
                 ExitCode::from(EXIT_INTERRUPTED)
             } else {
                 ExitCode::FAILURE
             }
         }
+    }
+}
+
+/// A command line clap refuses. A bad value is one line naming it (with the value's own
+/// sentence, or the possible values); other usage errors keep clap's text and usage.
+fn usage_error(e: clap::Error) -> ExitCode {
+    use clap::error::ErrorKind;
+    match e.kind() {
+        ErrorKind::ValueValidation | ErrorKind::InvalidValue => {
+            let text = e.render().to_string();
+            let line: Vec<&str> = text
+                .lines()
+                .map(str::trim)
+                .filter(|l| !l.is_empty() && !l.starts_with("For more information"))
+                .collect();
+            eprintln!("{}", ec2ami::image::escaped(&line.join(" ")));
+            ExitCode::from(2)
+        }
+        _ => e.exit(),
     }
 }
 

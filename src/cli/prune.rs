@@ -21,7 +21,7 @@ use ec2ami::units::parse_date;
 #[derive(Debug, Args)]
 pub struct PruneArgs {
     /// Regions: `all` (every enabled region) or a comma-separated list.
-    #[arg(long, value_delimiter = ',', default_value = "all")]
+    #[arg(long, value_delimiter = ',', default_value = "all", value_parser = ec2ami::validate_input::region_or_all)]
     regions: Vec<String>,
     /// Candidates are the images named like this (glob with * and ?; repeatable).
     /// Without it, the images carrying ec2ami's ownership tag.
@@ -87,7 +87,7 @@ pub struct PruneArgs {
 #[derive(Debug, Args)]
 pub struct DeprecateArgs {
     /// The AMI (in --region) to deprecate, with its copies in the other regions.
-    #[arg(required_unless_present = "series", conflicts_with = "series")]
+    #[arg(required_unless_present = "series", conflicts_with = "series", value_parser = ec2ami::validate_input::ami_id)]
     image_id: Option<String>,
     /// Deprecate the images of each series matching this glob (repeatable), all but the
     /// newest --keep; `{date}` stands for the build date in a series name.
@@ -107,7 +107,7 @@ pub struct DeprecateArgs {
     #[arg(long = "in", id = "within", value_name = "DURATION", value_parser = parse_duration)]
     within: Option<Duration>,
     /// Regions: `all` or a comma-separated list.
-    #[arg(long, value_delimiter = ',', default_value = "all")]
+    #[arg(long, value_delimiter = ',', default_value = "all", value_parser = ec2ami::validate_input::region_or_all)]
     regions: Vec<String>,
     /// Print what would be deprecated and change nothing.
     #[arg(long)]
@@ -133,7 +133,9 @@ fn parse_price(s: &str) -> Result<f64, String> {
 fn parse_rate(s: &str) -> Result<f64, String> {
     match s.parse::<f64>() {
         Ok(r) if r.is_finite() && r > 0.0 && r <= 1000.0 => Ok(r),
-        _ => Err(format!("`{s}` is not a rate from 0 to 1000 per second")),
+        _ => Err(format!(
+            "`{s}` is not a rate of deletions per second: give a number above 0 and at most 1000"
+        )),
     }
 }
 

@@ -76,14 +76,14 @@ pub enum ParamsCommand {
 #[derive(Debug, Args)]
 pub struct ParamsPutArgs {
     /// The AMI (in --region); its copies are found by their source tag.
-    #[arg(long, value_name = "AMI_ID")]
+    #[arg(long, value_name = "AMI_ID", value_parser = ec2ami::validate_input::ami_id)]
     image: String,
     /// Parameter names; {region}, {name} and the AMI's ec2ami:* build tags ({version},
     /// {branch}, {flavour}, {fs}, {arch}) are variables, plus --var ones.
     #[arg(required = true, value_name = "NAME_TEMPLATE")]
     names: Vec<String>,
     /// Regions: `all` or a comma-separated list.
-    #[arg(long, value_delimiter = ',', default_value = "all")]
+    #[arg(long, value_delimiter = ',', default_value = "all", value_parser = ec2ami::validate_input::region_or_all)]
     regions: Vec<String>,
     /// A template variable (repeatable).
     #[arg(long = "var", value_name = "KEY=VALUE", value_parser = parse_tag)]
@@ -99,7 +99,7 @@ pub struct ParamsPromoteArgs {
     /// The parameter that gets it.
     to: String,
     /// Regions: `all` or a comma-separated list.
-    #[arg(long, value_delimiter = ',', default_value = "all")]
+    #[arg(long, value_delimiter = ',', default_value = "all", value_parser = ec2ami::validate_input::region_or_all)]
     regions: Vec<String>,
     #[command(flatten)]
     write: WriteArgs,

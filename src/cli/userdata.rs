@@ -282,15 +282,16 @@ const CHECK_READ_LIMIT: u64 = 64 << 20;
 
 fn check(g: &GlobalArgs, file: &Path, flavour: Option<Flavour>) -> Result<(), Failure> {
     let mut data = Vec::new();
-    let name = file.display().to_string();
-    let read = if name == "-" {
+    let name = ec2ami::image::shown_path(file);
+    if name == "-" {
         std::io::stdin()
             .take(CHECK_READ_LIMIT)
             .read_to_end(&mut data)
+            .map_err(|e| fail(format!("{name}: {e}")))?;
     } else {
-        std::fs::File::open(file).and_then(|f| f.take(CHECK_READ_LIMIT).read_to_end(&mut data))
-    };
-    read.map_err(|e| fail(format!("{name}: {e}")))?;
+        // A regular file only: a FIFO or a device would block or never end.
+        data = ec2ami::validate_input::read_regular_file(file, CHECK_READ_LIMIT).map_err(fail)?;
+    }
     let report = userdata::check(&data, flavour);
     g.print(&report, || report.text(&name));
     if report.ok() {

@@ -27,12 +27,13 @@ pub struct ImportedRun {
     pub status: RunStatus,
 }
 
-/// A line that does not fit the format, with its number (1-based).
+/// A line that does not fit the format, with its number (1-based), or a file in which
+/// no line does (no number then).
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("line {line}: {message}")]
+#[error("{}{message}", line.map(|l| format!("line {l}: ")).unwrap_or_default())]
 pub struct ParseError {
-    /// 1-based line number.
-    pub line: usize,
+    /// 1-based line number; `None` when the error is about the whole file.
+    pub line: Option<usize>,
     /// What is wrong.
     pub message: String,
 }
@@ -177,7 +178,7 @@ pub fn parse(text: &str) -> Result<Vec<ImportedRun>, ParseError> {
                 )
             };
             return Err(ParseError {
-                line: line_no,
+                line: Some(line_no),
                 message,
             });
         }
@@ -187,7 +188,7 @@ pub fn parse(text: &str) -> Result<Vec<ImportedRun>, ParseError> {
         current.push((phase, value));
         if current.len() == 4 {
             runs.push(to_run(&current).map_err(|message| ParseError {
-                line: started_at,
+                line: Some(started_at),
                 message,
             })?);
             current.clear();
@@ -195,16 +196,17 @@ pub fn parse(text: &str) -> Result<Vec<ImportedRun>, ParseError> {
     }
     if !current.is_empty() {
         return Err(ParseError {
-            line: started_at,
+            line: Some(started_at),
             message: format!("incomplete run: {} of 4 lines", current.len()),
         });
     }
     if runs.is_empty() {
         return Err(ParseError {
-            line: 0,
-            message:
-                "no ec2-boot-bench output found (expected `RunInstances API call took: ... s`)"
-                    .into(),
+            line: None,
+            message: format!(
+                "no ec2-boot-bench output found in {} line(s) (expected `RunInstances API call took: ... s`)",
+                text.lines().count()
+            ),
         });
     }
     Ok(runs)
@@ -226,11 +228,17 @@ fn to_run(lines: &[(Phase, &str)]) -> Result<ImportedRun, String> {
     let mut values = [None; 4];
     let mut status = RunStatus::Ok;
     for (phase, text) in lines {
-        let v: f64 = text
-            .parse()
-            .map_err(|_| format!("`{text}` is not a number of seconds ({phase})"))?;
+        let v: f64 = text.parse().map_err(|_| {
+            format!(
+                "`{}` is not a number of seconds ({phase})",
+                crate::image::escaped(text)
+            )
+        })?;
         if !v.is_finite() {
-            return Err(format!("`{text}` is not a number of seconds ({phase})"));
+            return Err(format!(
+                "`{}` is not a number of seconds ({phase})",
+                crate::image::escaped(text)
+            ));
         }
         if status != RunStatus::Ok {
             // After a phase that never ended, the rest is invented too.
@@ -310,13 +318,15 @@ Moving from port closed to port open took: 11.620210 s
     fn broken_files_name_the_line() {
         let e = parse("hello\n").unwrap_err();
         assert!(e.message.contains("no ec2-boot-bench output"), "{e}");
+        assert_eq!(e.line, None, "no line to name");
+        assert!(!e.to_string().contains("line 0"), "{e}");
         let cut: String = ONE.lines().take(3).collect::<Vec<_>>().join("\n");
         let e = parse(&cut).unwrap_err();
-        assert_eq!(e.line, 1);
+        assert_eq!(e.line, Some(1));
         assert!(e.message.contains("3 of 4"), "{e}");
         let twice = format!("{cut}\n{ONE}");
         let e = parse(&twice).unwrap_err();
-        assert_eq!(e.line, 4);
+        assert_eq!(e.line, Some(4));
         let bad = ONE.replace("6.918336", "six");
         assert!(parse(&bad).unwrap_err().message.contains("`six`"));
     }

@@ -82,6 +82,32 @@ pub struct SeriesFiles {
     pub builds: usize,
 }
 
+/// The bitmap backend's error type (plotters does not re-export its name).
+type BitMapBackendError = <BitMapBackend<'static> as DrawingBackend>::ErrorType;
+
+/// A bitmap plot's failure as a sentence: the bitmap backend's errors print as Debug
+/// structures (`ImageError(IoError(Os { .. }))`), so their causes are taken out.
+fn bitmap_error(e: DrawingAreaErrorKind<BitMapBackendError>) -> String {
+    use plotters_backend::DrawingErrorKind;
+    match e {
+        DrawingAreaErrorKind::BackendError(DrawingErrorKind::DrawingError(b)) => match b {
+            BitMapBackendError::IOError(io) => io.to_string(),
+            #[allow(unreachable_patterns)] // the variant exists with plotters' image encoder
+            BitMapBackendError::ImageError(i) => match std::error::Error::source(&i) {
+                Some(cause) => cause.to_string(),
+                None => i.to_string(),
+            },
+            BitMapBackendError::InvalidBuffer => "the pixel buffer is invalid".to_string(),
+            #[allow(unreachable_patterns)]
+            _ => "the bitmap backend failed".to_string(),
+        },
+        DrawingAreaErrorKind::BackendError(DrawingErrorKind::FontError(f)) => {
+            format!("font: {f}")
+        }
+        other => other.to_string(),
+    }
+}
+
 /// Write the plots and `index.html` for `series` into `out` (created if missing).
 /// `generated` says when and from what, for the page's header.
 pub fn write_report(
@@ -109,8 +135,9 @@ pub fn write_report(
         };
         {
             let root = BitMapBackend::new(&png, SIZE).into_drawing_area();
-            draw(&root, key, builds).map_err(|e| plot_err(&png, e.to_string()))?;
-            root.present().map_err(|e| plot_err(&png, e.to_string()))?;
+            draw(&root, key, builds).map_err(|e| plot_err(&png, bitmap_error(e)))?;
+            root.present()
+                .map_err(|e| plot_err(&png, bitmap_error(e)))?;
         }
         {
             let root = SVGBackend::new(&svg, SIZE).into_drawing_area();

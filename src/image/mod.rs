@@ -63,7 +63,7 @@ impl std::fmt::Display for Format {
 #[derive(Debug, thiserror::Error)]
 pub enum ImageError {
     /// Missing or unreadable.
-    #[error("cannot open {path}: {source}")]
+    #[error("cannot open {shown}: {source}", shown = crate::image::shown_path(path))]
     Open {
         /// The image path.
         path: PathBuf,
@@ -71,19 +71,19 @@ pub enum ImageError {
         source: io::Error,
     },
     /// A directory, socket, FIFO...
-    #[error("{path} is not a regular file or block device")]
+    #[error("{shown} is not a regular file or block device", shown = crate::image::shown_path(path))]
     NotAFile {
         /// The image path.
         path: PathBuf,
     },
     /// Zero bytes.
-    #[error("{path} is empty: there is nothing to upload")]
+    #[error("{shown} is empty: there is nothing to upload", shown = crate::image::shown_path(path))]
     Empty {
         /// The image path.
         path: PathBuf,
     },
     /// Larger than EBS allows.
-    #[error("{path} is {size} bytes, more than the 64 TiB EBS snapshot limit")]
+    #[error("{shown} is {size} bytes, more than the 64 TiB EBS snapshot limit", shown = crate::image::shown_path(path))]
     TooLarge {
         /// The image path.
         path: PathBuf,
@@ -92,9 +92,8 @@ pub enum ImageError {
     },
     /// Not raw and qemu-img is not there to convert it.
     #[error(
-        "{path} is a {format} image and qemu-img is not installed to convert it; install \
-         qemu-utils, or convert it yourself: qemu-img convert -f {qemu} -O raw {path} image.raw"
-    )]
+        "{shown} is a {format} image and qemu-img is not installed to convert it; install \
+         qemu-utils, or convert it yourself: qemu-img convert -f {qemu} -O raw {shown} image.raw", shown = crate::image::shown_path(path))]
     NeedsConversion {
         /// The image path.
         path: PathBuf,
@@ -104,7 +103,7 @@ pub enum ImageError {
         qemu: &'static str,
     },
     /// qemu-img failed.
-    #[error("converting {path} ({format}) to raw with qemu-img failed: {detail}")]
+    #[error("converting {shown} ({format}) to raw with qemu-img failed: {detail}", shown = crate::image::shown_path(path))]
     Conversion {
         /// The image path.
         path: PathBuf,
@@ -115,9 +114,8 @@ pub enum ImageError {
     },
     /// The image refers to another file, which a conversion would read into the snapshot.
     #[error(
-        "{path} is a {format} image with a {found}: its content would be read into the \
-         snapshot; refused (pass --allow-backing-file if you mean to publish it)"
-    )]
+        "{shown} is a {format} image with a {found}: its content would be read into the \
+         snapshot; refused (pass --allow-backing-file if you mean to publish it)", shown = crate::image::shown_path(path))]
     Reference {
         /// The image path.
         path: PathBuf,
@@ -127,7 +125,7 @@ pub enum ImageError {
         found: Reference,
     },
     /// qemu-img finds the image truncated or corrupt.
-    #[error("{path} is a damaged {format} image: {detail}")]
+    #[error("{shown} is a damaged {format} image: {detail}", shown = crate::image::shown_path(path))]
     Corrupt {
         /// The image path.
         path: PathBuf,
@@ -138,9 +136,8 @@ pub enum ImageError {
     },
     /// The converted raw file is not the size the image declares.
     #[error(
-        "converting {path} ({format}) gave {got} bytes where the image declares {want}: \
-         the image is truncated or corrupt"
-    )]
+        "converting {shown} ({format}) gave {got} bytes where the image declares {want}: \
+         the image is truncated or corrupt", shown = crate::image::shown_path(path))]
     ShortConversion {
         /// The image path.
         path: PathBuf,
@@ -153,9 +150,8 @@ pub enum ImageError {
     },
     /// The file changed while it was read: the snapshot would match neither version.
     #[error(
-        "{path} changed while it was being uploaded ({what}): the snapshot would match \
-         neither version; upload it again once nothing writes to it"
-    )]
+        "{shown} changed while it was being uploaded ({what}): the snapshot would match \
+         neither version; upload it again once nothing writes to it", shown = crate::image::shown_path(path))]
     Changed {
         /// The image path.
         path: PathBuf,
@@ -163,7 +159,7 @@ pub enum ImageError {
         what: String,
     },
     /// Finding the data extents (SEEK_DATA/SEEK_HOLE) failed.
-    #[error("cannot map the data extents of {path}: {source}")]
+    #[error("cannot map the data extents of {shown}: {source}", shown = crate::image::shown_path(path))]
     Extents {
         /// The image path.
         path: PathBuf,
@@ -171,7 +167,7 @@ pub enum ImageError {
         source: io::Error,
     },
     /// Reading failed.
-    #[error("reading {path} at offset {offset}: {source}")]
+    #[error("reading {shown} at offset {offset}: {source}", shown = crate::image::shown_path(path))]
     Read {
         /// The image path.
         path: PathBuf,
@@ -489,6 +485,12 @@ pub fn escaped(s: &str) -> String {
         }
     }
     out
+}
+
+/// A path as messages show it: control characters escaped (a name holding a terminal
+/// escape or a line break must not reach the terminal as such).
+pub fn shown_path(path: &Path) -> String {
+    escaped(&path.to_string_lossy())
 }
 
 /// The qemu-img conversions running now (their process ids).

@@ -135,9 +135,10 @@ impl Default for PutOptions {
 
 /// Check a parameter name as SSM would, and keep `/aws/...` names for public AMIs.
 pub fn check_name(name: &str, public: bool) -> Result<(), String> {
+    let shown = crate::image::escaped(name);
     if name.is_empty() || name.len() > 1011 {
         return Err(format!(
-            "parameter name `{name}` must be 1 to 1011 characters"
+            "parameter name `{shown}` must be 1 to 1011 characters"
         ));
     }
     if let Some(c) = name
@@ -145,16 +146,17 @@ pub fn check_name(name: &str, public: bool) -> Result<(), String> {
         .find(|c| !(c.is_ascii_alphanumeric() || "_.-/".contains(*c)))
     {
         return Err(format!(
-            "parameter name `{name}` has `{c}`: only letters, digits and _ . - / are allowed"
+            "parameter name `{shown}` has `{}`: only letters, digits and _ . - / are allowed",
+            c.escape_default()
         ));
     }
     if name.contains("//") || (name.contains('/') && !name.starts_with('/')) {
         return Err(format!(
-            "parameter name `{name}`: a hierarchical name starts with / and has no empty level"
+            "parameter name `{shown}`: a hierarchical name starts with / and has no empty level"
         ));
     }
     if name.split('/').filter(|s| !s.is_empty()).count() > 15 {
-        return Err(format!("parameter name `{name}` has more than 15 levels"));
+        return Err(format!("parameter name `{shown}` has more than 15 levels"));
     }
     let first = name
         .trim_start_matches('/')
@@ -164,7 +166,7 @@ pub fn check_name(name: &str, public: bool) -> Result<(), String> {
         .to_ascii_lowercase();
     if (first.starts_with("aws") || first.starts_with("ssm")) && !public {
         return Err(format!(
-            "parameter `{name}`: names under /aws or /ssm are for public AMIs only \
+            "parameter `{shown}`: names under /aws or /ssm are for public AMIs only \
              (and only AWS's publisher accounts may write them)"
         ));
     }
@@ -243,6 +245,27 @@ pub async fn promotion(
                 ours: None,
             }),
             None => tracing::info!("{from} does not exist in {region}: nothing to promote there"),
+        }
+    }
+    // `put`'s rule, before any write: a name under /aws or /ssm only for public AMIs.
+    if check_name(to, false).is_err() {
+        for w in &wanted {
+            let image = ec2::image(&home.in_region(&w.region), &w.value, retry).await?;
+            let public = image.as_ref().is_some_and(|i| i.public);
+            if !public {
+                let what = if image.is_some() {
+                    "a private AMI"
+                } else {
+                    "no AMI of the region"
+                };
+                return Err(ParamError::Invalid(format!(
+                    "parameter `{}`: {from} holds {} in {}, {what}: names under /aws or /ssm \
+                     are for public AMIs only (and only AWS's publisher accounts may write them)",
+                    crate::image::escaped(to),
+                    crate::image::escaped(&w.value),
+                    w.region
+                )));
+            }
         }
     }
     Ok(wanted)

@@ -173,7 +173,7 @@ impl Policy {
                 Some(
                     toml::from_str::<RawPolicy>(text).map_err(|e| PolicyError::Parse {
                         path: path.to_owned(),
-                        message: e.to_string().trim_end().to_string(),
+                        message: crate::validate_input::toml_error(text, &e),
                     })?,
                 )
             }

@@ -236,7 +236,7 @@ impl ReleaseFile {
     pub fn parse(path: &Path, text: &str) -> Result<ReleaseFile, ReleaseError> {
         let raw: RawRelease = toml::from_str(text).map_err(|e| ReleaseError::Parse {
             path: path.to_owned(),
-            message: e.to_string().trim_end().to_string(),
+            message: crate::validate_input::toml_error(text, &e),
         })?;
         let mut h = Sha256::new();
         h.update(path.to_string_lossy().as_bytes());
@@ -631,19 +631,7 @@ fn deprecation(t: &toml::Table) -> Result<Option<DateTime>, String> {
 
 /// A plausible AWS region name (`us-east-1`, `ap-southeast-7`, `us-gov-west-1`), or `all`.
 pub fn looks_like_region(s: &str) -> bool {
-    if s == "all" {
-        return true;
-    }
-    let parts: Vec<&str> = s.split('-').collect();
-    parts.len() >= 3
-        && parts.iter().all(|p| {
-            !p.is_empty()
-                && p.chars()
-                    .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit())
-        })
-        && parts
-            .last()
-            .is_some_and(|p| p.chars().all(|c| c.is_ascii_digit()))
+    s == "all" || crate::validate_input::is_region(s)
 }
 
 /// Two images may not share a name, and no parameter may be written by two images.

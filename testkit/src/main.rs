@@ -124,7 +124,7 @@ async fn run(cmd: &TestkitCommand) -> Result<(), Failure> {
                 realism,
                 ..MotoOptions::default()
             };
-            let moto =
+            let mut moto =
                 tokio::task::spawn_blocking(move || MotoServer::start_with(&options)).await??;
             let rules = delays
                 .iter()
@@ -138,7 +138,12 @@ async fn run(cmd: &TestkitCommand) -> Result<(), Failure> {
             })
             .await?;
             announce(&proxy.url());
-            shutdown_signal().await;
+            // Serve until interrupted, or until moto dies: a proxy in front of nothing
+            // would answer 502 to every request for ever.
+            let died = tokio::select! {
+                _ = shutdown_signal() => None,
+                status = moto_exit(&mut moto) => Some(status),
+            };
             if let Some(path) = stats {
                 let mut by_op = std::collections::BTreeMap::<String, usize>::new();
                 let requests = proxy.requests();
@@ -149,6 +154,23 @@ async fn run(cmd: &TestkitCommand) -> Result<(), Failure> {
                 std::fs::write(path, doc.to_string())?;
             }
             drop(proxy);
+            if let Some(status) = died {
+                let status = match status {
+                    Ok(s) => s.to_string(),
+                    Err(e) => format!("its status is unknown: {e}"),
+                };
+                let tail = moto.log_tail(5);
+                let tail = if tail.is_empty() {
+                    String::new()
+                } else {
+                    format!("; the end of its log: {}", tail.replace('\n', " | "))
+                };
+                return Err(format!(
+                    "moto (pid {}) exited ({status}): stopping its proxy{tail}",
+                    moto.pid()
+                )
+                .into());
+            }
             drop(moto);
         }
         TestkitCommand::StrictEbs { port, discard_data } => {
@@ -175,6 +197,16 @@ async fn run(cmd: &TestkitCommand) -> Result<(), Failure> {
         }
     }
     Ok(())
+}
+
+/// Resolves when moto has exited, with its status (checked every 200 ms).
+async fn moto_exit(moto: &mut MotoServer) -> std::io::Result<std::process::ExitStatus> {
+    loop {
+        if let Some(status) = moto.exited()? {
+            return Ok(status);
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
 }
 
 /// Print the URL on stdout (flushed: scripts wait for this line).

@@ -286,6 +286,16 @@ impl MotoServer {
         }
     }
 
+    /// moto's process id.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// How moto exited, if it has (reaping it); `None` while it runs.
+    pub fn exited(&mut self) -> io::Result<Option<std::process::ExitStatus>> {
+        self.child.try_wait()
+    }
+
     /// The port moto listens on.
     pub fn port(&self) -> u16 {
         self.port

@@ -5,6 +5,7 @@
 mod bad_input;
 mod bench;
 mod boot;
+mod clear_failures;
 mod common;
 mod compat;
 mod diff;
@@ -12,6 +13,7 @@ mod faults;
 mod flag_coverage;
 mod history;
 mod hostile;
+mod hostile_table;
 mod images;
 mod imds;
 mod incremental;

@@ -32,6 +32,10 @@ pub enum Fault {
     /// the service documents for it (see [`vocabulary`](super::vocabulary)); not
     /// forwarded.
     Code(&'static str),
+    /// An error answer with this HTTP status that names no error type (no
+    /// `x-amzn-errortype` header, no `__type` or `<Code>`), only `{"message":
+    /// "Forbidden"}`: what a gateway or proxy in front of AWS may send; not forwarded.
+    Untyped(u16),
 }
 
 impl Fault {
@@ -45,6 +49,7 @@ impl Fault {
             Fault::Delay(d) => format!("Delay({}ms)", d.as_millis()),
             Fault::AccessDenied => "AccessDenied".into(),
             Fault::Code(c) => format!("Code({c})"),
+            Fault::Untyped(s) => format!("Untyped({s})"),
         }
     }
 }
@@ -269,6 +274,13 @@ fn fault_error(
 
 /// The injected error answer of `fault` in protocol `proto`.
 pub(super) fn error_response(proto: Proto, fault: &Fault) -> Response<Full<Bytes>> {
+    if let Fault::Untyped(status) = fault {
+        return http_util::full_response(
+            *status,
+            &[("content-type", "application/json".into())],
+            json!({ "message": "Forbidden" }).to_string(),
+        );
+    }
     let (status, code, message, reason) = fault_error(proto, fault);
     let rid = http_util::request_id();
     match proto {

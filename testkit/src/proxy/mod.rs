@@ -211,7 +211,11 @@ impl ProxyInner {
         let mut rec = recorded(&parts, &body, service, region, &op, fault.as_ref());
         match &fault {
             Some(
-                f @ (Fault::Throttle | Fault::Status(_) | Fault::AccessDenied | Fault::Code(_)),
+                f @ (Fault::Throttle
+                | Fault::Status(_)
+                | Fault::AccessDenied
+                | Fault::Code(_)
+                | Fault::Untyped(_)),
             ) => {
                 let resp = error_response(proto, f);
                 rec.status = resp.status().as_u16();
