@@ -9,6 +9,7 @@ mod common;
 mod compat;
 mod faults;
 mod flag_coverage;
+mod flags;
 mod history;
 mod hostile;
 mod images;
