@@ -509,6 +509,51 @@ async fn vmdk_vhd_vhdx_upload_and_download_force_full_volume_and_workers() {
         assert_eq!(nonzero_blocks(&out), want, "{ext} round trip");
         snaps.push(snap);
     }
+    // A qcow2 overlay on the raw image: refused without --allow-backing-file (before
+    // any request), uploaded with the base's content with it.
+    let st = std::process::Command::new("qemu-img")
+        .args([
+            "create",
+            "-f",
+            "qcow2",
+            "-F",
+            "raw",
+            "-b",
+            "src.raw",
+            "over.qcow2",
+        ])
+        .current_dir(world.dir.path())
+        .status()
+        .unwrap();
+    assert!(st.success());
+    let over = world.path("over.qcow2");
+    world.proxy.clear_requests();
+    let refused = world.run(&["upload", over.to_str().unwrap()]).await;
+    refused.assert_failed_with("backing file");
+    assert!(
+        world.proxy.requests().is_empty(),
+        "a request before the refusal"
+    );
+    let run = world
+        .run(&[
+            "--output",
+            "json",
+            "upload",
+            over.to_str().unwrap(),
+            "--allow-backing-file",
+        ])
+        .await;
+    let report = json(&run);
+    let back = world.path("back-over.raw");
+    world
+        .run(&[
+            "download",
+            report["snapshot_id"].as_str().unwrap(),
+            back.to_str().unwrap(),
+        ])
+        .await
+        .assert_ok();
+    assert_same_content(&raw, &back);
     let snap = &snaps[0];
     // The VMDK holds exactly the raw image: its download has the raw's size.
     let out = world.path("back.raw");
