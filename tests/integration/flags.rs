@@ -46,6 +46,19 @@ fn series(checks: &serde_json::Value) -> Vec<String> {
         .collect()
 }
 
+/// (AMI, os version, branch, flavour, fs, arch, build date, measured on, seconds).
+type Build = (
+    &'static str,
+    &'static str,
+    &'static str,
+    &'static str,
+    &'static str,
+    &'static str,
+    &'static str,
+    &'static str,
+    f64,
+);
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn history_import_list_check_and_report_filters_select_exactly_their_builds() {
     let world = World::offline().await;
@@ -54,7 +67,7 @@ async fn history_import_list_check_and_report_filters_select_exactly_their_build
     // (AMI, os version, branch, flavour, fs, arch, build date, measured on, seconds):
     // one weekly series (a1..a4) that slows down at a3, and four one-build series that
     // each differ from it in exactly one field.
-    let builds: [(&str, &str, &str, &str, &str, &str, &str, &str, f64); 8] = [
+    let builds: [Build; 8] = [
         (
             "ami-a1",
             "14.1",
