@@ -128,6 +128,22 @@ pub async fn watch_port(
     opts: &ProbeOptions,
     phase_timeout: Duration,
 ) -> PortWatch {
+    watch_port_with(target, start, opts, phase_timeout, probe_once).await
+}
+
+/// [`watch_port`] with `probe` making each connect (the tests give one that answers on
+/// tokio's paused clock).
+async fn watch_port_with<F, Fut>(
+    target: SocketAddr,
+    start: Instant,
+    opts: &ProbeOptions,
+    phase_timeout: Duration,
+    probe: F,
+) -> PortWatch
+where
+    F: Fn(SocketAddr, Duration) -> Fut,
+    Fut: std::future::Future<Output = (Instant, Answer)>,
+{
     let mut ticker = tokio::time::interval_at(start, opts.cadence);
     // A late tick (a busy runtime) sends one connect, not a burst to catch up.
     ticker.set_missed_tick_behavior(MissedTickBehavior::Delay);
@@ -169,8 +185,8 @@ pub async fn watch_port(
                 let seq = sent.len();
                 sent.push(Instant::now());
                 watch.probes += 1;
-                let timeout = opts.connect_timeout;
-                in_flight.push(async move { (seq, probe_once(target, timeout).await) });
+                let answer = probe(target, opts.connect_timeout);
+                in_flight.push(async move { (seq, answer.await) });
             }
             _ = tokio::time::sleep_until(deadline) => {
                 watch.timed_out = Some(if watch.closed.is_none() {
@@ -229,22 +245,46 @@ mod tests {
         );
     }
 
-    #[tokio::test]
+    // On tokio's paused clock with a probe that answers RST 1 ms after each connect:
+    // the cadence, the deadline and the count of probes are exact, whatever the load
+    // of the machine (a real socket's answer time is not).
+    #[tokio::test(start_paused = true)]
     async fn refused_port_is_closed_then_times_out_open() {
-        let (l, addr) = listener_port().await;
-        drop(l);
+        let addr: SocketAddr = "127.0.0.1:9".parse().unwrap();
         let start = Instant::now();
-        let w = watch_port(
+        let refused = |_, _| async {
+            tokio::time::sleep(Duration::from_millis(1)).await;
+            (Instant::now(), Answer::Refused)
+        };
+        let w = watch_port_with(
             addr,
             start,
             &ProbeOptions::default(),
             Duration::from_millis(200),
+            refused,
         )
         .await;
-        assert!(w.closed.is_some());
+        // The first connect goes out at `start` and is answered 1 ms later: closed from
+        // `start` (the first probe, nothing before it).
+        assert_eq!(w.closed, Some(start));
+        assert_eq!(w.closed_answered, Some(start + Duration::from_millis(1)));
         assert_eq!(w.open, None);
         assert_eq!(w.timed_out, Some(Phase::ClosedToOpen));
-        assert!(w.probes >= 5, "{} probes", w.probes);
+        // The deadline is 200 ms after that answer: probes at 0, 10, ..., 200 ms.
+        assert_eq!(w.probes, 21, "{} probes", w.probes);
+        assert_eq!(
+            Instant::now(),
+            start + Duration::from_millis(201),
+            "gave up at the deadline"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_refused_real_port_answers_refused() {
+        let (l, addr) = listener_port().await;
+        drop(l);
+        let (_, answer) = probe_once(addr, Duration::from_secs(5)).await;
+        assert_eq!(answer, Answer::Refused);
     }
 
     #[tokio::test]

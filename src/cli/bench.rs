@@ -57,9 +57,10 @@ pub struct BenchArgs {
     #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=100))]
     concurrency: u32,
     /// Send the TCP probe to ADDR:PORT instead of the instance (for tests against a
-    /// local emulator, whose instance addresses are fake).
-    #[arg(long, value_name = "ADDR:PORT")]
-    connect_to: Option<SocketAddr>,
+    /// local emulator, whose instance addresses are fake); ADDR alone probes --port
+    /// there.
+    #[arg(long, value_name = "ADDR[:PORT]", value_parser = parse_connect_to)]
+    connect_to: Option<ConnectTo>,
     /// Do not record the results in the boot-time history.
     #[arg(long)]
     no_history: bool,
@@ -70,6 +71,24 @@ pub struct BenchArgs {
     /// What build the AMI is (default: from the AMI's ec2ami:* tags, then its name).
     #[command(flatten)]
     build: BuildArgs,
+}
+
+/// Where `--connect-to` sends the probe: an address and port, or an address probed at
+/// `--port`.
+#[derive(Debug, Clone, Copy)]
+enum ConnectTo {
+    Socket(SocketAddr),
+    Address(std::net::IpAddr),
+}
+
+fn parse_connect_to(s: &str) -> Result<ConnectTo, String> {
+    if let Ok(a) = s.parse::<SocketAddr>() {
+        return Ok(ConnectTo::Socket(a));
+    }
+    let bare = s.trim_start_matches('[').trim_end_matches(']');
+    bare.parse::<std::net::IpAddr>()
+        .map(ConnectTo::Address)
+        .map_err(|_| format!("`{s}` is not ADDR:PORT or ADDR (e.g. 127.0.0.1:2222)"))
 }
 
 fn scope(g: &GlobalArgs) -> Scope {
@@ -141,7 +160,10 @@ pub async fn run(g: &GlobalArgs, a: &BenchArgs) -> Result<(), Failure> {
         concurrency: a.concurrency as usize,
         port: a.port,
         phase_timeout: a.timeout,
-        connect_to: a.connect_to,
+        connect_to: a.connect_to.map(|c| match c {
+            ConnectTo::Socket(s) => s,
+            ConnectTo::Address(ip) => SocketAddr::new(ip, a.port),
+        }),
         poll: Default::default(),
         probe: Default::default(),
         retry,

@@ -755,7 +755,27 @@ def describe_image_attribute(self):
 
 
 def bpa_state(backend):
-    return region_state(backend, "image_bpa", {"state": "unblocked"})
+    return region_state(backend, "image_bpa", {"state": "unblocked", "pending": None})
+
+
+def bpa_effective(backend):
+    """The region's state as it is in force: a change takes effect MOTO_EXT_BPA_DELAY
+    seconds after it was asked for (AWS: up to 10 minutes), the old state until then."""
+    s = bpa_state(backend)
+    pending = s.get("pending")
+    if pending and time.monotonic() >= pending[1]:
+        s["state"], s["pending"] = pending[0], None
+    return s["state"]
+
+
+def bpa_change(backend, target):
+    """Ask for `target`; in force at once, or after the realism delay."""
+    s = bpa_state(backend)
+    delay = REALISM.get("bpa_delay", 0.0)
+    if delay > 0:
+        s["pending"] = (target, time.monotonic() + delay)
+    else:
+        s["state"], s["pending"] = target, None
 
 
 def get_image_block_public_access_state(self):
@@ -763,7 +783,7 @@ def get_image_block_public_access_state(self):
     self.error_on_dryrun()
     return Moto.ActionResult(
         {
-            "ImageBlockPublicAccessState": bpa_state(self.ec2_backend)["state"],
+            "ImageBlockPublicAccessState": bpa_effective(self.ec2_backend),
             "ManagedBy": "account",
         }
     )
@@ -779,14 +799,15 @@ def enable_image_block_public_access(self):
             "MissingParameter",
             "The request must contain the parameter ImageBlockPublicAccessState",
         )
-    bpa_state(self.ec2_backend)["state"] = state
+    bpa_change(self.ec2_backend, state)
     return Moto.ActionResult({"ImageBlockPublicAccessState": state})
 
 
 def disable_image_block_public_access(self):
-    """DisableImageBlockPublicAccess (AWS takes minutes; here it is at once)."""
+    """DisableImageBlockPublicAccess (AWS takes up to 10 minutes; here at once, or after
+    the realism delay)."""
     self.error_on_dryrun()
-    bpa_state(self.ec2_backend)["state"] = "unblocked"
+    bpa_change(self.ec2_backend, "unblocked")
     return Moto.ActionResult({"ImageBlockPublicAccessState": "unblocked"})
 
 
@@ -797,7 +818,7 @@ def modify_image_attribute(self):
         self._get_param("OperationType") == "add"
         and "all" in (self._get_param("UserGroups") or [])
     )
-    if public and bpa_state(self.ec2_backend)["state"] == "block-new-sharing":
+    if public and bpa_effective(self.ec2_backend) == "block-new-sharing":
         find_image(self.ec2_backend, self._get_param("ImageId"))
         raise error(BPA_CODE, BPA_MESSAGE)
     image_id = self._get_param("ImageId")
@@ -2002,7 +2023,9 @@ def restore_snapshot_from_recycle_bin(self):
 # - MOTO_EXT_INVISIBLE_POLLS=N: a new image is missing from the first N DescribeImages
 #   answers that would show it (InvalidAMIID.NotFound when asked for by id);
 # - MOTO_EXT_FAIL_COPIES_TO="region,...": a copy to one of these regions ends `failed`
-#   with a StateReason, and its snapshots `error`.
+#   with a StateReason, and its snapshots `error`;
+# - MOTO_EXT_BPA_DELAY=seconds: an Enable/DisableImageBlockPublicAccess takes effect
+#   that long after it is asked for (AWS: up to 10 minutes), the old state until then.
 #
 # Always on: the EBS direct APIs answer ResourceNotFoundException (404, reason
 # SNAPSHOT_NOT_FOUND) for an unknown snapshot, as AWS does (moto: a KeyError, HTTP 500),
@@ -2040,7 +2063,13 @@ def realism_knobs(environ):
         except ValueError:
             sys.stderr.write(f"moto_ext: MOTO_EXT_LATENCY item {item!r} is not Op=seconds\n")
             sys.exit(3)
+    try:
+        bpa_delay = float(environ.get("MOTO_EXT_BPA_DELAY") or "0")
+    except ValueError:
+        sys.stderr.write("moto_ext: MOTO_EXT_BPA_DELAY is not a number of seconds\n")
+        sys.exit(3)
     return {
+        "bpa_delay": bpa_delay,
         "pending_polls": number("MOTO_EXT_PENDING_POLLS"),
         "invisible_polls": number("MOTO_EXT_INVISIBLE_POLLS"),
         "latency": latency,

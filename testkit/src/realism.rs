@@ -1,7 +1,7 @@
 //! How much of AWS's time the moto world shows: new images and snapshots `pending` for
 //! a number of polls and a time (the latency model, scaled down for tests), new images
 //! invisible to DescribeImages for a few answers (eventual consistency), copies that
-//! end `failed` in chosen regions. The moto extension's realism section
+//! end `failed` in chosen regions, block-public-access changes that take effect late. The moto extension's realism section
 //! (`testkit/src/moto_ext.py`) does the work; `testkit/WORLD.md` lists every way the
 //! world deviates from AWS.
 
@@ -19,6 +19,9 @@ pub struct Realism {
     pub latency: Vec<(String, Duration)>,
     /// Copies to these regions end `failed` with a StateReason.
     pub fail_copies_to: Vec<String>,
+    /// An image block-public-access change takes effect this long after it is asked for
+    /// (AWS: up to 10 minutes), the old state in force until then.
+    pub bpa_delay: Duration,
 }
 
 /// Seconds AWS takes for each asynchronous operation, roughly (an image copy of a small
@@ -57,6 +60,10 @@ impl Realism {
             ("MOTO_EXT_INVISIBLE_POLLS", self.invisible_polls.to_string()),
             ("MOTO_EXT_LATENCY", latency),
             ("MOTO_EXT_FAIL_COPIES_TO", self.fail_copies_to.join(",")),
+            (
+                "MOTO_EXT_BPA_DELAY",
+                self.bpa_delay.as_secs_f64().to_string(),
+            ),
         ]
     }
 }
@@ -72,6 +79,7 @@ mod tests {
             invisible_polls: 1,
             latency: vec![("CopyImage".into(), Duration::from_millis(1500))],
             fail_copies_to: vec!["eu-west-1".into(), "us-west-2".into()],
+            bpa_delay: Duration::from_millis(2500),
         };
         assert_eq!(
             r.env(),
@@ -80,6 +88,7 @@ mod tests {
                 ("MOTO_EXT_INVISIBLE_POLLS", "1".to_string()),
                 ("MOTO_EXT_LATENCY", "CopyImage=1.5".to_string()),
                 ("MOTO_EXT_FAIL_COPIES_TO", "eu-west-1,us-west-2".to_string()),
+                ("MOTO_EXT_BPA_DELAY", "2.5".to_string()),
             ]
         );
         let s = Realism::scaled(0.01, 1);

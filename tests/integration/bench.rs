@@ -473,7 +473,7 @@ async fn a_killed_benchmark_is_cleaned_up_by_the_next_start_and_by_cleanup() {
     let report = json(&cleanup);
     assert_eq!(report["terminated"].as_array().unwrap().len(), 1);
     assert_eq!(report["cleared"], 1);
-    assert_all_terminated(&world, 3).await;
+    assert_all_terminated(&world, 4).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -671,4 +671,128 @@ async fn running_needs_the_address_to_probe() {
         "{polls} DescribeInstances in 1 s"
     );
     assert_all_terminated(&world, 1).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn port_no_ipv6_build_flags_discard_first_and_no_history_take_effect() {
+    let world = World::moto().await;
+    let ami = register_ami(&world, NAME).await;
+    let fixture = BootFixture::start(BootSchedule::up()).unwrap();
+    let port = fixture.addr().port().to_string();
+    // --connect-to an address alone: the probe goes to --port there. --no-ipv6 undoes
+    // --ipv6; the build flags override what the AMI's tags say.
+    let run = world
+        .run(&[
+            "--output",
+            "json",
+            "bench",
+            &ami,
+            "--instance-type",
+            "t3.micro",
+            "--runs",
+            "2",
+            "--no-discard-first",
+            "--discard-first",
+            "--ipv6",
+            "--no-ipv6",
+            "--connect-to",
+            "127.0.0.1",
+            "--port",
+            &port,
+            "--image-name",
+            "Other 14.2-STABLE-arm64-20250101 small ZFS",
+            "--os-version",
+            "14.2",
+            "--branch",
+            "14-STABLE",
+            "--flavour",
+            "small",
+            "--fs",
+            "zfs",
+            "--arch",
+            "arm64",
+            "--build-date",
+            "20250101",
+        ])
+        .await;
+    run.assert_ok();
+    let out = json(&run);
+    assert_eq!(out["runs"][0]["status"], "ok", "{out}");
+    // The last of --no-discard-first / --discard-first wins.
+    assert_eq!(out["runs"][0]["discarded"], true, "--discard-first: {out}");
+    assert_eq!(out["runs"][1]["discarded"], false, "{out}");
+    let sent = params_of(&world, "RunInstances");
+    assert_eq!(sent.len(), 2);
+    assert!(
+        sent.iter().all(|p| !p.contains_key("Ipv6AddressCount")),
+        "--no-ipv6 wins: {sent:?}"
+    );
+    let history = |world: &World| {
+        let mut cmd = world.ec2ami();
+        cmd.args(["--output", "json", "history", "list"]);
+        async move {
+            let run = Run::from(cmd.output().await.unwrap());
+            run.assert_ok();
+            json(&run).as_array().unwrap().clone()
+        }
+    };
+    let h = history(&world).await;
+    assert_eq!(h.len(), 1);
+    for (k, v) in [
+        ("image_name", "Other 14.2-STABLE-arm64-20250101 small ZFS"),
+        ("version", "14.2"),
+        ("branch", "14-STABLE"),
+        ("flavour", "small"),
+        ("fs", "zfs"),
+        ("arch", "arm64"),
+        ("build_date", "20250101"),
+    ] {
+        assert_eq!(h[0][k], v, "{k} in {}", h[0]);
+    }
+    assert_eq!(h[0]["runs"][0]["discarded"], true);
+    // --no-history: measured, not recorded.
+    world
+        .run(&[
+            "bench",
+            &ami,
+            "--instance-type",
+            "t3.micro",
+            "--runs",
+            "1",
+            "--connect-to",
+            "127.0.0.1",
+            "--port",
+            &port,
+            "--no-history",
+        ])
+        .await
+        .assert_ok();
+    assert_eq!(
+        history(&world).await.len(),
+        1,
+        "--no-history recorded nothing"
+    );
+    // A --port where nothing listens: the probe sees it closed and never open.
+    let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let closed_port = closed.local_addr().unwrap().port().to_string();
+    drop(closed);
+    let run = world
+        .run(&[
+            "bench",
+            &ami,
+            "--instance-type",
+            "t3.micro",
+            "--runs",
+            "1",
+            "--connect-to",
+            "127.0.0.1",
+            "--port",
+            &closed_port,
+            "--timeout",
+            "1s",
+            "--no-history",
+        ])
+        .await;
+    run.assert_failed_with("timed out in port closed -> port open");
+    assert_all_terminated(&world, 4).await;
 }

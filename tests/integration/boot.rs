@@ -811,3 +811,77 @@ boot_mode = "uefi-preferred"
 fn mutating_names(world: &crate::common::World) -> Vec<String> {
     crate::common::mutating(world)
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cpus_memory_imds_ssh_user_runs_and_build_flags_take_effect_in_the_guest() {
+    let img = images();
+    let w = BootWorld::new();
+    let no_token = "curl -s -o /dev/null -w '%{http_code}' \
+        http://169.254.169.254/latest/meta-data/instance-id";
+    let (run, doc) = w
+        .boot(&[
+            img.bios_only().to_str().unwrap(),
+            "--firmware",
+            "bios",
+            "--runs",
+            "2",
+            "--cpus",
+            "2",
+            "--memory",
+            "768",
+            "--imds",
+            "optional",
+            "--ssh-user",
+            "ec2-user",
+            "--check",
+            "nproc",
+            "--check",
+            "awk '/MemTotal/ {print $2}' /proc/meminfo",
+            "--check",
+            no_token,
+            "--check",
+            "id -un",
+            "--os-version",
+            "2.0",
+            "--branch",
+            "2-STABLE",
+            "--flavour",
+            "tiny",
+            "--fs",
+            "ext4",
+            "--build-date",
+            "20260101",
+        ])
+        .await;
+    run.assert_ok();
+    let runs = doc["runs"].as_array().unwrap();
+    assert_eq!(runs.len(), 2, "--runs 2: {doc:#}");
+    for r in runs {
+        assert_eq!(r["status"], "passed", "{r:#}");
+        let checks = r["checks"].as_array().unwrap();
+        assert_eq!(str_of(&checks[0], "stdout"), "2\n", "--cpus 2");
+        let kib: u64 = str_of(&checks[1], "stdout").trim().parse().unwrap();
+        assert!(
+            (512 * 1024..=768 * 1024).contains(&kib),
+            "--memory 768: MemTotal {kib} kB"
+        );
+        // IMDSv1 answered: the service does not require a token.
+        assert_eq!(str_of(&checks[2], "stdout"), "200", "--imds optional");
+        assert_eq!(str_of(&checks[3], "stdout"), "ec2-user\n");
+    }
+    let list = w.run(&["--output", "json", "history", "list"]).await;
+    list.assert_ok();
+    let rows: Value = serde_json::from_str(&list.stdout).unwrap();
+    let b = &rows.as_array().unwrap()[0];
+    for (k, v) in [
+        ("version", "2.0"),
+        ("branch", "2-STABLE"),
+        ("flavour", "tiny"),
+        ("fs", "ext4"),
+        ("build_date", "20260101"),
+    ] {
+        assert_eq!(b[k], v, "{k} in {b}");
+    }
+    assert_eq!(b["runs"].as_array().unwrap().len(), 2);
+    w.assert_clean();
+}

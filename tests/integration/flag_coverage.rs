@@ -8,7 +8,8 @@
 //! `EC2AMI_WRITE_FLAG_COVERAGE=1 cargo nextest run -E 'test(flag_coverage)'` rewrites
 //! the table: a flag is covered by the integration-test functions whose body contains
 //! it and every word of its command as string literals (`"upload"`, `"--workers"`), a
-//! release key by the test files that write `key =` in a release. A heuristic: a
+//! release key by the test files that write `key =` in a release (the command's words
+//! may be in a helper of the same file that the test calls). A heuristic: a
 //! listed test names the flag, which does not prove it checks the flag's effect.
 
 use std::collections::{BTreeMap, BTreeSet};
@@ -154,9 +155,63 @@ fn test_functions() -> Vec<(String, String, String)> {
     out
 }
 
+/// Every function and method of the integration tests, at any indentation: (file,
+/// name, body up to the closing brace at its indentation).
+fn helper_functions() -> Vec<(String, String, String)> {
+    let dir = root().join("tests/integration");
+    let mut out = Vec::new();
+    for entry in std::fs::read_dir(&dir).unwrap().filter_map(Result::ok) {
+        let path = entry.path();
+        if path.extension().is_none_or(|e| e != "rs") {
+            continue;
+        }
+        let text = std::fs::read_to_string(&path).unwrap();
+        let file = path.file_name().unwrap().to_string_lossy().into_owned();
+        let lines: Vec<&str> = text.lines().collect();
+        for (i, line) in lines.iter().enumerate() {
+            let t = line.trim_start();
+            let indent = &line[..line.len() - t.len()];
+            let Some(rest) = ["fn ", "async fn ", "pub fn ", "pub async fn "]
+                .iter()
+                .find_map(|p| t.strip_prefix(p))
+            else {
+                continue;
+            };
+            let name: String = rest
+                .chars()
+                .take_while(|c| c.is_alphanumeric() || *c == '_')
+                .collect();
+            let close = format!("{indent}}}");
+            let body: Vec<&str> = lines[i..]
+                .iter()
+                .take_while(|l| **l != close)
+                .copied()
+                .collect();
+            out.push((file.clone(), name, body.join("\n")));
+        }
+    }
+    out
+}
+
 /// The table as the tests stand: `command<TAB>flag<TAB>covering tests or UNTESTED`.
 fn generate(flags: &[(String, String)], keys: &[String]) -> String {
     let fns = test_functions();
+    // The command words may come from a helper (function or method) of the same file
+    // the test calls (one level: `get(&["--timeout", "1s"])` where `get` runs `imds
+    // get`); the flag itself must be in the test's own body.
+    let helpers = helper_functions();
+    let reach: Vec<String> = fns
+        .iter()
+        .map(|(file, name, body)| {
+            let mut text = body.clone();
+            for (f, helper, hbody) in &helpers {
+                if f == file && helper != name && body.contains(&format!("{helper}(")) {
+                    text.push_str(hbody);
+                }
+            }
+            text
+        })
+        .collect();
     let mut files: BTreeMap<String, String> = BTreeMap::new();
     for (file, _, body) in &fns {
         files.entry(file.clone()).or_default().push_str(body);
@@ -180,13 +235,15 @@ fn generate(flags: &[(String, String)], keys: &[String]) -> String {
         };
         let mut by: Vec<String> = fns
             .iter()
-            .filter(|(_, _, body)| {
+            .zip(&reach)
+            .filter(|((_, _, body), reached)| {
                 (body.contains(&format!("\"{long}\""))
                     || short
                         .as_ref()
                         .is_some_and(|s| body.contains(&format!("\"{s}\""))))
-                    && words.iter().all(|w| body.contains(w.as_str()))
+                    && words.iter().all(|w| reached.contains(w.as_str()))
             })
+            .map(|(f, _)| f)
             .map(|(f, n, _)| format!("{}::{n}", f.trim_end_matches(".rs")))
             .collect();
         by.sort();

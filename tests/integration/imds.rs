@@ -337,3 +337,68 @@ async fn endpoints_are_loopback_only() {
             .is_err()
     );
 }
+
+/// A front for the service that forwards everything and keeps what the client sent.
+async fn recording_front(upstream: SocketAddr) -> (SocketAddr, Arc<std::sync::Mutex<String>>) {
+    let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = l.local_addr().unwrap();
+    let seen = Arc::new(std::sync::Mutex::new(String::new()));
+    let log = seen.clone();
+    tokio::spawn(async move {
+        loop {
+            let (mut down, _) = l.accept().await.unwrap();
+            let log = log.clone();
+            tokio::spawn(async move {
+                let mut up = TcpStream::connect(upstream).await.unwrap();
+                let (mut buf, mut back) = (vec![0u8; 65536], vec![0u8; 65536]);
+                loop {
+                    tokio::select! {
+                        n = down.read(&mut buf) => {
+                            let n = match n { Ok(0) | Err(_) => return, Ok(n) => n };
+                            log.lock().unwrap().push_str(&String::from_utf8_lossy(&buf[..n]));
+                            if up.write_all(&buf[..n]).await.is_err() { return; }
+                        }
+                        n = up.read(&mut back) => {
+                            let n = match n { Ok(0) | Err(_) => return, Ok(n) => n };
+                            if down.write_all(&back[..n]).await.is_err() { return; }
+                        }
+                    }
+                }
+            });
+        }
+    });
+    (addr, seen)
+}
+
+#[tokio::test]
+async fn token_ttl_is_the_lifetime_asked_for() {
+    let server = server_on("127.0.0.1:0").await;
+    let (front, seen) = recording_front(server.addrs()[0]).await;
+    let ep = front.to_string();
+    let (o, _) = get(&["instance-id", "--endpoint", &ep, "--token-ttl", "60"]).await;
+    assert!(o.status.success(), "{}", stderr(&o));
+    let sent = seen.lock().unwrap().to_ascii_lowercase();
+    let put = sent
+        .split("put /latest/api/token")
+        .nth(1)
+        .expect("a token request");
+    let head = put.split("\r\n\r\n").next().unwrap();
+    assert!(
+        head.contains(&format!("{}: 60\r\n", TTL_HEADER.to_ascii_lowercase())),
+        "{head}"
+    );
+    // The default is the longest lifetime the service allows.
+    seen.lock().unwrap().clear();
+    let (o, _) = get(&["instance-id", "--endpoint", &ep]).await;
+    assert!(o.status.success(), "{}", stderr(&o));
+    let sent = seen.lock().unwrap().to_ascii_lowercase();
+    assert!(
+        sent.contains(&format!("{}: 21600\r\n", TTL_HEADER.to_ascii_lowercase())),
+        "{sent}"
+    );
+    // Out of the service's range: refused before anything is sent.
+    seen.lock().unwrap().clear();
+    let (o, _) = get(&["instance-id", "--endpoint", &ep, "--token-ttl", "21601"]).await;
+    assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
+    assert!(seen.lock().unwrap().is_empty());
+}

@@ -11,6 +11,7 @@ mod compat;
 mod diff;
 mod faults;
 mod flag_coverage;
+mod flags;
 mod history;
 mod hostile;
 mod hostile_table;

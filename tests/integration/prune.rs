@@ -1424,3 +1424,308 @@ async fn deprecate_sets_times_on_an_image_and_its_copies_and_on_older_series_mem
             .is_some()
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn managed_max_age_price_and_disable_after_change_what_is_pruned() {
+    // One region; a managed weekly series (5, 12, 19 and 26 days old) and an unmanaged
+    // one (5 and 40 days old) with the same name pattern. Each image has its own
+    // 10 GiB snapshot.
+    let world = moto_world().await;
+    let c = world.clients().await.in_region("us-east-1");
+    let mut ours = BTreeMap::new();
+    for age in [5, 12, 19, 26] {
+        let s = snapshot(&c, 10, "flags", &[OWNERSHIP], age).await;
+        let name = format!("Flags 1.0-amd64-{} base", days_ago(age).0);
+        ours.insert(age, register(&c, &name, &s, age, true).await);
+    }
+    let mut theirs = BTreeMap::new();
+    for age in [5, 40] {
+        let s = snapshot(&c, 10, "other", &[], age).await;
+        let name = format!("Flags 1.0-arm64-{} base", days_ago(age).0);
+        theirs.insert(age, register(&c, &name, &s, age, false).await);
+    }
+    world.proxy.clear_requests();
+    let plan = |extra: &[&str]| {
+        let mut args = vec![
+            "--output",
+            "json",
+            "prune",
+            "--regions",
+            "us-east-1",
+            "--name",
+            "Flags *",
+            "--keep",
+            "10",
+            "--min-age",
+            "1d",
+            "--skip-orphans",
+        ];
+        args.extend_from_slice(extra);
+        let args: Vec<String> = args.iter().map(|s| s.to_string()).collect();
+        let world = &world;
+        async move {
+            let run = world
+                .run(&args.iter().map(String::as_str).collect::<Vec<_>>())
+                .await;
+            run.assert_ok();
+            serde_json::from_str::<Value>(&run.stdout).unwrap()
+        }
+    };
+    let deleted = |p: &Value| -> BTreeSet<String> {
+        plan_images(p)
+            .into_iter()
+            .filter(|(_, (a, _))| a == "delete")
+            .map(|(id, _)| id)
+            .collect()
+    };
+    // --keep 10 alone deletes nothing; --max-age 20d deletes what is older, in both
+    // series (--name selects regardless of the ownership tag).
+    let p = plan(&[]).await;
+    assert!(deleted(&p).is_empty(), "{p}");
+    assert_eq!(plan_images(&p).len(), 6);
+    let p = plan(&["--max-age", "20d"]).await;
+    assert_eq!(
+        deleted(&p),
+        BTreeSet::from([ours[&26].clone(), theirs[&40].clone()])
+    );
+    // --managed: the unmanaged series is not even a candidate.
+    let p = plan(&["--max-age", "20d", "--managed"]).await;
+    assert_eq!(plan_images(&p).len(), 4, "{p}");
+    assert_eq!(deleted(&p), BTreeSet::from([ours[&26].clone()]));
+    // The estimate: 10 GiB at the default price, then at --price-per-gb-month 0.5.
+    assert_eq!(p["gib_freed"].as_f64(), Some(10.0));
+    assert_eq!(p["usd_per_month"].as_f64(), Some(0.5));
+    let p = plan(&[
+        "--max-age",
+        "20d",
+        "--managed",
+        "--price-per-gb-month",
+        "0.5",
+    ])
+    .await;
+    assert_eq!(p["usd_per_month"].as_f64(), Some(5.0));
+    assert!(mutating(&world).is_empty(), "plans change nothing");
+    // --disable-after 0d --yes: the image the policy lets go is disabled, not deleted.
+    plan(&[
+        "--max-age",
+        "20d",
+        "--managed",
+        "--disable-after",
+        "0d",
+        "--yes",
+    ])
+    .await;
+    let disabled: Vec<String> = params_of(&world, "DisableImage")
+        .into_iter()
+        .map(|p| p["ImageId"].clone())
+        .collect();
+    assert_eq!(disabled, vec![ours[&26].clone()]);
+    assert_eq!(world.proxy.count("DeregisterImage"), 0);
+    let img = c
+        .ec2
+        .describe_images()
+        .image_ids(&ours[&26])
+        .include_disabled(true)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(img.images()[0].state().unwrap().as_str(), "disabled");
+    assert!(
+        image_ids(&c).await.contains(&theirs[&40]),
+        "not managed: untouched"
+    );
+}
+
+/// The faults of a world that behaves like AWS under load: 10 % of the requests prune
+/// makes answered with their service's documented throttling codes, 5 % with a 503.
+fn aws_under_load() -> Vec<FaultRule> {
+    use ec2ami_testkit::proxy::vocabulary;
+    let mut rules = Vec::new();
+    for (service, ops) in [
+        (
+            "ec2",
+            &[
+                "DescribeImages",
+                "DescribeSnapshots",
+                "DeregisterImage",
+                "DeleteSnapshot",
+            ][..],
+        ),
+        ("ssm", &["GetParametersByPath"][..]),
+    ] {
+        let throttles: Vec<_> = vocabulary::retryable(service)
+            .into_iter()
+            .filter(|d| d.code.contains("Throttl") || d.code.contains("Limit"))
+            .collect();
+        assert!(!throttles.is_empty(), "{service} has throttling codes");
+        for d in &throttles {
+            for op in ops {
+                rules.push(FaultRule::with_rate(
+                    Some(op),
+                    Fault::Code(d.code),
+                    0.10 / throttles.len() as f64,
+                ));
+            }
+        }
+    }
+    rules.push(FaultRule::with_rate(None, Fault::Status(503), 0.05));
+    rules
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn under_realism_and_kill_9_at_seeded_points_prune_deletes_exactly_the_plan() {
+    // New images pending for one answer; throttling codes and 5xx; prune killed -9 at
+    // points a seeded RNG picks (printed: EC2AMI_TEST_SEED=N reproduces a run), each
+    // kill landing while a held deletion waits at the proxy; then a last run. The end
+    // is the plan's: exactly the planned images and snapshots gone, each deleted once.
+    let world = World::moto_with(MotoOptions {
+        page_size: Some(4),
+        realism: ec2ami_testkit::Realism {
+            pending_polls: 1,
+            ..Default::default()
+        },
+        ..MotoOptions::default()
+    })
+    .await;
+    let h = history(&world).await;
+    // The history is weeks old: every image's first (pending) answer is behind it, and
+    // the snapshots of its copies are as old as the copies (moto dates them now).
+    let home = world.clients().await;
+    for r in REGIONS {
+        let c = home.in_region(r);
+        let mut images = Vec::new();
+        let mut token = None;
+        loop {
+            let page = c
+                .ec2
+                .describe_images()
+                .owners("self")
+                .set_next_token(token)
+                .send()
+                .await
+                .unwrap();
+            images.extend(page.images().to_vec());
+            token = page.next_token().map(str::to_string);
+            if token.is_none() {
+                break;
+            }
+        }
+        for img in &images {
+            let Some(created) = img
+                .tags()
+                .iter()
+                .find(|t| t.key() == Some(CREATED_AT))
+                .and_then(|t| t.value())
+            else {
+                continue;
+            };
+            for m in img.block_device_mappings() {
+                let Some(snap) = m.ebs().and_then(|e| e.snapshot_id()) else {
+                    continue;
+                };
+                let dated = c
+                    .ec2
+                    .describe_snapshots()
+                    .snapshot_ids(snap)
+                    .send()
+                    .await
+                    .unwrap()
+                    .snapshots()
+                    .iter()
+                    .any(|s| s.tags().iter().any(|t| t.key() == Some(CREATED_AT)));
+                if !dated {
+                    c.ec2
+                        .create_tags()
+                        .resources(snap)
+                        .tags(Tag::builder().key(CREATED_AT).value(created).build())
+                        .send()
+                        .await
+                        .unwrap();
+                }
+            }
+        }
+    }
+    world.proxy.clear_requests();
+    let seed: u64 = std::env::var("EC2AMI_TEST_SEED")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(|| now() as u64);
+    eprintln!("kill points from seed {seed} (EC2AMI_TEST_SEED={seed} reproduces them)");
+    let mut rng = fastrand::Rng::with_seed(seed);
+    world.proxy.set_rules(aws_under_load());
+    let mut kills = 0;
+    for round in 0..3 {
+        let op = ["DeregisterImage", "DeleteSnapshot"][rng.usize(..2)];
+        let after = rng.usize(0..4);
+        let gate = world.proxy.hold(Some(op), after);
+        let mut child = world
+            .ec2ami()
+            .args(prune_args(&["--yes", "--rate", "50"]))
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap();
+        let held = tokio::select! {
+            held = gate.arrived(1, Duration::from_secs(120)) => held,
+            _ = child.wait() => false,
+        };
+        if held {
+            child.start_kill().unwrap(); // SIGKILL
+            kills += 1;
+        }
+        let _ = child.wait().await;
+        gate.open();
+        eprintln!("round {round}: {op} held after {after}: killed: {held}");
+    }
+    let run = world.run(&prune_args(&["--yes", "--rate", "50"])).await;
+    let faults = world
+        .proxy
+        .requests()
+        .iter()
+        .filter(|r| r.fault.is_some())
+        .count();
+    world.proxy.set_rules(vec![]);
+    run.assert_ok();
+    if let Ok(out) = serde_json::from_str::<Value>(&run.stdout) {
+        for r in out["plan"]["regions"].as_array().into_iter().flatten() {
+            eprintln!("last run, {}: orphans {}", r["region"], r["orphans"]);
+        }
+    }
+    assert!(kills >= 1, "no kill landed: the test proves little");
+    assert!(faults >= 5, "only {faults} faults: the test proves little");
+    // What is left is the plan's, in moto; each deletion was answered once.
+    for r in REGIONS {
+        let c = home.in_region(r);
+        let want: BTreeSet<String> = h.images_before[r]
+            .iter()
+            .filter(|id| !h.delete.contains(*id))
+            .cloned()
+            .collect();
+        assert_eq!(image_ids(&c).await, want, "images left in {r}");
+        let want: BTreeSet<String> = h.snaps_before[r]
+            .iter()
+            .filter(|id| !h.delete_snaps.contains(*id))
+            .cloned()
+            .collect();
+        assert_eq!(snapshot_ids(&c).await, want, "snapshots left in {r}");
+    }
+    for (op, key, want) in [
+        ("DeregisterImage", "ImageId", &h.delete),
+        ("DeleteSnapshot", "SnapshotId", &h.delete_snaps),
+    ] {
+        let done = succeeded(&world, op, key);
+        let set: BTreeSet<String> = done.iter().cloned().collect();
+        assert!(set.is_subset(want), "{op}: {set:?} not all planned");
+        assert_eq!(
+            done.len(),
+            set.len(),
+            "{op}: something deleted twice: {done:?}"
+        );
+    }
+    // Nothing but deletions changed anything.
+    let other: Vec<String> = mutating(&world)
+        .into_iter()
+        .filter(|op| op != "DeregisterImage" && op != "DeleteSnapshot")
+        .collect();
+    assert!(other.is_empty(), "unexpected mutating requests: {other:?}");
+}

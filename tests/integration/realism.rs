@@ -800,3 +800,90 @@ async fn a_four_image_release_to_five_regions_under_realism() {
         "no new image in the source region"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn block_public_access_changes_take_effect_late_and_publish_copes() {
+    // AWS: an Enable/DisableImageBlockPublicAccess is in force "within 10 minutes";
+    // until then the old state holds. The world: 5 s.
+    let world = World::moto_with(MotoOptions {
+        realism: Realism {
+            bpa_delay: Duration::from_secs(5),
+            ..Realism::default()
+        },
+        ..MotoOptions::default()
+    })
+    .await;
+    let dir = world.dir.path();
+    sparse_file(
+        &dir.join("bpa.raw"),
+        4 * MIB,
+        &[(0, random_bytes(90, MIB as usize))],
+    );
+    let rel = dir.join("release.toml");
+    std::fs::write(
+        &rel,
+        "regions = [\"us-east-1\"]\npublic = true\n\n[[image]]\npath = \"bpa.raw\"\n\
+         arch = \"x86_64\"\nname = \"BPA 1.0\"\nboot_mode = \"uefi\"\n",
+    )
+    .unwrap();
+    let c = world.clients().await;
+    let state = || async {
+        c.ec2
+            .get_image_block_public_access_state()
+            .send()
+            .await
+            .unwrap()
+            .image_block_public_access_state()
+            .unwrap()
+            .to_string()
+    };
+    // Polls the world until the state is `want` (a condition, not a duration).
+    let until = |want: &'static str| async move {
+        let t0 = std::time::Instant::now();
+        while state().await != want {
+            assert!(t0.elapsed() < Duration::from_secs(120), "never {want}");
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    };
+    c.ec2
+        .enable_image_block_public_access()
+        .image_block_public_access_state(
+            aws_sdk_ec2::types::ImageBlockPublicAccessEnabledState::BlockNewSharing,
+        )
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(state().await, "unblocked", "not in force yet");
+    until("block-new-sharing").await;
+    // In force: the publish refuses before it changes anything, naming the fix.
+    world.proxy.clear_requests();
+    let refused = world.run(&["publish", rel.to_str().unwrap()]).await;
+    refused.assert_failed_with("block public access for AMIs is on");
+    assert!(mutating(&world).is_empty(), "{:?}", mutating(&world));
+    // Turned off, but not yet in force: still refused, saying it takes a while.
+    c.ec2
+        .disable_image_block_public_access()
+        .send()
+        .await
+        .unwrap();
+    world.proxy.clear_requests();
+    let still = world.run(&["publish", rel.to_str().unwrap()]).await;
+    let in_force = state().await;
+    if in_force == "block-new-sharing" {
+        still.assert_failed_with("takes up to 10 minutes");
+        assert!(mutating(&world).is_empty(), "{:?}", mutating(&world));
+        until("unblocked").await;
+    } else {
+        // The machine was slow enough for the change to land during the run.
+        eprintln!("the change took effect during the publish");
+    }
+    // In force: the publish makes the image public, read back.
+    let done = world.run(&["publish", rel.to_str().unwrap()]).await;
+    done.assert_ok();
+    let s = seen(&world, &["us-east-1"], 0).await;
+    let (id, _) = &s.images["us-east-1"]["BPA 1.0"];
+    assert_eq!(
+        permissions(&world, "us-east-1", id).await,
+        vec!["group:Some(All)".to_string()]
+    );
+}

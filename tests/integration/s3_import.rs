@@ -367,6 +367,25 @@ async fn manifest_write_then_verify_and_altered_parts_are_refused() {
         .filter(|r| r.method == "GET")
         .count();
     assert_eq!(gets, 3, "one GET per part");
+    // --workers 1: one part fetched at a time (held at the proxy until let go: the
+    // second does not come while the first waits).
+    let gate = world.proxy.hold(Some("Unknown"), 0);
+    let mut cmd = world.ec2ami();
+    cmd.args([
+        "manifest",
+        "verify",
+        out.to_str().unwrap(),
+        "--workers",
+        "1",
+    ]);
+    let task = tokio::spawn(async move { Run::from(cmd.output().await.unwrap()) });
+    assert!(
+        gate.arrived(1, std::time::Duration::from_secs(60)).await,
+        "a part fetch arrives"
+    );
+    assert!(!gate.arrived(2, std::time::Duration::from_millis(500)).await);
+    gate.open();
+    task.await.unwrap().assert_ok();
 
     // A part changed in S3 (same length, one byte different) is refused by name.
     let key1 = parts[1]
