@@ -121,10 +121,10 @@ pub fn is_region(s: &str) -> bool {
         [a, p, d, n] => (*a, Some(*p), *d, *n),
         _ => return false,
     };
-    if let Some(p) = partition {
-        if !(p == "gov" || (p.starts_with("iso") && p.bytes().all(|b| b.is_ascii_lowercase()))) {
-            return false;
-        }
+    if let Some(p) = partition
+        && !(p == "gov" || (p.starts_with("iso") && p.bytes().all(|b| b.is_ascii_lowercase())))
+    {
+        return false;
     }
     REGION_AREAS.contains(&area)
         && REGION_DIRECTIONS.contains(&direction)

@@ -8,9 +8,7 @@ use serde::Serialize;
 use super::{Failure, GlobalArgs};
 use ec2ami::bench::{self, Phase, PhaseSummary};
 use ec2ami::history::check::{self, CheckOptions};
-use ec2ami::history::{
-    self, Benchmark, BuildInfo, Selection, dashed, import, is_yyyymmdd, report,
-};
+use ec2ami::history::{self, Benchmark, BuildInfo, Selection, dashed, import, is_yyyymmdd, report};
 use ec2ami::state::now_epoch;
 
 /// What build an AMI is, given on the command line (each overrides what the AMI's

@@ -217,9 +217,15 @@ pub async fn publish(g: &GlobalArgs, a: &PublishArgs) -> Result<(), Failure> {
             .index_dir
             .clone()
             .unwrap_or_else(snapshot::default_index_dir);
-        let plan =
-            plan::plan_with(&clients, &release, journal.as_ref(), a.replace, &g.retry(), &index_dir)
-                .await?;
+        let plan = plan::plan_with(
+            &clients,
+            &release,
+            journal.as_ref(),
+            a.replace,
+            &g.retry(),
+            &index_dir,
+        )
+        .await?;
         g.print(&plan, || plan.render());
         let blocking = plan.blocking();
         if !blocking.is_empty() {

@@ -786,6 +786,15 @@ impl Job<'_> {
                 .value(image.size().to_string())
                 .build(),
         ];
+        // The lineage, for prune's storage figures (a child is billed for its own blocks).
+        if let Some(p) = parent {
+            tags.push(
+                Tag::builder()
+                    .key(tags::PARENT_SNAPSHOT)
+                    .value(&p.id)
+                    .build(),
+            );
+        }
         tags.extend(
             opts.tags
                 .iter()

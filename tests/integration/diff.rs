@@ -76,7 +76,7 @@ fn data_blocks(path: &Path) -> u64 {
     blocks.len() as u64
 }
 
-fn partition<'a>(report: &'a serde_json::Value, index: u64) -> &'a serde_json::Value {
+fn partition(report: &serde_json::Value, index: u64) -> &serde_json::Value {
     report["partitions"]
         .as_array()
         .unwrap()

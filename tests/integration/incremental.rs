@@ -97,6 +97,14 @@ async fn incremental_round_trip(world: &World) {
     let body: serde_json::Value = serde_json::from_slice(start.body.as_deref().unwrap()).unwrap();
     assert_eq!(body["ParentSnapshotId"], parent.as_str());
     assert!(body.get("Encrypted").is_none());
+    // The lineage is tagged for prune's storage figures.
+    let lineage = body["Tags"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|t| t["Key"] == "ec2ami:parent-snapshot")
+        .map(|t| t["Value"].clone());
+    assert_eq!(lineage, Some(serde_json::Value::from(parent.as_str())));
     let out = world.path("v2.out");
     world.download(&child, &out).await;
     assert_same_content(&v2, &out);

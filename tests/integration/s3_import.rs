@@ -530,7 +530,14 @@ async fn ctrl_c_during_an_import_cancels_the_task_and_empties_the_bucket() {
     let gate = world.proxy.hold(Some("DescribeConversionTasks"), 0);
     let child = world
         .ec2ami()
-        .args(["upload", raw.to_str().unwrap(), "--via", "s3", "--bucket", BUCKET])
+        .args([
+            "upload",
+            raw.to_str().unwrap(),
+            "--via",
+            "s3",
+            "--bucket",
+            BUCKET,
+        ])
         .stdout(std::process::Stdio::piped())
         .stderr(std::process::Stdio::piped())
         .spawn()
@@ -556,7 +563,10 @@ async fn ctrl_c_during_an_import_cancels_the_task_and_empties_the_bucket() {
     assert_eq!(world.proxy.count("CancelConversionTask"), 1);
     assert!(keys(&s3).await.is_empty(), "parts and manifest deleted");
     assert_eq!(world.proxy.count("CreateSnapshot"), 0);
-    assert!(world.our_snapshots().await.is_empty(), "nothing imported left");
+    assert!(
+        world.our_snapshots().await.is_empty(),
+        "nothing imported left"
+    );
 }
 
 #[tokio::test]
