@@ -7,6 +7,7 @@ mod bench;
 mod boot;
 mod common;
 mod compat;
+mod ec2test;
 mod faults;
 mod flag_coverage;
 mod history;
