@@ -131,8 +131,11 @@ fn spawn(
     tokio::sync::mpsc::UnboundedReceiver<String>,
     tokio::task::JoinHandle<String>,
 ) {
+    let tmp = world.path("tmp");
+    std::fs::create_dir_all(&tmp).unwrap();
     let mut child = world
         .ec2ami()
+        .env("TMPDIR", &tmp)
         .args(args)
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
@@ -356,7 +359,7 @@ async fn a_test_on_moto_runs_the_checks_on_a_booted_guest_keeps_the_console_and_
     assert_eq!(key_names_on_wire(&world, "DeleteKeyPair"), [key_name.clone()]);
     assert!(!key_pairs(&world).await.contains(&key_name));
     // The private key is never printed.
-    let private = std::fs::read_dir(std::env::temp_dir())
+    let private = std::fs::read_dir(world.path("tmp"))
         .unwrap()
         .flatten()
         .filter(|e| e.file_name().to_string_lossy().starts_with("ec2ami-test-"))
