@@ -116,7 +116,9 @@ async fn main() {
                 capture: None,
             };
             let s = std::time::SystemTime::now();
-            let r = bench::run(&c, &db, &opts, std::future::pending()).await.unwrap();
+            let r = bench::run(&c, &db, &opts, std::future::pending())
+                .await
+                .unwrap();
             assert_eq!(r.problems(), Vec::<String>::new());
             bench_minutes.push(s.elapsed().unwrap().as_secs_f64() / 60.0);
         }
@@ -153,7 +155,11 @@ async fn main() {
         .unwrap();
     let test_wall = t1.elapsed().as_secs_f64();
     assert!(r.passed(), "{}", ec2test::matrix_table(&r));
-    let per_test: Vec<f64> = r.cells.iter().filter_map(|c| c.instance_minutes()).collect();
+    let per_test: Vec<f64> = r
+        .cells
+        .iter()
+        .filter_map(|c| c.instance_minutes())
+        .collect();
     assert_eq!(per_test.len(), 2 * n);
     let total = r.instance_minutes();
     let bench_total: f64 = bench_minutes.iter().sum();

@@ -472,15 +472,18 @@ pub async fn import_key_pair(
         )
         .build();
     retry
-        .send(&Call::new("ImportKeyPair", clients.region()).on(name), || {
-            clients
-                .ec2
-                .import_key_pair()
-                .key_name(name)
-                .public_key_material(Blob::new(public_key.as_bytes()))
-                .tag_specifications(tags.clone())
-                .send()
-        })
+        .send(
+            &Call::new("ImportKeyPair", clients.region()).on(name),
+            || {
+                clients
+                    .ec2
+                    .import_key_pair()
+                    .key_name(name)
+                    .public_key_material(Blob::new(public_key.as_bytes()))
+                    .tag_specifications(tags.clone())
+                    .send()
+            },
+        )
         .await?;
     Ok(())
 }
@@ -493,9 +496,10 @@ pub async fn delete_key_pair(
     retry: &RetryPolicy,
 ) -> Result<(), AwsError> {
     let r = retry
-        .send(&Call::new("DeleteKeyPair", clients.region()).on(name), || {
-            clients.ec2.delete_key_pair().key_name(name).send()
-        })
+        .send(
+            &Call::new("DeleteKeyPair", clients.region()).on(name),
+            || clients.ec2.delete_key_pair().key_name(name).send(),
+        )
         .await;
     match r {
         Ok(_) => Ok(()),

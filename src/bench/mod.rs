@@ -524,9 +524,7 @@ async fn capture_frames(
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tick.tick().await;
-        let shot =
-            crate::aws::ec2::console_screenshot(ctx.fleet.clients, instance_id, &once)
-                .await;
+        let shot = crate::aws::ec2::console_screenshot(ctx.fleet.clients, instance_id, &once).await;
         match shot {
             Ok(png) => {
                 let p = dir.join(format!("frame-{:04}.png", *frames + 1));
@@ -550,19 +548,25 @@ async fn finish_capture(
 ) -> RunCapture {
     let retry = &ctx.opts.retry;
     let _ = std::fs::create_dir_all(dir);
-    if let Ok(png) = crate::aws::ec2::console_screenshot(ctx.fleet.clients, instance_id, retry).await
+    if let Ok(png) =
+        crate::aws::ec2::console_screenshot(ctx.fleet.clients, instance_id, retry).await
         && std::fs::write(dir.join(format!("frame-{:04}.png", frames + 1)), png).is_ok()
     {
         frames += 1;
     }
-    let console_output = match crate::aws::ec2::console_output(ctx.fleet.clients, instance_id, retry).await {
-        Ok(text) => std::fs::write(dir.join("console.txt"), text).is_ok(),
-        Err(e) => {
-            tracing::warn!("console output of {instance_id}: {e}");
-            false
-        }
+    let console_output =
+        match crate::aws::ec2::console_output(ctx.fleet.clients, instance_id, retry).await {
+            Ok(text) => std::fs::write(dir.join("console.txt"), text).is_ok(),
+            Err(e) => {
+                tracing::warn!("console output of {instance_id}: {e}");
+                false
+            }
+        };
+    let video = if frames > 0 {
+        make_video(dir, interval).await
+    } else {
+        None
     };
-    let video = if frames > 0 { make_video(dir, interval).await } else { None };
     RunCapture {
         run: 0,
         dir: dir.to_owned(),
@@ -579,7 +583,12 @@ async fn make_video(dir: &std::path::Path, interval: Duration) -> Option<std::pa
     let r = tokio::process::Command::new("ffmpeg")
         .args(["-loglevel", "error", "-y", "-framerate", &rate, "-i"])
         .arg(dir.join("frame-%04d.png"))
-        .args(["-vf", "pad=ceil(iw/2)*2:ceil(ih/2)*2", "-pix_fmt", "yuv420p"])
+        .args([
+            "-vf",
+            "pad=ceil(iw/2)*2:ceil(ih/2)*2",
+            "-pix_fmt",
+            "yuv420p",
+        ])
         .arg(&out)
         .stdin(std::process::Stdio::null())
         .kill_on_drop(true)

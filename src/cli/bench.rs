@@ -247,7 +247,11 @@ fn bench_text(r: &BenchReport) -> String {
             "\nrun {}: {} screenshot(s){}{} in {}",
             c.run,
             c.frames,
-            if c.console_output { ", console output" } else { "" },
+            if c.console_output {
+                ", console output"
+            } else {
+                ""
+            },
             if c.video.is_some() { ", boot.mp4" } else { "" },
             c.dir.display()
         ));

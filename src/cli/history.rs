@@ -572,8 +572,8 @@ pub async fn report_cmd(g: &GlobalArgs, a: &ReportArgs) -> Result<(), Failure> {
     let summary = tokio::task::spawn_blocking(move || {
         report::write_report_with_tests(&series, &tests, &out, &opts, &generated)
     })
-            .await
-            .map_err(|e| fail(format!("report: {e}")))??;
+    .await
+    .map_err(|e| fail(format!("report: {e}")))??;
     g.print(&summary, || summary.index.display().to_string());
     Ok(())
 }

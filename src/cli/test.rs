@@ -93,8 +93,7 @@ struct TestOutput<'a> {
 /// Read `--user-data` and check it as the image will read it (`ec2ami userdata
 /// --check`): refused when over EC2's limit or when the checker finds an error.
 pub(crate) fn read_checked_user_data(p: &std::path::Path) -> Result<Vec<u8>, Failure> {
-    let data =
-        std::fs::read(p).map_err(|e| fail(format!("user data {}: {e}", p.display())))?;
+    let data = std::fs::read(p).map_err(|e| fail(format!("user data {}: {e}", p.display())))?;
     if data.len() > ec2ami::userdata::LIMIT_BYTES {
         return Err(fail(format!(
             "user data {}: {} bytes, more than EC2's limit of {} bytes",

@@ -181,7 +181,10 @@ impl TestReport {
 
     /// Instance-minutes of the whole run.
     pub fn instance_minutes(&self) -> f64 {
-        self.cells.iter().filter_map(CellReport::instance_minutes).sum()
+        self.cells
+            .iter()
+            .filter_map(CellReport::instance_minutes)
+            .sum()
     }
 }
 
@@ -253,8 +256,7 @@ fn validate(opts: &TestOptions) -> Result<(), TestError> {
     if opts.targets.is_empty() {
         return Err(TestError::Invalid("no AMI to test".into()));
     }
-    if opts.instance_types.is_empty() || opts.instance_types.iter().any(|t| t.trim().is_empty())
-    {
+    if opts.instance_types.is_empty() || opts.instance_types.iter().any(|t| t.trim().is_empty()) {
         return Err(TestError::Invalid(
             "--instance-type needs at least one instance type (T[,T...])".into(),
         ));
@@ -298,11 +300,12 @@ pub async fn run(
         })?;
     {
         use std::os::unix::fs::PermissionsExt;
-        std::fs::set_permissions(workdir.path(), std::fs::Permissions::from_mode(0o700))
-            .map_err(|source| TestError::Io {
+        std::fs::set_permissions(workdir.path(), std::fs::Permissions::from_mode(0o700)).map_err(
+            |source| TestError::Io {
                 what: "securing the temporary directory".into(),
                 source,
-            })?;
+            },
+        )?;
     }
     let key_name = format!("ec2ami-test-{}", uuid::Uuid::new_v4().simple());
     let key = ssh::generate_key(workdir.path(), &key_name).await?;
@@ -502,28 +505,24 @@ async fn exercise(
         cell.verdict = v;
         cell.error = Some(e);
     };
-    let (running_at, addr) = match launch::wait_running(
-        clients,
-        &launched.instance_id,
-        false,
-        &opts.poll,
-        deadline,
-    )
-    .await
-    {
-        Ok(r) => r,
-        Err(PollError::TimedOut) => {
-            let e = format!("not running within {}", human(opts.timeout));
-            return fail(cell, &marks, Verdict::TimedOut, e);
-        }
-        Err(PollError::Died(m)) => return fail(cell, &marks, Verdict::Failed, m),
-        Err(PollError::Aws(e)) => return fail(cell, &marks, Verdict::Failed, e.to_string()),
-    };
+    let (running_at, addr) =
+        match launch::wait_running(clients, &launched.instance_id, false, &opts.poll, deadline)
+            .await
+        {
+            Ok(r) => r,
+            Err(PollError::TimedOut) => {
+                let e = format!("not running within {}", human(opts.timeout));
+                return fail(cell, &marks, Verdict::TimedOut, e);
+            }
+            Err(PollError::Died(m)) => return fail(cell, &marks, Verdict::Failed, m),
+            Err(PollError::Aws(e)) => return fail(cell, &marks, Verdict::Failed, e.to_string()),
+        };
     marks.running = Some(secs(running_at));
-    let target = opts
-        .connect_to
-        .unwrap_or_else(|| SocketAddr::new(addr, 22));
-    tracing::debug!("{} running at {addr}; SSH at {target}", launched.instance_id);
+    let target = opts.connect_to.unwrap_or_else(|| SocketAddr::new(addr, 22));
+    tracing::debug!(
+        "{} running at {addr}; SSH at {target}",
+        launched.instance_id
+    );
     let Some((at, banner)) = ssh::wait_for_banner(target, deadline, BANNER_INTERVAL).await else {
         let e = format!("no SSH banner within {}", human(opts.timeout));
         return fail(cell, &marks, Verdict::TimedOut, e);

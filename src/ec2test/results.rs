@@ -44,7 +44,10 @@ pub fn matrix_table(r: &TestReport) -> String {
         "failing check / error".into(),
     ]];
     for c in &r.cells {
-        let open = match (c.phases.get(Phase::RunningToClosed), c.phases.get(Phase::ClosedToOpen)) {
+        let open = match (
+            c.phases.get(Phase::RunningToClosed),
+            c.phases.get(Phase::ClosedToOpen),
+        ) {
             (Some(a), Some(b)) => Some(a + b),
             _ => None,
         };
@@ -178,7 +181,11 @@ pub fn junit_xml(r: &TestReport) -> String {
                 Verdict::Passed => {}
                 Verdict::Failed => o.push_str(&format!(
                     "      <failure message=\"{msg}\" type=\"{}\">{msg}</failure>\n",
-                    if c.failing_check.is_some() { "check" } else { "boot" }
+                    if c.failing_check.is_some() {
+                        "check"
+                    } else {
+                        "boot"
+                    }
                 )),
                 Verdict::TimedOut => o.push_str(&format!(
                     "      <error message=\"{msg}\" type=\"timeout\">{msg}</error>\n"
@@ -200,7 +207,10 @@ pub fn junit_xml(r: &TestReport) -> String {
                         .unwrap_or_else(|| "-".into())
                 ));
             }
-            for (what, p) in [("console output", &c.console_output), ("screenshot", &c.screenshot)] {
+            for (what, p) in [
+                ("console output", &c.console_output),
+                ("screenshot", &c.screenshot),
+            ] {
                 if let Some(p) = p {
                     out.push_str(&format!("{what}: {}\n", p.display()));
                 }
@@ -364,9 +374,17 @@ mod tests {
     #[test]
     fn junit_counts_and_escapes() {
         let x = junit_xml(&report());
-        assert!(x.contains("<testsuites name=\"ec2ami test\" tests=\"2\" failures=\"1\" errors=\"0\""), "{x}");
+        assert!(
+            x.contains("<testsuites name=\"ec2ami test\" tests=\"2\" failures=\"1\" errors=\"0\""),
+            "{x}"
+        );
         assert!(x.contains("<testcase classname=\"us-east-1.ami-0123456789abcdef0\" name=\"m7g.large\" time=\"90.000\">"), "{x}");
-        assert!(x.contains("<failure message=\"1 of 1 check(s) failed: `x &lt;y&gt;`\" type=\"check\">"), "{x}");
+        assert!(
+            x.contains(
+                "<failure message=\"1 of 1 check(s) failed: `x &lt;y&gt;`\" type=\"check\">"
+            ),
+            "{x}"
+        );
         assert_eq!(x.matches("<failure").count(), 1);
         assert!(x.contains("console output: /r/c.txt"));
     }
@@ -377,7 +395,10 @@ mod tests {
         let t = matrix_table(&r);
         assert!(t.lines().nth(2).unwrap().contains("FAIL"), "{t}");
         assert!(t.lines().nth(2).unwrap().ends_with("`x <y>`"), "{t}");
-        assert!(t.contains("1 of 2 test(s) passed; 3.00 instance-minutes"), "{t}");
+        assert!(
+            t.contains("1 of 2 test(s) passed; 3.00 instance-minutes"),
+            "{t}"
+        );
     }
 
     #[test]

@@ -172,7 +172,9 @@ pub fn test_matrix_html(tests: &[TestCell]) -> String {
             for ty in &types {
                 let newest = cells
                     .iter()
-                    .filter(|c| c.region == *region && c.image_id == *image && c.instance_type == *ty)
+                    .filter(|c| {
+                        c.region == *region && c.image_id == *image && c.instance_type == *ty
+                    })
                     .max_by_key(|c| c.measured_at);
                 match newest {
                     None => h.push_str("<td class=\"untested\">&ndash;</td>"),

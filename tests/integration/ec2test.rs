@@ -338,7 +338,11 @@ async fn a_test_on_moto_runs_the_checks_on_a_booted_guest_keeps_the_console_and_
     assert_eq!(pass["screenshot"], Value::Null);
     assert_eq!(fail["verdict"], "failed");
     assert_eq!(fail["failing_check"], once);
-    assert!(run.stderr.contains("1 of 2 test(s) did not pass"), "{}", run.stderr);
+    assert!(
+        run.stderr.contains("1 of 2 test(s) did not pass"),
+        "{}",
+        run.stderr
+    );
     // A failure keeps the console output (the guest's, through GetConsoleOutput) and a
     // screenshot, with the run.
     let kept = Path::new(fail["console_output"].as_str().unwrap());
@@ -355,8 +359,14 @@ async fn a_test_on_moto_runs_the_checks_on_a_booted_guest_keeps_the_console_and_
     assert!(xml.contains("tests=\"2\" failures=\"1\""), "{xml}");
     assert!(xml.contains("type=\"check\""), "{xml}");
     // The key pair: imported once, deleted once, on the wire and in moto.
-    assert_eq!(key_names_on_wire(&world, "ImportKeyPair"), [key_name.clone()]);
-    assert_eq!(key_names_on_wire(&world, "DeleteKeyPair"), [key_name.clone()]);
+    assert_eq!(
+        key_names_on_wire(&world, "ImportKeyPair"),
+        [key_name.clone()]
+    );
+    assert_eq!(
+        key_names_on_wire(&world, "DeleteKeyPair"),
+        [key_name.clone()]
+    );
     assert!(!key_pairs(&world).await.contains(&key_name));
     // The private key is never printed.
     let private = std::fs::read_dir(world.path("tmp"))
@@ -379,9 +389,7 @@ async fn a_test_on_moto_runs_the_checks_on_a_booted_guest_keeps_the_console_and_
     // The report's test matrix, in headless Chromium: a green and a red cell, the red
     // one linking its console output and screenshot, which load from the page.
     let out = world.path("report");
-    let report = world
-        .run(&["report", "--out", out.to_str().unwrap()])
-        .await;
+    let report = world.run(&["report", "--out", out.to_str().unwrap()]).await;
     report.assert_ok();
     let index = out.join("index.html");
     let url = format!("file://{}", index.display());
@@ -464,7 +472,11 @@ async fn capture_keeps_the_console_and_a_screenshot_of_a_passing_test() {
     assert!(doc["instance_minutes"].as_f64().unwrap() > 0.0);
     let history = world.run(&["--output", "json", "history", "list"]).await;
     history.assert_ok();
-    assert!(!history.stdout.contains(&ami), "--no-history: {}", history.stdout);
+    assert!(
+        !history.stdout.contains(&ami),
+        "--no-history: {}",
+        history.stdout
+    );
     assert_eq!(key_names_on_wire(&world, "DeleteKeyPair").len(), 1);
     assert_all_terminated(&world, 1).await;
 }
@@ -503,7 +515,10 @@ async fn sigint_mid_test_leaves_no_instance_no_key_pair_and_exits_130() {
     assert!(run.stderr.contains("interrupted"), "{}", run.stderr);
     assert_all_terminated(&world, 1).await;
     assert!(!key_pairs(&world).await.contains(&key_name));
-    assert_eq!(key_names_on_wire(&world, "DeleteKeyPair"), [key_name.clone()]);
+    assert_eq!(
+        key_names_on_wire(&world, "DeleteKeyPair"),
+        [key_name.clone()]
+    );
     // No process of it is left (ec2ami test starts no QEMU; ssh and its probes are
     // gone), and no temporary directory with the private key.
     assert!(processes_mentioning(&key_name).is_empty());
@@ -551,7 +566,11 @@ async fn a_killed_test_is_cleaned_up_at_the_next_start_and_bad_input_is_refused(
         ])
         .await;
     assert_ne!(next.code, Some(0), "{}", next.stderr);
-    assert!(next.stderr.contains("an earlier run left running"), "{}", next.stderr);
+    assert!(
+        next.stderr.contains("an earlier run left running"),
+        "{}",
+        next.stderr
+    );
     assert!(next.stderr.contains(&key_name), "{}", next.stderr);
     let doc: Value = serde_json::from_str(&next.stdout).unwrap();
     assert_eq!(doc["cells"][0]["verdict"], "timed_out");
@@ -565,7 +584,12 @@ async fn a_killed_test_is_cleaned_up_at_the_next_start_and_bad_input_is_refused(
     world.proxy.clear_requests();
     for (args, want) in [
         (
-            vec!["test", "ami-0123456789abcdef0", "--instance-type", "t3.micro"],
+            vec![
+                "test",
+                "ami-0123456789abcdef0",
+                "--instance-type",
+                "t3.micro",
+            ],
             "not found",
         ),
         (
