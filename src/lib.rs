@@ -16,6 +16,7 @@ pub mod ami;
 pub mod aws;
 pub mod bench;
 pub mod boot;
+pub mod ec2test;
 pub mod history;
 pub mod image;
 pub mod imds;

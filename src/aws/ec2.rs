@@ -473,3 +473,124 @@ mod tests {
         );
     }
 }
+
+/// Import an OpenSSH public key as key pair `name`, tagged as ec2ami's.
+pub async fn import_key_pair(
+    clients: &Clients,
+    name: &str,
+    public_key: &str,
+    retry: &RetryPolicy,
+) -> Result<(), AwsError> {
+    use aws_sdk_ec2::primitives::Blob;
+    use aws_sdk_ec2::types::{ResourceType, TagSpecification};
+    let tags = TagSpecification::builder()
+        .resource_type(ResourceType::KeyPair)
+        .tags(
+            Tag::builder()
+                .key(super::tags::OWNERSHIP)
+                .value(super::tags::OWNERSHIP_VALUE)
+                .build(),
+        )
+        .build();
+    retry
+        .send(
+            &Call::new("ImportKeyPair", clients.region()).on(name),
+            || {
+                clients
+                    .ec2
+                    .import_key_pair()
+                    .key_name(name)
+                    .public_key_material(Blob::new(public_key.as_bytes()))
+                    .tag_specifications(tags.clone())
+                    .send()
+            },
+        )
+        .await?;
+    Ok(())
+}
+
+/// Delete key pair `name` (already gone is success: EC2 answers success for an
+/// unknown name, moto and older answers NotFound).
+pub async fn delete_key_pair(
+    clients: &Clients,
+    name: &str,
+    retry: &RetryPolicy,
+) -> Result<(), AwsError> {
+    let r = retry
+        .send(
+            &Call::new("DeleteKeyPair", clients.region()).on(name),
+            || clients.ec2.delete_key_pair().key_name(name).send(),
+        )
+        .await;
+    match r {
+        Ok(_) => Ok(()),
+        Err(e) if e.has_code("InvalidKeyPair.NotFound") => Ok(()),
+        Err(e) => Err(e),
+    }
+}
+
+/// The instance's console output, the latest (GetConsoleOutput with Latest, as Nitro
+/// instances answer it), decoded; empty when there is none yet.
+pub async fn console_output(
+    clients: &Clients,
+    instance_id: &str,
+    retry: &RetryPolicy,
+) -> Result<String, AwsError> {
+    use base64::Engine;
+    let out = retry
+        .send(
+            &Call::new("GetConsoleOutput", clients.region()).on(instance_id),
+            || {
+                clients
+                    .ec2
+                    .get_console_output()
+                    .instance_id(instance_id)
+                    .latest(true)
+                    .send()
+            },
+        )
+        .await?;
+    let encoded = out.output().unwrap_or_default();
+    let bytes = base64::engine::general_purpose::STANDARD
+        .decode(encoded.trim())
+        .map_err(|e| {
+            AwsError::local(
+                "GetConsoleOutput",
+                super::ErrorClass::Permanent,
+                format!("the console output is not base64: {e}"),
+            )
+        })?;
+    Ok(String::from_utf8_lossy(&bytes).into_owned())
+}
+
+/// A screenshot of the instance's screen (GetConsoleScreenshot), as image bytes (PNG
+/// or JPEG, as EC2 sends it).
+pub async fn console_screenshot(
+    clients: &Clients,
+    instance_id: &str,
+    retry: &RetryPolicy,
+) -> Result<Vec<u8>, AwsError> {
+    use base64::Engine;
+    let out = retry
+        .send(
+            &Call::new("GetConsoleScreenshot", clients.region()).on(instance_id),
+            || {
+                clients
+                    .ec2
+                    .get_console_screenshot()
+                    .instance_id(instance_id)
+                    .wake_up(true)
+                    .send()
+            },
+        )
+        .await?;
+    base64::engine::general_purpose::STANDARD
+        .decode(out.image_data().unwrap_or_default().trim())
+        .map_err(|e| {
+            AwsError::local(
+                "GetConsoleScreenshot",
+                super::ErrorClass::Permanent,
+                format!("the screenshot is not base64: {e}"),
+            )
+        })
+}

@@ -35,6 +35,8 @@ pub struct LaunchSpec {
     pub user_data: Option<Vec<u8>>,
     /// Ask for an IPv6 address and probe it instead of the public IPv4 address.
     pub ipv6: bool,
+    /// The key pair whose public key the instance gets (`ec2ami test`'s ephemeral one).
+    pub key_name: Option<String>,
 }
 
 /// How to watch DescribeInstances.
@@ -120,7 +122,8 @@ pub async fn run_instance(
                 .instance_initiated_shutdown_behavior(ShutdownBehavior::Terminate)
                 .tag_specifications(tags.clone())
                 .set_subnet_id(spec.subnet.clone())
-                .set_user_data(user_data.clone());
+                .set_user_data(user_data.clone())
+                .set_key_name(spec.key_name.clone());
             if !spec.security_groups.is_empty() {
                 req = req.set_security_group_ids(Some(spec.security_groups.clone()));
             }

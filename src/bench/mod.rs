@@ -86,6 +86,32 @@ pub struct BenchOptions {
     pub retry: RetryPolicy,
     /// Which endpoint and profile the journal entries belong to.
     pub scope: Scope,
+    /// Console screenshots at an interval and the console output, kept per run.
+    pub capture: Option<CaptureOptions>,
+}
+
+/// What `bench --capture` keeps of each run (as ec2-boot-bench's `--bootvideo`).
+#[derive(Debug, Clone)]
+pub struct CaptureOptions {
+    /// Time between two screenshots.
+    pub interval: Duration,
+    /// Where each run's directory goes (`run-N-INSTANCE/`).
+    pub dir: std::path::PathBuf,
+}
+
+/// What was captured of one run.
+#[derive(Debug, Clone, Serialize)]
+pub struct RunCapture {
+    /// The run.
+    pub run: usize,
+    /// Its directory: `frame-NNNN.png`, `console.txt`, `boot.mp4` when ffmpeg exists.
+    pub dir: std::path::PathBuf,
+    /// Screenshots kept.
+    pub frames: usize,
+    /// The console output was kept.
+    pub console_output: bool,
+    /// The video made from the frames (only when ffmpeg is installed).
+    pub video: Option<std::path::PathBuf>,
 }
 
 /// One run's outcome.
@@ -156,6 +182,8 @@ pub struct BenchReport {
     /// Instances that could not be terminated (also left in the journal for
     /// `ec2ami bench --cleanup`). Empty unless AWS refused.
     pub not_terminated: Vec<String>,
+    /// What `capture` kept, per run.
+    pub captures: Vec<RunCapture>,
 }
 
 impl BenchReport {
@@ -210,15 +238,127 @@ pub struct CleanupReport {
     pub errors: Vec<String>,
 }
 
-/// What one run shares with the others.
-struct Ctx<'a> {
+/// Instances launched by this process that must not outlive it: every launch is
+/// journaled before RunInstances is sent and forgotten only once TerminateInstances
+/// was accepted, so [`Fleet::finish_all`] (after Ctrl-C) and [`cleanup`] (after kill
+/// -9) find everything. The boot benchmark and `ec2ami test` launch through it.
+pub(crate) struct Fleet<'a> {
     clients: &'a Clients,
     db: &'a StateDb,
-    opts: &'a BenchOptions,
-    /// Launches not yet terminated: token -> instance id once known.
-    live: Mutex<HashMap<String, Option<String>>>,
-    results: Mutex<Vec<RunResult>>,
+    scope: &'a Scope,
+    retry: &'a RetryPolicy,
+    /// Launches not yet terminated: token -> (region, instance id once known).
+    live: Mutex<HashMap<String, (String, Option<String>)>>,
     not_terminated: Mutex<Vec<String>>,
+}
+
+impl<'a> Fleet<'a> {
+    /// A fleet launching through `clients` (any region: see [`Fleet::launch`]).
+    pub(crate) fn new(
+        clients: &'a Clients,
+        db: &'a StateDb,
+        scope: &'a Scope,
+        retry: &'a RetryPolicy,
+    ) -> Fleet<'a> {
+        Fleet {
+            clients,
+            db,
+            scope,
+            retry,
+            live: Mutex::new(HashMap::new()),
+            not_terminated: Mutex::new(Vec::new()),
+        }
+    }
+
+    /// Journal a launch, then launch `spec` with `clients` (the fleet's, or another
+    /// region's). Returns the launch token and the instance; when RunInstances fails,
+    /// whatever it may have made is terminated before the error is returned.
+    pub(crate) async fn launch(
+        &self,
+        clients: &Clients,
+        spec: &LaunchSpec,
+    ) -> Result<(String, launch::Launched), String> {
+        let token = uuid::Uuid::new_v4().to_string();
+        let region = clients.region().to_string();
+        // Journaled before the request leaves, so no instance can exist that the
+        // journal does not know about.
+        journal::begin(self.db, self.scope, &token, &region)
+            .map_err(|e| format!("not launched: {e}"))?;
+        lock(&self.live).insert(token.clone(), (region.clone(), None));
+        match launch::run_instance(clients, spec, &token, self.retry).await {
+            Err(e) => {
+                // The call may have launched an instance whose answer was lost.
+                self.finish(&token, None).await;
+                Err(e.to_string())
+            }
+            Ok(launched) => {
+                let id = launched.instance_id.clone();
+                if let Err(e) = journal::launched(self.db, &token, &id) {
+                    // The token tag still finds it; carry on.
+                    tracing::warn!("journal: {e}");
+                }
+                lock(&self.live).insert(token.clone(), (region, Some(id)));
+                Ok((token, launched))
+            }
+        }
+    }
+
+    /// Terminate what launch `token` made (the known instance, and any other instance
+    /// carrying its token tag), then clear it from the journal. A failure is reported
+    /// and the journal entry kept.
+    pub(crate) async fn finish(&self, token: &str, instance_id: Option<&str>) {
+        let region = lock(&self.live)
+            .get(token)
+            .map(|(r, _)| r.clone())
+            .unwrap_or_else(|| self.clients.region().to_string());
+        let clients = self.clients.in_region(&region);
+        match terminate_launch(&clients, token, instance_id, 0, self.retry).await {
+            Ok(Outcome::Done(ids)) => {
+                for id in &ids {
+                    tracing::info!("terminated {id}");
+                }
+                if let Err(e) = journal::finished(self.db, token) {
+                    tracing::warn!("journal: {e}");
+                }
+            }
+            Ok(Outcome::NotYetVisible) => tracing::warn!(
+                "launch {token}: no instance visible yet; kept in the journal for `ec2ami bench --cleanup`"
+            ),
+            Err(e) => {
+                let what = instance_id.unwrap_or(token).to_string();
+                tracing::error!(
+                    "could not terminate {what}: {e}; it stays in the journal for `ec2ami bench --cleanup`"
+                );
+                lock(&self.not_terminated).push(what);
+            }
+        }
+        lock(&self.live).remove(token);
+    }
+
+    /// Terminate every launch not finished yet (after the work was dropped mid-way).
+    pub(crate) async fn finish_all(&self) {
+        let live: Vec<(String, Option<String>)> = lock(&self.live)
+            .iter()
+            .map(|(t, (_, id))| (t.clone(), id.clone()))
+            .collect();
+        let ends = live
+            .iter()
+            .map(|(token, id)| self.finish(token, id.as_deref()));
+        futures_util::future::join_all(ends).await;
+    }
+
+    /// Instances that could not be terminated.
+    pub(crate) fn not_terminated(&self) -> Vec<String> {
+        lock(&self.not_terminated).clone()
+    }
+}
+
+/// What one run shares with the others.
+struct Ctx<'a> {
+    fleet: Fleet<'a>,
+    opts: &'a BenchOptions,
+    results: Mutex<Vec<RunResult>>,
+    captures: Mutex<Vec<RunCapture>>,
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -237,12 +377,10 @@ pub async fn run(
 ) -> Result<BenchReport, BenchError> {
     validate(opts)?;
     let ctx = Ctx {
-        clients,
-        db,
+        fleet: Fleet::new(clients, db, &opts.scope, &opts.retry),
         opts,
-        live: Mutex::new(HashMap::new()),
         results: Mutex::new(Vec::new()),
-        not_terminated: Mutex::new(Vec::new()),
+        captures: Mutex::new(Vec::new()),
     };
     let work = async {
         let leftovers = cleanup(clients, db, &opts.scope, &opts.retry).await?;
@@ -279,11 +417,7 @@ pub async fn run(
     };
     if interrupted {
         // The runs were dropped mid-way: terminate everything they launched.
-        let live: Vec<(String, Option<String>)> = lock(&ctx.live).drain().collect();
-        let ends = live
-            .iter()
-            .map(|(token, id)| finish_launch(&ctx, token, id.as_deref()));
-        futures_util::future::join_all(ends).await;
+        ctx.fleet.finish_all().await;
     }
     let mut runs = std::mem::take(&mut *lock(&ctx.results));
     runs.sort_by_key(|r| r.run);
@@ -299,7 +433,12 @@ pub async fn run(
         runs,
         summary,
         interrupted,
-        not_terminated: std::mem::take(&mut *lock(&ctx.not_terminated)),
+        not_terminated: ctx.fleet.not_terminated(),
+        captures: {
+            let mut c = std::mem::take(&mut *lock(&ctx.captures));
+            c.sort_by_key(|c| c.run);
+            c
+        },
     })
 }
 
@@ -322,8 +461,6 @@ fn validate(opts: &BenchOptions) -> Result<(), BenchError> {
 /// still running unless AWS refused to terminate it (then it is reported).
 async fn one_run(ctx: &Ctx<'_>, run: usize, discarded: bool) {
     let opts = ctx.opts;
-    let token = uuid::Uuid::new_v4().to_string();
-    let region = ctx.clients.region().to_string();
     let total = opts.runs;
     let mut result = RunResult {
         run,
@@ -333,34 +470,33 @@ async fn one_run(ctx: &Ctx<'_>, run: usize, discarded: bool) {
         phases: Phases::default(),
         probes: 0,
     };
-    // Journaled before the request leaves, so no instance can exist that the journal
-    // does not know about.
-    if let Err(e) = journal::begin(ctx.db, &opts.scope, &token, &region) {
-        result.status = RunStatus::Failed(format!("not launched: {e}"));
-        lock(&ctx.results).push(result);
-        return;
-    }
-    lock(&ctx.live).insert(token.clone(), None);
-    match launch::run_instance(ctx.clients, &opts.launch, &token, &opts.retry).await {
-        Err(e) => {
-            result.status = RunStatus::Failed(e.to_string());
-            // The call may have launched an instance whose answer was lost.
-            finish_launch(ctx, &token, None).await;
-        }
-        Ok(launched) => {
+    match ctx.fleet.launch(ctx.fleet.clients, &opts.launch).await {
+        Err(e) => result.status = RunStatus::Failed(e),
+        Ok((token, launched)) => {
             let id = launched.instance_id.clone();
             tracing::info!("run {run}/{total}: launched {id}");
-            if let Err(e) = journal::launched(ctx.db, &token, &id) {
-                // The token tag still finds it; carry on.
-                tracing::warn!("journal: {e}");
-            }
-            lock(&ctx.live).insert(token.clone(), Some(id.clone()));
             result.instance_id = Some(id.clone());
-            let (marks, status, probes) = measure(ctx, &launched).await;
+            let (marks, status, probes) = match &opts.capture {
+                None => measure(ctx, &launched).await,
+                Some(c) => {
+                    let dir = c.dir.join(format!("run-{run}-{id}"));
+                    let mut frames = 0usize;
+                    let out = {
+                        let shots = capture_frames(ctx, &id, c.interval, &dir, &mut frames);
+                        tokio::select! {
+                            r = measure(ctx, &launched) => r,
+                            _ = shots => unreachable!("the capture loop never ends"),
+                        }
+                    };
+                    let cap = finish_capture(ctx, &id, &dir, frames, c.interval).await;
+                    lock(&ctx.captures).push(RunCapture { run, ..cap });
+                    out
+                }
+            };
             result.phases = Phases::from_marks(&marks);
             result.status = status;
             result.probes = probes;
-            finish_launch(ctx, &token, Some(&id)).await;
+            ctx.fleet.finish(&token, Some(&id)).await;
         }
     }
     log_result(&result, total);
@@ -391,6 +527,112 @@ fn log_result(r: &RunResult, total: usize) {
     }
 }
 
+/// Take a screenshot every `interval` into `dir/frame-NNNN.png` (never returns).
+async fn capture_frames(
+    ctx: &Ctx<'_>,
+    instance_id: &str,
+    interval: Duration,
+    dir: &std::path::Path,
+    frames: &mut usize,
+) {
+    if let Err(e) = std::fs::create_dir_all(dir) {
+        tracing::warn!("--capture: cannot create {}: {e}", dir.display());
+        return std::future::pending().await;
+    }
+    let once = RetryPolicy {
+        max_attempts: 1,
+        ..ctx.opts.retry
+    };
+    let mut tick = tokio::time::interval(interval);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        let shot = crate::aws::ec2::console_screenshot(ctx.fleet.clients, instance_id, &once).await;
+        match shot {
+            Ok(png) => {
+                let p = dir.join(format!("frame-{:04}.png", *frames + 1));
+                if std::fs::write(&p, png).is_ok() {
+                    *frames += 1;
+                }
+            }
+            // Not available yet (the instance is still pending) or throttled: next tick.
+            Err(e) => tracing::debug!("screenshot of {instance_id}: {e}"),
+        }
+    }
+}
+
+/// The last screenshot, the console output, and a video when ffmpeg is installed.
+async fn finish_capture(
+    ctx: &Ctx<'_>,
+    instance_id: &str,
+    dir: &std::path::Path,
+    mut frames: usize,
+    interval: Duration,
+) -> RunCapture {
+    let retry = &ctx.opts.retry;
+    let _ = std::fs::create_dir_all(dir);
+    if let Ok(png) =
+        crate::aws::ec2::console_screenshot(ctx.fleet.clients, instance_id, retry).await
+        && std::fs::write(dir.join(format!("frame-{:04}.png", frames + 1)), png).is_ok()
+    {
+        frames += 1;
+    }
+    let console_output =
+        match crate::aws::ec2::console_output(ctx.fleet.clients, instance_id, retry).await {
+            Ok(text) => std::fs::write(dir.join("console.txt"), text).is_ok(),
+            Err(e) => {
+                tracing::warn!("console output of {instance_id}: {e}");
+                false
+            }
+        };
+    let video = if frames > 0 {
+        make_video(dir, interval).await
+    } else {
+        None
+    };
+    RunCapture {
+        run: 0,
+        dir: dir.to_owned(),
+        frames,
+        console_output,
+        video,
+    }
+}
+
+/// `boot.mp4` from the frames, when ffmpeg is installed (else `None`, said once).
+async fn make_video(dir: &std::path::Path, interval: Duration) -> Option<std::path::PathBuf> {
+    let out = dir.join("boot.mp4");
+    let rate = format!("{:.6}", 1.0 / interval.as_secs_f64().max(0.001));
+    let r = tokio::process::Command::new("ffmpeg")
+        .args(["-loglevel", "error", "-y", "-framerate", &rate, "-i"])
+        .arg(dir.join("frame-%04d.png"))
+        .args([
+            "-vf",
+            "pad=ceil(iw/2)*2:ceil(ih/2)*2",
+            "-pix_fmt",
+            "yuv420p",
+        ])
+        .arg(&out)
+        .stdin(std::process::Stdio::null())
+        .kill_on_drop(true)
+        .output()
+        .await;
+    match r {
+        Ok(o) if o.status.success() => Some(out),
+        Ok(o) => {
+            tracing::warn!(
+                "--capture: ffmpeg failed: {}",
+                String::from_utf8_lossy(&o.stderr).trim()
+            );
+            None
+        }
+        Err(_) => {
+            tracing::info!("--capture: ffmpeg is not installed; the frames are kept as PNGs");
+            None
+        }
+    }
+}
+
 /// Time the phases of a launched instance.
 async fn measure(ctx: &Ctx<'_>, launched: &launch::Launched) -> (Marks, RunStatus, u64) {
     let opts = ctx.opts;
@@ -402,7 +644,7 @@ async fn measure(ctx: &Ctx<'_>, launched: &launch::Launched) -> (Marks, RunStatu
     };
     let deadline = launched.answered + opts.phase_timeout;
     let (running_at, addr) = match launch::wait_running(
-        ctx.clients,
+        ctx.fleet.clients,
         &launched.instance_id,
         opts.launch.ipv6,
         &opts.poll,
@@ -433,33 +675,6 @@ async fn measure(ctx: &Ctx<'_>, launched: &launch::Launched) -> (Marks, RunStatu
         None => RunStatus::Ok,
     };
     (marks, status, watch.probes)
-}
-
-/// Terminate what launch `token` made (the known instance, and any other instance
-/// carrying its token tag), then clear it from the journal. A failure is reported
-/// and the journal entry kept.
-async fn finish_launch(ctx: &Ctx<'_>, token: &str, instance_id: Option<&str>) {
-    match terminate_launch(ctx.clients, token, instance_id, 0, &ctx.opts.retry).await {
-        Ok(Outcome::Done(ids)) => {
-            for id in &ids {
-                tracing::info!("terminated {id}");
-            }
-            if let Err(e) = journal::finished(ctx.db, token) {
-                tracing::warn!("journal: {e}");
-            }
-        }
-        Ok(Outcome::NotYetVisible) => tracing::warn!(
-            "launch {token}: no instance visible yet; kept in the journal for `ec2ami bench --cleanup`"
-        ),
-        Err(e) => {
-            let what = instance_id.unwrap_or(token).to_string();
-            tracing::error!(
-                "could not terminate {what}: {e}; it stays in the journal for `ec2ami bench --cleanup`"
-            );
-            lock(&ctx.not_terminated).push(what);
-        }
-    }
-    lock(&ctx.live).remove(token);
 }
 
 enum Outcome {

@@ -86,6 +86,21 @@ pub struct BootOptions {
     pub relay: Vec<OsString>,
     /// Stop at the first boot that does not pass (a pre-flight check).
     pub stop_at_first_failure: bool,
+    /// Stand in for an EC2 instance (the tests of `ec2ami test`): serve this public key
+    /// instead of the boot's ephemeral one, forward this port, write the serial console
+    /// live to a file, and keep the guest running after the banner until `shutdown`.
+    pub stand_in: Option<StandIn>,
+}
+
+/// How a local guest stands in for an EC2 instance (see [`BootOptions::stand_in`]).
+#[derive(Debug, Clone)]
+pub struct StandIn {
+    /// The OpenSSH public key the metadata service serves (the instance's key pair).
+    pub public_key: String,
+    /// The 127.0.0.1 port forwarded to the guest's port 22.
+    pub ssh_port: u16,
+    /// The serial console's text, written as it arrives (what GetConsoleOutput shows).
+    pub console_file: PathBuf,
 }
 
 impl BootOptions {
@@ -111,6 +126,7 @@ impl BootOptions {
             imds_v1: false,
             relay,
             stop_at_first_failure: false,
+            stand_in: None,
         }
     }
 }
@@ -191,6 +207,11 @@ fn prepare(opts: &BootOptions) -> Result<Prepared, BootError> {
             "user data is {} bytes, more than EC2's limit of {MAX_USER_DATA}",
             u.len()
         )));
+    }
+    if opts.stand_in.is_some() && !opts.checks.is_empty() {
+        return Err(BootError::Invalid(
+            "a stand-in guest gets another key than the boot's: it runs no checks".into(),
+        ));
     }
     let markers = Markers::new(&opts.markers).map_err(BootError::Invalid)?;
     let (_, format) = DiskImage::check(&opts.image)?;

@@ -277,6 +277,8 @@ struct Console {
     tracker: Tracker,
     log: std::io::BufWriter<std::fs::File>,
     path: PathBuf,
+    /// The serial console's text as it arrives (a stand-in guest's console file).
+    live: Option<std::fs::File>,
 }
 
 impl Console {
@@ -286,6 +288,9 @@ impl Console {
             Event::Output(at) => self.tracker.output_at(at),
             Event::Line(l) => {
                 let _ = writeln!(self.log, "{}", l.logged());
+                if let (Some(f), Stream::Serial) = (&mut self.live, l.stream) {
+                    let _ = writeln!(f, "{}", l.text);
+                }
                 // SeaBIOS jumping into an MBR whose code area is zeros: nothing will
                 // ever run.
                 let dead_mbr = ctx.firmware == Firmware::Bios
@@ -353,7 +358,10 @@ pub(crate) async fn boot_once<F: Future<Output = ()>>(
     // The key, the metadata service, the relay, the sockets, the variable store.
     let key = ssh::generate_key(dir.path(), "ec2ami-boot").await?;
     let mut meta = InstanceMetadata::local(&prepared.ami_id, accel.instance_type(), &opts.region);
-    meta.public_key = Some(("ec2ami-boot".into(), key.public.clone()));
+    meta.public_key = Some(match &opts.stand_in {
+        Some(s) => ("ec2ami-test".into(), s.public_key.clone()),
+        None => ("ec2ami-boot".into(), key.public.clone()),
+    });
     meta.user_data = opts.user_data.clone();
     meta.allow_v1 = opts.imds_v1;
     meta.architecture = opts.arch.to_string();
@@ -384,10 +392,15 @@ pub(crate) async fn boot_once<F: Future<Output = ()>>(
     };
     let log_path = dir.path().join("console.log");
     let log_file = std::fs::File::create(&log_path).map_err(io("console log"))?;
+    let live = match &opts.stand_in {
+        Some(s) => Some(std::fs::File::create(&s.console_file).map_err(io("console file"))?),
+        None => None,
+    };
     let mut console = Console {
         tracker: Tracker::new(prepared.markers.clone()),
         log: std::io::BufWriter::new(log_file),
         path: log_path,
+        live,
     };
 
     let (tx, mut rx) = mpsc::unbounded_channel::<Event>();
@@ -399,7 +412,10 @@ pub(crate) async fn boot_once<F: Future<Output = ()>>(
     let mut spawned = None;
     let mut start_error = String::new();
     for _ in 0..3 {
-        let port = free_port()?;
+        let port = match &opts.stand_in {
+            Some(s) => s.ssh_port,
+            None => free_port()?,
+        };
         let spec = QemuSpec {
             arch: opts.arch,
             firmware,
@@ -569,6 +585,16 @@ pub(crate) async fn boot_once<F: Future<Output = ()>>(
     let mut trust = None;
     let outcome = match outcome {
         Some(o) => o,
+        // A stand-in for an instance: up until the test is done with it.
+        None if opts.stand_in.is_some() => tokio::select! {
+            biased;
+            _ = shutdown.as_mut() => Outcome::Passed,
+            status = child.wait() => Outcome::Failed(format!(
+                "QEMU exited while standing in for an instance ({})",
+                status.map(|s| s.to_string()).unwrap_or_default()
+            )),
+            ev = drain_console(&mut console, &mut rx, &ctx) => ev,
+        },
         None if opts.checks.is_empty() => Outcome::Passed,
         None => {
             let kh = dir.path().join("known_hosts");
@@ -694,6 +720,25 @@ pub(crate) async fn boot_once<F: Future<Output = ()>>(
     drop(dir);
     report.seconds = started.elapsed().as_secs_f64();
     Ok(report)
+}
+
+/// Keep taking in the console (a stand-in guest's file stays live) until it shows a
+/// failure.
+async fn drain_console(
+    console: &mut Console,
+    rx: &mut mpsc::UnboundedReceiver<Event>,
+    ctx: &Ctx<'_>,
+) -> Outcome {
+    loop {
+        match rx.recv().await {
+            Some(ev) => {
+                if let Some(o) = console.take(ev, ctx) {
+                    return o;
+                }
+            }
+            None => std::future::pending::<()>().await,
+        }
+    }
 }
 
 fn host_keys_of(t: &Tracker) -> console::ConsoleHostKeys {

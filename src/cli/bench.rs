@@ -61,6 +61,18 @@ pub struct BenchArgs {
     /// there.
     #[arg(long, value_name = "ADDR[:PORT]", value_parser = parse_connect_to)]
     connect_to: Option<ConnectTo>,
+    /// Keep console screenshots of every run at --capture-interval (PNG frames, and a
+    /// video when ffmpeg is installed) and its console output, as ec2-boot-bench's
+    /// --bootvideo does.
+    #[arg(long)]
+    capture: bool,
+    /// Time between two screenshots with --capture.
+    #[arg(long, value_name = "DURATION", default_value = "1s", value_parser = parse_duration, requires = "capture")]
+    capture_interval: Duration,
+    /// Where --capture keeps each run (default: a new directory per benchmark in
+    /// $XDG_STATE_HOME/ec2ami/bench-captures).
+    #[arg(long, value_name = "DIR", requires = "capture")]
+    capture_dir: Option<PathBuf>,
     /// Do not record the results in the boot-time history.
     #[arg(long)]
     no_history: bool,
@@ -150,6 +162,7 @@ pub async fn run(g: &GlobalArgs, a: &BenchArgs) -> Result<(), Failure> {
             security_groups: a.security_groups.clone(),
             user_data,
             ipv6: a.ipv6,
+            key_name: None,
         },
         runs,
         discard_first: if a.discard_first || a.no_discard_first {
@@ -168,6 +181,20 @@ pub async fn run(g: &GlobalArgs, a: &BenchArgs) -> Result<(), Failure> {
         probe: Default::default(),
         retry,
         scope: scope(g),
+        capture: a.capture.then(|| bench::CaptureOptions {
+            interval: a.capture_interval,
+            dir: a.capture_dir.clone().unwrap_or_else(|| {
+                let base = g
+                    .state
+                    .as_ref()
+                    .and_then(|s| s.parent())
+                    .filter(|d| !d.as_os_str().is_empty())
+                    .map(|d| d.to_path_buf())
+                    .unwrap_or_else(ec2ami::state::state_dir);
+                base.join("bench-captures")
+                    .join(format!("{}-{}", now_epoch(), std::process::id()))
+            }),
+        }),
     };
     let measured_at = now_epoch();
     let report = bench::run(&clients, &db, &opts, shutdown_signal()).await?;
@@ -230,6 +257,25 @@ pub async fn run(g: &GlobalArgs, a: &BenchArgs) -> Result<(), Failure> {
 
 /// One run: ec2-boot-bench's four lines. Several: the min / median / max table.
 fn bench_text(r: &BenchReport) -> String {
+    let mut text = bench_figures(r);
+    for c in &r.captures {
+        text.push_str(&format!(
+            "\nrun {}: {} screenshot(s){}{} in {}",
+            c.run,
+            c.frames,
+            if c.console_output {
+                ", console output"
+            } else {
+                ""
+            },
+            if c.video.is_some() { ", boot.mp4" } else { "" },
+            c.dir.display()
+        ));
+    }
+    text
+}
+
+fn bench_figures(r: &BenchReport) -> String {
     if let [only] = r.runs.as_slice() {
         return bench::ec2_boot_bench_lines(&only.phases, &only.status);
     }

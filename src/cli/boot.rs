@@ -12,7 +12,7 @@ use super::history::BuildArgs;
 use super::{Failure, GlobalArgs, parse_duration, shutdown_signal};
 use ec2ami::ami::{Arch, Imds};
 use ec2ami::boot::{
-    self, AccelChoice, BootOptions, BootReport, Check, FirmwareChoice, RunReport, parse_marker,
+    self, AccelChoice, BootOptions, BootReport, FirmwareChoice, RunReport, parse_marker,
 };
 use ec2ami::history::BuildInfo;
 use ec2ami::state::now_epoch;
@@ -48,7 +48,9 @@ pub struct BootArgs {
     /// The user the checks log in as.
     #[arg(long, default_value = "ec2-user")]
     ssh_user: String,
-    /// User data the metadata service serves (at most 16 KiB, as on EC2).
+    /// User data the metadata service serves (made by `ec2ami userdata`; at most 16 KiB,
+    /// as on EC2; checked as `ec2ami userdata --check` does, and refused when it finds
+    /// an error).
     #[arg(long, value_name = "FILE")]
     user_data: Option<PathBuf>,
     /// Keep every console log in DIR (failed boots' logs are always kept, by default in
@@ -115,24 +117,9 @@ pub async fn run(g: &GlobalArgs, a: &BootArgs) -> Result<(), Failure> {
         Some(s) => parse_arch(s).map_err(fail)?,
         None => Arch::X86_64,
     };
-    let mut checks: Vec<Check> = a.checks.iter().map(|c| Check::command(c)).collect();
-    if let Some(f) = &a.checks_file {
-        let body =
-            std::fs::read(f).map_err(|e| fail(format!("checks file {}: {e}", f.display())))?;
-        let name = f
-            .file_name()
-            .map(|n| n.to_string_lossy().into_owned())
-            .unwrap_or_default();
-        let found = boot::checks_from_file(&name, &body);
-        if found.is_empty() {
-            return Err(fail(format!("checks file {} has no check", f.display())));
-        }
-        checks.extend(found);
-    }
+    let checks = super::test::checks_of(&a.checks, a.checks_file.as_ref())?;
     let user_data = match &a.user_data {
-        Some(p) => {
-            Some(std::fs::read(p).map_err(|e| fail(format!("user data {}: {e}", p.display())))?)
-        }
+        Some(p) => Some(super::test::read_checked_user_data(p)?),
         None => None,
     };
     // The state database opens before the first boot: a broken one is said at once.

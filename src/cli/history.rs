@@ -507,13 +507,15 @@ pub async fn report_cmd(g: &GlobalArgs, a: &ReportArgs) -> Result<(), Failure> {
         benchmarks.len(),
         series.len()
     );
+    let tests = ec2ami::ec2test::results::matrix_cells(&g.state_db()?, &benchmarks)?;
     let out = a.out.clone();
     let opts = a.check.options();
     // Drawing and encoding PNGs is CPU work: keep it off the async workers.
-    let summary =
-        tokio::task::spawn_blocking(move || report::write_report(&series, &out, &opts, &generated))
-            .await
-            .map_err(|e| fail(format!("report: {e}")))??;
+    let summary = tokio::task::spawn_blocking(move || {
+        report::write_report_with_tests(&series, &tests, &out, &opts, &generated)
+    })
+    .await
+    .map_err(|e| fail(format!("report: {e}")))??;
     g.print(&summary, || summary.index.display().to_string());
     Ok(())
 }

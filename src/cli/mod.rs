@@ -13,6 +13,7 @@ mod import;
 mod lifecycle;
 mod prune;
 mod publish;
+mod test;
 mod userdata;
 
 use std::path::PathBuf;
@@ -146,6 +147,10 @@ enum Command {
     /// metadata service: boot timeline from the console, SSH smoke checks; records the
     /// boot-time history. Never writes the image.
     Boot(boot::BootArgs),
+    /// Test AMIs on EC2: launch each on each instance type with an ephemeral key pair,
+    /// wait for SSH, run smoke checks, keep the console output and a screenshot,
+    /// terminate; a matrix, JSON, JUnit XML and the history.
+    Test(test::TestArgs),
     /// The instance metadata service, from an instance: IMDSv2, IPv4 first, 100 ms
     /// timeouts.
     #[command(subcommand)]
@@ -479,6 +484,7 @@ async fn run(cli: Cli) -> Result<(), Failure> {
         Command::Report(a) => history::report_cmd(g, a).await,
         Command::Userdata(a) => userdata::run(g, a),
         Command::Boot(a) => boot::run(g, a).await,
+        Command::Test(a) => test::run(g, a).await,
         Command::Imds(_) => unreachable!("run by imds::main"),
         Command::Diff(_) => unreachable!("run by diff::main"),
         Command::Completions(a) => completions::completions(a),

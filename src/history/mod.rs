@@ -36,7 +36,7 @@ CREATE TABLE IF NOT EXISTS boot_benchmarks (
     region        TEXT NOT NULL,
     instance_type TEXT NOT NULL,
     measured_at   INTEGER NOT NULL,   -- Unix time
-    source        TEXT NOT NULL,      -- bench | import | boot
+    source        TEXT NOT NULL,      -- bench | import | boot | test
     source_file   TEXT,
     source_hash   TEXT,               -- SHA-256 of an imported file (no double imports)
     tool_version  TEXT NOT NULL
@@ -91,6 +91,8 @@ pub enum Source {
     Import,
     /// A local boot (`ec2ami boot`, publish's pre-flight).
     Boot,
+    /// A test on EC2 (`ec2ami test`): its verdict is in the test results.
+    Test,
 }
 
 impl Source {
@@ -99,6 +101,7 @@ impl Source {
             Source::Bench => "bench",
             Source::Import => "import",
             Source::Boot => "boot",
+            Source::Test => "test",
         }
     }
 }
@@ -298,6 +301,7 @@ pub fn load_all(db: &StateDb) -> Result<Vec<Benchmark>, StateError> {
                     source: match r.get::<_, String>(12)?.as_str() {
                         "import" => Source::Import,
                         "boot" => Source::Boot,
+                        "test" => Source::Test,
                         _ => Source::Bench,
                     },
                     source_file: r.get(13)?,

@@ -108,10 +108,154 @@ fn bitmap_error(e: DrawingAreaErrorKind<BitMapBackendError>) -> String {
     }
 }
 
+/// One test of `ec2ami test`, for the report's matrix.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct TestCell {
+    /// The build (the AMI's name, or its id).
+    pub build: String,
+    /// Region.
+    pub region: String,
+    /// The AMI.
+    pub image_id: String,
+    /// Instance type.
+    pub instance_type: String,
+    /// `passed`, `failed` or `timed_out`.
+    pub verdict: String,
+    /// The first check that failed, or why it failed.
+    pub why: Option<String>,
+    /// The console output kept with the run.
+    pub console_output: Option<PathBuf>,
+    /// The screenshot kept with the run.
+    pub screenshot: Option<PathBuf>,
+    /// When it was tested (the newest test of a cell is shown).
+    pub measured_at: i64,
+}
+
+/// Copy the tests' console outputs and screenshots next to the page (`tests/`), so
+/// the page links work wherever it is copied; returns the cells with relative links.
+fn copy_artifacts(tests: &[TestCell], out: &Path) -> Vec<TestCell> {
+    let dir = out.join("tests");
+    tests
+        .iter()
+        .enumerate()
+        .map(|(i, t)| {
+            let mut t = t.clone();
+            for p in [&mut t.console_output, &mut t.screenshot] {
+                *p = p.as_ref().and_then(|src| {
+                    let name = format!(
+                        "{i}-{}",
+                        src.file_name()?.to_string_lossy().replace(['/', '\\'], "_")
+                    );
+                    std::fs::create_dir_all(&dir).ok()?;
+                    std::fs::copy(src, dir.join(&name)).ok()?;
+                    Some(PathBuf::from("tests").join(name))
+                });
+            }
+            t
+        })
+        .collect()
+}
+
+/// The test matrix per build: images x instance types, a green or red cell each (the
+/// newest test of that cell), linking its console output and screenshot.
+pub fn test_matrix_html(tests: &[TestCell]) -> String {
+    use std::collections::BTreeMap;
+    if tests.is_empty() {
+        return String::new();
+    }
+    let mut builds: BTreeMap<&str, Vec<&TestCell>> = BTreeMap::new();
+    for t in tests {
+        builds.entry(t.build.as_str()).or_default().push(t);
+    }
+    let mut h = String::from("<section id=\"tests\">\n<h2>Tests on EC2</h2>\n");
+    for (build, cells) in builds.iter().rev() {
+        let mut types: Vec<&str> = cells.iter().map(|c| c.instance_type.as_str()).collect();
+        types.sort();
+        types.dedup();
+        let mut images: Vec<(&str, &str)> = cells
+            .iter()
+            .map(|c| (c.region.as_str(), c.image_id.as_str()))
+            .collect();
+        images.sort();
+        images.dedup();
+        let _ = write!(
+            h,
+            "<table class=\"tests\" data-build=\"{}\">\n<caption>{}</caption>\n<tr><th>image</th>",
+            escape(build),
+            escape(build)
+        );
+        for t in &types {
+            let _ = write!(h, "<th>{}</th>", escape(t));
+        }
+        h.push_str("</tr>\n");
+        for (region, image) in &images {
+            let _ = write!(
+                h,
+                "<tr><td class=\"name\">{} {}</td>",
+                escape(image),
+                escape(region)
+            );
+            for ty in &types {
+                let newest = cells
+                    .iter()
+                    .filter(|c| {
+                        c.region == *region && c.image_id == *image && c.instance_type == *ty
+                    })
+                    .max_by_key(|c| c.measured_at);
+                match newest {
+                    None => h.push_str("<td class=\"untested\">&ndash;</td>"),
+                    Some(c) => {
+                        let pass = c.verdict == "passed";
+                        let mut links = Vec::new();
+                        if let Some(p) = &c.console_output {
+                            links.push(format!(
+                                "<a href=\"{}\" class=\"console\">console</a>",
+                                escape(&p.display().to_string())
+                            ));
+                        }
+                        if let Some(p) = &c.screenshot {
+                            links.push(format!(
+                                "<a href=\"{}\" class=\"screenshot\">screenshot</a>",
+                                escape(&p.display().to_string())
+                            ));
+                        }
+                        let _ = write!(
+                            h,
+                            "<td class=\"{}\" data-verdict=\"{}\" title=\"{}\">{}{}{}</td>",
+                            if pass { "pass" } else { "fail" },
+                            escape(&c.verdict),
+                            escape(c.why.as_deref().unwrap_or_default()),
+                            if pass { "pass" } else { "FAIL" },
+                            if links.is_empty() { "" } else { " " },
+                            links.join(" ")
+                        );
+                    }
+                }
+            }
+            h.push_str("</tr>\n");
+        }
+        h.push_str("</table>\n");
+    }
+    h.push_str("</section>\n");
+    h
+}
+
 /// Write the plots and `index.html` for `series` into `out` (created if missing).
 /// `generated` says when and from what, for the page's header.
 pub fn write_report(
     series: &[(SeriesKey, Vec<BuildPoint>)],
+    out: &Path,
+    check: &CheckOptions,
+    generated: &str,
+) -> Result<ReportSummary, ReportError> {
+    write_report_with_tests(series, &[], out, check, generated)
+}
+
+/// [`write_report`] with the test matrix of `ec2ami test` (its console outputs and
+/// screenshots are copied next to the page).
+pub fn write_report_with_tests(
+    series: &[(SeriesKey, Vec<BuildPoint>)],
+    tests: &[TestCell],
     out: &Path,
     check: &CheckOptions,
     generated: &str,
@@ -152,7 +296,11 @@ pub fn write_report(
         });
     }
     let checks = check_all(series, check);
-    let html = index_html(series, &checks, check, generated);
+    let mut html = index_html(series, &checks, check, generated);
+    let matrix = test_matrix_html(&copy_artifacts(tests, out));
+    if let Some(at) = html.find("<script>") {
+        html.insert_str(at, &matrix);
+    }
     let index = out.join("index.html");
     std::fs::write(&index, html).map_err(|source| ReportError::Io {
         path: index.clone(),
@@ -379,6 +527,7 @@ pub fn index_html(
         "tr.regression td{background:#fde2e2}\n",
         "figure{margin:2em 0}\nimg{max-width:100%;height:auto;border:1px solid #eee}\n",
         ".missing{color:#b00;font-weight:bold}\n",
+        "td.pass{background:#d9f2d9;color:#064}\ntd.fail{background:#f8d0d0;color:#900;font-weight:bold}\n",
         "</style>\n</head>\n<body>\n<h1>Boot times</h1>\n"
     ));
     let _ = writeln!(

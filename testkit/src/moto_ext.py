@@ -72,6 +72,10 @@ The image lifecycle (none of it in moto), with AWS's semantics and errors:
 - LastLaunchedTime in DescribeImages; harness-only: ``POST
   /moto-api/ec2ami/last-launched`` ({"region", "image_id", "time"}) sets it, as AWS
   would report a launch (other accounts' launches leave no instance of ours).
+- GetConsoleScreenshot (not in moto) answers a real PNG of the instance's screen, and
+  GetConsoleOutput answers the console the harness wired (``console_output`` of the
+  config hook: a text, or a file read at each request, such as a locally booted
+  guest's live console log) instead of moto's fixed 2006 Xen sample.
 - Harness-only ``POST /moto-api/ec2ami/config`` (JSON) sets the knobs above; they are
   never AWS behaviour, only a way to run AWS's slow clock fast.
 
@@ -132,6 +136,8 @@ REQUIRED = [
     "moto.ec2.responses.elastic_block_store:ElasticBlockStore.modify_snapshot_attribute",
     "moto.servicequotas.models:ServiceQuotasBackend.get_service_quota",
     "moto.core.exceptions:JsonRESTError",
+    "moto.ec2.responses.general:General.get_console_output",
+    "moto.ec2.utils:Base64EncodedString",
 ]
 
 # Keyword arguments this module passes to moto's Ami constructor.
@@ -1539,6 +1545,10 @@ CONFIG = {
     "public_ami_quota": 5,
     # Service Quotas answers AccessDeniedException.
     "service_quotas_denied": False,
+    # GetConsoleOutput / GetConsoleScreenshot: {instance id or "*": {"text": ...} or
+    # {"file": path}} (a file is read at each request: a locally booted guest's live
+    # console log). Without an entry moto's sample console is answered.
+    "console_output": {},
 }
 
 
@@ -1565,6 +1575,96 @@ def set_last_launched(request, full_url, headers):
         return 404, {}, json.dumps({"error": f"no image {spec['image_id']}"})
     ami.last_launched_time = naive_utc(spec["time"]).strftime("%Y-%m-%dT%H:%M:%S.000Z")
     return 200, {"Content-Type": "application/json"}, json.dumps({"ok": True})
+
+
+# ---------------------------------------------------------------------------------------
+# The console: GetConsoleOutput from a wired guest, GetConsoleScreenshot (not in moto)
+
+# EC2 answers at most the last 64 KiB of the console.
+CONSOLE_MAX = 64 * 1024
+
+
+def console_text(instance_id):
+    """The console of `instance_id` as the harness wired it, or None."""
+    wired = CONFIG.get("console_output") or {}
+    spec = wired.get(instance_id, wired.get("*"))
+    if spec is None:
+        return None
+    if "file" in spec:
+        try:
+            with open(spec["file"], "rb") as f:
+                data = f.read()
+        except OSError:
+            data = b""
+        return data[-CONSOLE_MAX:].decode("utf-8", "replace")
+    return spec.get("text", "")[-CONSOLE_MAX:]
+
+
+def live_instance(self):
+    instance_id = self._get_param("InstanceId")
+    if not instance_id:
+        raise error("MissingParameter", "The request must contain the parameter InstanceId")
+    # Raises InvalidInstanceID.NotFound as AWS does.
+    return self.ec2_backend.get_instance(instance_id)
+
+
+def get_console_output(self):
+    """GetConsoleOutput: the wired console (the latest 64 KiB), else moto's sample."""
+    instance = live_instance(self)
+    text = console_text(instance.id)
+    if text is None:
+        return ORIGINAL["get_console_output"](self)
+    encoded = Moto.Base64EncodedString.from_raw_string(text)
+    return Moto.ActionResult(
+        {"InstanceId": instance.id, "Timestamp": utcnow(), "Output": encoded}
+    )
+
+
+def png(width, height, rows):
+    """A greyscale PNG; `rows` gives each row's bytes."""
+    import struct
+    import zlib
+
+    def chunk(kind, data):
+        body = kind + data
+        return struct.pack(">I", len(data)) + body + struct.pack(">I", zlib.crc32(body))
+
+    raw = b"".join(b"\x00" + bytes(r) for r in rows)
+    return (
+        b"\x89PNG\r\n\x1a\n"
+        + chunk(b"IHDR", struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0))
+        + chunk(b"IDAT", zlib.compress(raw, 9))
+        + chunk(b"IEND", b"")
+    )
+
+
+def screen_of(text, cols=80, lines=25, cw=8, ch=16):
+    """A picture of the console's last screenful: a block per printed character, as a
+    VGA text screen would show them (no font: the shape of the text, not its glyphs)."""
+    shown = [l[:cols] for l in text.replace("\r", "").split("\n")][-lines:]
+    width, height = cols * cw, lines * ch
+    rows = []
+    for y in range(height):
+        line = shown[y // ch] if y // ch < len(shown) else ""
+        inner = 2 <= y % ch < ch - 3
+        row = bytearray(width)
+        if inner:
+            for i, c in enumerate(line):
+                if not c.isspace():
+                    row[i * cw + 1 : i * cw + cw - 1] = b"\xc0" * (cw - 2)
+        rows.append(row)
+    return png(width, height, rows)
+
+
+def get_console_screenshot(self):
+    """GetConsoleScreenshot (not in moto): a PNG of the instance's screen, drawn from
+    the wired console (a blank screen without one), base64 in ImageData."""
+    import base64
+
+    instance = live_instance(self)
+    text = console_text(instance.id) or ""
+    data = base64.b64encode(screen_of(text)).decode()
+    return Moto.ActionResult({"InstanceId": instance.id, "ImageData": data})
 
 
 def utcnow():
@@ -2484,6 +2584,7 @@ def install():
     ORIGINAL["run_instances"] = Moto.InstanceResponse.run_instances
     ORIGINAL["modify_snapshot_attribute"] = Moto.ElasticBlockStore.modify_snapshot_attribute
     ORIGINAL["get_service_quota"] = Moto.ServiceQuotasBackend.get_service_quota
+    ORIGINAL["get_console_output"] = Moto.General.get_console_output
 
     Ami.block_device_mappings = property(mappings_of)
     Ami.get_filter_value = image_filter_value
@@ -2519,6 +2620,8 @@ def install():
     ):
         setattr(Moto.ElasticBlockStore, handler.__name__, handler)
     Moto.InstanceResponse.run_instances = run_instances
+    Moto.General.get_console_output = get_console_output
+    Moto.InstanceResponse.get_console_screenshot = get_console_screenshot
     Moto.ServiceQuotasBackend.get_service_quota = get_service_quota
     Moto.DomainDispatcherApplication.__call__ = dispatch
     Moto.ElasticBlockStore.describe_snapshots = describe_snapshots

@@ -579,6 +579,9 @@ async fn bad_boot_input_is_refused_clearly_and_leaves_nothing() {
         .unwrap();
     let big = w.path("big-user-data");
     write_file(&big, &vec![b'x'; 16 * 1024 + 1]);
+    // configinit would write to a relative path: `ec2ami userdata --check` rejects it.
+    let relative = w.path("relative-user-data");
+    write_file(&relative, b">etc/rc.conf.local\nsshd_enable=\"YES\"\n");
     let dir = w.path("consoles");
     std::fs::create_dir(&dir).unwrap();
     let missing = w.path("missing.raw");
@@ -596,6 +599,16 @@ async fn bad_boot_input_is_refused_clearly_and_leaves_nothing() {
                 big.to_str().unwrap(),
             ],
             "more than EC2's limit",
+        ),
+        (
+            vec![
+                blank.to_str().unwrap(),
+                "--firmware",
+                "bios",
+                "--user-data",
+                relative.to_str().unwrap(),
+            ],
+            "ec2ami userdata --check",
         ),
         (
             vec![blank.to_str().unwrap(), "--marker", "kernel=("],

@@ -9,6 +9,7 @@ mod clear_failures;
 mod common;
 mod compat;
 mod diff;
+mod ec2test;
 mod faults;
 mod flag_coverage;
 mod flags;
