@@ -451,29 +451,6 @@ pub fn pick_regions(enabled: &[String], wanted: &[String]) -> Result<Vec<String>
     Ok(out)
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn regions_are_picked_from_the_enabled_ones() {
-        let enabled: Vec<String> = ["eu-west-1", "us-east-1", "us-west-2"]
-            .map(String::from)
-            .to_vec();
-        let want = |w: &[&str]| w.iter().map(|s| s.to_string()).collect::<Vec<_>>();
-        assert_eq!(pick_regions(&enabled, &want(&["all"])).unwrap(), enabled);
-        assert_eq!(
-            pick_regions(&enabled, &want(&["us-west-2", "eu-west-1", "us-west-2"])).unwrap(),
-            want(&["us-west-2", "eu-west-1"])
-        );
-        let e = pick_regions(&enabled, &want(&["us-east-1", "mars-north-1"])).unwrap_err();
-        assert!(
-            e.starts_with("unknown or disabled region(s): mars-north-1 (enabled: eu-west-1"),
-            "{e}"
-        );
-    }
-}
-
 /// Import an OpenSSH public key as key pair `name`, tagged as ec2ami's.
 pub async fn import_key_pair(
     clients: &Clients,
@@ -593,4 +570,27 @@ pub async fn console_screenshot(
                 format!("the screenshot is not base64: {e}"),
             )
         })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn regions_are_picked_from_the_enabled_ones() {
+        let enabled: Vec<String> = ["eu-west-1", "us-east-1", "us-west-2"]
+            .map(String::from)
+            .to_vec();
+        let want = |w: &[&str]| w.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+        assert_eq!(pick_regions(&enabled, &want(&["all"])).unwrap(), enabled);
+        assert_eq!(
+            pick_regions(&enabled, &want(&["us-west-2", "eu-west-1", "us-west-2"])).unwrap(),
+            want(&["us-west-2", "eu-west-1"])
+        );
+        let e = pick_regions(&enabled, &want(&["us-east-1", "mars-north-1"])).unwrap_err();
+        assert!(
+            e.starts_with("unknown or disabled region(s): mars-north-1 (enabled: eu-west-1"),
+            "{e}"
+        );
+    }
 }

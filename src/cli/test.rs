@@ -11,7 +11,7 @@ use serde::Serialize;
 
 use super::{Failure, GlobalArgs, connect, parse_duration, shutdown_signal};
 use ec2ami::bench::Scope;
-use ec2ami::boot::ssh::{self, Check};
+use ec2ami::boot::{self, Check};
 use ec2ami::ec2test::{self, Target, TestOptions, TestReport};
 use ec2ami::history::BuildInfo;
 use ec2ami::publish::{self, ReleaseFile};
@@ -126,7 +126,7 @@ pub(crate) fn checks_of(checks: &[String], file: Option<&PathBuf>) -> Result<Vec
             .file_name()
             .map(|n| n.to_string_lossy().into_owned())
             .unwrap_or_default();
-        let found = ssh::checks_from_file(&name, &body);
+        let found = boot::checks_from_file(&name, &body);
         if found.is_empty() {
             return Err(fail(format!("checks file {} has no check", f.display())));
         }

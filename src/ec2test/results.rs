@@ -330,6 +330,40 @@ pub fn load(db: &StateDb) -> Result<Vec<TestRow>, StateError> {
     })
 }
 
+/// The report's matrix cells: the tests among `benchmarks` with their verdicts.
+pub fn matrix_cells(
+    db: &StateDb,
+    benchmarks: &[Benchmark],
+) -> Result<Vec<history::report::TestCell>, StateError> {
+    let rows = load(db)?;
+    Ok(benchmarks
+        .iter()
+        .filter(|b| b.source == Source::Test)
+        .filter_map(|b| {
+            let r = rows.iter().find(|r| r.benchmark_id == b.id)?;
+            Some(history::report::TestCell {
+                build: b
+                    .build
+                    .image_name
+                    .clone()
+                    .unwrap_or_else(|| b.image_id.clone()),
+                region: b.region.clone(),
+                image_id: b.image_id.clone(),
+                instance_type: b.instance_type.clone(),
+                verdict: r.verdict.clone(),
+                why: r
+                    .failing_check
+                    .as_ref()
+                    .map(|c| format!("failing check: {c}"))
+                    .or_else(|| r.error.clone()),
+                console_output: r.console_output.as_ref().map(Into::into),
+                screenshot: r.screenshot.as_ref().map(Into::into),
+                measured_at: b.measured_at,
+            })
+        })
+        .collect())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -414,38 +448,4 @@ mod tests {
         assert_eq!(rows[1].console_output.as_deref(), Some("/r/c.txt"));
         assert_eq!(rows[0].verdict, "passed");
     }
-}
-
-/// The report's matrix cells: the tests among `benchmarks` with their verdicts.
-pub fn matrix_cells(
-    db: &StateDb,
-    benchmarks: &[Benchmark],
-) -> Result<Vec<history::report::TestCell>, StateError> {
-    let rows = load(db)?;
-    Ok(benchmarks
-        .iter()
-        .filter(|b| b.source == Source::Test)
-        .filter_map(|b| {
-            let r = rows.iter().find(|r| r.benchmark_id == b.id)?;
-            Some(history::report::TestCell {
-                build: b
-                    .build
-                    .image_name
-                    .clone()
-                    .unwrap_or_else(|| b.image_id.clone()),
-                region: b.region.clone(),
-                image_id: b.image_id.clone(),
-                instance_type: b.instance_type.clone(),
-                verdict: r.verdict.clone(),
-                why: r
-                    .failing_check
-                    .as_ref()
-                    .map(|c| format!("failing check: {c}"))
-                    .or_else(|| r.error.clone()),
-                console_output: r.console_output.as_ref().map(Into::into),
-                screenshot: r.screenshot.as_ref().map(Into::into),
-                measured_at: b.measured_at,
-            })
-        })
-        .collect())
 }

@@ -183,10 +183,8 @@ fn banner_only() -> std::net::SocketAddr {
     let l = TcpListener::bind("127.0.0.1:0").unwrap();
     let addr = l.local_addr().unwrap();
     std::thread::spawn(move || {
-        for s in l.incoming() {
-            if let Ok(mut s) = s {
-                let _ = s.write_all(b"SSH-2.0-OpenSSH_9.2p1 stand-in\r\n");
-            }
+        for mut s in l.incoming().flatten() {
+            let _ = s.write_all(b"SSH-2.0-OpenSSH_9.2p1 stand-in\r\n");
         }
     });
     addr
@@ -361,11 +359,11 @@ async fn a_test_on_moto_runs_the_checks_on_a_booted_guest_keeps_the_console_and_
     // The key pair: imported once, deleted once, on the wire and in moto.
     assert_eq!(
         key_names_on_wire(&world, "ImportKeyPair"),
-        [key_name.clone()]
+        std::slice::from_ref(&key_name)
     );
     assert_eq!(
         key_names_on_wire(&world, "DeleteKeyPair"),
-        [key_name.clone()]
+        std::slice::from_ref(&key_name)
     );
     assert!(!key_pairs(&world).await.contains(&key_name));
     // The private key is never printed.
@@ -517,7 +515,7 @@ async fn sigint_mid_test_leaves_no_instance_no_key_pair_and_exits_130() {
     assert!(!key_pairs(&world).await.contains(&key_name));
     assert_eq!(
         key_names_on_wire(&world, "DeleteKeyPair"),
-        [key_name.clone()]
+        std::slice::from_ref(&key_name)
     );
     // No process of it is left (ec2ami test starts no QEMU; ssh and its probes are
     // gone), and no temporary directory with the private key.
