@@ -133,7 +133,6 @@ fn vmdk_descriptors_never_panic() {
 }
 
 #[test]
-#[ignore = "finding (SECURITY.md): an extent's format is shown raw in Reference's Display"]
 fn qemu_img_info_never_panics() {
     let mut r = rng();
     for _ in 0..cases() {
@@ -157,7 +156,6 @@ fn qemu_img_info_never_panics() {
 }
 
 #[test]
-#[ignore = "finding (SECURITY.md): a bad region name in a release file is shown raw"]
 fn release_files_never_panic() {
     let mut r = rng();
     let keys = [
@@ -251,7 +249,6 @@ fn boot_bench_output_never_panics() {
 }
 
 #[test]
-#[ignore = "finding (SECURITY.md): an unknown key's name is shown raw"]
 fn key_files_never_panic_nor_show_the_secret() {
     let mut r = rng();
     let dir = tempfile::tempdir().unwrap();
@@ -287,7 +284,6 @@ fn key_files_never_panic_nor_show_the_secret() {
 }
 
 #[test]
-#[ignore = "finding (SECURITY.md): findings quote the line raw"]
 fn user_data_checks_never_panic() {
     let mut r = rng();
     for _ in 0..cases() {

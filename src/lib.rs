@@ -3,8 +3,11 @@
 //!
 //! The modules follow the pipeline: [`image`] reads disk images, [`snapshot`] moves
 //! them to and from EBS snapshots, [`ami`] registers, copies and shares machine images;
-//! [`params`] and [`publish`] put a release out; [`bench`](mod@bench) times how fast an AMI boots;
-//! [`history`] keeps those times, plots them and catches regressions; [`prune`]
+//! [`snapshot`] also compares two disks block by block (`ec2ami diff`);
+//! [`boot`] proves an image boots locally in QEMU, with [`imds`] as its metadata
+//! service; [`params`] and [`publish`] put a release out ([`import`] is the S3 import
+//! path); [`bench`](mod@bench) times how fast an AMI boots and [`ec2test`] tests
+//! published AMIs on EC2; [`history`] keeps those times, plots them and catches regressions; [`prune`]
 //! deletes what is obsolete; [`state`] is the SQLite database they and the publish
 //! journal share; [`userdata`] makes and checks the user data the images read at
 //! first boot; [`aws`] builds the SDK clients and holds the one retry layer. The

@@ -176,6 +176,11 @@ pub fn is_accel_failure(line: &str) -> bool {
         || line.contains("KVM: entry failed")
         || line.contains("failed to initialize kvm")
         || line.contains("Could not access KVM kernel module")
+        // A nested KVM that refuses the guest's CPU state (QEMU then aborts on an
+        // assertion in its KVM code): `failed to set MSR 0x10a ...`, `.../kvm/kvm.c:3849:
+        // kvm_buf_set_msrs: Assertion ... failed`.
+        || (line.contains("failed to set MSR") && line.contains("qemu"))
+        || line.contains("/kvm/kvm.c:")
 }
 
 #[cfg(test)]
@@ -239,6 +244,16 @@ mod tests {
             "KVM internal error. Suberror: 1\nextra data[0]: 0x0000000000000000"
         ));
         assert!(is_accel_failure("error: kvm run failed Bad address"));
+        assert!(is_accel_failure(
+            "qemu-system-x86_64: error: failed to set MSR 0x10a to 0xc000069"
+        ));
+        assert!(is_accel_failure(
+            "qemu-system-x86_64: target/i386/kvm/kvm.c:3849: kvm_buf_set_msrs: Assertion \
+             `ret == cpu->kvm_msr_buf->nmsrs' failed."
+        ));
+        assert!(!is_accel_failure(
+            "qemu-system-x86_64: -drive file=x: Could not open 'x'"
+        ));
         assert!(!is_accel_failure(
             "qemu-system-x86_64: terminating on signal 15"
         ));

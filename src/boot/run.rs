@@ -546,10 +546,20 @@ pub(crate) async fn boot_once<F: Future<Output = ()>>(
                 }
             }
             status = child.wait() => {
-                break Some(Outcome::Failed(format!(
+                // QEMU's last words may still be in flight (its stderr is read by
+                // another task): an accelerator failure there explains the exit.
+                let until = Instant::now() + Duration::from_millis(500);
+                let mut said = None;
+                while let Ok(Some(ev)) = tokio::time::timeout_at(until, rx.recv()).await {
+                    if let Some(o) = console.take(ev, &ctx) {
+                        said = Some(o);
+                        break;
+                    }
+                }
+                break Some(said.unwrap_or_else(|| Outcome::Failed(format!(
                     "QEMU exited before the SSH banner ({}): the guest reset, powered off or crashed",
                     status.map(|s| s.to_string()).unwrap_or_default()
-                )));
+                ))));
             }
             b = &mut banner => match b {
                 Some((at, line)) => {

@@ -507,7 +507,7 @@ pub async fn report_cmd(g: &GlobalArgs, a: &ReportArgs) -> Result<(), Failure> {
         benchmarks.len(),
         series.len()
     );
-    let tests = ec2ami::ec2test::results::matrix_cells(&g.state_db()?, &benchmarks)?;
+    let tests = ec2ami::ec2test::matrix_cells(&g.state_db()?, &benchmarks)?;
     let out = a.out.clone();
     let opts = a.check.options();
     // Drawing and encoding PNGs is CPU work: keep it off the async workers.

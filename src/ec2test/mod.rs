@@ -12,7 +12,7 @@
 //! a 0600 file in a 0700 temporary directory removed at the end and is never printed.
 
 pub(crate) mod keys;
-pub mod results;
+pub(crate) mod results;
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -30,7 +30,7 @@ use crate::boot::console;
 use crate::boot::ssh::{self, Check, CheckResult, HostKeyTrust, SshTarget};
 use crate::state::{StateDb, StateError};
 
-pub use results::{junit_xml, matrix_table, record_history};
+pub use results::{junit_xml, matrix_cells, matrix_table, record_history};
 
 /// How often the SSH banner is tried.
 const BANNER_INTERVAL: Duration = Duration::from_millis(250);

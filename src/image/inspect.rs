@@ -49,7 +49,12 @@ impl fmt::Display for Reference {
             Reference::BackingFile(n) => write!(f, "backing file {}", super::escaped(n)),
             Reference::DataFile(n) => write!(f, "external data file {}", super::escaped(n)),
             Reference::Extent { file, kind } => {
-                write!(f, "{kind} extent file {}", super::escaped(file))
+                write!(
+                    f,
+                    "{} extent file {}",
+                    super::escaped(kind),
+                    super::escaped(file)
+                )
             }
         }
     }

@@ -191,7 +191,7 @@ pub fn read_key_file(path: &Path) -> Result<KeyFile, KeyFileError> {
                 )));
             }
             other => {
-                let shown: String = other.chars().take(40).collect();
+                let shown = crate::image::escaped(&other.chars().take(40).collect::<String>());
                 return Err(line_err(format!("unknown key `{shown}` ({LINE_FORM})")));
             }
         };

@@ -291,7 +291,10 @@ impl ReleaseFile {
             .chain(&r.source_region)
             .find(|x| !looks_like_region(x))
         {
-            return Err(rel_err(format!("`{bad}` is not a region name")));
+            return Err(rel_err(format!(
+                "`{}` is not a region name",
+                crate::image::escaped(bad)
+            )));
         }
         let share = ShareSpec {
             public: r.public,

@@ -51,11 +51,13 @@ pub struct Finding {
 
 impl std::fmt::Display for Finding {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // Findings quote the user data: control characters are shown escaped.
+        let message = crate::image::escaped(&self.message);
         match (&self.part, self.line) {
-            (Some(p), Some(l)) => write!(f, "{p} line {l}: {}", self.message),
-            (Some(p), None) => write!(f, "{p}: {}", self.message),
-            (None, Some(l)) => write!(f, "line {l}: {}", self.message),
-            (None, None) => write!(f, "{}", self.message),
+            (Some(p), Some(l)) => write!(f, "{} line {l}: {message}", crate::image::escaped(p)),
+            (Some(p), None) => write!(f, "{}: {message}", crate::image::escaped(p)),
+            (None, Some(l)) => write!(f, "line {l}: {message}"),
+            (None, None) => write!(f, "{message}"),
         }
     }
 }

@@ -725,6 +725,17 @@ boot_mode = "uefi-preferred"
     assert!(!skip.stdout.contains("preflight"), "{}", skip.stdout);
     assert!(mutating_names(&world).is_empty());
 
+    // --preflight-timeout bounds each pre-flight boot: 2 s is far too short to reach
+    // SSH under TCG, so the boots time out and nothing is created.
+    let short = run(vec!["publish", rel, "--preflight-timeout", "2s"]).await;
+    short.assert_failed_with("image(s) failed");
+    assert!(
+        short.stderr.contains("no SSH banner within 2s"),
+        "{}",
+        short.stderr
+    );
+    assert!(mutating_names(&world).is_empty(), "nothing created");
+
     // From here on, every request the publish makes.
     world.proxy.clear_requests();
     let r = run(vec!["publish", rel]).await;

@@ -224,6 +224,9 @@ async fn a_test_on_moto_runs_the_checks_on_a_booted_guest_keeps_the_console_and_
     // The second check passes once only: the first instance type passes, the second
     // fails at it (both are served by the one guest).
     let once = "test ! -e /var/tmp/seen && touch /var/tmp/seen";
+    // A third check from a file, run as the user --ssh-user names.
+    let checks_file = world.path("smoke.txt");
+    write_file(&checks_file, b"# who the checks log in as\nid -un\n");
     let args = [
         "--output",
         "json",
@@ -235,6 +238,10 @@ async fn a_test_on_moto_runs_the_checks_on_a_booted_guest_keeps_the_console_and_
         "cat /var/tmp/ec2ami-user-data",
         "--check",
         once,
+        "--checks",
+        checks_file.to_str().unwrap(),
+        "--ssh-user",
+        "ec2-user",
         "--user-data",
         ud.to_str().unwrap(),
         "--connect-to",
@@ -330,6 +337,10 @@ async fn a_test_on_moto_runs_the_checks_on_a_booted_guest_keeps_the_console_and_
     assert_eq!(pass["instance_type"], "t3.micro");
     assert_eq!(pass["verdict"], "passed", "{}", run.stderr);
     assert_eq!(pass["checks"][0]["stdout"], "user-data ran as root\n");
+    assert_eq!(
+        pass["checks"][2]["stdout"], "ec2-user\n",
+        "--checks, as --ssh-user"
+    );
     assert!(pass["banner"].as_str().unwrap().starts_with("SSH-2.0-"));
     // No --capture: a passing test keeps nothing.
     assert_eq!(pass["console_output"], Value::Null);
@@ -443,6 +454,11 @@ async fn capture_keeps_the_console_and_a_screenshot_of_a_passing_test() {
     );
     let addr = banner_only().to_string();
     let artifacts = world.path("artifacts");
+    let clients = world.clients().await;
+    let subnets = clients.ec2.describe_subnets().send().await.unwrap();
+    let subnet = subnets.subnets()[0].subnet_id().unwrap().to_string();
+    let groups = clients.ec2.describe_security_groups().send().await.unwrap();
+    let group = groups.security_groups()[0].group_id().unwrap().to_string();
     let run = world
         .run(&[
             "--output",
@@ -451,6 +467,10 @@ async fn capture_keeps_the_console_and_a_screenshot_of_a_passing_test() {
             &ami,
             "--instance-type",
             "c7i.large",
+            "--subnet",
+            &subnet,
+            "--security-group",
+            &group,
             "--connect-to",
             &addr,
             "--capture",
@@ -467,6 +487,10 @@ async fn capture_keeps_the_console_and_a_screenshot_of_a_passing_test() {
     assert_eq!(kept, "Linux version 6.1.0-cloud-amd64\nlogin: \n");
     assert!(is_png(Path::new(c["screenshot"].as_str().unwrap())));
     assert_eq!(world.proxy.count("GetConsoleScreenshot"), 1);
+    let launched = params_of(&world, "RunInstances");
+    assert_eq!(launched.len(), 1);
+    assert_eq!(launched[0].get("SubnetId"), Some(&subnet));
+    assert_eq!(launched[0].get("SecurityGroupId.1"), Some(&group));
     assert!(doc["instance_minutes"].as_f64().unwrap() > 0.0);
     let history = world.run(&["--output", "json", "history", "list"]).await;
     history.assert_ok();
@@ -622,4 +646,161 @@ async fn a_killed_test_is_cleaned_up_at_the_next_start_and_bad_input_is_refused(
     }
     assert_eq!(world.proxy.count("RunInstances"), 0);
     assert_eq!(world.proxy.count("ImportKeyPair"), 0);
+}
+
+/// `bench --capture`: while the run's pending-to-running poll is held at the proxy (a
+/// hook, not a sleep), the capture loop keeps taking screenshots at
+/// `--capture-interval`; every frame it took is a PNG in `--capture-dir`, with the
+/// console output, and the four phases are still measured.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bench_capture_keeps_frames_and_the_console_output() {
+    let world = World::moto().await;
+    let ami = register_ami(&world, "ec2ami-bench capture 20261201").await;
+    knobs(
+        &world,
+        &json!({"console_output": {"*": {"text": "FreeBSD/amd64 (ec2) login: \n"}}}),
+    );
+    let addr = banner_only().to_string();
+    let dir = world.path("captures");
+    let polls = world.proxy.hold(Some("DescribeInstances"), 0);
+    let shots = world.proxy.hold(Some("GetConsoleScreenshot"), 3);
+    let mut cmd = world.ec2ami();
+    cmd.args([
+        "--output",
+        "json",
+        "bench",
+        &ami,
+        "--instance-type",
+        "t3.micro",
+        "--runs",
+        "1",
+        "--connect-to",
+        &addr,
+        "--capture",
+        "--capture-interval",
+        "50ms",
+        "--capture-dir",
+        dir.to_str().unwrap(),
+        "--no-history",
+    ])
+    .stdout(Stdio::piped())
+    .stderr(Stdio::piped());
+    let child = cmd.spawn().unwrap();
+    // Three screenshots passed and a fourth is asked for while the run is still
+    // waiting for its instance: the loop runs during the phases.
+    assert!(
+        shots.arrived(1, Duration::from_secs(120)).await,
+        "no screenshots while the instance was pending"
+    );
+    assert!(polls.held() >= 1, "the capture ran before the first poll");
+    shots.open();
+    polls.open();
+    let out = tokio::time::timeout(Duration::from_secs(120), child.wait_with_output())
+        .await
+        .expect("bench finishes")
+        .unwrap();
+    let run = Run::from(out);
+    run.assert_ok();
+    let doc: Value = serde_json::from_str(&run.stdout).unwrap();
+    let cap = &doc["captures"][0];
+    let run_dir = Path::new(cap["dir"].as_str().unwrap());
+    assert!(run_dir.starts_with(&dir), "{cap}");
+    let frames = cap["frames"].as_u64().unwrap() as usize;
+    assert!(frames >= 4, "{cap}");
+    let answered = world
+        .proxy
+        .requests()
+        .into_iter()
+        .filter(|r| r.operation == "GetConsoleScreenshot" && r.status == 200)
+        .count();
+    assert_eq!(frames, answered, "one frame per screenshot taken");
+    for i in 1..=frames {
+        assert!(
+            is_png(&run_dir.join(format!("frame-{i:04}.png"))),
+            "frame {i}"
+        );
+    }
+    assert_eq!(
+        std::fs::read_to_string(run_dir.join("console.txt")).unwrap(),
+        "FreeBSD/amd64 (ec2) login: \n"
+    );
+    assert!(
+        doc["runs"][0]["total_s"].as_f64().is_some(),
+        "the phases are measured: {doc}"
+    );
+    assert_all_terminated(&world, 1).await;
+}
+
+/// `test RELEASE.toml`: each image's AMI is found by the name the release gives it, in
+/// the release's source region; an image not published yet is refused before anything
+/// is launched or imported.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_release_file_names_the_amis_to_test() {
+    let world = World::moto().await;
+    let region = world.clients().await.region().to_string();
+    let (a, b) = (world.path("a.raw"), world.path("b.raw"));
+    write_file(&a, &[0u8; 4096]);
+    write_file(&b, &[0u8; 4096]);
+    let release = world.path("release.toml");
+    write_file(
+        &release,
+        format!(
+            r#"regions = ["{region}"]
+
+[defaults]
+version = "1.0"
+branch = "TEST"
+date = "20261201"
+arch = "x86_64"
+fs = "ext4"
+name = "ec2ami-test-{{flavour}}-{{date}}"
+description = "ec2ami test image {{flavour}}"
+
+[[image]]
+path = "a.raw"
+flavour = "one"
+
+[[image]]
+path = "b.raw"
+flavour = "two"
+"#
+        )
+        .as_bytes(),
+    );
+    let one = register_ami(&world, "ec2ami-test-one-20261201").await;
+    let addr = banner_only().to_string();
+    let args = [
+        "--output",
+        "json",
+        "test",
+        release.to_str().unwrap(),
+        "--instance-type",
+        "t3.micro",
+        "--connect-to",
+        &addr,
+        "--no-history",
+    ];
+    // The second image has no AMI yet.
+    let run = world.run(&args).await;
+    run.assert_failed_with("no AMI named `ec2ami-test-two-20261201`");
+    assert_eq!(world.proxy.count("RunInstances"), 0);
+    assert_eq!(world.proxy.count("ImportKeyPair"), 0);
+
+    let two = register_ami(&world, "ec2ami-test-two-20261201").await;
+    let run = world.run(&args).await;
+    run.assert_ok();
+    let doc: Value = serde_json::from_str(&run.stdout).unwrap();
+    let tested: Vec<&str> = doc["cells"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| c["image_id"].as_str().unwrap())
+        .collect();
+    assert_eq!(tested, [one.as_str(), two.as_str()]);
+    let launched: Vec<String> = params_of(&world, "RunInstances")
+        .into_iter()
+        .map(|p| p["ImageId"].clone())
+        .collect();
+    assert_eq!(launched, [one.clone(), two.clone()]);
+    assert_all_terminated(&world, 2).await;
 }

@@ -72,6 +72,15 @@ fn promised(plan: &serde_json::Value) -> Requests {
     for a in plan["actions"].as_array().unwrap() {
         let (step, verb) = (a["step"].as_str().unwrap(), a["verb"].as_str().unwrap());
         let op = match (step, verb) {
+            // Continuing an interrupted upload sends its blocks, not a StartSnapshot.
+            ("snapshot", "create")
+                if a["detail"]
+                    .as_str()
+                    .unwrap()
+                    .contains("continuing the interrupted upload") =>
+            {
+                continue;
+            }
             ("snapshot", "create") => "StartSnapshot",
             ("snapshot", "delete") => "DeleteSnapshot",
             ("register", "create") => "RegisterImage",
@@ -232,9 +241,11 @@ async fn after_an_upload_killed_midway() {
         1,
         "the unfinished snapshot"
     );
+    // The plan and the run continue the killed upload (issue 12): nothing deleted, one
+    // StartSnapshot (the other image's).
     let p = plan_then_run(&world, &rel, true).await;
-    assert_eq!(count(&p, "DeleteSnapshot"), 1, "{p:?}");
-    assert_eq!(count(&p, "StartSnapshot"), 2, "{p:?}");
+    assert_eq!(count(&p, "DeleteSnapshot"), 0, "{p:?}");
+    assert_eq!(count(&p, "StartSnapshot"), 1, "{p:?}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

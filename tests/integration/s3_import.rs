@@ -278,6 +278,46 @@ async fn raw_and_vmdk_images_round_trip_through_s3() {
     assert!(keys(&s3).await.is_empty(), "the bucket is left empty");
 }
 
+/// A fixed VHD (as `--vhd` callers hand over): ImportSnapshot of the joined object, the
+/// snapshot holding the disk's raw blocks, the bucket left empty.
+#[tokio::test]
+async fn a_vhd_image_round_trips_through_s3() {
+    let world = World::moto().await;
+    let s3 = make_bucket(&world).await;
+    let raw = image(&world, "disk3.raw", 31);
+    let vhd = world.path("disk3.vhd");
+    let st = std::process::Command::new(qemu_img())
+        .args(["convert", "-q", "-f", "raw", "-O", "vpc"])
+        .args(["-o", "subformat=fixed,force_size=on"])
+        .arg(&raw)
+        .arg(&vhd)
+        .status()
+        .unwrap();
+    assert!(st.success());
+    let run = world
+        .run(&[
+            "--output",
+            "json",
+            "upload",
+            vhd.to_str().unwrap(),
+            "--via",
+            "s3",
+            "--bucket",
+            BUCKET,
+        ])
+        .await;
+    let report = json(&run);
+    assert_eq!(report["operation"], "ImportSnapshot");
+    assert_eq!(report["file_format"], "VHD");
+    let vhd_len = std::fs::metadata(&vhd).unwrap().len();
+    assert_eq!(report["bytes_sent"], vhd_len, "the VHD is sent as it is");
+    let snapshot = report["snapshot_id"].as_str().unwrap().to_string();
+    assert_imported(&world, &snapshot, &raw, "vhd.back").await;
+    assert_eq!(world.proxy.count("ImportSnapshot"), 1);
+    assert_eq!(world.proxy.count("PutSnapshotBlock"), 0);
+    assert!(keys(&s3).await.is_empty(), "the bucket is left empty");
+}
+
 #[tokio::test]
 async fn manifest_write_then_verify_and_altered_parts_are_refused() {
     let world = World::moto().await;
@@ -527,6 +567,22 @@ async fn ctrl_c_during_an_import_cancels_the_task_and_empties_the_bucket() {
     let world = World::moto().await;
     let s3 = make_bucket(&world).await;
     let raw = image(&world, "disk.raw", 51);
+    // Not the first zone (the default), so that --availability-zone shows on the wire.
+    let zones = world
+        .clients()
+        .await
+        .ec2
+        .describe_availability_zones()
+        .send()
+        .await
+        .unwrap();
+    let zone = zones
+        .availability_zones()
+        .last()
+        .unwrap()
+        .zone_name()
+        .unwrap()
+        .to_string();
     let gate = world.proxy.hold(Some("DescribeConversionTasks"), 0);
     let child = world
         .ec2ami()
@@ -538,6 +594,7 @@ async fn ctrl_c_during_an_import_cancels_the_task_and_empties_the_bucket() {
             "--bucket",
             BUCKET,
         ])
+        .args(["--availability-zone", &zone])
         .stdout(std::process::Stdio::piped())
         .stderr(std::process::Stdio::piped())
         .spawn()
@@ -559,7 +616,9 @@ async fn ctrl_c_during_an_import_cancels_the_task_and_empties_the_bucket() {
     gate.open();
     assert_eq!(run.code, Some(130), "{}", run.stderr);
     assert!(run.stderr.contains("interrupted"), "{}", run.stderr);
-    assert_eq!(world.proxy.count("ImportVolume"), 1);
+    let imports = params_of(&world, "ImportVolume");
+    assert_eq!(imports.len(), 1);
+    assert_eq!(imports[0].get("AvailabilityZone"), Some(&zone));
     assert_eq!(world.proxy.count("CancelConversionTask"), 1);
     assert!(keys(&s3).await.is_empty(), "parts and manifest deleted");
     assert_eq!(world.proxy.count("CreateSnapshot"), 0);
