@@ -407,3 +407,29 @@ pub fn mutating(world: &World) -> Vec<String> {
         })
         .collect()
 }
+
+/// POST `doc` to one of the test world's moto-api hooks (`/moto-api/ec2ami/...`),
+/// straight to moto: the proxy does not see it. The answer must be 200; its body is
+/// returned.
+pub fn moto_hook(world: &World, path: &str, doc: &serde_json::Value) -> String {
+    use std::io::Read as _;
+    let Backend::Moto(m) = &world.backend else {
+        panic!("{path}: not a moto world")
+    };
+    let port = m.port();
+    let body = doc.to_string();
+    let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+    write!(
+        s,
+        "POST {path} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nContent-Type: application/json\r\n\
+         Content-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    )
+    .unwrap();
+    let mut answer = String::new();
+    s.read_to_string(&mut answer).unwrap();
+    let (head, rest) = answer.split_once("\r\n\r\n").unwrap_or((&answer, ""));
+    assert!(head.starts_with("HTTP/1.1 200"), "{path}: {answer}");
+    rest.to_string()
+}

@@ -7,7 +7,7 @@
 //! banner-only listener stands in. Every test checks on the wire and in moto that the
 //! key pair was deleted and every instance terminated.
 
-use std::io::{Read, Write};
+use std::io::Write;
 use std::net::TcpListener;
 use std::path::Path;
 use std::process::Stdio;
@@ -25,22 +25,7 @@ use crate::common::*;
 
 /// POST `doc` to the harness's config hook, straight to moto.
 fn knobs(world: &World, doc: &Value) {
-    let Backend::Moto(m) = &world.backend else {
-        panic!("not a moto world")
-    };
-    let port = m.port();
-    let body = doc.to_string();
-    let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
-    write!(
-        s,
-        "POST /moto-api/ec2ami/config HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\n\
-         Content-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
-        body.len()
-    )
-    .unwrap();
-    let mut answer = String::new();
-    s.read_to_string(&mut answer).unwrap();
-    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+    moto_hook(world, "/moto-api/ec2ami/config", doc);
 }
 
 async fn register_ami(world: &World, name: &str) -> String {

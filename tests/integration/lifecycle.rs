@@ -9,7 +9,6 @@
 //! through the proxy.
 
 use std::collections::BTreeSet;
-use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -44,32 +43,9 @@ fn rfc3339(t: i64) -> String {
     DateTime::from_secs(t).fmt(Format::DateTime).unwrap()
 }
 
-fn moto_port(world: &World) -> u16 {
-    match &world.backend {
-        Backend::Moto(m) => m.port(),
-        _ => panic!("not a moto world"),
-    }
-}
-
-/// POST `doc` to one of the harness's moto-api hooks, straight to moto (the proxy does
-/// not see it).
+/// POST `doc` to one of the harness's moto-api hooks; its JSON answer.
 fn hook(world: &World, path: &str, doc: &Value) -> Value {
-    let port = moto_port(world);
-    let body = doc.to_string();
-    let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
-    s.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
-    write!(
-        s,
-        "POST {path} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nContent-Type: application/json\r\n\
-         Content-Length: {}\r\nConnection: close\r\n\r\n{body}",
-        body.len()
-    )
-    .unwrap();
-    let mut answer = String::new();
-    s.read_to_string(&mut answer).unwrap();
-    let (head, json) = answer.split_once("\r\n\r\n").unwrap();
-    assert!(head.starts_with("HTTP/1.1 200"), "{path}: {answer}");
-    serde_json::from_str(json).unwrap()
+    serde_json::from_str(&moto_hook(world, path, doc)).unwrap()
 }
 
 fn knobs(world: &World, doc: Value) {

@@ -7,8 +7,6 @@
 //! document; the import limit waited out, a SERVER_ERROR hang turned into a failure
 //! (task cancelled, objects deleted or kept with --keep-on-failure); bad command lines.
 
-use std::io::{BufRead, BufReader, Write};
-use std::net::TcpStream;
 use std::path::Path;
 
 use sha2::{Digest, Sha256};
@@ -57,29 +55,14 @@ fn image(world: &World, name: &str, seed: u64) -> std::path::PathBuf {
     path
 }
 
-fn moto_port(world: &World) -> u16 {
-    match &world.backend {
-        Backend::Moto(m) => m.port(),
-        _ => panic!("not a moto world"),
-    }
-}
-
 /// The harness endpoint of the imports section (never AWS): the next N imports answer
 /// ResourceLimitExceeded / the next N tasks hang with SERVER_ERROR.
 fn import_faults(world: &World, resource_limit: u32, server_error: u32) {
-    let port = moto_port(world);
-    let body = format!(r#"{{"resource_limit": {resource_limit}, "server_error": {server_error}}}"#);
-    let mut s = TcpStream::connect(("127.0.0.1", port)).unwrap();
-    write!(
-        s,
-        "POST /moto-api/ec2ami/import-faults HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\n\
-         Content-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
-        body.len()
-    )
-    .unwrap();
-    let mut line = String::new();
-    BufReader::new(s).read_line(&mut line).unwrap();
-    assert!(line.contains(" 200 "), "import-faults answered {line}");
+    moto_hook(
+        world,
+        "/moto-api/ec2ami/import-faults",
+        &serde_json::json!({"resource_limit": resource_limit, "server_error": server_error}),
+    );
 }
 
 /// PUT requests of image parts (`.../partN`) on the wire.
