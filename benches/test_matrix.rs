@@ -102,6 +102,7 @@ async fn main() {
                     user_data: None,
                     ipv6: false,
                     key_name: None,
+                    purpose: "bench",
                 },
                 runs: 1,
                 discard_first: false,

@@ -37,6 +37,9 @@ pub struct LaunchSpec {
     pub ipv6: bool,
     /// The key pair whose public key the instance gets (`ec2ami test`'s ephemeral one).
     pub key_name: Option<String>,
+    /// What the instance is for, in its Name tag (`ec2ami bench ami-...`,
+    /// `ec2ami test ami-...`).
+    pub purpose: &'static str,
 }
 
 /// How to watch DescribeInstances.
@@ -100,7 +103,10 @@ pub async fn run_instance(
         .resource_type(ResourceType::Instance)
         .tags(tag(tags::OWNERSHIP, tags::OWNERSHIP_VALUE))
         .tags(tag(tags::BENCH_TOKEN, token))
-        .tags(tag("Name", &format!("ec2ami bench {}", spec.image_id)))
+        .tags(tag(
+            "Name",
+            &format!("ec2ami {} {}", spec.purpose, spec.image_id),
+        ))
         .build();
     let user_data = spec
         .user_data

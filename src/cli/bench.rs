@@ -163,6 +163,7 @@ pub async fn run(g: &GlobalArgs, a: &BenchArgs) -> Result<(), Failure> {
             user_data,
             ipv6: a.ipv6,
             key_name: None,
+            purpose: "bench",
         },
         runs,
         discard_first: if a.discard_first || a.no_discard_first {

@@ -462,6 +462,7 @@ async fn one_cell(ctx: &Ctx<'_>, t: &Target, instance_type: &str) -> CellReport 
         user_data: opts.user_data.clone(),
         ipv6: false,
         key_name: Some(ctx.key_name.clone()),
+        purpose: "test",
     };
     let sent_at = epoch_now();
     let (token, launched) = match ctx.fleet.launch(&clients, &spec).await {

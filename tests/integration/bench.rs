@@ -602,6 +602,8 @@ async fn launch_options_reach_run_instances() {
             .unwrap_or_else(|| panic!("{k} not sent: {p:?}"))
     };
     assert_eq!(get("ImageId"), ami);
+    let name = format!("ec2ami bench {ami}");
+    assert!(p.values().any(|v| *v == name), "Name tag {name}: {p:?}");
     assert_eq!(get("InstanceType"), "m7g.large");
     assert_eq!(get("MinCount"), "1");
     assert_eq!(get("MaxCount"), "1");

@@ -476,6 +476,12 @@ async fn capture_keeps_the_console_and_a_screenshot_of_a_passing_test() {
     assert_eq!(launched.len(), 1);
     assert_eq!(launched[0].get("SubnetId"), Some(&subnet));
     assert_eq!(launched[0].get("SecurityGroupId.1"), Some(&group));
+    let name = format!("ec2ami test {ami}");
+    assert!(
+        launched[0].values().any(|v| *v == name),
+        "Name tag {name}: {:?}",
+        launched[0]
+    );
     assert!(doc["instance_minutes"].as_f64().unwrap() > 0.0);
     let history = world.run(&["--output", "json", "history", "list"]).await;
     history.assert_ok();
