@@ -10,14 +10,13 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Instant;
 
-use aws_sdk_ebs::types::Block;
 use bytes::Bytes;
-use futures_util::{StreamExt, TryStreamExt, stream};
+use futures_util::TryStreamExt;
 use serde::Serialize;
 
 use super::checksum;
-use super::{check_block_size, secs};
-use crate::aws::paging::pages;
+use super::listing::{self, ListingError};
+use super::secs;
 use crate::aws::{AwsError, Clients, ErrorClass, RetryPolicy, ec2, tags};
 use crate::progress::{Progress, ProgressMode};
 
@@ -111,7 +110,6 @@ impl DownloadError {
     }
 }
 
-/// One page of ListSnapshotBlocks.
 /// Download `snapshot_id` to `output`.
 pub async fn download(
     clients: &Clients,
@@ -171,44 +169,23 @@ async fn fetch_all(
     file: &File,
     opts: &DownloadOptions,
 ) -> Result<DownloadReport, DownloadError> {
-    let aws = |source| DownloadError::Aws {
-        snapshot_id: snapshot_id.to_string(),
-        source,
-    };
-    let protocol = |message| DownloadError::Protocol {
-        snapshot_id: snapshot_id.to_string(),
-        message,
+    let listing_error = |e| match e {
+        ListingError::Aws(source) => DownloadError::Aws {
+            snapshot_id: snapshot_id.to_string(),
+            source,
+        },
+        ListingError::Protocol(message) => DownloadError::Protocol {
+            snapshot_id: snapshot_id.to_string(),
+            message,
+        },
     };
     let recorded_size = image_size_tag(clients, snapshot_id, &opts.retry).await;
-    // Pages are fetched lazily, one ahead of the blocks being fetched: block tokens
-    // expire, and a listing of a 64 TiB snapshot need not be held in memory.
     let call = clients.call("ListSnapshotBlocks").on(snapshot_id);
-    let mut listing = Box::pin(pages(
-        &opts.retry,
-        &call,
-        |token| {
-            clients
-                .ebs
-                .list_snapshot_blocks()
-                .snapshot_id(snapshot_id)
-                .max_results(10_000)
-                .set_next_token(token)
-                .send()
-        },
-        |page| page.next_token(),
-    ));
-    let first = listing
-        .try_next()
+    let listing = listing::list(clients, &call, snapshot_id, &opts.retry)
         .await
-        .map_err(aws)?
-        .ok_or_else(|| protocol("ListSnapshotBlocks answered nothing".into()))?;
-    let block_size = check_block_size(first.block_size().map(i64::from)).map_err(protocol)?;
-    let volume_bytes = first
-        .volume_size()
-        .filter(|&g| g > 0)
-        .ok_or_else(|| protocol("ListSnapshotBlocks answered no volume size".into()))?
-        as u64
-        * (1 << 30);
+        .map_err(listing_error)?;
+    let block_size = listing.block_size;
+    let volume_bytes = listing.volume_bytes();
     let size = match recorded_size {
         Some(s) if !opts.full_volume && s > 0 && s <= volume_bytes => s,
         _ => volume_bytes,
@@ -221,10 +198,6 @@ async fn fetch_all(
 
     let progress = Arc::new(Progress::new(opts.progress, "download", 0));
     let zero = Arc::new(AtomicU64::new(0));
-    let blocks = stream::once(async { Ok(first) })
-        .chain(listing)
-        .map_ok(|page| stream::iter(page.blocks.unwrap_or_default().into_iter().map(Ok)))
-        .try_flatten();
     let ctx = Fetch {
         clients,
         snapshot_id,
@@ -235,9 +208,10 @@ async fn fetch_all(
         progress: &progress,
         zero: &zero,
     };
-    let count = blocks
-        .map_err(aws)
-        .map_ok(|b| ctx.fetch(b))
+    let count = listing
+        .blocks
+        .map_err(listing_error)
+        .map_ok(|(index, token)| ctx.fetch(index, token))
         .try_buffer_unordered(opts.workers.max(1))
         .try_fold(0u64, |n, ()| async move { Ok(n + 1) })
         .await?;
@@ -278,25 +252,18 @@ struct Fetch<'a> {
 }
 
 impl Fetch<'_> {
-    async fn fetch(&self, block: Block) -> Result<(), DownloadError> {
+    async fn fetch(&self, index: u64, token: String) -> Result<(), DownloadError> {
         let aws = |source| DownloadError::Aws {
             snapshot_id: self.snapshot_id.to_string(),
             source,
         };
-        let (Some(index), Some(token)) = (block.block_index(), block.block_token()) else {
-            return Err(DownloadError::Protocol {
-                snapshot_id: self.snapshot_id.to_string(),
-                message: "ListSnapshotBlocks listed a block without index or token".into(),
-            });
-        };
-        let index = index as u64;
         let call = self
             .clients
             .call("GetSnapshotBlock")
             .on(format!("{} block {index}", self.snapshot_id));
         let data = self
             .retry
-            .run(&call, || self.get_verified(index, token))
+            .run(&call, || self.get_verified(index, &token))
             .await
             .map_err(aws)?;
         self.progress.inc_total(self.block_size);

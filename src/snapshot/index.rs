@@ -26,12 +26,11 @@ use std::fs::File;
 use std::io::{self, BufRead, BufReader, BufWriter, Write};
 use std::path::{Path, PathBuf};
 
-use futures_util::{StreamExt, TryStreamExt, stream};
+use futures_util::TryStreamExt;
 
-use super::check_block_size;
 use super::checksum::{self, BlockDigest, LinearAggregate};
 use super::download::get_block_verified;
-use crate::aws::paging::pages;
+use super::listing::{self, ListingError};
 use crate::aws::{AwsError, Clients, RetryPolicy, ec2, tags};
 use crate::progress::{Progress, ProgressMode};
 
@@ -365,32 +364,15 @@ pub async fn from_snapshot(
             state: described.state,
         });
     }
+    let listing_error = |e| match e {
+        ListingError::Aws(source) => aws(source),
+        ListingError::Protocol(message) => protocol(message),
+    };
     let call = clients.call("ListSnapshotBlocks").on(snapshot_id);
-    let mut listing = Box::pin(pages(
-        &opts.retry,
-        &call,
-        |token| {
-            clients
-                .ebs
-                .list_snapshot_blocks()
-                .snapshot_id(snapshot_id)
-                .max_results(10_000)
-                .set_next_token(token)
-                .send()
-        },
-        |page| page.next_token(),
-    ));
-    let first = listing
-        .try_next()
+    let listing = listing::list(clients, &call, snapshot_id, &opts.retry)
         .await
-        .map_err(aws)?
-        .ok_or_else(|| protocol("ListSnapshotBlocks answered nothing".into()))?;
-    let block_size = check_block_size(first.block_size().map(i64::from)).map_err(protocol)?;
-    let volume_gib = first
-        .volume_size()
-        .filter(|&g| g > 0)
-        .ok_or_else(|| protocol("ListSnapshotBlocks answered no volume size".into()))?
-        as u64;
+        .map_err(listing_error)?;
+    let (block_size, volume_gib) = (listing.block_size, listing.volume_gib);
     let volume_bytes = volume_gib << 30;
     let image_size = described
         .tag(tags::IMAGE_SIZE)
@@ -410,35 +392,21 @@ pub async fn from_snapshot(
     };
     let mut writer = IndexWriter::create(dir, &header).map_err(io_err)?;
     let progress = Progress::new(opts.progress, "index", 0);
-    let blocks = stream::once(async { Ok(first) })
-        .chain(listing)
-        .map_ok(|page| stream::iter(page.blocks.unwrap_or_default().into_iter().map(Ok)))
-        .try_flatten()
-        .map_err(aws);
     // `buffered` keeps the listing's (ascending) order for the index and the aggregate
     // while `workers` blocks are fetched at once.
-    let fetched = blocks
-        .map_ok(|b| {
+    let fetched = listing
+        .blocks
+        .map_err(listing_error)
+        .map_ok(|(index, token)| {
             let progress = &progress;
             async move {
-                let (Some(index), Some(token)) = (b.block_index(), b.block_token()) else {
-                    return Err(protocol(
-                        "ListSnapshotBlocks listed a block without index or token".into(),
-                    ));
-                };
-                let index = index as u64;
-                if index >= volume_bytes / block_size {
-                    return Err(protocol(format!(
-                        "ListSnapshotBlocks listed block {index}, past the end of the volume"
-                    )));
-                }
                 let call = clients
                     .call("GetSnapshotBlock")
                     .on(format!("{snapshot_id} block {index}"));
                 let data = opts
                     .retry
                     .run(&call, || {
-                        get_block_verified(clients, snapshot_id, index, token, block_size)
+                        get_block_verified(clients, snapshot_id, index, &token, block_size)
                     })
                     .await
                     .map_err(aws)?;

@@ -6,6 +6,7 @@ pub mod checksum;
 pub(crate) mod diff;
 pub(crate) mod download;
 pub(crate) mod index;
+pub(crate) mod listing;
 pub(crate) mod resume;
 pub(crate) mod upload;
 pub(crate) mod wait;
