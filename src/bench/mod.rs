@@ -482,11 +482,18 @@ async fn one_run(ctx: &Ctx<'_>, run: usize, discarded: bool) {
                     let dir = c.dir.join(format!("run-{run}-{id}"));
                     let mut frames = 0usize;
                     let out = {
-                        let shots = capture_frames(ctx, &id, c.interval, &dir, &mut frames);
-                        tokio::select! {
-                            r = measure(ctx, &launched) => r,
-                            _ = shots => unreachable!("the capture loop never ends"),
-                        }
+                        // The loop is told to stop when the phases are measured and
+                        // finishes the screenshot it is taking, so that every screenshot
+                        // EC2 answered is kept (never dropped mid-request).
+                        let (stop, stopped) = tokio::sync::watch::channel(false);
+                        let shots =
+                            capture_frames(ctx, &id, c.interval, &dir, &mut frames, stopped);
+                        let measured = async {
+                            let r = measure(ctx, &launched).await;
+                            stop.send_replace(true);
+                            r
+                        };
+                        tokio::join!(measured, shots).0
                     };
                     let cap = finish_capture(ctx, &id, &dir, frames, c.interval).await;
                     lock(&ctx.captures).push(RunCapture { run, ..cap });
@@ -527,17 +534,19 @@ fn log_result(r: &RunResult, total: usize) {
     }
 }
 
-/// Take a screenshot every `interval` into `dir/frame-NNNN.png` (never returns).
+/// Take a screenshot every `interval` into `dir/frame-NNNN.png` until `stop` turns
+/// true; a screenshot under way then is finished and kept.
 async fn capture_frames(
     ctx: &Ctx<'_>,
     instance_id: &str,
     interval: Duration,
     dir: &std::path::Path,
     frames: &mut usize,
+    mut stop: tokio::sync::watch::Receiver<bool>,
 ) {
     if let Err(e) = std::fs::create_dir_all(dir) {
         tracing::warn!("--capture: cannot create {}: {e}", dir.display());
-        return std::future::pending().await;
+        return;
     }
     let once = RetryPolicy {
         max_attempts: 1,
@@ -546,7 +555,11 @@ async fn capture_frames(
     let mut tick = tokio::time::interval(interval);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
-        tick.tick().await;
+        tokio::select! {
+            biased;
+            _ = stop.wait_for(|s| *s) => return,
+            _ = tick.tick() => {}
+        }
         let shot = crate::aws::ec2::console_screenshot(ctx.fleet.clients, instance_id, &once).await;
         match shot {
             Ok(png) => {
