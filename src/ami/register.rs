@@ -192,24 +192,79 @@ pub async fn register(
         Err(e) => return Err(e.into()),
     };
     tracing::info!("registered {image_id} `{}` in {region}", spec.name);
-    if let Some(at) = spec.deprecate_at
-        && let Err(e) = deprecate(clients, &image_id, at, retry).await
-    {
-        // Nothing half-made is left: the new AMI without its deprecation goes.
-        let undone = match ec2::deregister_image(clients, &image_id, retry).await {
-            Ok(_) => format!("{image_id} was deregistered again (snapshot {snapshot_id} kept)"),
-            Err(d) => format!("{image_id} is still registered (deregistering it failed: {d})"),
-        };
-        return Err(AmiError::Invalid(format!(
-            "setting the deprecation of {image_id} `{}` in {region} failed: {e}; {undone}",
-            spec.name
-        )));
-    }
-    wait_available(clients, &image_id, wait, retry).await?;
-    if let Some(p) = spec.protect {
-        p.apply(clients, &image_id, retry).await?;
+    if let Err(e) = finish_new(clients, &image_id, spec, wait, retry).await {
+        return Err(after_create(clients, &image_id, snapshot_id, spec, e, retry).await);
     }
     Ok(done(image_id, false))
+}
+
+/// The steps after RegisterImage answered: the deprecation, the wait until available,
+/// the deregistration protection.
+async fn finish_new(
+    clients: &Clients,
+    image_id: &str,
+    spec: &ImageSpec,
+    wait: Duration,
+    retry: &RetryPolicy,
+) -> Result<(), AmiError> {
+    let region = clients.region();
+    if let Some(at) = spec.deprecate_at {
+        deprecate(clients, image_id, at, retry).await.map_err(|e| {
+            AmiError::Invalid(format!(
+                "setting the deprecation of {image_id} `{}` in {region} failed: {e}",
+                spec.name
+            ))
+        })?;
+    }
+    wait_available(clients, image_id, wait, retry).await?;
+    if let Some(p) = spec.protect {
+        p.apply(clients, image_id, retry).await.map_err(|e| {
+            AmiError::Invalid(format!(
+                "protecting {image_id} `{}` in {region} from deregistration failed: {e}",
+                spec.name
+            ))
+        })?;
+    }
+    Ok(())
+}
+
+/// A step after RegisterImage failed with `e`: nothing half-made is left unreported.
+/// An AMI the wait ran out on (still `pending`, or available since) is kept and said
+/// so, since the same register run again reuses it and finishes it; any other (failed,
+/// or without its deprecation or protection) is deregistered again, the snapshot kept.
+async fn after_create(
+    clients: &Clients,
+    image_id: &str,
+    snapshot_id: &str,
+    spec: &ImageSpec,
+    e: AmiError,
+    retry: &RetryPolicy,
+) -> AmiError {
+    // Only the wait leaves an image that may still become (or now is) available.
+    let kept = if matches!(e, AmiError::State { .. }) {
+        match ec2::image(clients, image_id, retry).await {
+            Ok(Some(img)) if img.state != "pending" && img.state != "available" => None,
+            Ok(Some(img)) => Some(img.state),
+            Ok(None) => Some("not visible yet".to_string()),
+            Err(_) => Some("its state unknown".to_string()),
+        }
+    } else {
+        None
+    };
+    let what = match kept {
+        Some(state) => format!(
+            "{image_id} is kept ({state}): the same register run again reuses it, or \
+             deregister it"
+        ),
+        None => match ec2::deregister_image(clients, image_id, retry).await {
+            Ok(_) => format!("{image_id} was deregistered again (snapshot {snapshot_id} kept)"),
+            Err(d) => format!(
+                "{image_id} `{}` is still registered (deregistering it failed: {d})",
+                spec.name
+            ),
+        },
+    };
+    AmiError::Invalid(format!("{e}; {what}"))
 }
 
 /// An existing AMI of that name made from that snapshot; an error if the name is taken

@@ -8,7 +8,7 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use ec2ami_testkit::{Fault, FaultRule};
+use ec2ami_testkit::{Fault, FaultRule, MotoOptions, Realism};
 
 use crate::common::*;
 
@@ -405,6 +405,100 @@ async fn register_undoes_the_ami_when_its_deprecation_fails() {
         .filter(|i| i.state().is_none_or(|s| s.as_str() != "deregistered"))
         .collect();
     assert!(left.is_empty(), "{left:?}");
+}
+
+/// The images named `name` the world still has (not deregistered).
+async fn images_named(world: &World, name: &str) -> Vec<(String, String)> {
+    let c = world.clients().await;
+    let imgs = c.ec2.describe_images().owners("self").send().await.unwrap();
+    imgs.images()
+        .iter()
+        .filter(|i| i.name() == Some(name))
+        .filter(|i| i.state().is_none_or(|s| s.as_str() != "deregistered"))
+        .map(|i| {
+            let state = i
+                .state()
+                .map(|s| s.as_str().to_string())
+                .unwrap_or_default();
+            (i.image_id().unwrap_or_default().to_string(), state)
+        })
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn register_undoes_the_ami_when_its_protection_fails() {
+    let world = World::moto().await;
+    sparse_file(
+        &world.path("p.raw"),
+        4 * MIB,
+        &[(0, random_bytes(84, MIB as usize))],
+    );
+    let up = world.upload(&world.path("p.raw"), &[]).await;
+    let snap = up["snapshot_id"].as_str().unwrap().to_string();
+    world.proxy.set_rules(vec![FaultRule::with_rate(
+        Some("EnableImageDeregistrationProtection"),
+        Fault::AccessDenied,
+        1.0,
+    )]);
+    let run = world
+        .run(&["register", &snap, "--name", "MyOS unprotected", "--protect"])
+        .await;
+    world.proxy.set_rules(vec![]);
+    assert_eq!(world.proxy.count("RegisterImage"), 1, "it was registered");
+    run.assert_failed_with("was deregistered again");
+    assert!(
+        run.stderr.contains("from deregistration failed"),
+        "{}",
+        run.stderr
+    );
+    let errors = run.stderr.lines().filter(|l| l.starts_with("error:"));
+    assert_eq!(errors.count(), 1, "one line: {}", run.stderr);
+    assert_eq!(images_named(&world, "MyOS unprotected").await, vec![]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn register_keeps_and_names_an_ami_its_wait_ran_out_on() {
+    // RegisterImage's image stays pending for 6 s: a 1 s wait runs out on it.
+    let world = World::moto_with(MotoOptions {
+        realism: Realism {
+            latency: vec![("RegisterImage".into(), Duration::from_secs(6))],
+            ..Realism::default()
+        },
+        ..MotoOptions::default()
+    })
+    .await;
+    sparse_file(
+        &world.path("w.raw"),
+        4 * MIB,
+        &[(0, random_bytes(85, MIB as usize))],
+    );
+    let up = world.upload(&world.path("w.raw"), &[]).await;
+    let snap = up["snapshot_id"].as_str().unwrap().to_string();
+    let name = "MyOS slow";
+    let run = world
+        .run(&["register", &snap, "--name", name, "--wait-timeout", "1s"])
+        .await;
+    run.assert_failed_with("is kept (pending)");
+    let left = images_named(&world, name).await;
+    assert_eq!(left.len(), 1, "{left:?}");
+    let (id, state) = &left[0];
+    assert_eq!(state, "pending");
+    assert!(
+        run.stderr.contains(id.as_str()),
+        "names the AMI: {}",
+        run.stderr
+    );
+    assert_eq!(world.proxy.count("DeregisterImage"), 0);
+    // Run again: the same AMI, reused once it is available; no second one.
+    world.proxy.clear_requests();
+    let again = world.run(&["register", &snap, "--name", name]).await;
+    again.assert_ok();
+    assert_eq!(again.stdout.trim(), id.as_str());
+    assert_eq!(world.proxy.count("RegisterImage"), 0);
+    assert_eq!(
+        images_named(&world, name).await,
+        vec![(id.clone(), "available".into())]
+    );
 }
 
 /// `ec2ami publish` with its own state database.
