@@ -101,8 +101,12 @@ impl World {
     }
 
     /// The `ec2ami` binary with an environment that reaches only the proxy.
+    /// `EC2AMI_TEST_BIN` runs another build instead (e.g. an older commit's, to show
+    /// that a test fails without the fix it comes with).
     pub fn ec2ami(&self) -> Command {
-        let mut cmd = Command::new(env!("CARGO_BIN_EXE_ec2ami"));
+        let bin = std::env::var_os("EC2AMI_TEST_BIN")
+            .unwrap_or_else(|| env!("CARGO_BIN_EXE_ec2ami").into());
+        let mut cmd = Command::new(bin);
         for k in AWS_ENV_TO_REMOVE {
             cmd.env_remove(k);
         }
