@@ -50,7 +50,8 @@ The image lifecycle (none of it in moto), with AWS's semantics and errors:
   `enabled-with-cooldown`, `disabled-until TIME`); DeregisterImage refuses a protected
   image, and disabling a protection enabled with the cooldown keeps the image protected
   for the cooldown (24 hours; harness-only: ``cooldown_seconds`` of the config hook
-  below shortens it). A copy is not protected (CopyImage does not carry it).
+  below shortens it; ``POST /moto-api/ec2ami/end-cooldowns`` ends every running one
+  at once, for a test to move on when it says). A copy is not protected (CopyImage does not carry it).
 - CopyImage checks SnapshotCopyCompletionDurationMinutes (15-minute steps, 15 to 2880)
   and carries UEFI data; harness-only: ``copy_pending_seconds`` keeps every new copy
   `pending` that long, so that waiting for copies can be watched on the wire.
@@ -1577,6 +1578,22 @@ def set_last_launched(request, full_url, headers):
     return 200, {"Content-Type": "application/json"}, json.dumps({"ok": True})
 
 
+def end_cooldowns(request, full_url, headers):
+    """POST /moto-api/ec2ami/end-cooldowns: every running deregistration protection
+    cooldown ends now (what AWS shows once its 24 hours have passed), so a test moves
+    on when it says, not when a clock says. Answers {"ended": how many}."""
+    ended = 0
+    now = time.time()
+    for account in list(Moto.ec2_backends.values()):
+        for backend in list(account.values()):
+            for ami in list(backend.amis.values()):
+                if ami.__dict__.get("_moto_ext_protected_until") is not None:
+                    ami._moto_ext_protected_until = now
+                    ended += 1
+            refresh(backend)
+    return 200, {"Content-Type": "application/json"}, json.dumps({"ended": ended})
+
+
 # ---------------------------------------------------------------------------------------
 # The console: GetConsoleOutput from a wired guest, GetConsoleScreenshot (not in moto)
 
@@ -2629,6 +2646,7 @@ def install():
     Moto.url_paths["{0}/moto-api/ec2ami/generate"] = generate
     Moto.url_paths["{0}/moto-api/ec2ami/config"] = config
     Moto.url_paths["{0}/moto-api/ec2ami/last-launched"] = set_last_launched
+    Moto.url_paths["{0}/moto-api/ec2ami/end-cooldowns"] = end_cooldowns
     install_realism()
     install_limits()
     install_lineage()
