@@ -817,8 +817,8 @@ async fn kill_after(world: &World, host: &Host, words: &[String], operation: &st
     assert!(held, "{operation} never reached {}", n + 1);
     child.start_kill().unwrap(); // SIGKILL: no clean-up
     let _ = child.wait().await;
-    // Opened only now: the held request goes nowhere (its connection died with the
-    // program).
+    // Opened only once the program is dead: whether the held request still reaches the
+    // world or not, nobody reads its answer (a request AWS got from a killed client).
     drop(gate);
 }
 
