@@ -27,7 +27,10 @@ hold. This module changes, with AWS's semantics:
   (moto: HTTP 500).
 - DescribeImageAttribute answers every attribute an AMI has (moto: HTTP 500 or empty).
 - Image block public access per region (not in moto); ModifyImageAttribute refuses to
-  make an image public while new sharing is blocked.
+  make an image public while new sharing is blocked. Harness-only: with the realism
+  ``bpa_delay`` a change is in force only that long after it is asked for, and
+  ``POST /moto-api/ec2ami/bpa-in-force`` puts every pending change in force at once,
+  for a test to move on when it says.
 - DescribeSnapshots honours OwnerIds (moto returns every owner's snapshots).
 - DescribeImages, DescribeSnapshots and DescribeLaunchTemplateVersions paginate with
   MaxResults and NextToken as AWS does (moto answers everything, or for launch template
@@ -783,6 +786,20 @@ def bpa_change(backend, target):
         s["pending"] = (target, time.monotonic() + delay)
     else:
         s["state"], s["pending"] = target, None
+
+
+def bpa_in_force(request, full_url, headers):
+    """POST /moto-api/ec2ami/bpa-in-force: every pending image block public access
+    change takes effect now (what AWS shows once its "up to 10 minutes" have passed), so
+    a test moves on when it says, not when a clock says. Answers {"applied": how many}."""
+    applied = 0
+    for account in list(Moto.ec2_backends.values()):
+        for backend in list(account.values()):
+            s = backend.__dict__.get("_moto_ext_image_bpa")
+            if s and s.get("pending"):
+                s["state"], s["pending"] = s["pending"][0], None
+                applied += 1
+    return 200, {"Content-Type": "application/json"}, json.dumps({"applied": applied})
 
 
 def get_image_block_public_access_state(self):
@@ -2647,6 +2664,7 @@ def install():
     Moto.url_paths["{0}/moto-api/ec2ami/config"] = config
     Moto.url_paths["{0}/moto-api/ec2ami/last-launched"] = set_last_launched
     Moto.url_paths["{0}/moto-api/ec2ami/end-cooldowns"] = end_cooldowns
+    Moto.url_paths["{0}/moto-api/ec2ami/bpa-in-force"] = bpa_in_force
     install_realism()
     install_limits()
     install_lineage()
