@@ -57,7 +57,8 @@ The image lifecycle (none of it in moto), with AWS's semantics and errors:
   at once, for a test to move on when it says). A copy is not protected (CopyImage does not carry it).
 - CopyImage checks SnapshotCopyCompletionDurationMinutes (15-minute steps, 15 to 2880)
   and carries UEFI data; harness-only: ``copy_pending_seconds`` keeps every new copy
-  `pending` that long, so that waiting for copies can be watched on the wire.
+  `pending` that long, so that waiting for copies can be watched on the wire, and
+  ``POST /moto-api/ec2ami/copies-ready`` ends every such wait at once.
 - RegisterImage keeps UefiData (at most 64,000 characters, refused with legacy-bios),
   answered by DescribeImageAttribute uefiData.
 - DisableImage / EnableImage: a disabled image is hidden from DescribeImages unless
@@ -1595,6 +1596,22 @@ def set_last_launched(request, full_url, headers):
     return 200, {"Content-Type": "application/json"}, json.dumps({"ok": True})
 
 
+def copies_ready(request, full_url, headers):
+    """POST /moto-api/ec2ami/copies-ready: every copy kept pending by
+    ``copy_pending_seconds`` is ready now, so a test moves on when it says. Answers
+    {"ready": how many}."""
+    ready = 0
+    now = time.time()
+    for account in list(Moto.ec2_backends.values()):
+        for backend in list(account.values()):
+            for ami in list(backend.amis.values()):
+                if ami.__dict__.get("_moto_ext_ready_at") is not None:
+                    ami._moto_ext_ready_at = now
+                    ready += 1
+            refresh(backend)
+    return 200, {"Content-Type": "application/json"}, json.dumps({"ready": ready})
+
+
 def end_cooldowns(request, full_url, headers):
     """POST /moto-api/ec2ami/end-cooldowns: every running deregistration protection
     cooldown ends now (what AWS shows once its 24 hours have passed), so a test moves
@@ -2664,6 +2681,7 @@ def install():
     Moto.url_paths["{0}/moto-api/ec2ami/config"] = config
     Moto.url_paths["{0}/moto-api/ec2ami/last-launched"] = set_last_launched
     Moto.url_paths["{0}/moto-api/ec2ami/end-cooldowns"] = end_cooldowns
+    Moto.url_paths["{0}/moto-api/ec2ami/copies-ready"] = copies_ready
     Moto.url_paths["{0}/moto-api/ec2ami/bpa-in-force"] = bpa_in_force
     install_realism()
     install_limits()

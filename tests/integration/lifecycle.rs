@@ -11,7 +11,7 @@
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use aws_sdk_ec2::types::{
     BlockDeviceMapping, EbsBlockDevice, LaunchPermission, LaunchPermissionModifications,
@@ -959,8 +959,9 @@ async fn a_public_release_that_would_fail_halfway_is_refused_before_any_upload()
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn twelve_copies_pending_in_one_region_are_polled_with_one_request_per_poll() {
     let world = World::moto().await;
-    // Every copy stays pending 20 s (harness-only), so all twelve wait together.
-    knobs(&world, json!({"copy_pending_seconds": 20}));
+    // Every copy stays pending (harness-only) until the test has seen all twelve
+    // CopyImage calls answered and ends the wait (a hook): all twelve wait together,
+    // however slow the machine.
     let flavours: Vec<String> = (0..12).map(|i| format!("f{i:02}")).collect();
     let images: Vec<(&str, &str)> = flavours.iter().map(|f| (f.as_str(), "")).collect();
     let rel = release(
@@ -969,10 +970,20 @@ async fn twelve_copies_pending_in_one_region_are_polled_with_one_request_per_pol
         "regions = [\"us-east-1\", \"eu-west-1\"]\ncopy_completion = \"30m\"",
         &images,
     );
-    world
-        .run(&["publish", rel.to_str().unwrap()])
-        .await
-        .assert_ok();
+    knobs(&world, json!({"copy_pending_seconds": 86400}));
+    let publish = ["publish", rel.to_str().unwrap()];
+    let (run, ()) = tokio::join!(world.run(&publish), async {
+        assert!(
+            world
+                .proxy
+                .answered("CopyImage", 12, Duration::from_secs(300))
+                .await,
+            "twelve CopyImage calls"
+        );
+        let ready = hook(&world, "/moto-api/ec2ami/copies-ready", &json!({}));
+        assert_eq!(ready["ready"], 12, "{ready}");
+    });
+    run.assert_ok();
     // Time-based copies on the wire.
     let copies = params_of(&world, "CopyImage");
     assert_eq!(copies.len(), 12);
