@@ -275,7 +275,8 @@ fn read_console(
 /// The console log file and the tracker, fed together.
 struct Console {
     tracker: Tracker,
-    log: std::io::BufWriter<std::fs::File>,
+    /// Written a line at a time: the log can be followed while the guest boots.
+    log: std::io::LineWriter<std::fs::File>,
     path: PathBuf,
     /// The serial console's text as it arrives (a stand-in guest's console file).
     live: Option<std::fs::File>,
@@ -398,7 +399,7 @@ pub(crate) async fn boot_once<F: Future<Output = ()>>(
     };
     let mut console = Console {
         tracker: Tracker::new(prepared.markers.clone()),
-        log: std::io::BufWriter::new(log_file),
+        log: std::io::LineWriter::new(log_file),
         path: log_path,
         live,
     };

@@ -9,12 +9,14 @@
 //! never accepts. "RST" is the port with nothing bound. "Accepting" is a new listener.
 //!
 //! The fixture runs on its own thread with blocking sockets and the OS's sleep, so its
-//! timing does not depend on the async runtime whose probe it is measuring.
+//! timing does not depend on the async runtime whose probe it is measuring. A test that
+//! needs to see a given state, rather than measure when it comes, moves the fixture on
+//! itself with [`BootFixture::step`] (no sleep that guesses where the schedule is).
 
 use std::io;
 use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4, TcpListener, TcpStream};
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, Condvar, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
@@ -66,12 +68,17 @@ impl BootSchedule {
     }
 }
 
+/// The states the port has entered, each with when; the condvar wakes at each.
+type Switches = (Mutex<Vec<(PortState, Instant)>>, Condvar);
+
 /// A running fixture; dropping it stops its thread and closes the port.
 pub struct BootFixture {
     addr: SocketAddr,
     started: Instant,
     stop: Arc<AtomicBool>,
-    switches: Arc<Mutex<Vec<(PortState, Instant)>>>,
+    /// The furthest state [`BootFixture::step`] asked for (1: refusing, 2: accepting).
+    steps: Arc<AtomicUsize>,
+    switches: Arc<Switches>,
     thread: Option<JoinHandle<()>>,
 }
 
@@ -129,20 +136,28 @@ impl BootFixture {
         let (silent, filler, addr) = silent_listener()?;
         let started = Instant::now();
         let stop = Arc::new(AtomicBool::new(false));
-        let switches = Arc::new(Mutex::new(vec![(PortState::Silent, started)]));
+        let steps = Arc::new(AtomicUsize::new(0));
+        let switches = Arc::new((
+            Mutex::new(vec![(PortState::Silent, started)]),
+            Condvar::new(),
+        ));
         let thread = {
-            let stop = stop.clone();
+            let wake = Wake {
+                stop: stop.clone(),
+                steps: steps.clone(),
+            };
             let switches = switches.clone();
             std::thread::Builder::new()
                 .name("boot-fixture".into())
                 .spawn(move || {
-                    follow(schedule, addr, started, silent, filler, &stop, &switches);
+                    follow(schedule, addr, started, silent, filler, &wake, &switches);
                 })?
         };
         Ok(BootFixture {
             addr,
             started,
             stop,
+            steps,
             switches,
             thread: Some(thread),
         })
@@ -161,13 +176,51 @@ impl BootFixture {
     /// When the port actually entered `state` (after the OS's sleep and the socket
     /// calls), if it has.
     pub fn entered(&self, state: PortState) -> Option<Instant> {
-        self.switches
+        find(
+            &self.switches.0.lock().unwrap_or_else(|p| p.into_inner()),
+            state,
+        )
+    }
+
+    /// Wait until the port has entered `state` (at most `timeout`), and say when it
+    /// did; `None` when the timeout passed first.
+    pub fn wait_entered(&self, state: PortState, timeout: Duration) -> Option<Instant> {
+        let (lock, woken) = &*self.switches;
+        let guard = lock.lock().unwrap_or_else(|p| p.into_inner());
+        let (guard, _) = woken
+            .wait_timeout_while(guard, timeout, |v| find(v, state).is_none())
+            .unwrap_or_else(|p| p.into_inner());
+        find(&guard, state)
+    }
+
+    /// Move the port to its next state now (silent to refusing to accepting), whatever
+    /// its schedule, and return once it is in it (false: it did not get there within
+    /// 10 seconds, or it is accepting already). For a test that must see each state.
+    pub fn step(&self) -> bool {
+        let (next, k) = match self
+            .switches
+            .0
             .lock()
             .unwrap_or_else(|p| p.into_inner())
-            .iter()
-            .find(|(s, _)| *s == state)
-            .map(|(_, t)| *t)
+            .last()
+        {
+            Some((PortState::Silent, _)) => (PortState::Refusing, 1),
+            Some((PortState::Refusing, _)) => (PortState::Accepting, 2),
+            _ => return false,
+        };
+        self.steps.fetch_max(k, Ordering::SeqCst);
+        self.wait_entered(next, Duration::from_secs(10)).is_some()
     }
+}
+
+fn find(switches: &[(PortState, Instant)], state: PortState) -> Option<Instant> {
+    switches.iter().find(|(s, _)| *s == state).map(|(_, t)| *t)
+}
+
+/// What ends a wait of the fixture's thread early: the fixture dropped, or stepped.
+struct Wake {
+    stop: Arc<AtomicBool>,
+    steps: Arc<AtomicUsize>,
 }
 
 impl Drop for BootFixture {
@@ -179,16 +232,18 @@ impl Drop for BootFixture {
     }
 }
 
-/// Sleep until `deadline` or until stopped; false when stopped.
-fn sleep_until(deadline: Instant, stop: &AtomicBool) -> bool {
+/// Sleep until `deadline`, or until stepped to state `step` (1: refusing, 2:
+/// accepting); false when stopped.
+fn sleep_until(deadline: Instant, wake: &Wake, step: usize) -> bool {
     loop {
-        if stop.load(Ordering::SeqCst) {
+        if wake.stop.load(Ordering::SeqCst) {
             return false;
         }
         let now = Instant::now();
-        if now >= deadline {
+        if now >= deadline || wake.steps.load(Ordering::SeqCst) >= step {
             return true;
         }
+        // sleep-ok: the schedule itself (the fixture's timing is what is measured).
         std::thread::sleep((deadline - now).min(Duration::from_millis(20)));
     }
 }
@@ -199,18 +254,21 @@ fn follow(
     started: Instant,
     silent: Socket,
     filler: TcpStream,
-    stop: &AtomicBool,
-    switches: &Mutex<Vec<(PortState, Instant)>>,
+    wake: &Wake,
+    switches: &Switches,
 ) {
+    let stop = &*wake.stop;
     let record = |state| {
         switches
+            .0
             .lock()
             .unwrap_or_else(|p| p.into_inner())
-            .push((state, Instant::now()))
+            .push((state, Instant::now()));
+        switches.1.notify_all();
     };
     let forever = started + Duration::from_secs(365 * 86400);
     let refuse_at = schedule.refuse_after.map_or(forever, |d| started + d);
-    if !sleep_until(refuse_at, stop) {
+    if !sleep_until(refuse_at, wake, 1) {
         return;
     }
     // Take the filler connection out of the queue and reset both ends (linger 0), so
@@ -225,7 +283,7 @@ fn follow(
     drop(silent);
     record(PortState::Refusing);
     let accept_at = schedule.accept_after.map_or(forever, |d| started + d);
-    if !sleep_until(accept_at, stop) {
+    if !sleep_until(accept_at, wake, 2) {
         return;
     }
     // The port was left with no socket at all; should the kernel still hold one, try
@@ -235,6 +293,7 @@ fn follow(
         match listener(addr.port(), 128) {
             Ok(s) => break s.into(),
             Err(e) if e.kind() == io::ErrorKind::AddrInUse && Instant::now() < give_up => {
+                // sleep-ok: the pace of a retry (bounded by give_up), not synchronisation.
                 std::thread::sleep(Duration::from_millis(1));
             }
             Err(e) => {
@@ -248,6 +307,7 @@ fn follow(
         return;
     }
     // The kernel completes handshakes by itself; accepting only keeps the queue short.
+    // sleep-ok (below): the pace of a non-blocking accept loop, not synchronisation.
     while !stop.load(Ordering::SeqCst) {
         match l.accept() {
             Ok((conn, _)) => drop(conn),
@@ -273,23 +333,39 @@ mod tests {
     }
 
     #[test]
-    fn goes_through_the_three_states_on_schedule() {
-        let f = BootFixture::start(BootSchedule::boot(
-            Duration::from_millis(400),
-            Duration::from_millis(400),
-        ))
-        .unwrap();
+    fn goes_through_the_three_states_in_order() {
+        // Moved on by the test, so each state is seen whatever the machine's speed.
+        let f = BootFixture::start(BootSchedule::never()).unwrap();
         assert!(f.addr().port() < ephemeral_low());
         assert_eq!(knock(f.addr()), PortState::Silent);
-        std::thread::sleep(Duration::from_millis(450).saturating_sub(f.started().elapsed()));
+        assert!(f.step());
         assert_eq!(knock(f.addr()), PortState::Refusing);
-        std::thread::sleep(Duration::from_millis(850).saturating_sub(f.started().elapsed()));
+        assert!(f.step());
         assert_eq!(knock(f.addr()), PortState::Accepting);
         assert_eq!(knock(f.addr()), PortState::Accepting);
-        let refused = f.entered(PortState::Refusing).unwrap() - f.started();
-        let accepted = f.entered(PortState::Accepting).unwrap() - f.started();
-        assert!(refused >= Duration::from_millis(400), "{refused:?}");
-        assert!(accepted >= Duration::from_millis(800), "{accepted:?}");
+        assert!(!f.step(), "nothing after accepting");
+        let refused = f.entered(PortState::Refusing).unwrap();
+        let accepted = f.entered(PortState::Accepting).unwrap();
+        assert!(f.started() <= refused && refused <= accepted);
+    }
+
+    #[test]
+    fn follows_its_schedule_and_is_never_early() {
+        // An ordering, not a duration: each switch comes at or after its moment in the
+        // schedule (however late a loaded machine makes it), refusing before accepting.
+        let f = BootFixture::start(BootSchedule::boot(
+            Duration::from_millis(200),
+            Duration::from_millis(200),
+        ))
+        .unwrap();
+        let accepted = f
+            .wait_entered(PortState::Accepting, Duration::from_secs(60))
+            .expect("accepts in the end");
+        let refused = f.entered(PortState::Refusing).unwrap();
+        assert!(refused >= f.started() + Duration::from_millis(200));
+        assert!(accepted >= f.started() + Duration::from_millis(400));
+        assert!(refused <= accepted);
+        assert_eq!(knock(f.addr()), PortState::Accepting);
     }
 
     #[test]
@@ -297,12 +373,9 @@ mod tests {
         // Many times: the port must be free to listen on again at once, every time.
         for _ in 0..20 {
             let f = BootFixture::start(BootSchedule::up()).unwrap();
-            let deadline = Instant::now() + Duration::from_secs(2);
-            while f.entered(PortState::Accepting).is_none() && Instant::now() < deadline {
-                std::thread::sleep(Duration::from_millis(2));
-            }
             assert!(
-                f.entered(PortState::Accepting).is_some(),
+                f.wait_entered(PortState::Accepting, Duration::from_secs(10))
+                    .is_some(),
                 "{f:?} never accepted"
             );
             assert_eq!(knock(f.addr()), PortState::Accepting);

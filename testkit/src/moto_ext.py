@@ -27,7 +27,10 @@ hold. This module changes, with AWS's semantics:
   (moto: HTTP 500).
 - DescribeImageAttribute answers every attribute an AMI has (moto: HTTP 500 or empty).
 - Image block public access per region (not in moto); ModifyImageAttribute refuses to
-  make an image public while new sharing is blocked.
+  make an image public while new sharing is blocked. Harness-only: with the realism
+  ``bpa_delay`` a change is in force only that long after it is asked for, and
+  ``POST /moto-api/ec2ami/bpa-in-force`` puts every pending change in force at once,
+  for a test to move on when it says.
 - DescribeSnapshots honours OwnerIds (moto returns every owner's snapshots).
 - DescribeImages, DescribeSnapshots and DescribeLaunchTemplateVersions paginate with
   MaxResults and NextToken as AWS does (moto answers everything, or for launch template
@@ -50,10 +53,12 @@ The image lifecycle (none of it in moto), with AWS's semantics and errors:
   `enabled-with-cooldown`, `disabled-until TIME`); DeregisterImage refuses a protected
   image, and disabling a protection enabled with the cooldown keeps the image protected
   for the cooldown (24 hours; harness-only: ``cooldown_seconds`` of the config hook
-  below shortens it). A copy is not protected (CopyImage does not carry it).
+  below shortens it; ``POST /moto-api/ec2ami/end-cooldowns`` ends every running one
+  at once, for a test to move on when it says). A copy is not protected (CopyImage does not carry it).
 - CopyImage checks SnapshotCopyCompletionDurationMinutes (15-minute steps, 15 to 2880)
   and carries UEFI data; harness-only: ``copy_pending_seconds`` keeps every new copy
-  `pending` that long, so that waiting for copies can be watched on the wire.
+  `pending` that long, so that waiting for copies can be watched on the wire, and
+  ``POST /moto-api/ec2ami/copies-ready`` ends every such wait at once.
 - RegisterImage keeps UefiData (at most 64,000 characters, refused with legacy-bios),
   answered by DescribeImageAttribute uefiData.
 - DisableImage / EnableImage: a disabled image is hidden from DescribeImages unless
@@ -782,6 +787,20 @@ def bpa_change(backend, target):
         s["pending"] = (target, time.monotonic() + delay)
     else:
         s["state"], s["pending"] = target, None
+
+
+def bpa_in_force(request, full_url, headers):
+    """POST /moto-api/ec2ami/bpa-in-force: every pending image block public access
+    change takes effect now (what AWS shows once its "up to 10 minutes" have passed), so
+    a test moves on when it says, not when a clock says. Answers {"applied": how many}."""
+    applied = 0
+    for account in list(Moto.ec2_backends.values()):
+        for backend in list(account.values()):
+            s = backend.__dict__.get("_moto_ext_image_bpa")
+            if s and s.get("pending"):
+                s["state"], s["pending"] = s["pending"][0], None
+                applied += 1
+    return 200, {"Content-Type": "application/json"}, json.dumps({"applied": applied})
 
 
 def get_image_block_public_access_state(self):
@@ -1575,6 +1594,38 @@ def set_last_launched(request, full_url, headers):
         return 404, {}, json.dumps({"error": f"no image {spec['image_id']}"})
     ami.last_launched_time = naive_utc(spec["time"]).strftime("%Y-%m-%dT%H:%M:%S.000Z")
     return 200, {"Content-Type": "application/json"}, json.dumps({"ok": True})
+
+
+def copies_ready(request, full_url, headers):
+    """POST /moto-api/ec2ami/copies-ready: every copy kept pending by
+    ``copy_pending_seconds`` is ready now, so a test moves on when it says. Answers
+    {"ready": how many}."""
+    ready = 0
+    now = time.time()
+    for account in list(Moto.ec2_backends.values()):
+        for backend in list(account.values()):
+            for ami in list(backend.amis.values()):
+                if ami.__dict__.get("_moto_ext_ready_at") is not None:
+                    ami._moto_ext_ready_at = now
+                    ready += 1
+            refresh(backend)
+    return 200, {"Content-Type": "application/json"}, json.dumps({"ready": ready})
+
+
+def end_cooldowns(request, full_url, headers):
+    """POST /moto-api/ec2ami/end-cooldowns: every running deregistration protection
+    cooldown ends now (what AWS shows once its 24 hours have passed), so a test moves
+    on when it says, not when a clock says. Answers {"ended": how many}."""
+    ended = 0
+    now = time.time()
+    for account in list(Moto.ec2_backends.values()):
+        for backend in list(account.values()):
+            for ami in list(backend.amis.values()):
+                if ami.__dict__.get("_moto_ext_protected_until") is not None:
+                    ami._moto_ext_protected_until = now
+                    ended += 1
+            refresh(backend)
+    return 200, {"Content-Type": "application/json"}, json.dumps({"ended": ended})
 
 
 # ---------------------------------------------------------------------------------------
@@ -2629,6 +2680,9 @@ def install():
     Moto.url_paths["{0}/moto-api/ec2ami/generate"] = generate
     Moto.url_paths["{0}/moto-api/ec2ami/config"] = config
     Moto.url_paths["{0}/moto-api/ec2ami/last-launched"] = set_last_launched
+    Moto.url_paths["{0}/moto-api/ec2ami/end-cooldowns"] = end_cooldowns
+    Moto.url_paths["{0}/moto-api/ec2ami/copies-ready"] = copies_ready
+    Moto.url_paths["{0}/moto-api/ec2ami/bpa-in-force"] = bpa_in_force
     install_realism()
     install_limits()
     install_lineage()

@@ -497,11 +497,32 @@ async fn boot_until_qemu_runs(
     let t0 = std::time::Instant::now();
     while !w.processes_left().iter().any(|p| p.contains("qemu-system")) {
         assert!(t0.elapsed() < Duration::from_secs(60), "QEMU never started");
+        // sleep-ok: the pace of a poll for a condition (QEMU's process), not a guess.
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    // Mid-boot: the firmware or the kernel is running.
-    tokio::time::sleep(Duration::from_secs(4)).await;
+    // Mid-boot: the guest has printed its first console line (the firmware or the
+    // kernel is running), as the boot's console log shows it.
+    while !console_has_a_line(&w.tmp()) {
+        assert!(
+            t0.elapsed() < Duration::from_secs(300),
+            "the guest never printed a console line"
+        );
+        // sleep-ok: the pace of a poll for a condition (a console line), not a guess.
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
     (child, reader)
+}
+
+/// A boot's console log (`TMP/ec2ami-boot-*/console.log`) holds a whole line.
+fn console_has_a_line(tmp: &Path) -> bool {
+    std::fs::read_dir(tmp)
+        .into_iter()
+        .flatten()
+        .flatten()
+        .any(|e| {
+            e.file_name().to_string_lossy().starts_with("ec2ami-boot-")
+                && std::fs::read(e.path().join("console.log")).is_ok_and(|log| log.contains(&b'\n'))
+        })
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -251,16 +251,12 @@ async fn release_image_paths_stay_in_the_release_tree() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_image_changed_during_upload_fails_and_its_snapshot_is_deleted() {
-    use ec2ami_testkit::{Fault, FaultRule};
     let world = World::moto().await;
     let image = world.path("os.raw");
     write_file(&image, &random_bytes(11, 4 << 20));
-    // The first blocks wait at the proxy: the file is written to meanwhile.
-    world.proxy.set_rules(vec![FaultRule::first_n(
-        Some("PutSnapshotBlock"),
-        Fault::Delay(std::time::Duration::from_secs(2)),
-        8,
-    )]);
+    // The blocks wait at the proxy (a gate, opened once the file has been written to):
+    // the file changes while the upload is under way, whatever the machine's speed.
+    let gate = world.proxy.hold(Some("PutSnapshotBlock"), 0);
     let child = world
         .ec2ami()
         .args(["upload", s(&image)])
@@ -268,19 +264,10 @@ async fn an_image_changed_during_upload_fails_and_its_snapshot_is_deleted() {
         .stderr(std::process::Stdio::piped())
         .spawn()
         .unwrap();
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
-    while !world
-        .proxy
-        .requests()
-        .iter()
-        .any(|r| r.operation == "PutSnapshotBlock")
-    {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "the upload never started"
-        );
-        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
-    }
+    assert!(
+        gate.arrived(1, std::time::Duration::from_secs(60)).await,
+        "the upload never started"
+    );
     {
         use std::io::{Seek, Write};
         let mut f = std::fs::OpenOptions::new()
@@ -290,6 +277,7 @@ async fn an_image_changed_during_upload_fails_and_its_snapshot_is_deleted() {
         f.seek(std::io::SeekFrom::Start(3 << 20)).unwrap();
         f.write_all(b"changed by someone else").unwrap();
     }
+    gate.open();
     let run = Run::from(child.wait_with_output().await.unwrap());
     run.assert_failed_with("changed while it was being uploaded");
     assert!(run.stderr.contains(s(&image)), "{}", run.stderr);

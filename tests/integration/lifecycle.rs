@@ -167,9 +167,9 @@ fn uefi_store(zlib: &[u8]) -> String {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_protected_release_is_published_validated_and_pruned_only_when_unprotected() {
+    // AWS's 24-hour cooldown, kept: the world ends it when the test says (below), so
+    // the checks made while it runs never race a clock.
     let world = World::moto().await;
-    // AWS's 24-hour cooldown, run fast (harness-only).
-    knobs(&world, json!({"cooldown_seconds": 3}));
     let vars = uefi_store(UEFI_ZLIB);
     std::fs::write(world.path("vars.b64"), format!("{vars}\n")).unwrap();
     let rel = release(
@@ -370,8 +370,10 @@ async fn a_protected_release_is_published_validated_and_pruned_only_when_unprote
             .await
             .is_err()
     );
-    // Once it is over (3 s here, 24 h in AWS), a plain prune deletes them.
-    tokio::time::sleep(Duration::from_secs(4)).await;
+    // Once it is over (24 h in AWS; the world's hook ends it now), a plain prune
+    // deletes them.
+    let ended = hook(&world, "/moto-api/ec2ami/end-cooldowns", &json!({}));
+    assert_eq!(ended["ended"], 2, "{ended}");
     world.proxy.clear_requests();
     world.run(&prune).await.assert_ok();
     assert_eq!(world.proxy.count("DeregisterImage"), 2);
@@ -957,8 +959,9 @@ async fn a_public_release_that_would_fail_halfway_is_refused_before_any_upload()
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn twelve_copies_pending_in_one_region_are_polled_with_one_request_per_poll() {
     let world = World::moto().await;
-    // Every copy stays pending 20 s (harness-only), so all twelve wait together.
-    knobs(&world, json!({"copy_pending_seconds": 20}));
+    // Every copy stays pending (harness-only) until the test has seen all twelve
+    // CopyImage calls answered and ends the wait (a hook): all twelve wait together,
+    // however slow the machine.
     let flavours: Vec<String> = (0..12).map(|i| format!("f{i:02}")).collect();
     let images: Vec<(&str, &str)> = flavours.iter().map(|f| (f.as_str(), "")).collect();
     let rel = release(
@@ -967,10 +970,20 @@ async fn twelve_copies_pending_in_one_region_are_polled_with_one_request_per_pol
         "regions = [\"us-east-1\", \"eu-west-1\"]\ncopy_completion = \"30m\"",
         &images,
     );
-    world
-        .run(&["publish", rel.to_str().unwrap()])
-        .await
-        .assert_ok();
+    knobs(&world, json!({"copy_pending_seconds": 86400}));
+    let publish = ["publish", rel.to_str().unwrap()];
+    let (run, ()) = tokio::join!(world.run(&publish), async {
+        assert!(
+            world
+                .proxy
+                .answered("CopyImage", 12, Duration::from_secs(300))
+                .await,
+            "twelve CopyImage calls"
+        );
+        let ready = hook(&world, "/moto-api/ec2ami/copies-ready", &json!({}));
+        assert_eq!(ready["ready"], 12, "{ready}");
+    });
+    run.assert_ok();
     // Time-based copies on the wire.
     let copies = params_of(&world, "CopyImage");
     assert_eq!(copies.len(), 12);

@@ -283,12 +283,13 @@ async fn the_world_shows_pending_invisible_and_failed_states() {
     );
     assert_eq!(by_id().await.unwrap(), "pending");
     assert_eq!(by_id().await.unwrap(), "pending");
-    // Then available once the (scaled) registration time has passed.
+    // Then available once the (scaled) registration time has passed: the world's state
+    // polled until it changes (its latency is what it simulates), with a hang guard.
+    let t0 = std::time::Instant::now();
     let mut state = by_id().await.unwrap();
-    for _ in 0..50 {
-        if state != "pending" {
-            break;
-        }
+    while state == "pending" {
+        assert!(t0.elapsed() < Duration::from_secs(120), "never available");
+        // sleep-ok: the pace of a poll for a condition (the image's state).
         tokio::time::sleep(Duration::from_millis(100)).await;
         state = by_id().await.unwrap();
     }
@@ -305,19 +306,22 @@ async fn the_world_shows_pending_invisible_and_failed_states() {
         .await
         .unwrap();
     let cid = copy.image_id().unwrap().to_string();
-    let mut last = None;
-    for _ in 0..100 {
+    let t0 = std::time::Instant::now();
+    let last = loop {
         let out = eu.ec2.describe_images().image_ids(&cid).send().await;
         if let Ok(o) = out {
             let i = &o.images()[0];
             if i.state().unwrap().as_str() != "pending" {
-                last = Some(i.clone());
-                break;
+                break i.clone();
             }
         }
+        assert!(
+            t0.elapsed() < Duration::from_secs(120),
+            "the copy stays pending"
+        );
+        // sleep-ok: the pace of a poll for a condition (the copy's state).
         tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    let last = last.expect("the copy leaves pending");
+    };
     assert_eq!(last.state().unwrap().as_str(), "failed");
     let reason = last.state_reason().unwrap();
     assert_eq!(reason.code(), Some("Server.InternalError"));
@@ -804,10 +808,11 @@ async fn a_four_image_release_to_five_regions_under_realism() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn block_public_access_changes_take_effect_late_and_publish_copes() {
     // AWS: an Enable/DisableImageBlockPublicAccess is in force "within 10 minutes";
-    // until then the old state holds. The world: 5 s.
+    // until then the old state holds. The world keeps a change pending for 10 minutes
+    // and puts it in force when the test says (a hook, not a clock).
     let world = World::moto_with(MotoOptions {
         realism: Realism {
-            bpa_delay: Duration::from_secs(5),
+            bpa_delay: Duration::from_secs(600),
             ..Realism::default()
         },
         ..MotoOptions::default()
@@ -837,13 +842,15 @@ async fn block_public_access_changes_take_effect_late_and_publish_copes() {
             .unwrap()
             .to_string()
     };
-    // Polls the world until the state is `want` (a condition, not a duration).
-    let until = |want: &'static str| async move {
-        let t0 = std::time::Instant::now();
-        while state().await != want {
-            assert!(t0.elapsed() < Duration::from_secs(120), "never {want}");
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
+    // The pending change takes effect now (the world's hook).
+    let in_force = || {
+        let done: serde_json::Value = serde_json::from_str(&moto_hook(
+            &world,
+            "/moto-api/ec2ami/bpa-in-force",
+            &serde_json::json!({}),
+        ))
+        .unwrap();
+        assert_eq!(done["applied"], 1, "one pending change: {done}");
     };
     c.ec2
         .enable_image_block_public_access()
@@ -854,7 +861,8 @@ async fn block_public_access_changes_take_effect_late_and_publish_copes() {
         .await
         .unwrap();
     assert_eq!(state().await, "unblocked", "not in force yet");
-    until("block-new-sharing").await;
+    in_force();
+    assert_eq!(state().await, "block-new-sharing");
     // In force: the publish refuses before it changes anything, naming the fix.
     world.proxy.clear_requests();
     let refused = world.run(&["publish", rel.to_str().unwrap()]).await;
@@ -868,15 +876,11 @@ async fn block_public_access_changes_take_effect_late_and_publish_copes() {
         .unwrap();
     world.proxy.clear_requests();
     let still = world.run(&["publish", rel.to_str().unwrap()]).await;
-    let in_force = state().await;
-    if in_force == "block-new-sharing" {
-        still.assert_failed_with("takes up to 10 minutes");
-        assert!(mutating(&world).is_empty(), "{:?}", mutating(&world));
-        until("unblocked").await;
-    } else {
-        // The machine was slow enough for the change to land during the run.
-        eprintln!("the change took effect during the publish");
-    }
+    still.assert_failed_with("takes up to 10 minutes");
+    assert!(mutating(&world).is_empty(), "{:?}", mutating(&world));
+    assert_eq!(state().await, "block-new-sharing", "still not in force");
+    in_force();
+    assert_eq!(state().await, "unblocked");
     // In force: the publish makes the image public, read back.
     let done = world.run(&["publish", rel.to_str().unwrap()]).await;
     done.assert_ok();

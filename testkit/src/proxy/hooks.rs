@@ -1,6 +1,8 @@
 //! Hooks that synchronise a test with the requests of the program under test, instead
 //! of sleeps and rates: a [`Gate`] holds the requests it matches (before they are
-//! forwarded) until the test opens it, and tells the test when they arrive.
+//! forwarded) until the test opens it, and tells the test when they arrive;
+//! [`FaultProxy::answered`](super::FaultProxy::answered) wakes the test when a request
+//! has been answered (recorded).
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -79,6 +81,26 @@ impl super::FaultProxy {
     }
 }
 
+impl super::FaultProxy {
+    /// Wait until `n` requests of `operation` have been recorded (answered, faulted
+    /// ones included; [`clear_requests`](super::FaultProxy::clear_requests) starts the
+    /// count again), at most `timeout`: false when it passed. A hook, not a poll: the
+    /// proxy wakes the waiter at each request it records.
+    pub async fn answered(&self, operation: &str, n: usize, timeout: Duration) -> bool {
+        let wait = async {
+            loop {
+                // Woken by a notify_waiters from its creation on, polled or not.
+                let notified = self.inner.recorded.notified();
+                if self.count(operation) >= n {
+                    return;
+                }
+                notified.await;
+            }
+        };
+        tokio::time::timeout(timeout, wait).await.is_ok()
+    }
+}
+
 impl super::ProxyInner {
     /// Wait at every closed gate that holds a request of `op`.
     pub(super) async fn pass_gates(&self, op: &str) {
@@ -146,5 +168,46 @@ mod tests {
         // An opened gate holds nothing more.
         assert_eq!(start_snapshot(&c, &base).await.0, 201);
         assert!(!gate.arrived(2, Duration::from_millis(50)).await);
+    }
+
+    #[tokio::test]
+    async fn answered_wakes_when_the_nth_request_is_recorded() {
+        let (_ebs, proxy) = strict_and_proxy(vec![]).await;
+        let gate = proxy.hold(Some("StartSnapshot"), 1);
+        let c = client();
+        let base = proxy.url();
+        assert_eq!(start_snapshot(&c, &base).await.0, 201);
+        assert!(
+            proxy
+                .answered("StartSnapshot", 1, Duration::from_secs(10))
+                .await
+        );
+        // The second is held, so not answered: the wait gives up.
+        let task = {
+            let (c, base) = (c.clone(), base.clone());
+            tokio::spawn(async move { start_snapshot(&c, &base).await.0 })
+        };
+        assert!(gate.arrived(1, Duration::from_secs(10)).await);
+        assert!(
+            !proxy
+                .answered("StartSnapshot", 2, Duration::from_millis(50))
+                .await
+        );
+        // Waiting, then released: the waiter wakes once it is recorded.
+        let waiter = {
+            let proxy = std::sync::Arc::new(proxy);
+            let p = proxy.clone();
+            (
+                tokio::spawn(async move {
+                    p.answered("StartSnapshot", 2, Duration::from_secs(10))
+                        .await
+                }),
+                proxy,
+            )
+        };
+        gate.open();
+        assert_eq!(task.await.unwrap(), 201);
+        assert!(waiter.0.await.unwrap());
+        assert_eq!(waiter.1.count("StartSnapshot"), 2);
     }
 }

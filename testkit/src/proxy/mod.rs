@@ -90,6 +90,8 @@ struct ProxyInner {
     rng: Mutex<fastrand::Rng>,
     requests: Mutex<Vec<RecordedRequest>>,
     gates: Mutex<Vec<Arc<hooks::GateState>>>,
+    /// Woken at each recorded request (see [`FaultProxy::answered`]).
+    recorded: tokio::sync::Notify,
     client: Client<HttpConnector, Full<Bytes>>,
 }
 
@@ -122,6 +124,7 @@ impl FaultProxy {
             rng: Mutex::new(fastrand::Rng::with_seed(config.seed)),
             requests: Mutex::new(Vec::new()),
             gates: Mutex::new(Vec::new()),
+            recorded: tokio::sync::Notify::new(),
             client,
         });
         let handler_inner = inner.clone();

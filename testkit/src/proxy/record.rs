@@ -48,6 +48,7 @@ impl ProxyInner {
     /// Keep `rec` (in completion order).
     pub(super) fn record(&self, rec: RecordedRequest) {
         lock(&self.requests).push(rec);
+        self.recorded.notify_waiters();
     }
 }
 
