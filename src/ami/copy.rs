@@ -123,8 +123,11 @@ pub async fn copy_to_regions(
     let source = ec2::image(home, image_id, &opts.retry)
         .await?
         .ok_or_else(|| AmiError::Invalid(format!("{image_id} not found in {}", home.region())))?;
-    // A copy of a pending image fails: wait for the source first.
-    wait_available(home, image_id, opts.wait, &opts.retry).await?;
+    // A copy of a pending image fails: wait for the source first (a registration
+    // has usually waited already: the lookup above shows it available).
+    if source.state != "available" {
+        wait_available(home, image_id, opts.wait, &opts.retry).await?;
+    }
     let copy_tags = copy_tags(&source, home.region());
     let job = CopyJob {
         home,

