@@ -2703,6 +2703,8 @@ LINEAGE_REQUIRED = [
     "moto.ebs.responses:EBSResponse.start_snapshot",
     "moto.ebs.models:EBSSnapshot.to_json",
     "moto.ebs.models:ebs_backends",
+    "moto.ebs.responses:EBSResponse.list_changed_blocks",
+    "moto.ebs.responses:EBSResponse._get_params",
 ]
 
 
@@ -2750,10 +2752,115 @@ def lineage_start_snapshot(original):
             child = self.ebs_backend.snapshots[body["SnapshotId"]]
             child.blocks = dict(parent.blocks)
             child.parent_snapshot_id = parent_id
+            LINEAGE_PARENTS[body["SnapshotId"]] = parent_id
         body["ParentSnapshotId"] = parent_id
         return json.dumps(body)
 
     return start
+
+
+# child -> parent of every snapshot started with ParentSnapshotId; kept when either is
+# deleted, as AWS keeps a lineage whose middle generation is gone.
+LINEAGE_PARENTS = {}
+CHANGED_TOKEN_PREFIX = "moto-ext-changed-"
+
+
+def is_ancestor(first_id, second_id):
+    """True when `first_id` is a parent, grandparent, ... of `second_id`."""
+    seen = set()
+    cur = LINEAGE_PARENTS.get(second_id)
+    while cur is not None and cur not in seen:
+        if cur == first_id:
+            return True
+        seen.add(cur)
+        cur = LINEAGE_PARENTS.get(cur)
+    return False
+
+
+def lineage_list_changed_blocks(self):
+    """ListChangedBlocks as EBS answers it (moto walks only the first snapshot's blocks,
+    compares their data and ignores lineage, paging and a missing first snapshot): the
+    blocks whose token differs between a first snapshot that is an ancestor of the
+    second, any number of generations up, and the second (present in either one: a
+    block absent from one side has no token for it), each side's own tokens, in block
+    order, paged by MaxResults/NextToken/StartingBlockIndex. Without a first snapshot:
+    every block of the second."""
+    second_id = self.path.split("?")[0].rstrip("/").split("/")[-2]
+    params = self._get_params()
+    first_id = params.get("firstSnapshotId")
+
+    def param(name, default, low, high):
+        value = params.get(name)
+        if value is None:
+            return default
+        try:
+            n = int(value)
+        except (TypeError, ValueError):
+            n = None
+        if n is None or not low <= n <= high:
+            raise ebs_validation(
+                f"{name} must be between {low} and {high}, got '{value}'",
+                "INVALID_PARAMETER_VALUE",
+            )
+        return n
+
+    limit = param("maxResults", 10000, 100, 10000)
+    start = param("startingBlockIndex", 0, 0, 1 << 40)
+    token = params.get("pageToken")
+    prefix = f"{CHANGED_TOKEN_PREFIX}{first_id}-{second_id}-"
+    if token is not None:
+        if not token.startswith(prefix) or not token[len(prefix) :].isdigit():
+            raise ebs_validation(f"invalid page token '{token}'", "INVALID_PAGE_TOKEN")
+        start = int(token[len(prefix) :])
+    store = self.ebs_backend.snapshots
+    with LOCK:
+        second = store.get(second_id)
+        if second is None:
+            raise snapshot_not_found(second_id)
+        first = None
+        if first_id is not None:
+            first = store.get(first_id)
+            if first is None:
+                raise snapshot_not_found(first_id)
+        for s in (first, second):
+            if s is not None and s.status != "completed":
+                raise ebs_validation(
+                    f"The snapshot {s.snapshot_id} is not completed", "INVALID_SNAPSHOT_ID"
+                )
+        if first is not None and not is_ancestor(first_id, second_id):
+            raise ebs_validation(
+                f"The snapshots {first_id} and {second_id} are not of one lineage "
+                f"({first_id} is not an ancestor of {second_id})",
+                "UNRELATED_SNAPSHOTS",
+            )
+        one = dict(first.blocks) if first is not None else {}
+        two = dict(second.blocks)
+    indexes = sorted({int(i) for i in one} | {int(i) for i in two})
+    changed, next_token = [], None
+    for i in indexes:
+        if i < start:
+            continue
+        a, b = one.get(str(i)), two.get(str(i))
+        if a is not None and b is not None and a.block_token == b.block_token:
+            continue
+        if len(changed) == limit:
+            next_token = f"{prefix}{i}"
+            break
+        item = {"BlockIndex": i}
+        if a is not None:
+            item["FirstBlockToken"] = a.block_token
+        if b is not None:
+            item["SecondBlockToken"] = b.block_token
+        changed.append(item)
+    out = {
+        "ChangedBlocks": changed,
+        "ExpiryTime": time.time() + 3600,
+        "VolumeSize": second.volume_size,
+        "BlockSize": second.block_size,
+    }
+    if next_token is not None:
+        out["NextToken"] = next_token
+    return json.dumps(out)
 
 
 def lineage_to_json(original):
@@ -2803,6 +2910,7 @@ def install_lineage():
         responses.EBSResponse.start_snapshot
     )
     models.EBSSnapshot.to_json = lineage_to_json(models.EBSSnapshot.to_json)
+    responses.EBSResponse.list_changed_blocks = lineage_list_changed_blocks
     Moto.EBSBackend.delete_snapshot = lineage_delete_snapshot(Moto.EBSBackend.delete_snapshot)
 
 
