@@ -24,6 +24,13 @@ pub const UPLOADED: &str = "ec2ami:uploaded";
 /// and `validate` notice that the file changed since.
 pub const IMAGE_IDENTITY: &str = "ec2ami:image-identity";
 
+/// On a snapshot a publish starts: the id of the state database of that publish
+/// ([`StateDb::id`](crate::state::StateDb::id)), so a rerun with the same database
+/// knows a pending snapshot its journal never heard of (a run killed between
+/// StartSnapshot's answer and its journal entry) for its own, and one with another id
+/// for another publisher's upload in progress.
+pub const STATE_ID: &str = "ec2ami:state-id";
+
 /// On a snapshot uploaded incrementally: its parent snapshot (StartSnapshot's
 /// ParentSnapshotId; EC2 does not report it), so prune knows the lineage.
 pub const PARENT_SNAPSHOT: &str = "ec2ami:parent-snapshot";
@@ -102,6 +109,8 @@ mod tests {
             AMI_NAME,
             UPLOADED,
             IMAGE_IDENTITY,
+            STATE_ID,
+            PARENT_SNAPSHOT,
             SOURCE_SNAPSHOT,
             SOURCE_IMAGE,
             SOURCE_REGION,

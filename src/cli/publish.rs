@@ -224,6 +224,7 @@ pub async fn publish(g: &GlobalArgs, a: &PublishArgs) -> Result<(), Failure> {
             a.replace,
             &g.retry(),
             &index_dir,
+            Some(&db.id()?),
         )
         .await?;
         g.print(&plan, || plan.render());

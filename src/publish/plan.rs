@@ -33,6 +33,8 @@ pub enum Verb {
     Refuse,
     /// Checked locally (the pre-flight boot).
     Check,
+    /// Not ours to touch: left as it is (another publisher's upload in progress).
+    Leave,
 }
 
 /// One planned action.
@@ -109,6 +111,9 @@ impl Plan {
             count(Verb::Refuse),
             count(Verb::Reuse) + count(Verb::Unchanged)
         ));
+        if count(Verb::Leave) > 0 {
+            out.push_str(&format!(", {} left alone", count(Verb::Leave)));
+        }
         if count(Verb::Check) > 0 {
             out.push_str(&format!(", {} to boot locally first", count(Verb::Check)));
         }
@@ -142,11 +147,14 @@ pub async fn plan(
         replace,
         retry,
         &crate::snapshot::default_index_dir(),
+        None,
     )
     .await
 }
 
-/// [`plan`] with the block indexes (parents, interrupted uploads) kept in `index_dir`.
+/// [`plan`] with the block indexes (parents, interrupted uploads) kept in `index_dir`,
+/// and the id of the state database the publish would use (what snapshots of its
+/// interrupted runs are tagged with), for a plan made before a journal exists.
 pub async fn plan_with(
     home: &Clients,
     release: &Release,
@@ -154,12 +162,16 @@ pub async fn plan_with(
     replace: bool,
     retry: &RetryPolicy,
     index_dir: &Path,
+    state_id: Option<&str>,
 ) -> Result<Plan, PublishError> {
     let scope = Scope {
         parameters: true,
         uefi: false,
     };
     let mut survey = Survey::take(home, release, journal, scope, retry).await?;
+    if let Some(id) = state_id {
+        survey.set_state_id(id);
+    }
     let source = home.in_region(&survey.source);
     let mut actions = Vec::new();
     // AMIs made from an earlier version of their file: refused, or (--replace, ours
@@ -362,15 +374,22 @@ fn image_plan(
     }
     match s.snapshot_decision(recorded("snapshot", source, "")?) {
         SnapshotDecision::FromAmi(_) => {}
-        SnapshotDecision::Reuse { id, delete, .. } => {
-            out.extend(delete.iter().map(|d| leftover(&act, source, d)));
+        SnapshotDecision::Reuse {
+            id,
+            delete,
+            left_alone,
+            ..
+        } => {
+            out.extend(left_alone.iter().map(|d| foreign(&act, source, d)));
+            out.extend(delete.iter().map(|d| leftover(&act, s, source, d)));
             out.push(act("snapshot", source, Verb::Reuse, id));
         }
-        SnapshotDecision::Upload { delete } => {
+        SnapshotDecision::Upload { delete, left_alone } => {
+            out.extend(left_alone.iter().map(|d| foreign(&act, source, d)));
             let (resume, delete): (Vec<&String>, Vec<&String>) = delete
                 .iter()
                 .partition(|d| crate::snapshot::resumable(local.index_dir, d));
-            out.extend(delete.iter().map(|d| leftover(&act, source, d)));
+            out.extend(delete.iter().map(|d| leftover(&act, s, source, d)));
             let (size, format) = crate::image::DiskImage::probe(&img.path)
                 .map(|(s, f)| (s, f.to_string()))
                 .unwrap_or((0, "?".into()));
@@ -380,7 +399,10 @@ fn image_plan(
                 size as f64 / (1u64 << 30) as f64
             );
             if let Some(r) = resume.first() {
-                detail.push_str(&format!(", continuing the interrupted upload to {r}"));
+                detail.push_str(&format!(
+                    ", continuing the interrupted upload to {r} ({})",
+                    s.leftover_why(r)
+                ));
             }
             match &local.parent {
                 Some((id, of)) => {
@@ -526,6 +548,7 @@ fn image_plan(
 /// The deletion of an interrupted upload's snapshot.
 fn leftover(
     act: &impl Fn(&'static str, &str, Verb, String) -> Action,
+    survey: &super::survey::ImageSurvey,
     region: &str,
     id: &str,
 ) -> Action {
@@ -533,6 +556,20 @@ fn leftover(
         "snapshot",
         region,
         Verb::Delete,
-        format!("{id} (interrupted upload)"),
+        format!("{id} ({})", survey.leftover_why(id)),
+    )
+}
+
+/// A snapshot of another publisher's upload in progress, left alone.
+fn foreign(
+    act: &impl Fn(&'static str, &str, Verb, String) -> Action,
+    region: &str,
+    id: &str,
+) -> Action {
+    act(
+        "snapshot",
+        region,
+        Verb::Leave,
+        format!("{id} (pending: another publisher's upload in progress, left alone)"),
     )
 }

@@ -423,9 +423,11 @@ impl Run<'_> {
                 id,
                 found_by,
                 delete,
+                left_alone,
             } => {
+                self.leave_alone(&left_alone);
                 for d in &delete {
-                    self.delete_leftover(d).await?;
+                    self.delete_leftover(survey, d).await?;
                 }
                 let stamp = survey.snapshot_stamp(&id);
                 if found_by == "tag" {
@@ -440,7 +442,10 @@ impl Run<'_> {
                     stamp,
                 });
             }
-            SnapshotDecision::Upload { delete } => delete,
+            SnapshotDecision::Upload { delete, left_alone } => {
+                self.leave_alone(&left_alone);
+                delete
+            }
         };
         // The pending snapshot of an interrupted upload of this image is continued by
         // the upload below, not deleted.
@@ -448,7 +453,7 @@ impl Run<'_> {
             .iter()
             .filter(|d| !snapshot::resumable(&self.opts.index_dir, d))
         {
-            self.delete_leftover(d).await?;
+            self.delete_leftover(survey, d).await?;
         }
         if recorded.is_some() {
             journal.forget(&k_snap)?;
@@ -477,7 +482,12 @@ impl Run<'_> {
         let identity = image.identity().clone();
         let uopts = UploadOptions {
             description: Some(name.to_string()),
-            tags: vec![(tags::AMI_NAME.to_string(), name.to_string())],
+            // The state id: a rerun knows this snapshot for its own even if this run
+            // dies before the journal hears of it.
+            tags: vec![
+                (tags::AMI_NAME.to_string(), name.to_string()),
+                (tags::STATE_ID.to_string(), journal.state_id()?),
+            ],
             workers: self.opts.workers,
             wait: Some(self.opts.wait),
             index_dir: self.opts.index_dir.clone(),
@@ -581,13 +591,29 @@ impl Run<'_> {
         }
     }
 
-    async fn delete_leftover(&self, id: &str) -> Result<(), PublishError> {
+    async fn delete_leftover(
+        &self,
+        survey: &super::survey::ImageSurvey,
+        id: &str,
+    ) -> Result<(), PublishError> {
         tracing::warn!(
-            "deleting {id} in {}: the unfinished snapshot of an interrupted upload",
-            self.source()
+            "deleting {id} in {}: unfinished snapshot ({})",
+            self.source(),
+            survey.leftover_why(id)
         );
         ec2::delete_snapshot(&self.src, id, &self.opts.retry).await?;
         Ok(())
+    }
+
+    /// Say which unfinished snapshots are left alone (another publisher's uploads).
+    fn leave_alone(&self, ids: &[String]) {
+        for id in ids {
+            tracing::warn!(
+                "leaving {id} in {} alone: another publisher's upload in progress (pending, \
+                 not tagged with this state database's id)",
+                self.source()
+            );
+        }
     }
 
     /// Everything after the snapshot: register, copy, share, deprecate, parameters.

@@ -209,6 +209,9 @@ pub struct SnapshotSurvey {
     pub journal: Option<(Step, Option<Snapshot>)>,
     /// Snapshots tagged with the AMI name.
     pub tagged: Vec<Snapshot>,
+    /// The id of this publish's state database (`ec2ami:state-id` on the snapshots it
+    /// starts), when known.
+    pub state_id: Option<String>,
 }
 
 impl Survey {
@@ -405,6 +408,10 @@ impl Survey {
             .filter(|(_, s)| matches!(s.regions[0].ami, Ok(None)))
             .map(|(i, _)| i)
             .collect();
+        let state_id = match journal {
+            Some(j) => Some(j.state_id()?),
+            None => None,
+        };
         if !need.is_empty() {
             let wanted: Vec<&str> = need.iter().map(|&i| images[i].name.as_str()).collect();
             let filter = ec2::filter_any(&format!("tag:{}", tags::AMI_NAME), &wanted);
@@ -434,6 +441,7 @@ impl Survey {
                         .filter(|s| s.tag(tags::AMI_NAME) == Some(name.as_str()))
                         .cloned()
                         .collect(),
+                    state_id: state_id.clone(),
                 });
             }
         }
@@ -452,6 +460,16 @@ impl Survey {
             not_enabled,
             readiness,
         })
+    }
+
+    /// Take the snapshots tagged with state database id `id` for this publish's own
+    /// (when the survey was taken without a journal: a plan before the first run).
+    pub fn set_state_id(&mut self, id: &str) {
+        for img in &mut self.images {
+            if let Some(s) = &mut img.snapshots {
+                s.state_id = Some(id.to_string());
+            }
+        }
     }
 
     /// The images whose AMI was made from an earlier version of their file.
@@ -787,11 +805,15 @@ pub enum SnapshotDecision {
         found_by: &'static str,
         /// Unfinished snapshots to delete.
         delete: Vec<String>,
+        /// Another publisher's uploads in progress, left alone.
+        left_alone: Vec<String>,
     },
     /// Upload; the leftovers of interrupted uploads are deleted first.
     Upload {
         /// Unfinished snapshots to delete.
         delete: Vec<String>,
+        /// Another publisher's uploads in progress, left alone.
+        left_alone: Vec<String>,
     },
 }
 
@@ -868,9 +890,27 @@ impl ImageSurvey {
             .map_err(Clone::clone)
     }
 
+    /// Why the unfinished snapshot `id` the decision deletes is a leftover, in words.
+    pub fn leftover_why(&self, id: &str) -> &'static str {
+        let s = self.snapshots.as_ref();
+        let ours = s.is_some_and(|s| {
+            s.tagged
+                .iter()
+                .any(|snap| snap.id == id && own_unfinished(snap, s.state_id.as_deref()))
+        });
+        if ours {
+            "pending, left by an interrupted run of this state database"
+        } else {
+            "interrupted upload"
+        }
+    }
+
     /// Where the snapshot comes from. A snapshot is reused only when its upload
     /// completed (journalled as done, or tagged `ec2ami:uploaded`) and EC2 says it is
-    /// `completed`; any other snapshot an earlier upload of this image left is deleted.
+    /// `completed`; any other snapshot an earlier upload of this image left is deleted,
+    /// except a recent unfinished one that is not ours: neither in the journal nor
+    /// tagged with this state database's id, it is another publisher's upload in
+    /// progress, left alone.
     pub fn snapshot_decision(&self, journal_snapshot: Option<String>) -> SnapshotDecision {
         if let Ok(Some(ami)) = &self.source().ami {
             let id = ami
@@ -902,6 +942,7 @@ impl ImageSurvey {
                         id,
                         found_by: "journal",
                         delete,
+                        left_alone: Vec::new(),
                     };
                 }
                 Some(_) => delete.push(id),
@@ -909,23 +950,27 @@ impl ImageSurvey {
             }
         }
         let mut reuse = None;
+        let mut left_alone = Vec::new();
         let now = crate::state::now_epoch();
         for snap in &s.tagged {
             if delete.contains(&snap.id) {
                 continue;
             }
-            // Unfinished, recent and not ours (not in this journal): another publisher's
-            // upload in progress, left alone.
+            // Unfinished, recent and not ours (not in this journal, not tagged with this
+            // state database's id): another publisher's upload in progress, left alone.
+            // One tagged with our id is the upload of a run of ours killed before its
+            // journal entry: a leftover.
             let journalled = s
                 .journal
                 .as_ref()
                 .and_then(|(st, _)| st.resource_id.as_deref())
                 == Some(snap.id.as_str());
             if !journalled
-                && snap.state == "pending"
-                && snap.tag(tags::UPLOADED).is_none()
+                && unfinished(snap)
+                && !own_unfinished(snap, s.state_id.as_deref())
                 && now - snap.started < IN_PROGRESS_SECS
             {
+                left_alone.push(snap.id.clone());
                 continue;
             }
             let complete = snap.tag(tags::UPLOADED).is_some() && snap.completed();
@@ -940,10 +985,21 @@ impl ImageSurvey {
                 id,
                 found_by: "tag",
                 delete,
+                left_alone,
             },
-            None => SnapshotDecision::Upload { delete },
+            None => SnapshotDecision::Upload { delete, left_alone },
         }
     }
+}
+
+/// A snapshot started and not uploaded completely: pending, without `ec2ami:uploaded`.
+fn unfinished(snap: &Snapshot) -> bool {
+    snap.state == "pending" && snap.tag(tags::UPLOADED).is_none()
+}
+
+/// An unfinished snapshot started by a publish with the state database `state_id`.
+fn own_unfinished(snap: &Snapshot, state_id: Option<&str>) -> bool {
+    unfinished(snap) && state_id.is_some() && snap.tag(tags::STATE_ID) == state_id
 }
 
 /// What a copy into one region will be.
@@ -1049,7 +1105,11 @@ mod tests {
                 snapshots_public: None,
                 uefi: None,
             }],
-            snapshots: Some(SnapshotSurvey { journal, tagged }),
+            snapshots: Some(SnapshotSurvey {
+                journal,
+                tagged,
+                state_id: Some("state-a".into()),
+            }),
             current: Err("not read".into()),
             recorded: None,
         }
@@ -1069,7 +1129,8 @@ mod tests {
             SnapshotDecision::Reuse {
                 id: "snap-1".into(),
                 found_by: "journal",
-                delete: vec![]
+                delete: vec![],
+                left_alone: vec![]
             }
         );
         // Journalled as done, but EC2 still has it pending: not reused, deleted.
@@ -1083,7 +1144,8 @@ mod tests {
         assert_eq!(
             pending.snapshot_decision(None),
             SnapshotDecision::Upload {
-                delete: vec!["snap-1".into()]
+                delete: vec!["snap-1".into()],
+                left_alone: vec![]
             }
         );
         // Started (interrupted upload): deleted; a completed tagged one is reused.
@@ -1103,13 +1165,87 @@ mod tests {
             SnapshotDecision::Reuse {
                 id: "snap-2".into(),
                 found_by: "tag",
-                delete: vec!["snap-1".into(), "snap-3".into()]
+                delete: vec!["snap-1".into(), "snap-3".into()],
+                left_alone: vec![]
             }
         );
         // Nothing: upload.
         assert_eq!(
             image(None, vec![]).snapshot_decision(None),
-            SnapshotDecision::Upload { delete: vec![] }
+            SnapshotDecision::Upload {
+                delete: vec![],
+                left_alone: vec![]
+            }
+        );
+    }
+
+    #[test]
+    fn an_unjournalled_pending_snapshot_is_ours_only_with_our_state_id() {
+        let now = crate::state::now_epoch();
+        let pending = |id: &str, state_id: Option<&str>, started: i64| {
+            let mut s = snap(id, "pending", false);
+            s.started = started;
+            if let Some(v) = state_id {
+                s.tags.insert(tags::STATE_ID.into(), v.into());
+            }
+            s
+        };
+        // Killed between StartSnapshot's answer and the journal entry: tagged with our
+        // id, in no journal: a leftover, deleted (and said so).
+        let ours = image(None, vec![pending("snap-1", Some("state-a"), now)]);
+        assert_eq!(
+            ours.snapshot_decision(None),
+            SnapshotDecision::Upload {
+                delete: vec!["snap-1".into()],
+                left_alone: vec![]
+            }
+        );
+        assert_eq!(
+            ours.leftover_why("snap-1"),
+            "pending, left by an interrupted run of this state database"
+        );
+        // Another database's, or untagged, and recent: another publisher's upload in
+        // progress, left alone.
+        let theirs = image(
+            None,
+            vec![
+                pending("snap-2", Some("state-b"), now),
+                pending("snap-3", None, now),
+            ],
+        );
+        assert_eq!(
+            theirs.snapshot_decision(None),
+            SnapshotDecision::Upload {
+                delete: vec![],
+                left_alone: vec!["snap-2".into(), "snap-3".into()]
+            }
+        );
+        // Another's, but older than an upload in progress can be: deleted.
+        let old = image(
+            None,
+            vec![pending(
+                "snap-4",
+                Some("state-b"),
+                now - IN_PROGRESS_SECS - 1,
+            )],
+        );
+        assert_eq!(
+            old.snapshot_decision(None),
+            SnapshotDecision::Upload {
+                delete: vec!["snap-4".into()],
+                left_alone: vec![]
+            }
+        );
+        assert_eq!(old.leftover_why("snap-4"), "interrupted upload");
+        // Without a known state id (no journal), nothing is taken for ours.
+        let mut unknown = image(None, vec![pending("snap-1", Some("state-a"), now)]);
+        unknown.snapshots.as_mut().unwrap().state_id = None;
+        assert_eq!(
+            unknown.snapshot_decision(None),
+            SnapshotDecision::Upload {
+                delete: vec![],
+                left_alone: vec!["snap-1".into()]
+            }
         );
     }
 

@@ -170,6 +170,11 @@ impl Journal {
         })
     }
 
+    /// The id of the state database holding this journal ([`StateDb::id`]).
+    pub fn state_id(&self) -> Result<String, StateError> {
+        self.db.id()
+    }
+
     /// The variables fixed at the first run (JSON).
     pub fn vars(&self) -> &str {
         &self.vars

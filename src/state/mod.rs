@@ -38,6 +38,13 @@ pub struct Schema {
 /// An idempotent upgrade of a feature's older tables (see [`Schema::upgrade`]).
 pub type Upgrade = fn(&Connection) -> rusqlite::Result<()>;
 
+/// What the database says of itself (its id).
+const META: Schema = Schema {
+    name: "state database",
+    ddl: "CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);",
+    upgrade: None,
+};
+
 /// A failure of the state database, with the file it concerns.
 #[derive(Debug, thiserror::Error)]
 pub enum StateError {
@@ -212,6 +219,23 @@ impl StateDb {
         Ok(())
     }
 
+    /// This database's id: a random UUID made the first time it is asked for and kept
+    /// in the database, so it is the same for every process and run that uses the file
+    /// (and different for a copy made before that, or another file). A publish tags the
+    /// snapshots it starts with it, so a rerun knows the pending snapshot of a run killed
+    /// before its journal entry for one of its own, not another publisher's.
+    pub fn id(&self) -> Result<String, StateError> {
+        self.with_schema(&META, |c| {
+            c.execute(
+                "INSERT OR IGNORE INTO meta (key, value) VALUES ('state-id', ?1)",
+                [uuid::Uuid::new_v4().to_string()],
+            )?;
+            c.query_row("SELECT value FROM meta WHERE key = 'state-id'", [], |r| {
+                r.get(0)
+            })
+        })
+    }
+
     fn lock(&self) -> MutexGuard<'_, Conn> {
         // A panic while holding the lock cannot leave SQLite inconsistent (every
         // statement is atomic), so a poisoned lock is still usable.
@@ -353,6 +377,20 @@ mod tests {
         assert!(tables(&db).is_empty(), "{:?}", tables(&db));
         // Not remembered: asked again, it fails again.
         assert!(db.ensure_schema(&broken).is_err());
+    }
+
+    #[test]
+    fn the_id_is_made_once_and_kept_in_the_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("state.db");
+        let first = StateDb::open(&path).unwrap().id().unwrap();
+        assert_eq!(first.len(), 36, "{first}");
+        let db = StateDb::open(&path).unwrap();
+        assert_eq!(db.id().unwrap(), first);
+        assert_eq!(db.id().unwrap(), first);
+        // Another file, another id.
+        let other = StateDb::open(&dir.path().join("other.db")).unwrap();
+        assert_ne!(other.id().unwrap(), first);
     }
 
     #[test]

@@ -400,6 +400,54 @@ async fn killed_at_many_points_a_rerun_finishes_with_nothing_duplicated() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_snapshot_started_but_never_journalled_is_known_as_ours_by_the_rerun() {
+    // The race of a kill between StartSnapshot's answer and its journal entry, made
+    // deterministic: the first StartSnapshot is carried out but its answer is lost, and
+    // the run is killed -9 while its next StartSnapshot is held. A pending snapshot
+    // tagged with this state database's id is left that the journal never heard of.
+    let world = World::moto().await;
+    let release = example_release(world.dir.path(), false);
+    world.proxy.set_rules(vec![FaultRule::first_n(
+        Some("StartSnapshot"),
+        Fault::DropResponse,
+        1,
+    )]);
+    let gate = world.proxy.hold(Some("StartSnapshot"), 1);
+    let mut child = world
+        .ec2ami()
+        .args(["publish", release.to_str().unwrap()])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let held = tokio::select! {
+        held = gate.arrived(1, Duration::from_secs(60)) => held,
+        _ = child.wait() => false,
+    };
+    assert!(held, "the second StartSnapshot was held");
+    child.start_kill().unwrap(); // SIGKILL
+    let _ = child.wait().await;
+    gate.open();
+    world.proxy.set_rules(vec![]);
+    let left = state(&world).await.snapshots["us-east-1"].clone();
+    assert_eq!(left.values().sum::<usize>(), 1, "one orphan: {left:?}");
+
+    // The plan says what becomes of it; the rerun deletes it and uploads once.
+    let plan = publish(&world, &release, &["--plan"]).await;
+    plan.assert_ok();
+    assert!(
+        plan.stdout
+            .contains("left by an interrupted run of this state database"),
+        "{}",
+        plan.stdout
+    );
+    assert!(!plan.stdout.contains("left alone"), "{}", plan.stdout);
+    let run = publish(&world, &release, &[]).await;
+    run.assert_ok();
+    assert_complete(&state(&world).await, false);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bad_release_files_fail_before_any_mutating_request() {
     let world = World::moto().await;
     let good = std::fs::read_to_string(example_release(world.dir.path(), false)).unwrap();

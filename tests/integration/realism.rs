@@ -1086,33 +1086,12 @@ async fn under_realism_killed_at_seeded_points_a_rerun_publishes_everything_once
                 );
             }
             let used: Vec<&String> = h.images.iter().flat_map(|i| i.3.iter()).collect();
-            // A kill between StartSnapshot's answer and its journal entry (a known
-            // race, being fixed on branch `race`) leaves a pending snapshot no request
-            // of the killed run ever named again, which the rerun leaves alone as
-            // another publisher's upload in progress: said so, not counted as a leak.
-            let requests = world.proxy.requests();
-            let race: Vec<&String> = h
-                .snapshots
-                .iter()
-                .filter(|(id, state)| {
-                    state == "pending"
-                        && !used.contains(&id)
-                        && !requests.iter().any(|r| r.path.contains(id.as_str()))
-                })
-                .map(|(id, _)| id)
-                .collect();
-            if !race.is_empty() {
-                eprintln!(
-                    "{at}: {region}: KNOWN RACE (kill between StartSnapshot's answer and \
-                     its journal entry, branch `race`): {race:?} left pending"
-                );
-            }
             assert_eq!(
-                h.snapshots.len() - race.len(),
+                h.snapshots.len(),
                 h.images.len(),
                 "{at}: {region}: one snapshot per image: {h:?}"
             );
-            for (id, state) in h.snapshots.iter().filter(|(id, _)| !race.contains(&id)) {
+            for (id, state) in &h.snapshots {
                 assert!(
                     used.contains(&id),
                     "{at}: {region}: {id} ({state}) is used by no image: {h:?}"
