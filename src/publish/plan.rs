@@ -386,9 +386,9 @@ fn image_plan(
         }
         SnapshotDecision::Upload { delete, left_alone } => {
             out.extend(left_alone.iter().map(|d| foreign(&act, source, d)));
-            let (resume, delete): (Vec<&String>, Vec<&String>) = delete
-                .iter()
-                .partition(|d| crate::snapshot::resumable(local.index_dir, d));
+            let (resume, delete): (Vec<&String>, Vec<&String>) = delete.iter().partition(|d| {
+                s.pending_snapshot(d) && crate::snapshot::resumable(local.index_dir, d)
+            });
             out.extend(delete.iter().map(|d| leftover(&act, s, source, d)));
             let (size, format) = crate::image::DiskImage::probe(&img.path)
                 .map(|(s, f)| (s, f.to_string()))

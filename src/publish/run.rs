@@ -449,10 +449,10 @@ impl Run<'_> {
         };
         // The pending snapshot of an interrupted upload of this image is continued by
         // the upload below, not deleted.
-        for d in delete
-            .iter()
-            .filter(|d| !snapshot::resumable(&self.opts.index_dir, d))
-        {
+        let (continued, delete): (Vec<&String>, Vec<&String>) = delete.iter().partition(|d| {
+            survey.pending_snapshot(d) && snapshot::resumable(&self.opts.index_dir, d)
+        });
+        for d in delete {
             self.delete_leftover(survey, d).await?;
         }
         if recorded.is_some() {
@@ -514,6 +514,11 @@ impl Run<'_> {
             }
         })?;
         let (id, blocks) = (report.snapshot_id, report.blocks_written);
+        // A leftover the upload was to continue but started over instead (it had
+        // completed meanwhile, or changed): ours, and now of no use.
+        for d in continued.into_iter().filter(|d| **d != id) {
+            self.delete_leftover(survey, d).await?;
+        }
         // What was uploaded: the file as opened (the upload checked it did not change
         // meanwhile) and the snapshot's aggregate checksum.
         let stamp = Stamp {

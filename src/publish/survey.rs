@@ -890,6 +890,19 @@ impl ImageSurvey {
             .map_err(Clone::clone)
     }
 
+    /// Whether the snapshot `id` (one of this image's, as the survey saw it) is still
+    /// `pending`: only such an interrupted upload can be continued; a completed one an
+    /// interrupted run left (killed after CompleteSnapshot, before its journal entry or
+    /// its `ec2ami:uploaded` tag) is deleted like any other leftover.
+    pub fn pending_snapshot(&self, id: &str) -> bool {
+        self.snapshots.as_ref().is_some_and(|s| {
+            s.tagged
+                .iter()
+                .chain(s.journal.as_ref().and_then(|(_, f)| f.as_ref()))
+                .any(|snap| snap.id == id && snap.state == "pending")
+        })
+    }
+
     /// Why the unfinished snapshot `id` the decision deletes is a leftover, in words.
     pub fn leftover_why(&self, id: &str) -> &'static str {
         let s = self.snapshots.as_ref();

@@ -1039,8 +1039,10 @@ async fn twelve_copies_pending_in_one_region_are_polled_with_one_request_per_pol
         polls.iter().any(|p| p.len() == 12),
         "twelve pending together: {polls:?}"
     );
-    // 12 copies pending 20 s: a handful of polls in all, not dozens per copy.
-    assert!(polls.len() <= 8, "{} polls: {polls:?}", polls.len());
+    // 12 copies pending together: each is looked at when its wait begins (the others
+    // riding along), then all together on the schedule; a handful of polls beyond one
+    // per copy, not dozens per copy.
+    assert!(polls.len() <= 12 + 4, "{} polls: {polls:?}", polls.len());
 }
 
 // ---------------------------------------------------------------------------------------
