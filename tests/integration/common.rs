@@ -100,6 +100,34 @@ impl World {
         self.dir.path().join(name)
     }
 
+    /// Run `ec2ami ARGS` and kill it -9 once `gate` holds one of its requests (a hook:
+    /// the same point on every machine), at most `within`; then reap it and open the
+    /// gate. False when the run ended before reaching the gate.
+    pub async fn kill_at_gate(
+        &self,
+        gate: &ec2ami_testkit::proxy::Gate,
+        args: &[&str],
+        within: Duration,
+    ) -> bool {
+        let mut child = self
+            .ec2ami()
+            .args(args)
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap();
+        let held = tokio::select! {
+            held = gate.arrived(1, within) => held,
+            _ = child.wait() => false,
+        };
+        if held {
+            child.start_kill().unwrap(); // SIGKILL
+        }
+        let _ = child.wait().await;
+        gate.open();
+        held
+    }
+
     /// The `ec2ami` binary with an environment that reaches only the proxy.
     /// `EC2AMI_TEST_BIN` runs another build instead (e.g. an older commit's, to show
     /// that a test fails without the fix it comes with).

@@ -1658,23 +1658,11 @@ async fn under_realism_and_kill_9_at_seeded_points_prune_deletes_exactly_the_pla
         let op = ["DeregisterImage", "DeleteSnapshot"][rng.usize(..2)];
         let after = rng.usize(0..4);
         let gate = world.proxy.hold(Some(op), after);
-        let mut child = world
-            .ec2ami()
-            .args(prune_args(&["--yes", "--rate", "50"]))
-            .stdout(std::process::Stdio::null())
-            .stderr(std::process::Stdio::null())
-            .spawn()
-            .unwrap();
-        let held = tokio::select! {
-            held = gate.arrived(1, Duration::from_secs(120)) => held,
-            _ = child.wait() => false,
-        };
-        if held {
-            child.start_kill().unwrap(); // SIGKILL
-            kills += 1;
-        }
-        let _ = child.wait().await;
-        gate.open();
+        let args = prune_args(&["--yes", "--rate", "50"]);
+        let held = world
+            .kill_at_gate(&gate, &args, Duration::from_secs(120))
+            .await;
+        kills += usize::from(held);
         eprintln!("round {round}: {op} held after {after}: killed: {held}");
     }
     let run = world.run(&prune_args(&["--yes", "--rate", "50"])).await;

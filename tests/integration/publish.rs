@@ -361,22 +361,10 @@ async fn killed_at_many_points_a_rerun_finishes_with_nothing_duplicated() {
         // The first k requests pass; the next is held, and the kill lands while it waits
         // (a hook: the same point on every machine).
         let gate = world.proxy.hold(None, k);
-        let mut child = world
-            .ec2ami()
-            .args(["publish", release.to_str().unwrap(), "--workers", "2"])
-            .stdout(std::process::Stdio::null())
-            .stderr(std::process::Stdio::null())
-            .spawn()
-            .unwrap();
-        let held = tokio::select! {
-            held = gate.arrived(1, Duration::from_secs(60)) => held,
-            _ = child.wait() => false,
-        };
-        if held {
-            child.start_kill().unwrap(); // SIGKILL
-        }
-        let _ = child.wait().await;
-        gate.open();
+        let args = ["publish", release.to_str().unwrap(), "--workers", "2"];
+        world
+            .kill_at_gate(&gate, &args, Duration::from_secs(60))
+            .await;
         let killed_after = world.proxy.requests().len();
         let run = publish(&world, &release, &[]).await;
         run.assert_ok();
@@ -413,21 +401,11 @@ async fn a_snapshot_started_but_never_journalled_is_known_as_ours_by_the_rerun()
         1,
     )]);
     let gate = world.proxy.hold(Some("StartSnapshot"), 1);
-    let mut child = world
-        .ec2ami()
-        .args(["publish", release.to_str().unwrap()])
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null())
-        .spawn()
-        .unwrap();
-    let held = tokio::select! {
-        held = gate.arrived(1, Duration::from_secs(60)) => held,
-        _ = child.wait() => false,
-    };
+    let args = ["publish", release.to_str().unwrap()];
+    let held = world
+        .kill_at_gate(&gate, &args, Duration::from_secs(60))
+        .await;
     assert!(held, "the second StartSnapshot was held");
-    child.start_kill().unwrap(); // SIGKILL
-    let _ = child.wait().await;
-    gate.open();
     world.proxy.set_rules(vec![]);
     let left = state(&world).await.snapshots["us-east-1"].clone();
     assert_eq!(left.values().sum::<usize>(), 1, "one orphan: {left:?}");

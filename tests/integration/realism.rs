@@ -731,24 +731,7 @@ async fn a_four_image_release_to_five_regions_under_realism() {
     ];
     let world = slow_world(1, &["ap-southeast-2"]).await;
     let rel = release(world.dir.path(), &regions, 4, &["ap-southeast-2"]);
-    let mut rules = Vec::new();
-    for service in ["ebs", "ec2", "ssm"] {
-        let throttles: Vec<_> = vocabulary::retryable(service)
-            .into_iter()
-            .filter(|d| d.code.contains("Throttl") || d.code.contains("Limit"))
-            .collect();
-        for d in &throttles {
-            for op in carriers(service) {
-                rules.push(FaultRule::with_rate(
-                    Some(op),
-                    Fault::Code(d.code),
-                    0.10 / throttles.len() as f64,
-                ));
-            }
-        }
-    }
-    rules.push(FaultRule::with_rate(None, Fault::Status(503), 0.05));
-    world.proxy.set_rules(rules);
+    world.proxy.set_rules(publish_under_load());
     let run = world.run(&["publish", rel.to_str().unwrap()]).await;
     run.assert_ok();
     let faults = world
@@ -1022,23 +1005,11 @@ async fn under_realism_killed_at_seeded_points_a_rerun_publishes_everything_once
         world.proxy.set_rules(publish_under_load());
         // The first k requests pass; the next is held, and the kill lands while it waits.
         let gate = world.proxy.hold(None, k);
-        let mut child = world
-            .ec2ami()
-            .args(["publish", rel.to_str().unwrap()])
-            .stdout(std::process::Stdio::null())
-            .stderr(std::process::Stdio::null())
-            .spawn()
-            .unwrap();
-        let killed = tokio::select! {
-            held = gate.arrived(1, Duration::from_secs(120)) => held,
-            _ = child.wait() => false,
-        };
-        if killed {
-            child.start_kill().unwrap(); // SIGKILL
-            kills += 1;
-        }
-        let _ = child.wait().await;
-        gate.open();
+        let args = ["publish", rel.to_str().unwrap()];
+        let killed = world
+            .kill_at_gate(&gate, &args, Duration::from_secs(120))
+            .await;
+        kills += usize::from(killed);
         let before = world.proxy.requests().len();
         let run = world.run(&["publish", rel.to_str().unwrap()]).await;
         assert!(
