@@ -1,19 +1,31 @@
 //! `parent = "auto"`: the snapshot an image's upload is made incremental against, the
 //! newest completed snapshot ec2ami uploaded for another build of the same series (the
-//! AMI name with its build date taken out), whose block index is kept here.
+//! AMI name with its build date taken out). When no block index of it is kept here (a
+//! fresh CI runner, a lost state directory), the upload builds one from the snapshot.
 
 use std::path::Path;
 
 use crate::aws::{AwsError, Clients, RetryPolicy, ec2, model::Snapshot, tags};
 use crate::prune::series::SeriesPattern;
 
-/// The parent for an image named `name`, if there is one: (snapshot id, its AMI name).
+/// The parent `parent = "auto"` picks for an image.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct AutoParent {
+    pub id: String,
+    /// The AMI name it was uploaded for.
+    pub of: String,
+    /// Its block index is kept in the index directory (otherwise the upload builds it
+    /// from the snapshot first).
+    pub indexed: bool,
+}
+
+/// The parent for an image named `name`, if there is one.
 pub(crate) async fn auto_parent(
     clients: &Clients,
     name: &str,
     index_dir: &Path,
     retry: &RetryPolicy,
-) -> Result<Option<(String, String)>, AwsError> {
+) -> Result<Option<AutoParent>, AwsError> {
     let series = SeriesPattern::default().split(name).map(|p| p.series);
     let Some(series) = series else {
         return Ok(None);
@@ -27,19 +39,16 @@ pub(crate) async fn auto_parent(
         retry,
     )
     .await?;
-    Ok(pick(&found, name, &series, |id| {
-        crate::snapshot::kept_index(index_dir, id).is_some()
+    Ok(pick(&found, name, &series).map(|(id, of)| AutoParent {
+        indexed: crate::snapshot::kept_index(index_dir, &id).is_some(),
+        id,
+        of,
     }))
 }
 
-/// The newest completed, fully uploaded snapshot of `series` other than `name`'s own
-/// for which `has_index`.
-fn pick(
-    found: &[Snapshot],
-    name: &str,
-    series: &str,
-    has_index: impl Fn(&str) -> bool,
-) -> Option<(String, String)> {
+/// The newest completed, fully uploaded snapshot of `series` other than `name`'s own:
+/// (snapshot id, its AMI name).
+fn pick(found: &[Snapshot], name: &str, series: &str) -> Option<(String, String)> {
     let pattern = SeriesPattern::default();
     found
         .iter()
@@ -47,7 +56,6 @@ fn pick(
         .filter_map(|s| Some((s, s.tag(tags::AMI_NAME)?)))
         .filter(|(_, n)| *n != name)
         .filter(|(_, n)| pattern.split(n).is_some_and(|p| p.series == series))
-        .filter(|(s, _)| has_index(&s.id))
         .max_by_key(|(s, _)| s.started)
         .map(|(s, n)| (s.id.clone(), n.to_string()))
 }
@@ -119,23 +127,12 @@ mod tests {
                 true,
             ),
             snap("snap-self", name, 6, "completed", true),
-            snap(
-                "snap-noindex",
-                "FreeBSD 15.0-amd64-20261208 UFS",
-                7,
-                "completed",
-                true,
-            ),
         ];
         let series = SeriesPattern::default().split(name).unwrap().series;
-        let got = pick(&found, name, &series, |id| id != "snap-noindex");
         assert_eq!(
-            got,
+            pick(&found, name, &series),
             Some(("snap-new".into(), "FreeBSD 15.0-amd64-20261202 UFS".into()))
         );
-        assert_eq!(
-            pick(&found[..1], "Other-20261209", "Other-{date}", |_| true),
-            None
-        );
+        assert_eq!(pick(&found[..1], "Other-20261209", "Other-{date}"), None);
     }
 }

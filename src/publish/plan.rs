@@ -311,10 +311,10 @@ pub async fn plan_with(
 pub const RELEASE_WIDE: &str = "(the whole release)";
 
 /// What the plan of one image knows besides the survey: the block index directory and
-/// the parent `parent = "auto"` picks (snapshot id, its AMI name).
+/// the parent `parent = "auto"` picks.
 struct Local<'a> {
     index_dir: &'a Path,
-    parent: Option<(String, String)>,
+    parent: Option<super::parent::AutoParent>,
 }
 
 /// The actions for one image, decided from the survey as the run decides them.
@@ -405,7 +405,17 @@ fn image_plan(
                 ));
             }
             match &local.parent {
-                Some((id, of)) => {
+                // No block is read for a plan: without a kept index the count is not known.
+                Some(p) if !p.indexed => detail.push_str(&format!(
+                    " against parent {} ({}): no block index of it is kept in {}, so the run \
+                     first builds one from the snapshot (GetSnapshotBlock of each of its \
+                     blocks) and keeps it; blocks to send unknown until then",
+                    p.id,
+                    p.of,
+                    local.index_dir.display()
+                )),
+                Some(p) => {
+                    let (id, of) = (&p.id, &p.of);
                     match crate::snapshot::blocks_to_send(&img.path, local.index_dir, id) {
                         Ok((send, data)) => detail.push_str(&format!(
                             " against parent {id} ({of}): {send} blocks would be sent \
@@ -417,8 +427,8 @@ fn image_plan(
                     }
                 }
                 None if img.parent_auto => detail.push_str(
-                    ": no parent (parent = \"auto\" found no earlier snapshot \
-                                     of its series with a kept block index), a full upload",
+                    ": no parent (parent = \"auto\" found no earlier completed snapshot \
+                     of its series), a full upload",
                 ),
                 None => {}
             }

@@ -461,13 +461,21 @@ impl Run<'_> {
         let parent = if img.parent_auto {
             let found = super::parent::auto_parent(src, name, &self.opts.index_dir, retry).await?;
             match &found {
-                Some((id, of)) => tracing::info!("{name}: uploading against {id} ({of})"),
+                Some(p) if p.indexed => {
+                    tracing::info!("{name}: uploading against {} ({})", p.id, p.of)
+                }
+                Some(p) => tracing::info!(
+                    "{name}: uploading against {} ({}), whose block index is built from the \
+                     snapshot first",
+                    p.id,
+                    p.of
+                ),
                 None => tracing::info!(
-                    "{name}: parent = \"auto\" found no earlier snapshot of its series with a \
-                     kept block index: a full upload"
+                    "{name}: parent = \"auto\" found no earlier completed snapshot of its \
+                     series: a full upload"
                 ),
             }
-            found.map(|(id, _)| id)
+            found.map(|p| p.id)
         } else {
             None
         };

@@ -701,7 +701,7 @@ async fn publish_parent_auto_plans_uploads_and_resumes_against_the_last_build() 
     run.assert_ok();
     assert!(
         run.stderr
-            .contains("found no earlier snapshot of its series"),
+            .contains("found no earlier completed snapshot of its series"),
         "{}",
         run.stderr
     );
@@ -787,5 +787,92 @@ async fn publish_parent_auto_plans_uploads_and_resumes_against_the_last_build() 
     assert!(indexed(&world).contains(&pending[0]));
     let out = world.path("published-v2.raw");
     world.download(&pending[0], &out).await;
+    assert_same_content(&v2, &out);
+}
+
+/// The parent's block index is not kept here (a fresh CI runner): the plan still names
+/// the newest build of the series as the parent, says its index will be built and reads
+/// no block; the run builds the index from the snapshot, keeps it, and sends only the
+/// changed blocks.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn publish_parent_auto_without_a_kept_index_builds_it_from_the_snapshot() {
+    let world = World::moto().await;
+    let (v1, v2) = make_versions(&world);
+    let image = |v: &Path| v.file_name().unwrap().to_str().unwrap().to_string();
+    let r1 = series_release(world.dir.path(), "20261124", &image(&v1));
+    let r2 = series_release(world.dir.path(), "20261201", &image(&v2));
+    world
+        .run(&["publish", r1.to_str().unwrap(), "--workers", "4"])
+        .await
+        .assert_ok();
+    let first: Vec<String> = indexed(&world).into_iter().collect();
+    assert_eq!(first.len(), 1);
+    let parent = &first[0];
+    let kept = world.path(&format!("state/ec2ami/blocks/{parent}.blocks"));
+    std::fs::remove_file(&kept).unwrap();
+
+    world.proxy.clear_requests();
+    let run = world
+        .run(&[
+            "--output",
+            "json",
+            "publish",
+            r2.to_str().unwrap(),
+            "--plan",
+        ])
+        .await;
+    run.assert_ok();
+    assert!(mutating(&world).is_empty());
+    for op in [
+        "ListSnapshotBlocks",
+        "GetSnapshotBlock",
+        "ListChangedBlocks",
+    ] {
+        assert_eq!(world.proxy.count(op), 0, "the plan reads no block: {op}");
+    }
+    assert!(!kept.exists(), "the plan builds no index");
+    let plan: serde_json::Value = serde_json::from_str(&run.stdout).unwrap();
+    let snap = plan["actions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|a| a["step"] == "snapshot" && a["verb"] == "create")
+        .unwrap()["detail"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    assert!(
+        snap.contains(&format!(
+            "against parent {parent} (MyOS 15.0-x86_64-20261124 base): no block index of it \
+             is kept in"
+        )) && snap.contains("blocks to send unknown until then"),
+        "{snap}"
+    );
+
+    world.proxy.clear_requests();
+    let run = world
+        .run(&["publish", r2.to_str().unwrap(), "--workers", "4"])
+        .await;
+    run.assert_ok();
+    assert!(
+        run.stderr.contains(&format!(
+            "no block index of parent snapshot {parent} is kept"
+        )),
+        "{}",
+        run.stderr
+    );
+    assert_eq!(world.proxy.count("GetSnapshotBlock"), content(&v1).len());
+    let sent: BTreeSet<u64> = blocks_put(&world).into_iter().collect();
+    assert_eq!(sent, changed(&v1, &v2), "only the changed blocks");
+    assert!(kept.exists(), "the built index is kept for next time");
+    let child: Vec<String> = world
+        .our_snapshots()
+        .await
+        .into_iter()
+        .filter(|s| s != parent)
+        .collect();
+    assert_eq!(child.len(), 1);
+    let out = world.path("published-v2.raw");
+    world.download(&child[0], &out).await;
     assert_same_content(&v2, &out);
 }
