@@ -1,18 +1,20 @@
-//! The per-block SHA-256 index of what was uploaded to a snapshot, persisted next to
-//! the snapshot id (`<dir>/<snapshot-id>.blocks`) so later uploads can be incremental
-//! and resumable.
+//! The per-block SHA-256 (and BLAKE3) index of what was uploaded to a snapshot,
+//! persisted next to the snapshot id (`<dir>/<snapshot-id>.blocks`) so later uploads can
+//! be incremental and resumable.
 //!
 //! Text format, one record per line:
 //! ```text
-//! ec2ami-block-index 1
+//! ec2ami-block-index 2
 //! snapshot snap-0123456789abcdef0
 //! block-size 524288
 //! volume-size-gib 10
 //! image-size 1073741824
 //! encrypted false
-//! <block index> <base64 SHA-256>      (ascending, one line per block written)
+//! <block index> <base64 SHA-256> <base64 BLAKE3>   (ascending, one line per block)
 //! complete <aggregate base64> <blocks>
 //! ```
+//! Version 1 (written before BLAKE3 was kept) has no BLAKE3 field and is still read: an
+//! incremental upload against it compares SHA-256s instead.
 //! The file is written as `<id>.blocks.partial` while uploading and renamed when the
 //! snapshot is complete.
 //!
@@ -22,19 +24,22 @@
 //! the result is saved in the same format for next time. Such an index lists every block
 //! the snapshot holds (a listed block that is all zero included, with its digest).
 
+use std::collections::HashMap;
 use std::fs::File;
 use std::io::{self, BufRead, BufReader, BufWriter, Write};
 use std::path::{Path, PathBuf};
 
 use futures_util::TryStreamExt;
 
-use super::checksum::{self, BlockDigest, LinearAggregate};
+use super::checksum::{self, BlockDigest, FastDigest, LinearAggregate};
 use super::download::get_block_verified;
 use super::listing::{self, ListingError};
 use crate::aws::{AwsError, Clients, RetryPolicy, ec2, tags};
 use crate::progress::{Progress, ProgressMode};
 
-const MAGIC: &str = "ec2ami-block-index 1";
+const MAGIC: &str = "ec2ami-block-index 2";
+/// The versions [`BlockIndex::load`] reads.
+const MAGICS: [&str; 2] = ["ec2ami-block-index 1", MAGIC];
 
 /// What a block index file says about its snapshot.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -58,6 +63,8 @@ pub struct BlockIndex {
     pub header: IndexHeader,
     /// Written blocks with their digests, ascending by index.
     pub blocks: Vec<(u64, BlockDigest)>,
+    /// The BLAKE3 digests of the blocks that have one (all, in a version 2 index).
+    pub blake3: HashMap<u64, FastDigest>,
     /// The aggregate checksum, if the upload completed.
     pub aggregate: Option<String>,
 }
@@ -107,15 +114,28 @@ impl IndexWriter {
         })
     }
 
-    /// Record one written block. Indexes must ascend.
-    pub fn push(&mut self, index: u64, digest: &BlockDigest) -> io::Result<()> {
+    /// Record one written block, with its BLAKE3 when known. Indexes must ascend.
+    pub fn push(
+        &mut self,
+        index: u64,
+        digest: &BlockDigest,
+        fast: Option<&FastDigest>,
+    ) -> io::Result<()> {
         if self.last.is_some_and(|l| l >= index) {
             return Err(io::Error::other(format!(
                 "block index {index} recorded out of order"
             )));
         }
         self.last = Some(index);
-        writeln!(self.out, "{index} {}", checksum::to_base64(digest))
+        match fast {
+            Some(f) => writeln!(
+                self.out,
+                "{index} {} {}",
+                checksum::to_base64(digest),
+                checksum::to_base64(f)
+            ),
+            None => writeln!(self.out, "{index} {}", checksum::to_base64(digest)),
+        }
     }
 
     /// Write the trailer, sync, and rename into place. Returns the final path.
@@ -154,6 +174,13 @@ impl BlockIndex {
         };
         let reader = BufReader::new(File::open(path)?);
         let mut lines = reader.lines().enumerate();
+        let (_, first) = lines.next().ok_or_else(|| bad(0, "empty file"))?;
+        if !MAGICS.contains(&first?.trim_end()) {
+            return Err(bad(
+                1,
+                "not an ec2ami block index (of a version this build reads)",
+            ));
+        }
         let mut next = |want: &str| -> io::Result<String> {
             let (n, line) = lines.next().ok_or_else(|| bad(0, "truncated header"))?;
             let line = line?;
@@ -161,9 +188,6 @@ impl BlockIndex {
                 .map(|v| v.trim().to_string())
                 .ok_or_else(|| bad(n + 1, &format!("expected `{want}`")))
         };
-        if !next(MAGIC)?.is_empty() {
-            return Err(bad(1, "not an ec2ami block index"));
-        }
         let num = |s: String, n: usize| s.parse::<u64>().map_err(|_| bad(n, "not a number"));
         let snapshot_id = next("snapshot ")?;
         let block_size = num(next("block-size ")?, 3)?;
@@ -178,16 +202,22 @@ impl BlockIndex {
             encrypted,
         };
         let mut blocks = Vec::new();
+        let mut blake3 = HashMap::new();
         let mut aggregate = None;
         for (n, line) in lines {
             let line = line?;
             let mut parts = line.split_whitespace();
-            match (parts.next(), parts.next(), parts.next()) {
-                (Some("complete"), Some(agg), Some(_)) => aggregate = Some(agg.to_string()),
-                (Some(idx), Some(sum), None) => {
+            match (parts.next(), parts.next(), parts.next(), parts.next()) {
+                (Some("complete"), Some(agg), Some(_), None) => aggregate = Some(agg.to_string()),
+                (Some(idx), Some(sum), fast, None) => {
                     let idx = idx.parse().map_err(|_| bad(n + 1, "bad block index"))?;
                     let digest =
                         checksum::from_base64(sum).ok_or_else(|| bad(n + 1, "bad checksum"))?;
+                    if let Some(f) = fast {
+                        let f = checksum::from_base64(f)
+                            .ok_or_else(|| bad(n + 1, "bad BLAKE3 digest"))?;
+                        blake3.insert(idx, f);
+                    }
                     blocks.push((idx, digest));
                 }
                 _ => return Err(bad(n + 1, "unreadable line")),
@@ -196,6 +226,7 @@ impl BlockIndex {
         Ok(BlockIndex {
             header,
             blocks,
+            blake3,
             aggregate,
         })
     }
@@ -412,18 +443,24 @@ pub async fn from_snapshot(
                     .map_err(aws)?;
                 progress.inc_total(block_size);
                 progress.inc(block_size);
-                Ok((index, checksum::block_digest(&data)))
+                Ok((
+                    index,
+                    checksum::block_digest(&data),
+                    checksum::fast_digest(&data),
+                ))
             }
         })
         .try_buffered(opts.workers.max(1));
     let mut fetched = std::pin::pin!(fetched);
     let mut aggregate = LinearAggregate::new();
     let mut blocks = Vec::new();
+    let mut blake3 = HashMap::new();
     let result: Result<(), IndexError> = async {
-        while let Some((index, digest)) = fetched.try_next().await? {
-            writer.push(index, &digest).map_err(io_err)?;
+        while let Some((index, digest, fast)) = fetched.try_next().await? {
+            writer.push(index, &digest, Some(&fast)).map_err(io_err)?;
             aggregate.push(&digest);
             blocks.push((index, digest));
+            blake3.insert(index, fast);
         }
         Ok(())
     }
@@ -444,6 +481,7 @@ pub async fn from_snapshot(
         index: BlockIndex {
             header,
             blocks,
+            blake3,
             aggregate: Some(sum),
         },
         path,
@@ -455,7 +493,7 @@ pub async fn from_snapshot(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::snapshot::checksum::{LinearAggregate, block_digest};
+    use crate::snapshot::checksum::{LinearAggregate, block_digest, fast_digest};
 
     #[test]
     fn write_then_load_round_trips() {
@@ -473,18 +511,49 @@ mod tests {
             .iter()
             .map(|&i| (i, block_digest(&i.to_le_bytes())))
             .collect();
-        for (i, d) in &blocks {
-            w.push(*i, d).unwrap();
+        // The first block without a BLAKE3 (as a version 1 index has none).
+        for (n, (i, d)) in blocks.iter().enumerate() {
+            let fast = fast_digest(&i.to_le_bytes());
+            w.push(*i, d, (n > 0).then_some(&fast)).unwrap();
             agg.push(d);
         }
-        assert!(w.push(5, &blocks[0].1).is_err(), "out of order must fail");
+        assert!(
+            w.push(5, &blocks[0].1, None).is_err(),
+            "out of order must fail"
+        );
         let sum = agg.finish();
         let path = w.finish(&sum, 3).unwrap();
         assert_eq!(path, dir.path().join("snap-0123456789abcdef0.blocks"));
         let idx = BlockIndex::load(&path).unwrap();
         assert_eq!(idx.header, header);
         assert_eq!(idx.blocks, blocks);
+        let want: HashMap<u64, FastDigest> = [9u64, 1000]
+            .iter()
+            .map(|&i| (i, fast_digest(&i.to_le_bytes())))
+            .collect();
+        assert_eq!(idx.blake3, want);
         assert_eq!(idx.aggregate.as_deref(), Some(sum.as_str()));
+    }
+
+    #[test]
+    fn a_version_1_index_is_still_read() {
+        let f = tempfile::NamedTempFile::new().unwrap();
+        let d = block_digest(b"x");
+        let text = format!(
+            "ec2ami-block-index 1\nsnapshot snap-1\nblock-size 524288\nvolume-size-gib 1\n\
+             image-size 1048576\nencrypted false\n7 {}\ncomplete abc 1\n",
+            checksum::to_base64(&d)
+        );
+        std::fs::write(f.path(), text).unwrap();
+        let idx = BlockIndex::load(f.path()).unwrap();
+        assert_eq!(idx.blocks, vec![(7, d)]);
+        assert!(idx.blake3.is_empty());
+        assert!(idx.is_complete());
+        std::fs::write(f.path(), "ec2ami-block-index 3\n").unwrap();
+        assert!(
+            BlockIndex::load(f.path()).is_err(),
+            "a newer version is refused"
+        );
     }
 
     #[test]

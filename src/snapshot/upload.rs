@@ -21,7 +21,7 @@ use futures_util::{StreamExt, stream};
 use serde::Serialize;
 use tokio::sync::Semaphore;
 
-use super::checksum::{self, BlockDigest, LinearAggregate};
+use super::checksum::{self, BlockDigest, FastDigest, LinearAggregate};
 use super::index::{self, BlockIndex, IndexHeader, IndexWriter};
 use super::resume::{self, AckJournal, PendingRecord};
 use super::{check_block_size, secs, volume_size_gib, wait_for_completed};
@@ -247,6 +247,8 @@ impl BufferPool {
 struct Base {
     /// The parent's content: every block with data (every block, encrypted).
     parent: HashMap<u64, BlockDigest>,
+    /// The BLAKE3 of the parent's blocks, where its index keeps them.
+    parent_blake3: HashMap<u64, FastDigest>,
     /// Blocks acknowledged by an earlier run of this upload.
     acked: HashMap<u64, BlockDigest>,
 }
@@ -262,6 +264,7 @@ struct Blocks {
     pool: BufferPool,
     zero_block: Bytes,
     zero_digest: BlockDigest,
+    zero_fast: FastDigest,
     retry: RetryPolicy,
     started: Instant,
     progress: Progress,
@@ -291,6 +294,8 @@ struct Done {
     index: u64,
     /// SHA-256 of the block's content (of zeros for a zero block or a hole).
     content: BlockDigest,
+    /// BLAKE3 of the block's content.
+    fast: FastDigest,
     fate: Fate,
 }
 
@@ -326,32 +331,36 @@ impl Blocks {
     async fn read_and_put(self: Arc<Self>, block: PlannedBlock) -> Result<Done, UploadFailure> {
         let bs = self.block_size;
         let index = block.index;
-        let (buf, content) = if block.has_data {
+        let (held, fate) = self.held(index);
+        let held_fast = match fate {
+            Fate::Unchanged => self.base.parent_blake3.get(&index).copied(),
+            _ => None,
+        };
+        let (buf, content, fast) = if block.has_data {
             let mut buf = self.pool.take();
             let me = self.clone();
-            let (buf, digest) = tokio::task::spawn_blocking(move || {
+            let (buf, digest, fast) = tokio::task::spawn_blocking(move || {
                 me.image.read_block(index * bs, &mut buf)?;
                 if checksum::is_zero(&buf) {
-                    return Ok::<_, ImageError>((buf, me.zero_digest, true));
+                    return Ok::<_, ImageError>((buf, me.zero_digest, me.zero_fast, true));
                 }
-                let d = checksum::block_digest(&buf);
-                Ok((buf, d, false))
+                let (d, f) = digests(&buf, held.zip(held_fast));
+                Ok((buf, d, f, false))
             })
             .await
             .map_err(|e| UploadFailure::Protocol(format!("block reader panicked: {e}")))?
-            .map(|(buf, d, zero)| {
+            .map(|(buf, d, f, zero)| {
                 if zero {
                     self.pool.give(buf);
-                    (None, d)
+                    (None, d, f)
                 } else {
-                    (Some(buf), d)
+                    (Some(buf), d, f)
                 }
             })?;
-            (buf, digest)
+            (buf, digest, fast)
         } else {
-            (None, self.zero_digest)
+            (None, self.zero_digest, self.zero_fast)
         };
-        let (held, fate) = self.held(index);
         if held == Some(content) {
             if let Some(buf) = buf {
                 self.pool.give(buf);
@@ -359,6 +368,7 @@ impl Blocks {
             return Ok(Done {
                 index,
                 content,
+                fast,
                 fate,
             });
         }
@@ -387,6 +397,7 @@ impl Blocks {
         Ok(Done {
             index,
             content,
+            fast,
             fate: Fate::Sent,
         })
     }
@@ -472,6 +483,8 @@ struct Parent {
     /// Block index -> digest of what the parent holds (blocks with data; every block of
     /// an encrypted parent).
     blocks: HashMap<u64, BlockDigest>,
+    /// The BLAKE3 of those blocks, where its index keeps them.
+    blake3: HashMap<u64, FastDigest>,
     /// The block size of its index.
     block_size: u64,
 }
@@ -567,6 +580,10 @@ pub async fn upload_with(
             .as_ref()
             .map(|p| p.blocks.clone())
             .unwrap_or_default(),
+        parent_blake3: parent
+            .as_ref()
+            .map(|p| p.blake3.clone())
+            .unwrap_or_default(),
         acked,
     };
     let mut index = None;
@@ -656,15 +673,21 @@ async fn check_parent(
         })?
         .index;
     let zero = checksum::block_digest(&vec![0u8; ix.header.block_size as usize]);
-    let blocks = ix
+    let blocks: HashMap<u64, BlockDigest> = ix
         .blocks
         .into_iter()
         .filter(|(_, d)| snap.encrypted || *d != zero)
+        .collect();
+    let blake3 = ix
+        .blake3
+        .into_iter()
+        .filter(|(i, _)| blocks.contains_key(i))
         .collect();
     Ok(Parent {
         id: id.to_string(),
         encrypted: snap.encrypted,
         blocks,
+        blake3,
         block_size: ix.header.block_size,
     })
 }
@@ -901,6 +924,7 @@ impl Job<'_> {
         let workers = opts.workers.max(1);
         let zero_block = Bytes::from(vec![0u8; block_size as usize]);
         let zero_digest = checksum::block_digest(&zero_block);
+        let zero_fast = checksum::fast_digest(&zero_block);
         let mut extra: Vec<u64> = if encrypted {
             Vec::new()
         } else {
@@ -924,6 +948,7 @@ impl Job<'_> {
             },
             zero_block,
             zero_digest,
+            zero_fast,
             retry: opts.retry,
             started: Instant::now(),
             progress,
@@ -974,7 +999,9 @@ impl Job<'_> {
             // The index lists what the snapshot holds (its parent's blocks included), so
             // that it can be the parent of the next upload.
             if encrypted || done.content != zero_digest {
-                index.push(done.index, &done.content).map_err(index_err)?;
+                index
+                    .push(done.index, &done.content, Some(&done.fast))
+                    .map_err(index_err)?;
             }
         }
         index.flush().map_err(index_err)?;
@@ -1011,6 +1038,18 @@ impl Job<'_> {
             seconds: 0.0,
             index_path,
         })
+    }
+}
+
+/// The SHA-256 and BLAKE3 of a data block. `held` is what the snapshot holds at its
+/// place (its parent's SHA-256 and BLAKE3): when the BLAKE3 is the same, so is the data,
+/// and the held SHA-256 is taken instead of computing it (an unchanged block costs
+/// BLAKE3 alone; SHA-256 is needed only for a block that is sent).
+fn digests(buf: &[u8], held: Option<(BlockDigest, FastDigest)>) -> (BlockDigest, FastDigest) {
+    let fast = checksum::fast_digest(buf);
+    match held {
+        Some((sha, f)) if f == fast => (sha, fast),
+        _ => (checksum::block_digest(buf), fast),
     }
 }
 
@@ -1139,6 +1178,7 @@ pub fn blocks_to_send(image: &Path, index_dir: &Path, parent: &str) -> Result<(u
     let encrypted = ix.header.encrypted;
     let total_blocks = (volume_size_gib(img.size()) << 30) / bs;
     let zero = checksum::block_digest(&vec![0u8; bs as usize]);
+    let blake3 = ix.blake3;
     let parent: HashMap<u64, BlockDigest> = ix
         .blocks
         .into_iter()
@@ -1158,20 +1198,18 @@ pub fn blocks_to_send(image: &Path, index_dir: &Path, parent: &str) -> Result<(u
     let (mut send, mut data) = (0, 0);
     for b in plan {
         let b = b.map_err(|e| format!("{}: {e}", image.display()))?;
+        let held = parent.get(&b.index).copied();
         let content = if b.has_data {
             img.read_block(b.index * bs, &mut buf)
                 .map_err(|e| e.to_string())?;
-            checksum::block_digest(&buf)
+            digests(&buf, held.zip(blake3.get(&b.index).copied())).0
         } else {
             zero
         };
         if content != zero {
             data += 1;
         }
-        let held = parent
-            .get(&b.index)
-            .copied()
-            .or_else(|| (!encrypted).then_some(zero));
+        let held = held.or_else(|| (!encrypted).then_some(zero));
         if held != Some(content) {
             send += 1;
         }

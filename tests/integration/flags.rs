@@ -475,7 +475,7 @@ async fn upload_kms_token_description_index_dir_and_no_wait_reach_the_wire() {
         .collect();
     assert_eq!(files.len(), 1, "{files:?}");
     let text = std::fs::read_to_string(&files[0]).unwrap();
-    assert!(text.starts_with("ec2ami-block-index 1"), "{text:.200}");
+    assert!(text.starts_with("ec2ami-block-index 2"), "{text:.200}");
     assert!(text.contains(&snap), "the index names {snap}");
     assert!(!world.path("state/ec2ami/blocks").exists());
     // Without --no-wait the same upload polls until `completed`.

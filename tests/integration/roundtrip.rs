@@ -99,19 +99,28 @@ async fn round_trip(world: &World, image: &Path) -> (serde_json::Value, usize) {
     // Read as its documented text format says (ec2ami's own reader is not used).
     let text = std::fs::read_to_string(Path::new(report["index_path"].as_str().unwrap())).unwrap();
     let lines: Vec<&str> = text.lines().collect();
-    assert_eq!(lines[0], "ec2ami-block-index 1");
+    assert_eq!(lines[0], "ec2ami-block-index 2");
     assert_eq!(lines[1], format!("snapshot {snap}"));
-    let listed: Vec<(u64, String)> = lines[6..]
+    let listed: Vec<(u64, String, String)> = lines[6..]
         .iter()
         .filter(|l| !l.starts_with("complete "))
         .map(|l| {
-            let (i, sum) = l.split_once(' ').unwrap();
-            (i.parse().unwrap(), sum.to_string())
+            let f: Vec<&str> = l.split(' ').collect();
+            assert_eq!(f.len(), 3, "index, SHA-256 and BLAKE3: {l}");
+            (f[0].parse().unwrap(), f[1].to_string(), f[2].to_string())
         })
         .collect();
-    let want: Vec<(u64, String)> = expected
+    // Each block's BLAKE3, of the block as sent (the last one padded with zeros).
+    let data = std::fs::read(image).unwrap();
+    let b64 = |d: &[u8]| base64::engine::general_purpose::STANDARD.encode(d);
+    let want: Vec<(u64, String, String)> = expected
         .iter()
-        .map(|(i, d)| (*i, base64::engine::general_purpose::STANDARD.encode(d)))
+        .map(|(i, d)| {
+            let start = (*i * BLOCK) as usize;
+            let mut block = data[start..data.len().min(start + BLOCK as usize)].to_vec();
+            block.resize(BLOCK as usize, 0);
+            (*i, b64(d), b64(blake3::hash(&block).as_bytes()))
+        })
         .collect();
     assert_eq!(listed, want);
     assert!(

@@ -124,8 +124,12 @@ async fn index_built_from_a_snapshot_lists_its_blocks_and_is_kept() {
     // Kept in the documented text format, under the snapshot id.
     assert_eq!(built.path, dir.join(format!("{parent}.blocks")));
     let text = std::fs::read_to_string(&built.path).unwrap();
-    assert!(text.starts_with("ec2ami-block-index 1\n"), "{text}");
-    assert!(text.contains(&format!("\n5 {}\n", b64(&sha(&parent_blocks[&5])))));
+    assert!(text.starts_with("ec2ami-block-index 2\n"), "{text}");
+    assert!(text.contains(&format!(
+        "\n5 {} {}\n",
+        b64(&sha(&parent_blocks[&5])),
+        b64(blake3::hash(&parent_blocks[&5]).as_bytes())
+    )));
 
     // Next time the kept index is used: nothing is fetched.
     world.proxy.clear_requests();
