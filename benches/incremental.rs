@@ -5,7 +5,8 @@
 //! - A dense image (`EC2AMI_BENCH_INCR_GIB`, default 4 GiB of random data) and a copy of
 //!   it with 1 % of its blocks changed: a full upload of the copy, then the same copy
 //!   with `--parent` the original's snapshot. Requests (every request the proxy saw) and
-//!   wall time of each.
+//!   wall time of each, and as a baseline the same `--parent` upload against the
+//!   parent's index rewritten in version 1 (no BLAKE3: SHA-256s compared).
 //! - The copy uploaded again (full), killed with SIGKILL once half its blocks were
 //!   acknowledged and every worker's next block is held at the proxy, then rerun:
 //!   blocks sent over both runs against a full upload's.
@@ -138,6 +139,27 @@ async fn bench() {
         incr.json["blocks_written"].as_u64().unwrap() as usize,
         incr.puts
     );
+    // Baseline in the same run: the parent's index rewritten as version 1 (no BLAKE3
+    // field, as indexes were before version 2), so the same upload compares SHA-256s.
+    let index = r1.json["index_path"].as_str().unwrap().to_string();
+    let v2_text = std::fs::read_to_string(&index).unwrap();
+    let v1_text: String = v2_text
+        .lines()
+        .map(|l| {
+            let f: Vec<&str> = l.split(' ').collect();
+            match f.as_slice() {
+                ["ec2ami-block-index", "2"] => "ec2ami-block-index 1".to_string(),
+                [i, sha, _] if i.parse::<u64>().is_ok() => format!("{i} {sha}"),
+                _ => l.to_string(),
+            }
+        })
+        .map(|l| l + "\n")
+        .collect();
+    assert_ne!(v1_text, v2_text);
+    std::fs::write(&index, &v1_text).unwrap();
+    let sha_incr = upload(&proxy, &state, &v2, &["--parent", &parent]).await;
+    assert_eq!(sha_incr.puts, incr.puts);
+    std::fs::write(&index, &v2_text).unwrap();
     println!("| upload of v2 | requests | PutSnapshotBlock | wall s |");
     println!("| --- | ---: | ---: | ---: |");
     println!(
@@ -149,9 +171,14 @@ async fn bench() {
         incr.requests, incr.puts, incr.wall
     );
     println!(
-        "requests ratio {:.2} %, wall ratio {:.1} %",
+        "| --parent v1, its index in version 1 (SHA-256 compared) | {} | {} | {:.2} |",
+        sha_incr.requests, sha_incr.puts, sha_incr.wall
+    );
+    println!(
+        "requests ratio {:.2} %, wall ratio {:.1} % (SHA-256 compared: {:.1} %)",
         100.0 * incr.requests as f64 / full.requests as f64,
-        100.0 * incr.wall / full.wall
+        100.0 * incr.wall / full.wall,
+        100.0 * sha_incr.wall / full.wall
     );
 
     // Resume after a kill at 50 %.
