@@ -19,10 +19,11 @@ pub(crate) struct AutoParent {
     pub indexed: bool,
 }
 
-/// The parent for an image named `name`, if there is one.
+/// The parent for an image named `name`, read from `image`, if there is one.
 pub(crate) async fn auto_parent(
     clients: &Clients,
     name: &str,
+    image: &Path,
     index_dir: &Path,
     retry: &RetryPolicy,
 ) -> Result<Option<AutoParent>, AwsError> {
@@ -39,20 +40,29 @@ pub(crate) async fn auto_parent(
         retry,
     )
     .await?;
-    Ok(pick(&found, name, &series).map(|(id, of)| AutoParent {
-        indexed: crate::snapshot::kept_index(index_dir, &id).is_some(),
-        id,
-        of,
-    }))
+    // A child's volume is at least its parent's: a build that shrank below an earlier
+    // one's volume is not uploaded against it. (Unreadable: the upload says why.)
+    let volume_gib = crate::image::DiskImage::probe(image)
+        .map(|(size, _)| crate::snapshot::volume_size_gib(size))
+        .unwrap_or(u64::MAX);
+    Ok(
+        pick(&found, name, &series, volume_gib).map(|(id, of)| AutoParent {
+            indexed: crate::snapshot::kept_index(index_dir, &id).is_some(),
+            id,
+            of,
+        }),
+    )
 }
 
-/// The newest completed, fully uploaded snapshot of `series` other than `name`'s own:
-/// (snapshot id, its AMI name).
-fn pick(found: &[Snapshot], name: &str, series: &str) -> Option<(String, String)> {
+/// The newest completed, fully uploaded snapshot of `series` other than `name`'s own
+/// that can be the parent of an unencrypted volume of `volume_gib` (not encrypted, not
+/// larger): (snapshot id, its AMI name).
+fn pick(found: &[Snapshot], name: &str, series: &str, volume_gib: u64) -> Option<(String, String)> {
     let pattern = SeriesPattern::default();
     found
         .iter()
         .filter(|s| s.completed() && s.tag(tags::UPLOADED).is_some())
+        .filter(|s| !s.encrypted && u64::try_from(s.volume_size).is_ok_and(|g| g <= volume_gib))
         .filter_map(|s| Some((s, s.tag(tags::AMI_NAME)?)))
         .filter(|(_, n)| *n != name)
         .filter(|(_, n)| pattern.split(n).is_some_and(|p| p.series == series))
@@ -127,12 +137,38 @@ mod tests {
                 true,
             ),
             snap("snap-self", name, 6, "completed", true),
+            // Newer, but of a larger volume than this build's, or encrypted: not a parent.
+            Snapshot {
+                volume_size: 2,
+                ..snap(
+                    "snap-big",
+                    "FreeBSD 15.0-amd64-20261208 UFS",
+                    7,
+                    "completed",
+                    true,
+                )
+            },
+            Snapshot {
+                encrypted: true,
+                ..snap(
+                    "snap-enc",
+                    "FreeBSD 15.0-amd64-20261208 UFS",
+                    8,
+                    "completed",
+                    true,
+                )
+            },
         ];
         let series = SeriesPattern::default().split(name).unwrap().series;
         assert_eq!(
-            pick(&found, name, &series),
+            pick(&found, name, &series, 1),
             Some(("snap-new".into(), "FreeBSD 15.0-amd64-20261202 UFS".into()))
         );
-        assert_eq!(pick(&found[..1], "Other-20261209", "Other-{date}"), None);
+        // A build that grew to 2 GiB may use the 2 GiB one.
+        assert_eq!(
+            pick(&found, name, &series, 2).map(|(id, _)| id),
+            Some("snap-big".into())
+        );
+        assert_eq!(pick(&found[..1], "Other-20261209", "Other-{date}", 1), None);
     }
 }

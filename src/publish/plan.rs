@@ -245,7 +245,7 @@ pub async fn plan_with(
             continue;
         }
         let parent = if img.parent_auto {
-            super::parent::auto_parent(&source, img.name(), index_dir, retry).await?
+            super::parent::auto_parent(&source, img.name(), &img.path, index_dir, retry).await?
         } else {
             None
         };

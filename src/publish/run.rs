@@ -459,7 +459,9 @@ impl Run<'_> {
             journal.forget(&k_snap)?;
         }
         let parent = if img.parent_auto {
-            let found = super::parent::auto_parent(src, name, &self.opts.index_dir, retry).await?;
+            let found =
+                super::parent::auto_parent(src, name, &img.path, &self.opts.index_dir, retry)
+                    .await?;
             match &found {
                 Some(p) if p.indexed => {
                     tracing::info!("{name}: uploading against {} ({})", p.id, p.of)

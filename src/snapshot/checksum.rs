@@ -3,7 +3,7 @@
 //!
 //! Besides, a BLAKE3 digest per block ([`fast_digest`]), kept in the block index beside
 //! the SHA-256: an incremental upload recognises an unchanged block by it, at about
-//! 4.8 times SHA-256's speed on these CPUs (SHA extensions and AVX-512 both used), and
+//! 4 times SHA-256's speed on these CPUs (`cargo bench --bench hash`), and
 //! computes the SHA-256 EBS checks only for the blocks it sends. BLAKE3 is a
 //! cryptographic hash: a block made to match the parent's digest without matching its
 //! data is as out of reach as with SHA-256.

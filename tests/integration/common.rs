@@ -451,16 +451,40 @@ pub fn moto_hook(world: &World, path: &str, doc: &serde_json::Value) -> String {
     let port = m.port();
     let body = doc.to_string();
     let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
-    s.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
-    write!(
-        s,
+    s.set_read_timeout(Some(Duration::from_secs(120))).unwrap();
+    // One write: the request whole.
+    let request = format!(
         "POST {path} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nContent-Type: application/json\r\n\
          Content-Length: {}\r\nConnection: close\r\n\r\n{body}",
         body.len()
-    )
-    .unwrap();
-    let mut answer = String::new();
-    s.read_to_string(&mut answer).unwrap();
+    );
+    s.write_all(request.as_bytes()).unwrap();
+    // Read until the answer is whole by its Content-Length (or the server closes), so
+    // an answer is not waited past when the connection stays open.
+    let mut answer = Vec::new();
+    let mut chunk = [0u8; 8192];
+    loop {
+        let text = String::from_utf8_lossy(&answer);
+        if let Some((head, rest)) = text.split_once("\r\n\r\n") {
+            let length = head.lines().find_map(|l| {
+                let (k, v) = l.split_once(':')?;
+                k.eq_ignore_ascii_case("content-length")
+                    .then(|| v.trim().parse::<usize>().ok())?
+            });
+            if length.is_some_and(|n| rest.len() >= n) {
+                break;
+            }
+        }
+        match s.read(&mut chunk) {
+            Ok(0) => break,
+            Ok(n) => answer.extend_from_slice(&chunk[..n]),
+            Err(e) => panic!(
+                "{path}: no whole answer from moto in 120 s ({e}); so far: {}",
+                String::from_utf8_lossy(&answer)
+            ),
+        }
+    }
+    let answer = String::from_utf8_lossy(&answer).into_owned();
     let (head, rest) = answer.split_once("\r\n\r\n").unwrap_or((&answer, ""));
     assert!(head.starts_with("HTTP/1.1 200"), "{path}: {answer}");
     rest.to_string()
