@@ -227,15 +227,7 @@ async fn rebuilt_parent_index(world: &World) {
             &parent,
         ])
         .await;
-    run.assert_ok();
-    assert!(
-        run.stderr.contains(&format!(
-            "no block index of parent snapshot {parent} is kept"
-        )),
-        "{}",
-        run.stderr
-    );
-    assert_eq!(world.proxy.count("GetSnapshotBlock"), content(&v1).len());
+    said_and_rebuilt(world, &run, &parent, &v1);
     let sent: BTreeSet<u64> = blocks_put(world).into_iter().collect();
     assert_eq!(
         sent,
@@ -712,27 +704,7 @@ async fn publish_parent_auto_plans_uploads_and_resumes_against_the_last_build() 
 
     // The plan names the parent and counts the blocks.
     world.proxy.clear_requests();
-    let run = world
-        .run(&[
-            "--output",
-            "json",
-            "publish",
-            r2.to_str().unwrap(),
-            "--plan",
-        ])
-        .await;
-    run.assert_ok();
-    assert!(mutating(&world).is_empty());
-    let plan: serde_json::Value = serde_json::from_str(&run.stdout).unwrap();
-    let snap = plan["actions"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|a| a["step"] == "snapshot" && a["verb"] == "create")
-        .unwrap()["detail"]
-        .as_str()
-        .unwrap()
-        .to_string();
+    let snap = planned_upload(&world, &r2).await;
     assert!(
         snap.contains(&format!(
             "against parent {parent} (MyOS 15.0-x86_64-20261124 base): {} blocks would be sent",
@@ -812,17 +784,7 @@ async fn publish_parent_auto_without_a_kept_index_builds_it_from_the_snapshot() 
     std::fs::remove_file(&kept).unwrap();
 
     world.proxy.clear_requests();
-    let run = world
-        .run(&[
-            "--output",
-            "json",
-            "publish",
-            r2.to_str().unwrap(),
-            "--plan",
-        ])
-        .await;
-    run.assert_ok();
-    assert!(mutating(&world).is_empty());
+    let snap = planned_upload(&world, &r2).await;
     for op in [
         "ListSnapshotBlocks",
         "GetSnapshotBlock",
@@ -831,16 +793,6 @@ async fn publish_parent_auto_without_a_kept_index_builds_it_from_the_snapshot() 
         assert_eq!(world.proxy.count(op), 0, "the plan reads no block: {op}");
     }
     assert!(!kept.exists(), "the plan builds no index");
-    let plan: serde_json::Value = serde_json::from_str(&run.stdout).unwrap();
-    let snap = plan["actions"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|a| a["step"] == "snapshot" && a["verb"] == "create")
-        .unwrap()["detail"]
-        .as_str()
-        .unwrap()
-        .to_string();
     assert!(
         snap.contains(&format!(
             "against parent {parent} (MyOS 15.0-x86_64-20261124 base): no block index of it \
@@ -853,15 +805,7 @@ async fn publish_parent_auto_without_a_kept_index_builds_it_from_the_snapshot() 
     let run = world
         .run(&["publish", r2.to_str().unwrap(), "--workers", "4"])
         .await;
-    run.assert_ok();
-    assert!(
-        run.stderr.contains(&format!(
-            "no block index of parent snapshot {parent} is kept"
-        )),
-        "{}",
-        run.stderr
-    );
-    assert_eq!(world.proxy.count("GetSnapshotBlock"), content(&v1).len());
+    said_and_rebuilt(&world, &run, parent, &v1);
     let sent: BTreeSet<u64> = blocks_put(&world).into_iter().collect();
     assert_eq!(sent, changed(&v1, &v2), "only the changed blocks");
     assert!(kept.exists(), "the built index is kept for next time");
@@ -875,4 +819,45 @@ async fn publish_parent_auto_without_a_kept_index_builds_it_from_the_snapshot() 
     let out = world.path("published-v2.raw");
     world.download(&child[0], &out).await;
     assert_same_content(&v2, &out);
+}
+
+/// `publish RELEASE --plan --output json`, which must succeed and change nothing: the
+/// detail of its snapshot `create` action.
+async fn planned_upload(world: &World, release: &Path) -> String {
+    let run = world
+        .run(&[
+            "--output",
+            "json",
+            "publish",
+            release.to_str().unwrap(),
+            "--plan",
+        ])
+        .await;
+    run.assert_ok();
+    assert!(mutating(world).is_empty());
+    let plan: serde_json::Value = serde_json::from_str(&run.stdout).unwrap();
+    plan["actions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|a| a["step"] == "snapshot" && a["verb"] == "create")
+        .unwrap()["detail"]
+        .as_str()
+        .unwrap()
+        .to_string()
+}
+
+/// `run` succeeded saying that no block index of `parent` was kept, and built it from
+/// the snapshot: one GetSnapshotBlock per block of `v1`, the parent's image, that holds
+/// data.
+fn said_and_rebuilt(world: &World, run: &Run, parent: &str, v1: &Path) {
+    run.assert_ok();
+    assert!(
+        run.stderr.contains(&format!(
+            "no block index of parent snapshot {parent} is kept"
+        )),
+        "{}",
+        run.stderr
+    );
+    assert_eq!(world.proxy.count("GetSnapshotBlock"), content(v1).len());
 }
