@@ -193,7 +193,7 @@ struct UploadArgs {
     /// How long to wait for the snapshot to become `completed`.
     #[arg(long, value_name = "DURATION", default_value = "60m", value_parser = parse_duration)]
     wait_timeout: Duration,
-    /// Where the per-block SHA-256 index is kept (default: $XDG_STATE_HOME/ec2ami/blocks).
+    /// Where the per-block index (SHA-256 and BLAKE3) is kept (default: $XDG_STATE_HOME/ec2ami/blocks).
     #[arg(long, value_name = "DIR")]
     index_dir: Option<PathBuf>,
     /// Idempotency token for StartSnapshot (default: a new random one).

@@ -1,5 +1,5 @@
 //! EBS direct APIs: upload a disk image to a new snapshot, download a snapshot to a
-//! sparse file, the per-block SHA-256 index of what was uploaded (or built from a
+//! sparse file, the per-block index (SHA-256, BLAKE3) of what was uploaded (or built from a
 //! snapshot), and the diff of two disks.
 
 pub mod checksum;

@@ -126,7 +126,7 @@ pub struct UploadReport {
     pub checksum: String,
     /// Wall time.
     pub seconds: f64,
-    /// Where the per-block SHA-256 index was saved.
+    /// Where the per-block index (SHA-256 and BLAKE3) was saved.
     pub index_path: PathBuf,
 }
 
