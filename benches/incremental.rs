@@ -39,6 +39,9 @@ fn ec2ami(proxy: &FaultProxy, state: &Path) -> Command {
 struct Run {
     json: serde_json::Value,
     wall: f64,
+    /// CPU seconds of the ec2ami process (user + system), from the reaped children's
+    /// rusage.
+    cpu: f64,
     requests: usize,
     puts: usize,
 }
@@ -46,6 +49,7 @@ struct Run {
 async fn upload(proxy: &FaultProxy, state: &Path, image: &Path, extra: &[&str]) -> Run {
     proxy.clear_requests();
     let workers = WORKERS.to_string();
+    let cpu0 = children_cpu();
     let t0 = Instant::now();
     let out = ec2ami(proxy, state)
         .args([
@@ -61,6 +65,7 @@ async fn upload(proxy: &FaultProxy, state: &Path, image: &Path, extra: &[&str]) 
         .await
         .unwrap();
     let wall = t0.elapsed().as_secs_f64();
+    let cpu = children_cpu() - cpu0;
     assert!(
         out.status.success(),
         "{}",
@@ -70,12 +75,22 @@ async fn upload(proxy: &FaultProxy, state: &Path, image: &Path, extra: &[&str]) 
     Run {
         json: serde_json::from_slice(&out.stdout).unwrap(),
         wall,
+        cpu,
         requests: requests.len(),
         puts: requests
             .iter()
             .filter(|r| r.operation == "PutSnapshotBlock" && r.status == 201)
             .count(),
     }
+}
+
+/// User + system CPU seconds of this process's reaped children.
+fn children_cpu() -> f64 {
+    // SAFETY: getrusage writes the struct it is given.
+    let mut u: libc::rusage = unsafe { std::mem::zeroed() };
+    assert_eq!(unsafe { libc::getrusage(libc::RUSAGE_CHILDREN, &mut u) }, 0);
+    let secs = |t: libc::timeval| t.tv_sec as f64 + t.tv_usec as f64 / 1e6;
+    secs(u.ru_utime) + secs(u.ru_stime)
 }
 
 fn main() {
@@ -160,19 +175,19 @@ async fn bench() {
     let sha_incr = upload(&proxy, &state, &v2, &["--parent", &parent]).await;
     assert_eq!(sha_incr.puts, incr.puts);
     std::fs::write(&index, &v2_text).unwrap();
-    println!("| upload of v2 | requests | PutSnapshotBlock | wall s |");
-    println!("| --- | ---: | ---: | ---: |");
+    println!("| upload of v2 | requests | PutSnapshotBlock | wall s | CPU s |");
+    println!("| --- | ---: | ---: | ---: | ---: |");
     println!(
-        "| full (v1 before it: {:.2} s) | {} | {} | {:.2} |",
-        r1.wall, full.requests, full.puts, full.wall
+        "| full (v1 before it: {:.2} s) | {} | {} | {:.2} | {:.2} |",
+        r1.wall, full.requests, full.puts, full.wall, full.cpu
     );
     println!(
-        "| --parent v1 | {} | {} | {:.2} |",
-        incr.requests, incr.puts, incr.wall
+        "| --parent v1 | {} | {} | {:.2} | {:.2} |",
+        incr.requests, incr.puts, incr.wall, incr.cpu
     );
     println!(
-        "| --parent v1, its index in version 1 (SHA-256 compared) | {} | {} | {:.2} |",
-        sha_incr.requests, sha_incr.puts, sha_incr.wall
+        "| --parent v1, its index in version 1 (SHA-256 compared) | {} | {} | {:.2} | {:.2} |",
+        sha_incr.requests, sha_incr.puts, sha_incr.wall, sha_incr.cpu
     );
     println!(
         "requests ratio {:.2} %, wall ratio {:.1} % (SHA-256 compared: {:.1} %)",
