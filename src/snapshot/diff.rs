@@ -447,28 +447,16 @@ fn hash_image(image: &DiskImage, workers: usize) -> Result<Vec<(u64, BlockDigest
             path: image.path().to_owned(),
             source,
         })?;
-    let chunk = planned.len().div_ceil(workers).max(1);
-    let parts: Vec<Result<Vec<(u64, BlockDigest)>, ImageError>> = std::thread::scope(|s| {
-        let handles: Vec<_> = planned
-            .chunks(chunk)
-            .map(|blocks| {
-                s.spawn(move || {
-                    let mut buf = vec![0u8; bs as usize];
-                    let mut out = Vec::with_capacity(blocks.len());
-                    for &i in blocks {
-                        image.read_block(i * bs, &mut buf)?;
-                        if !checksum::is_zero(&buf) {
-                            out.push((i, checksum::block_digest(&buf)));
-                        }
-                    }
-                    Ok(out)
-                })
-            })
-            .collect();
-        handles
-            .into_iter()
-            .map(|h| h.join().expect("hashing thread"))
-            .collect()
+    let parts = super::on_threads(&planned, workers, |blocks| {
+        let mut buf = vec![0u8; bs as usize];
+        let mut out = Vec::with_capacity(blocks.len());
+        for &i in blocks {
+            image.read_block(i * bs, &mut buf)?;
+            if !checksum::is_zero(&buf) {
+                out.push((i, checksum::block_digest(&buf)));
+            }
+        }
+        Ok::<_, ImageError>(out)
     });
     let mut all = Vec::with_capacity(planned.len());
     for p in parts {

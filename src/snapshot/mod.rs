@@ -54,6 +54,27 @@ pub fn volume_size_gib(bytes: u64) -> u64 {
     bytes.div_ceil(1 << 30).max(1)
 }
 
+/// `work` on `threads` consecutive runs of `items` at once, one thread each; the results
+/// in the runs' order.
+pub(crate) fn on_threads<T: Sync, R: Send>(
+    items: &[T],
+    threads: usize,
+    work: impl Fn(&[T]) -> R + Sync,
+) -> Vec<R> {
+    let run = items.len().div_ceil(threads.max(1)).max(1);
+    let work = &work;
+    std::thread::scope(|scope| {
+        let handles: Vec<_> = items
+            .chunks(run)
+            .map(|part| scope.spawn(move || work(part)))
+            .collect();
+        handles
+            .into_iter()
+            .map(|h| h.join().expect("a block hashing thread panicked"))
+            .collect()
+    })
+}
+
 /// Render seconds for reports.
 pub(crate) fn secs(d: Duration) -> f64 {
     (d.as_secs_f64() * 1000.0).round() / 1000.0

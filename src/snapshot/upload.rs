@@ -1082,8 +1082,7 @@ fn check_acked(
     let mut order: Vec<(u64, BlockDigest)> = acked.iter().map(|(i, d)| (*i, *d)).collect();
     order.sort_unstable_by_key(|(i, _)| *i);
     let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
-    let run = order.len().div_ceil(threads).max(1);
-    let one = |part: &[(u64, BlockDigest)]| -> Result<Result<Vec<(u64, FastDigest)>, u64>, UploadFailure> {
+    let parts = super::on_threads(&order, threads, |part| {
         let mut buf = vec![0u8; block_size as usize];
         let mut fast = Vec::with_capacity(part.len());
         for (i, d) in part {
@@ -1093,17 +1092,7 @@ fn check_acked(
             }
             fast.push((*i, checksum::fast_digest(&buf)));
         }
-        Ok(Ok(fast))
-    };
-    let parts: Vec<_> = std::thread::scope(|scope| {
-        let handles: Vec<_> = order
-            .chunks(run)
-            .map(|part| scope.spawn(move || one(part)))
-            .collect();
-        handles
-            .into_iter()
-            .map(|h| h.join().expect("block checker panicked"))
-            .collect()
+        Ok::<_, UploadFailure>(Ok(fast))
     });
     let mut fast = HashMap::with_capacity(order.len());
     // In block order: the first part that fails names its first differing block.
